@@ -1,0 +1,51 @@
+# Every target creates or reuses .venv in the repository root; nothing is installed by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+PYTEST_ARGS ?=
+
+.PHONY: install install-bench demo test test-slow bench asv lint format clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Re-install when the project's requirements change.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install -e '.[dev,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-bench: $(VENV)/.installed-bench
+
+demo: install
+	$(VENV)/bin/t4dm demo
+
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: install-bench
+	$(VENV)/bin/t4dm bench storage --json docs/bench-storage.json
+
+asv: install-bench
+	$(VENV)/bin/asv run --quick --show-stderr --python=same
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .asv

@@ -1,0 +1,1195 @@
+"""T4DX: the embedded, bitemporal LSM storage engine for memories.
+
+Write path: validate → (writer lock) assign ``seq`` and transaction time → WAL append → memtable →
+publish a read snapshot → (lock released) wait for the fsync the durability mode asks for. A full
+memtable is flushed to an immutable segment; too many segments trigger a compaction.
+
+Read path: a reader takes the current :class:`_Snapshot` (one attribute read, no lock) and sees exactly
+the writes with ``seq <= snapshot.seq``: rows newer than that are skipped, and a version whose
+``next_seq`` is newer than that still counts as current. Flushes and compactions publish new
+snapshots; readers holding an old one keep reading the old memtable and segment files (unlinked
+files stay readable while mapped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import numbers
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from t4dm.errors import (
+    DimensionMismatch,
+    InvalidInput,
+    InvalidTime,
+    InvalidVector,
+    NotAStore,
+    PayloadNotSerializable,
+    StoreClosed,
+    StoreLocked,
+    UnknownId,
+)
+
+from .compaction import (
+    CompactionPolicy,
+    MergedRows,
+    SegmentRows,
+    apply_keep,
+    assemble,
+    drop_expired,
+    kway_merge,
+    version_chains,
+)
+from .fsutil import fsync_dir, io_errors
+from .item import OPEN, UTC, Item, from_us, to_us
+from .keys import check_id, key_of, keys_of, new_ids
+from .manifest import Manifest, SegmentEntry
+from .memtable import Memtable
+from .rows import FLAG_TOMBSTONE, NO_SEQ, ROW_COLUMNS, TAG_ABSENT, TAG_FIELDS, TAG_OTHER, VersionBatch
+from .segment import Segment, segment_path, write_segment
+from .wal import DURABILITY_MODES, WAL, read_records, wal_files
+
+__all__ = ["T4DX", "CompactionStats"]
+
+_FILL = np.iinfo(np.int64).min  # "valid_from: use the transaction time"
+_SEGMENTS = "segments"
+_WAL = "wal"
+_LOCK = "LOCK"
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def _unpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    seq: int
+    mem: Memtable
+    mem_n: int
+    segments: tuple[Segment, ...]  # oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionStats:
+    """What one compaction did. Sizes in bytes, time in seconds."""
+
+    segments_in: int
+    rows_in: int
+    rows_out: int
+    rows_added: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    full: bool
+
+    @property
+    def mb_per_s(self) -> float:
+        """Input megabytes (10^6 bytes) merged per second."""
+        return self.bytes_in / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _id_blob(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 ids concatenated, with ``int64[n + 1]`` offsets."""
+    encoded = [i.encode("utf-8") for i in ids]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(ids)), out=offsets[1:])
+    return offsets, np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+
+class _FrozenMemtable:
+    """The memtable's first ``n`` rows, presented as a row source for a flush."""
+
+    def __init__(self, mem: Memtable, n: int) -> None:
+        cols = mem.cols
+        self.n = n
+        for name in ROW_COLUMNS:
+            setattr(self, name, getattr(cols, name)[:n])
+        self.tags = cols.tags[:n]
+        self.vectors = cols.vectors[:n]
+        self.kinds = mem.kinds
+        self.tag_values = mem.tag_values
+        self.id_offsets, self.id_bytes = _id_blob(mem.ids[:n])
+        self.payload_offsets = cols.payload_start[: n + 1]
+        self.payload_bytes = mem.payload_blob()
+
+
+class _BatchSource:
+    """A validated batch (rows a compaction policy adds) presented as a row source."""
+
+    def __init__(self, batch: VersionBatch) -> None:
+        n = batch.n
+        self.n = n
+        for name in ("key_hi", "key_lo", "valid_from", "valid_to", "kappa", "kind", "flags"):
+            setattr(self, name, getattr(batch, name))
+        self.seq = np.arange(batch.seq_start, batch.seq_start + n, dtype=np.uint64)
+        self.recorded_at = np.full(n, batch.recorded_at, dtype=np.int64)
+        self.superseded_at = np.full(n, OPEN, dtype=np.int64)
+        self.next_seq = np.full(n, NO_SEQ, dtype=np.uint64)
+        self.tags, self.vectors = batch.tags, batch.vectors
+        self.kinds, self.tag_values = batch.kinds, batch.tag_values
+        self.id_offsets, self.id_bytes = _id_blob(batch.ids)
+        self.payload_offsets = batch.payload_offsets
+        self.payload_bytes = np.frombuffer(batch.payload, dtype=np.uint8)
+
+
+class _RowsSource:
+    """Already assembled rows presented as a row source (to merge policy-added rows in)."""
+
+    def __init__(self, rows: SegmentRows) -> None:
+        self.n = rows.n
+        for name, values in rows.columns.items():
+            setattr(self, name, values)
+        self.tags = rows.tags
+        self.kinds, self.tag_values = rows.kinds, rows.tag_values
+        self.id_offsets, self.id_bytes = rows.ids
+        self.payload_offsets, self.payload_bytes = rows.payloads
+        self.vectors = (
+            np.concatenate(list(rows.vector_chunks()))
+            if rows.n
+            else np.empty((0, rows.sources[0].vectors.shape[1]), np.float32)
+        )
+
+
+class T4DX:
+    """An embedded, durable, bitemporal store of memories (vectors + κ + kind + fields + times).
+
+    Open with :meth:`T4DX.open`; use as a context manager or call :meth:`close`. One process writes
+    (it holds ``LOCK``); any number of threads read while it does.
+    """
+
+    # ================================================================== opening and closing
+    def __init__(self, *_: Any, **__: Any) -> None:
+        raise TypeError("use T4DX.open(path, dim=...)")
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        dim: int | None = None,
+        *,
+        durability: str = "sync",
+        sync_interval: float = 0.005,
+        memtable_bytes: int = 64 << 20,
+        max_segments: int = 8,
+        history_retention: timedelta | float | None = None,
+        compaction_policy: CompactionPolicy | None = None,
+        bloom_fp_rate: float = 0.01,
+        verify_checksums: bool = True,
+        clock: Callable[[], datetime] | None = None,
+    ) -> T4DX:
+        """Open the store at ``path``, creating it (``dim`` required) when the folder is new or empty.
+
+        Args:
+            dim: vector dimension; checked against an existing store (``None`` takes the store's).
+            durability: ``"sync"`` (each write returns after an fsync; concurrent writers share one),
+                ``"batch"`` (written to the OS at once, fsynced every ``sync_interval`` seconds by a
+                background thread) or ``"none"`` (fsync at flush and close only).
+            memtable_bytes: flush the memtable to a segment beyond this size.
+            max_segments: merge segments (smallest adjacent run first) beyond this count.
+            history_retention: how long superseded versions stay queryable by transaction time
+                (``known_at`` / ``as_of``) once superseded; ``None`` keeps all history. Applied by full
+                compactions, which also drop tombstones once nothing older of theirs is kept.
+            compaction_policy: called with the :class:`~t4dm.storage.compaction.MergedRows` of every
+                full compaction; may change κ, drop rows, add rows (consolidation plugs in here).
+            bloom_fp_rate: false-positive rate of each segment's Bloom filter over ids.
+            verify_checksums: check every segment's CRC32C at open.
+            clock: returns the current time (timezone-aware); for tests and replays.
+        """
+        self = object.__new__(cls)
+        self._init(
+            os.fspath(path), dim, durability, sync_interval, memtable_bytes, max_segments,
+            history_retention, compaction_policy, bloom_fp_rate, verify_checksums, clock,
+        )  # fmt: skip
+        return self
+
+    def _init(
+        self,
+        path: str,
+        dim: int | None,
+        durability: str,
+        sync_interval: float,
+        memtable_bytes: int,
+        max_segments: int,
+        history_retention: timedelta | float | None,
+        compaction_policy: CompactionPolicy | None,
+        bloom_fp_rate: float,
+        verify_checksums: bool,
+        clock: Callable[[], datetime] | None,
+    ) -> None:
+        self._closed = True
+        if durability not in DURABILITY_MODES:
+            raise InvalidInput("durability", durability, f"expected one of {DURABILITY_MODES}")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1):
+            raise InvalidInput("dim", dim, "expected a positive integer")
+        if not isinstance(sync_interval, numbers.Real) or not sync_interval > 0:
+            raise InvalidInput("sync_interval", sync_interval, "expected seconds > 0")
+        if not isinstance(memtable_bytes, numbers.Integral) or memtable_bytes < 1:
+            raise InvalidInput("memtable_bytes", memtable_bytes, "expected a positive integer")
+        if not isinstance(max_segments, numbers.Integral) or max_segments < 1:
+            raise InvalidInput("max_segments", max_segments, "expected a positive integer")
+        if not isinstance(bloom_fp_rate, numbers.Real) or not 0 < bloom_fp_rate < 1:
+            raise InvalidInput("bloom_fp_rate", bloom_fp_rate, "expected 0 < rate < 1")
+        if isinstance(history_retention, timedelta):
+            history_retention = history_retention.total_seconds()
+        if history_retention is not None and (
+            not isinstance(history_retention, numbers.Real) or history_retention < 0
+        ):
+            raise InvalidInput(
+                "history_retention", history_retention, "expected seconds >= 0, a timedelta or None"
+            )
+        if compaction_policy is not None and not callable(compaction_policy):
+            raise InvalidInput("compaction_policy", compaction_policy, "expected a callable")
+        self.path = path
+        self.durability = durability
+        self._memtable_bytes = int(memtable_bytes)
+        self._max_segments = int(max_segments)
+        self._retention_us = None if history_retention is None else int(history_retention * 1e6)
+        self._policy = compaction_policy
+        self._bloom_fp_rate = float(bloom_fp_rate)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._write_lock = threading.RLock()
+
+        created = self._prepare_directory(path, dim)
+        self._lock_fd = self._acquire_lock(path)
+        try:
+            if created or not Manifest.exists(path):
+                if dim is None:
+                    raise InvalidInput("dim", dim, f"{path!r} holds no store yet: give dim to create one")
+                for sub in (_SEGMENTS, _WAL):
+                    with io_errors(os.path.join(path, sub)):
+                        os.makedirs(os.path.join(path, sub), exist_ok=True)
+                fsync_dir(path)
+                Manifest(dim=int(dim)).publish(path)
+            self._manifest = Manifest.load(path)
+            if dim is not None and dim != self._manifest.dim:
+                raise DimensionMismatch("dim", dim, self._manifest.dim)
+            self.dim = self._manifest.dim
+            self._recover(verify_checksums, sync_interval)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._closed = False
+
+    @staticmethod
+    def _prepare_directory(path: str, dim: int | None) -> bool:
+        """Make sure ``path`` is a store folder or can become one; return True if it was made."""
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotAStore(path, "is a file, not a folder")
+        if not os.path.exists(path):
+            if dim is None:
+                raise InvalidInput("dim", dim, f"{path!r} does not exist: give dim to create a store")
+            with io_errors(path):
+                os.makedirs(path)
+            return True
+        with io_errors(path):
+            entries = set(os.listdir(path))
+        ours = {_LOCK, _SEGMENTS, _WAL, "MANIFEST", "MANIFEST.tmp"}
+        if "MANIFEST" not in entries and entries - ours:
+            raise NotAStore(
+                path, f"folder holds other files ({sorted(entries - ours)[:3]}) and no T4DX manifest"
+            )
+        return False
+
+    @staticmethod
+    def _acquire_lock(path: str) -> int:
+        lock_path = os.path.join(path, _LOCK)
+        with io_errors(lock_path):
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLocked(path) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    def _recover(self, verify: bool, sync_interval: float) -> None:
+        manifest = self._manifest
+        seg_dir, wal_dir = os.path.join(self.path, _SEGMENTS), os.path.join(self.path, _WAL)
+        live = {entry.id for entry in manifest.segments}
+        # Remove what a crash left behind: temporary files, unpublished segments, replayed logs.
+        with io_errors(seg_dir):
+            for name in os.listdir(seg_dir):
+                stem = name.split(".", 1)[0]
+                if name.endswith(".tmp") or not stem.isdigit() or int(stem) not in live:
+                    os.unlink(os.path.join(seg_dir, name))
+        for number in wal_files(wal_dir):
+            if number < manifest.wal_start:
+                with io_errors(wal_dir):
+                    os.unlink(os.path.join(wal_dir, f"{number:08d}.wal"))
+        segments = tuple(
+            Segment(segment_path(seg_dir, entry.id), entry.id, manifest.dim, verify=verify)
+            for entry in manifest.segments
+        )
+        _link_across_segments(segments)
+        self._segments = segments
+        self._seq = manifest.last_seq
+        self._last_recorded = manifest.last_recorded
+        self._mem = Memtable(manifest.dim)
+        self._publish()
+        numbers_ = wal_files(wal_dir)
+        for i, number in enumerate(numbers_):
+            path = os.path.join(wal_dir, f"{number:08d}.wal")
+            for offset, body in read_records(wal_dir, number, manifest.dim, last=i == len(numbers_) - 1):
+                batch = VersionBatch.decode(body, path, offset)
+                if batch.seq_start + batch.n - 1 <= manifest.last_seq:
+                    continue  # already in a segment
+                self._apply(batch)
+        self._wal = WAL(
+            wal_dir,
+            numbers_[-1] if numbers_ else manifest.wal_start,
+            manifest.dim,
+            self.durability,
+            sync_interval,
+        )
+
+    def close(self) -> None:
+        """fsync the log and release the store. Unflushed rows are replayed from the log at next open."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._wal.close()
+            finally:
+                os.close(self._lock_fd)
+
+    def __enter__(self) -> T4DX:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._snap.segments)} segments"
+        return f"T4DX({self.path!r}, dim={self.dim}, {state})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"store {self.path!r} is closed")
+
+    # ================================================================== writing
+    def insert(self, items: Item | Iterable[Item]) -> list[str]:
+        """INSERT one item or many (one transaction); returns their ids, assigning UUIDs where ``id`` is None.
+
+        An item whose id already exists becomes that id's new version (the old one is superseded).
+        Bad input raises a typed error naming the field and writes nothing.
+        """
+        self._check_open()
+        items = [items] if isinstance(items, Item) else list(items)
+        if not items:
+            return []
+        batch = self._batch_from_items(items)
+        self._commit(batch)
+        return batch.ids
+
+    def insert_batch(
+        self,
+        vectors: np.ndarray,
+        fields: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        ids: Sequence[str] | None = None,
+        kappa: float | np.ndarray = 0.0,
+        kind: str | Sequence[str] = "episode",
+        valid_from: datetime | Sequence[datetime] | None = None,
+        valid_to: datetime | Sequence[datetime] | None = None,
+    ) -> list[str]:
+        """INSERT many items given as columns: ``vectors`` ``[n, dim]`` and ``fields`` (n dicts or None).
+
+        ``kappa``, ``kind``, ``valid_from``, ``valid_to`` take one value for all rows or one per row.
+        The fast path for bulk loads; same semantics and validation as :meth:`insert`.
+        """
+        self._check_open()
+        vectors = self._check_vectors(vectors, "vectors")
+        n = vectors.shape[0]
+        if n == 0:
+            return []
+        if fields is None:
+            fields = [{}] * n
+        elif len(fields) != n:
+            raise InvalidInput("fields", f"<{len(fields)} dicts>", f"expected {n} (one per vector)")
+        if ids is not None:
+            if len(ids) != n:
+                raise InvalidInput("ids", f"<{len(ids)} ids>", f"expected {n} (one per vector)")
+            id_list = [check_id(v, f"ids[{i}]") for i, v in enumerate(ids)]
+            key_hi, key_lo = keys_of(id_list)
+            fresh = False
+        else:
+            text, key_hi, key_lo = new_ids(n)
+            joined = text.tobytes().decode("ascii")
+            id_list = [joined[i : i + 36] for i in range(0, 36 * n, 36)]
+            fresh = True
+        kappas = np.asarray(kappa, dtype=np.float64)
+        if kappas.ndim == 0:
+            kappas = np.full(n, float(kappas))
+        elif kappas.shape != (n,):
+            raise InvalidInput("kappa", f"<shape {kappas.shape}>", f"expected a number or shape ({n},)")
+        bad = np.flatnonzero(~((kappas >= 0) & (kappas <= 1)))
+        if bad.size:
+            raise InvalidInput(f"kappa[{bad[0]}]", float(kappas[bad[0]]), "κ must be in [0, 1]")
+        kinds_in = [kind] * n if isinstance(kind, str) else list(kind)
+        if len(kinds_in) != n:
+            raise InvalidInput("kind", f"<{len(kinds_in)} kinds>", f"expected a string or {n} of them")
+        vf = self._time_column(valid_from, n, "valid_from", _FILL)
+        vt = self._time_column(valid_to, n, "valid_to", OPEN)
+        return self._commit(
+            self._build_batch(
+                id_list, key_hi, key_lo, vectors, kappas, kinds_in, list(fields), vf, vt, fresh, ""
+            )
+        ).ids
+
+    def update_fields(
+        self,
+        id: str,
+        changes: Mapping[str, Any] | None = None,
+        *,
+        kappa: float | None = None,
+        kind: str | None = None,
+        vector: Any = None,
+        valid_from: datetime | None = None,
+        valid_to: datetime | None = None,
+    ) -> Item:
+        """UPDATE_FIELDS: write a new version of ``id`` with ``changes`` merged into its fields.
+
+        The keyword arguments replace those attributes too. The old version is superseded (its
+        ``superseded_at`` set), not overwritten. Returns the new version. Unknown ids raise
+        :class:`~t4dm.errors.UnknownId`.
+        """
+        self._check_open()
+        check_id(id)
+        if changes is not None and not isinstance(changes, Mapping):
+            raise InvalidInput("changes", changes, "expected a dict of field changes")
+        with self._write_lock:
+            self._check_open()
+            found = self._locate(id, self._snap)
+            if found is None:
+                raise UnknownId(id)
+            source, row = found
+            fields = {**_unpack(source.fields_bytes(row)), **(changes or {})}
+            new = Item(
+                vector=np.array(source.vectors[row]) if vector is None else vector,
+                id=id,
+                kappa=float(source.kappa[row]) if kappa is None else kappa,
+                kind=source.kinds[source.kind[row]] if kind is None else kind,
+                fields=fields,
+                valid_from=from_us(int(source.valid_from[row])) if valid_from is None else valid_from,
+                valid_to=from_us(int(source.valid_to[row])) if valid_to is None else valid_to,
+            )
+            batch = self._batch_from_items([new], field_prefix="")
+            self._commit(batch)
+            snap = self._snap
+            source, row = self._locate(id, snap)  # type: ignore[misc]
+            return self._item(source, row, snap.seq)
+
+    def delete(self, ids: str | Iterable[str]) -> None:
+        """DELETE: write a tombstone for each id (one transaction). Unknown or deleted ids raise
+        :class:`~t4dm.errors.UnknownId` and nothing is deleted."""
+        self._check_open()
+        id_list = [ids] if isinstance(ids, str) else list(ids)
+        id_list = list(dict.fromkeys(check_id(v, f"ids[{i}]") for i, v in enumerate(id_list)))
+        if not id_list:
+            return
+        with self._write_lock:
+            self._check_open()
+            snap = self._snap
+            found = []
+            for id in id_list:
+                hit = self._locate(id, snap)
+                if hit is None:
+                    raise UnknownId(id)
+                found.append(hit)
+            n = len(id_list)
+            key_hi, key_lo = keys_of(id_list)
+            batch = VersionBatch(
+                seq_start=0,
+                recorded_at=0,
+                key_hi=key_hi,
+                key_lo=key_lo,
+                valid_from=np.array([s.valid_from[r] for s, r in found], dtype=np.int64),
+                valid_to=np.array([s.valid_to[r] for s, r in found], dtype=np.int64),
+                kappa=np.array([s.kappa[r] for s, r in found], dtype=np.float32),
+                kind=np.zeros(n, dtype=np.uint16),
+                flags=np.full(n, FLAG_TOMBSTONE, dtype=np.uint8),
+                tags=np.full((n, len(TAG_FIELDS)), TAG_ABSENT, dtype=np.int32),
+                vectors=np.zeros((n, self.dim), dtype=np.float32),
+                kinds=["tombstone"],
+                tag_values=[[] for _ in TAG_FIELDS],
+                ids=id_list,
+                payload_offsets=np.arange(n + 1, dtype=np.int64),
+                payload=_pack({}) * n,
+                fresh=False,
+            )
+            self._commit(batch)
+
+    # ------------------------------------------------------------------ commit
+    def _commit(self, batch: VersionBatch) -> VersionBatch:
+        """Log, apply and publish one batch (one transaction), then wait for its durability."""
+        with self._write_lock:
+            self._check_open()
+            batch.seq_start = self._seq + 1
+            batch.recorded_at = self._tick()
+            fill = batch.valid_from == _FILL
+            if fill.any():
+                batch.valid_from = np.where(fill, batch.recorded_at, batch.valid_from)
+            empty = np.flatnonzero(batch.valid_to <= batch.valid_from)
+            if empty.size:
+                i = int(empty[0])
+                raise InvalidTime(
+                    "valid_to",
+                    from_us(int(batch.valid_to[i])),
+                    f"must be after valid_from {from_us(int(batch.valid_from[i]))} (row {i})",
+                )
+            position = self._wal.append(batch.encode())
+            self._apply(batch)
+            if self._mem.nbytes >= self._memtable_bytes:
+                self._flush_locked()
+        self._wal.wait_durable(position)
+        return batch
+
+    def _tick(self) -> int:
+        now = self._clock()
+        recorded = max(to_us(now, "clock()"), self._last_recorded + 1)
+        self._last_recorded = recorded
+        return recorded
+
+    def _apply(self, batch: VersionBatch) -> None:
+        """Put a logged batch into the memtable, supersede older versions, publish (live and replay)."""
+        unseen = self._mem.append(batch)
+        if unseen:
+            pending = np.asarray(unseen, dtype=np.int64)
+            for segment in reversed(self._segments):
+                rows = segment.latest_rows(batch.key_hi[pending], batch.key_lo[pending])
+                hit = rows >= 0
+                if hit.any():
+                    segment.superseded_at[rows[hit]] = batch.recorded_at
+                    segment.next_seq[rows[hit]] = batch.seq_start + pending[hit].astype(np.uint64)
+                    pending = pending[~hit]
+                    if not pending.size:
+                        break
+        self._seq = batch.seq_start + batch.n - 1
+        self._last_recorded = max(self._last_recorded, batch.recorded_at)
+        self._publish()
+
+    def _publish(self) -> None:
+        self._snap = _Snapshot(self._seq, self._mem, self._mem.n, self._segments)
+
+    # ------------------------------------------------------------------ validation
+    def _check_vectors(self, vectors: Any, field: str) -> np.ndarray:
+        try:
+            array = np.asarray(vectors)
+        except (ValueError, TypeError) as exc:
+            raise InvalidVector(field, vectors, f"not an array of numbers: {exc}") from exc
+        if array.dtype.kind not in "fiu":
+            raise InvalidVector(field, f"<dtype {array.dtype}>", "expected a float or integer array")
+        if array.ndim != 2:
+            raise InvalidVector(field, f"<shape {array.shape}>", f"expected shape [n, {self.dim}]")
+        if array.shape[1] != self.dim:
+            raise DimensionMismatch(field, f"<shape {array.shape}>", self.dim)
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        finite = np.isfinite(array).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise InvalidVector(f"{field}[{row}]", "<NaN or inf>", "vectors must be finite (float32)")
+        return array
+
+    def _time_column(self, value: Any, n: int, field: str, default: int) -> np.ndarray:
+        if value is None:
+            return np.full(n, default, dtype=np.int64)
+        if isinstance(value, datetime):
+            return np.full(n, to_us(value, field), dtype=np.int64)
+        values = list(value)
+        if len(values) != n:
+            raise InvalidInput(field, f"<{len(values)} times>", f"expected one datetime or {n} of them")
+        return np.array(
+            [default if v is None else to_us(v, f"{field}[{i}]") for i, v in enumerate(values)],
+            dtype=np.int64,
+        )
+
+    def _batch_from_items(self, items: list[Item], field_prefix: str = "items") -> VersionBatch:
+        n = len(items)
+        vectors = np.empty((n, self.dim), dtype=np.float32)
+        ids: list[str] = []
+        kappas = np.empty(n, dtype=np.float64)
+        kinds: list[str] = []
+        fields: list[Any] = []
+        valid_from = np.empty(n, dtype=np.int64)
+        valid_to = np.empty(n, dtype=np.int64)
+        generated = [i for i, item in enumerate(items) if isinstance(item, Item) and item.id is None]
+        if generated:
+            text, _, _ = new_ids(len(generated))
+            joined = text.tobytes().decode("ascii")
+            fresh_ids = iter(joined[i : i + 36] for i in range(0, 36 * len(generated), 36))
+        for i, item in enumerate(items):
+            where = f"{field_prefix}[{i}]." if field_prefix else ""
+            if not isinstance(item, Item):
+                raise InvalidInput(f"{field_prefix}[{i}]", item, "expected an Item")
+            vectors[i] = self._check_vector(item.vector, where + "vector")
+            ids.append(next(fresh_ids) if item.id is None else check_id(item.id, where + "id"))
+            kappas[i] = self._check_kappa(item.kappa, where + "kappa")
+            kinds.append(item.kind)
+            fields.append(item.fields)
+            for name in ("recorded_at", "superseded_at"):
+                if getattr(item, name) is not None:
+                    raise InvalidTime(
+                        where + name, getattr(item, name),
+                        "transaction time is assigned by the store: pass None (dataclasses.replace(item, recorded_at=None, superseded_at=None))",
+                    )  # fmt: skip
+            valid_from[i] = _FILL if item.valid_from is None else to_us(item.valid_from, where + "valid_from")
+            valid_to[i] = OPEN if item.valid_to is None else to_us(item.valid_to, where + "valid_to")
+        key_hi, key_lo = keys_of(ids)
+        fresh = len(generated) == n
+        return self._build_batch(
+            ids, key_hi, key_lo, vectors, kappas, kinds, fields, valid_from, valid_to, fresh, field_prefix
+        )
+
+    def _check_vector(self, vector: Any, field: str) -> np.ndarray:
+        try:
+            array = np.asarray(vector)
+        except (ValueError, TypeError) as exc:
+            raise InvalidVector(field, vector, f"not an array of numbers: {exc}") from exc
+        if array.dtype.kind not in "fiu":
+            raise InvalidVector(field, vector, f"expected numbers, got dtype {array.dtype}")
+        if array.shape != (self.dim,):
+            raise DimensionMismatch(field, f"<shape {array.shape}>", self.dim)
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise InvalidVector(field, "<NaN or inf>", "vectors must be finite (float32)")
+        return array
+
+    @staticmethod
+    def _check_kappa(kappa: Any, field: str) -> float:
+        if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or not 0.0 <= float(kappa) <= 1.0:
+            raise InvalidInput(field, kappa, "κ must be a number in [0, 1]")
+        return float(kappa)
+
+    def _build_batch(
+        self,
+        ids: list[str],
+        key_hi: np.ndarray,
+        key_lo: np.ndarray,
+        vectors: np.ndarray,
+        kappas: np.ndarray,
+        kinds: list[str],
+        fields: list[Any],
+        valid_from: np.ndarray,
+        valid_to: np.ndarray,
+        fresh: bool,
+        prefix: str,
+    ) -> VersionBatch:
+        """Encode kinds, tags and payloads of validated columns into a batch (checks fields and kinds)."""
+        n = len(ids)
+        kind_codes: dict[str, int] = {}
+        kind = np.empty(n, dtype=np.uint16)
+        tag_codes: list[dict[str, int]] = [{} for _ in TAG_FIELDS]
+        tags = np.empty((n, len(TAG_FIELDS)), dtype=np.int32)
+        offsets = np.empty(n + 1, dtype=np.int64)
+        offsets[0] = 0
+        chunks: list[bytes] = []
+        size = 0
+        for i in range(n):
+            name = kinds[i]
+            code = kind_codes.get(name)
+            if code is None:
+                if not isinstance(name, str) or not name or len(name) > 255:
+                    raise InvalidInput(
+                        _field(prefix, i, "kind"), name, "kind must be a non-empty string (≤ 255 chars)"
+                    )
+                code = kind_codes[name] = len(kind_codes)
+            kind[i] = code
+            record = fields[i]
+            if type(record) is not dict:
+                if not isinstance(record, Mapping):
+                    raise PayloadNotSerializable(_field(prefix, i, "fields"), record, "fields must be a dict")
+                record = dict(record)
+            for key in record:
+                if type(key) is not str:
+                    raise PayloadNotSerializable(
+                        _field(prefix, i, "fields"), key, "field names must be strings"
+                    )
+            try:
+                packed = _pack(record)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise PayloadNotSerializable(
+                    _field(prefix, i, "fields"), record, f"not JSON-like: {exc}"
+                ) from exc
+            chunks.append(packed)
+            size += len(packed)
+            offsets[i + 1] = size
+            for slot, tag in enumerate(TAG_FIELDS):
+                value = record.get(tag, _MISSING)
+                if value is _MISSING:
+                    tags[i, slot] = TAG_ABSENT
+                elif type(value) is str:
+                    codes = tag_codes[slot]
+                    c = codes.get(value)
+                    if c is None:
+                        c = codes[value] = len(codes)
+                    tags[i, slot] = c
+                else:
+                    tags[i, slot] = TAG_OTHER
+        bad = np.flatnonzero((valid_to <= valid_from) & (valid_from != _FILL))
+        if bad.size:
+            i = int(bad[0])
+            raise InvalidTime(
+                _field(prefix, i, "valid_to"), from_us(int(valid_to[i])), "must be after valid_from"
+            )
+        return VersionBatch(
+            seq_start=0,
+            recorded_at=0,
+            key_hi=key_hi,
+            key_lo=key_lo,
+            valid_from=valid_from,
+            valid_to=valid_to,
+            kappa=kappas.astype(np.float32),
+            kind=kind,
+            flags=np.zeros(n, dtype=np.uint8),
+            tags=tags,
+            vectors=vectors,
+            kinds=list(kind_codes),
+            tag_values=[list(codes) for codes in tag_codes],
+            ids=ids,
+            payload_offsets=offsets,
+            payload=b"".join(chunks),
+            fresh=fresh,
+        )
+
+    # ================================================================== reading
+    def get(self, id: str, *, as_of: datetime | None = None) -> Item | None:
+        """GET the live version of ``id`` (None if absent or deleted).
+
+        ``as_of`` asks for the version the store knew at that transaction time instead.
+        """
+        self._check_open()
+        snap = self._snap
+        if as_of is not None:
+            at = to_us(as_of, "as_of")
+            for source, row in self._versions(check_id(id), snap):
+                if source.recorded_at[row] <= at and (
+                    source.next_seq[row] > snap.seq or source.superseded_at[row] > at
+                ):
+                    return None if source.flags[row] & FLAG_TOMBSTONE else self._item(source, row, snap.seq)
+            return None
+        found = self._locate(id, snap)
+        return None if found is None else self._item(found[0], found[1], snap.seq)
+
+    def history(self, id: str) -> list[Item]:
+        """Every stored version of ``id`` (deletions excluded), oldest first; ``superseded_at`` tells
+        when each was replaced or deleted."""
+        self._check_open()
+        snap = self._snap
+        versions = list(self._versions(check_id(id), snap))
+        return [self._item(s, r, snap.seq) for s, r in reversed(versions) if not s.flags[r] & FLAG_TOMBSTONE]
+
+    def _locate(self, id: str, snap: _Snapshot) -> tuple[Any, int] | None:
+        """(source, row) of the live version of ``id`` in ``snap``, or None."""
+        mem = snap.mem
+        row = mem.latest.get(id, -1)
+        if row >= 0:
+            cols = mem.cols
+            while row >= 0 and cols.seq[row] > snap.seq:
+                row = int(cols.prev_row[row])
+            if row >= 0:
+                return None if cols.flags[row] & FLAG_TOMBSTONE else (mem, row)
+        if not isinstance(id, str):
+            check_id(id)
+        hi, lo = key_of(id)
+        for segment in reversed(snap.segments):
+            row = segment.latest_row(hi, lo)
+            if row >= 0:
+                return None if segment.flags[row] & FLAG_TOMBSTONE else (segment, row)
+        return None
+
+    def _versions(self, id: str, snap: _Snapshot) -> Iterator[tuple[Any, int]]:
+        """Every version of ``id`` visible in ``snap``, newest first (tombstones included)."""
+        mem = snap.mem
+        row = mem.latest.get(id, -1)
+        cols = mem.cols
+        while row >= 0:
+            if cols.seq[row] <= snap.seq:
+                yield mem, row
+            row = int(cols.prev_row[row])
+        hi, lo = key_of(id)
+        for segment in reversed(snap.segments):
+            start, end = segment.key_rows(hi, lo)
+            for r in range(end - 1, start - 1, -1):
+                yield segment, r
+
+    def _item(self, source: Any, row: int, snap_seq: int) -> Item:
+        vector = source.vectors[row]
+        if vector.flags.writeable:
+            vector = vector.view()
+            vector.flags.writeable = False
+        superseded = int(source.superseded_at[row]) if source.next_seq[row] <= snap_seq else OPEN
+        return Item(
+            vector=vector,
+            id=source.id_at(row),
+            kappa=float(source.kappa[row]),
+            kind=source.kinds[source.kind[row]],
+            fields=_unpack(source.fields_bytes(row)),
+            valid_from=from_us(int(source.valid_from[row])),
+            valid_to=from_us(int(source.valid_to[row])),
+            recorded_at=from_us(int(source.recorded_at[row])),
+            superseded_at=from_us(superseded),
+        )
+
+    def scan(
+        self,
+        *,
+        kappa: tuple[float, float] | None = None,
+        kind: str | Iterable[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        valid_at: datetime | None = None,
+        known_at: datetime | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Item]:
+        """SCAN items matching every filter given, in no particular order.
+
+        Args:
+            kappa: ``(lo, hi)``, inclusive; answered from each segment's κ index.
+            kind: one kind or several.
+            where: field equality, e.g. ``{"user_id": "u1"}`` (``user_id``, ``agent_id`` and ``run_id``
+                are indexed columns; other fields are checked on the decoded payload).
+            valid_at: items true in the world at this time (``valid_from <= t < valid_to``).
+            known_at: the versions the store held at this transaction time, instead of the live ones.
+            limit: stop after this many items.
+        """
+        self._check_open()
+        plan = self._scan_plan(kappa, kind, where, valid_at, known_at, limit)
+        snap = self._snap
+        return self._scan(snap, *plan)
+
+    def _scan_plan(self, kappa, kind, where, valid_at, known_at, limit):
+        if kappa is not None:
+            try:
+                lo, hi = (float(kappa[0]), float(kappa[1]))
+            except (TypeError, ValueError, IndexError) as exc:
+                raise InvalidInput("kappa", kappa, "expected a (lo, hi) pair of numbers") from exc
+            if len(kappa) != 2 or not 0.0 <= lo <= hi <= 1.0:
+                raise InvalidInput("kappa", kappa, "expected 0 <= lo <= hi <= 1")
+            kappa = (lo, hi)
+        kinds: list[str] | None = None
+        if kind is not None:
+            kinds = [kind] if isinstance(kind, str) else list(kind)
+            for k in kinds:
+                if not isinstance(k, str):
+                    raise InvalidInput("kind", k, "expected a string")
+        conditions: list[tuple[str, Any]] = []
+        if where is not None:
+            if not isinstance(where, Mapping):
+                raise InvalidInput("where", where, "expected a dict of field: value")
+            for name, value in where.items():
+                if not isinstance(name, str):
+                    raise InvalidInput("where", name, "field names must be strings")
+                try:
+                    conditions.append((name, _unpack(_pack(value))))  # the stored form: tuples become lists
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise PayloadNotSerializable(f"where[{name!r}]", value, f"not JSON-like: {exc}") from exc
+        valid_us = None if valid_at is None else to_us(valid_at, "valid_at")
+        known_us = None if known_at is None else to_us(known_at, "known_at")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0
+        ):
+            raise InvalidInput("limit", limit, "expected an integer >= 0")
+        return kappa, kinds, conditions, valid_us, known_us, limit
+
+    def _scan(self, snap, kappa, kinds, conditions, valid_us, known_us, limit) -> Iterator[Item]:
+        emitted = 0
+        sources: list[tuple[Any, int]] = [(snap.mem, snap.mem_n)]
+        sources += [(segment, segment.n) for segment in reversed(snap.segments)]
+        for source, n in sources:
+            if limit is not None and emitted >= limit:
+                return
+            rows, payload_checks = _match_rows(
+                source, n, snap.seq, kappa, kinds, conditions, valid_us, known_us
+            )
+            for row in rows.tolist():
+                if payload_checks:
+                    fields = _unpack(source.fields_bytes(row))
+                    if not all(
+                        name in fields and _same(fields[name], value) for name, value in payload_checks
+                    ):
+                        continue
+                if limit is not None and emitted >= limit:
+                    return
+                emitted += 1
+                yield self._item(source, row, snap.seq)
+
+    def count(
+        self,
+        *,
+        kappa: tuple[float, float] | None = None,
+        kind: str | Iterable[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        valid_at: datetime | None = None,
+        known_at: datetime | None = None,
+    ) -> int:
+        """Number of items :meth:`scan` would yield with these filters."""
+        return sum(
+            1 for _ in self.scan(kappa=kappa, kind=kind, where=where, valid_at=valid_at, known_at=known_at)
+        )
+
+    def __len__(self) -> int:
+        """Number of live items."""
+        self._check_open()
+        snap = self._snap
+        total = 0
+        sources: list[tuple[Any, int]] = [(snap.mem, snap.mem_n)]
+        sources += [(segment, segment.n) for segment in snap.segments]
+        for source, n in sources:
+            total += int(_match_rows(source, n, snap.seq, None, None, [], None, None)[0].size)
+        return total
+
+    # ================================================================== flush and compaction
+    def flush(self) -> None:
+        """Write the memtable to a new segment (and compact if there are now too many)."""
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            self._flush_locked()
+
+    def _flush_locked(self, auto_compact: bool = True) -> None:
+        mem = self._mem
+        if mem.n == 0:
+            return
+        source = _FrozenMemtable(mem, mem.n)
+        order = np.lexsort((source.seq, source.key_lo, source.key_hi))
+        rows = assemble([source], np.zeros(mem.n, dtype=np.int32), order)
+        # The memtable holds the newest rows, so its version links are all within itself.
+        segment = self._write_rows(rows)
+        wal_number = self._wal.number + 1
+        self._wal.rotate(wal_number)
+        self._install(removed=(), added=segment, index=len(self._segments), wal_start=wal_number)
+        self._mem = Memtable(self.dim)
+        self._publish()
+        if auto_compact and len(self._segments) > self._max_segments:
+            self._auto_compact()
+
+    def _write_rows(self, rows: SegmentRows) -> Segment:
+        seg_dir = os.path.join(self.path, _SEGMENTS)
+        segment_id = self._manifest.next_segment_id
+        self._manifest.next_segment_id += 1
+        path = segment_path(seg_dir, segment_id)
+        write_segment(
+            path, dim=self.dim, columns=rows.columns, tags=rows.tags, vectors=rows.vector_chunks(),
+            ids=rows.ids, payloads=rows.payloads, kinds=rows.kinds, tag_values=rows.tag_values,
+            bloom_fp_rate=self._bloom_fp_rate,
+        )  # fmt: skip
+        return Segment(path, segment_id, self.dim, verify=False)
+
+    def _install(
+        self, removed: tuple[Segment, ...], added: Segment | None, index: int, wal_start: int | None = None
+    ) -> None:
+        """Publish a manifest with ``removed`` replaced by ``added`` at ``index``, then drop old files."""
+        segments = [s for s in self._segments if s not in removed]
+        if added is not None:
+            segments.insert(index, added)
+        manifest = self._manifest
+        manifest.segments = [SegmentEntry(s.id, s.n, s.min_seq, s.max_seq, s.nbytes) for s in segments]
+        if wal_start is not None:
+            manifest.wal_start = wal_start
+        manifest.last_seq = max(manifest.last_seq, max((s.max_seq for s in segments), default=0))
+        manifest.last_recorded = max(manifest.last_recorded, self._last_recorded)
+        manifest.publish(self.path)
+        self._segments = tuple(segments)
+        wal_dir = os.path.join(self.path, _WAL)
+        for number in wal_files(wal_dir):
+            if number < manifest.wal_start:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(wal_dir, f"{number:08d}.wal"))
+        for segment in removed:
+            with contextlib.suppress(OSError):
+                os.unlink(segment.path)
+
+    def compact(self, policy: CompactionPolicy | None = None) -> CompactionStats:
+        """Full compaction: flush, merge every segment into one, drop expired history and tombstones,
+        and run the compaction policy (``policy`` or the store's). Readers are not blocked."""
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            self._flush_locked(auto_compact=False)
+            return self._compact_run(0, len(self._segments), policy or self._policy)
+
+    def _auto_compact(self) -> None:
+        while len(self._segments) > self._max_segments:
+            width = len(self._segments) - self._max_segments + 1
+            sizes = [s.nbytes for s in self._segments]
+            start = min(range(len(sizes) - width + 1), key=lambda i: sum(sizes[i : i + width]))
+            self._compact_run(start, start + width, self._policy)
+
+    def _compact_run(self, start: int, stop: int, policy: CompactionPolicy | None) -> CompactionStats:
+        """Merge segments ``[start, stop)``. Only a full run (every segment, the memtable empty) drops
+        expired history and tombstones and runs the policy: it alone sees every version of a key."""
+        t0 = time.perf_counter()
+        run = self._segments[start:stop]
+        full = start == 0 and stop == len(self._segments)
+        if not run:
+            return CompactionStats(0, 0, 0, 0, 0, 0, 0.0, full)
+        bytes_in = sum(s.nbytes for s in run)
+        rows_in = sum(s.n for s in run)
+        if len(run) == 1:
+            src, row = np.zeros(run[0].n, dtype=np.int32), np.arange(run[0].n, dtype=np.int64)
+        else:
+            src, row = kway_merge(run)
+        rows = assemble(run, src, row)
+        added = 0
+        if full and self._mem.n == 0:
+            cutoff = None if self._retention_us is None else self._tick() - self._retention_us
+            rows = apply_keep(rows, drop_expired(rows, cutoff))
+            if policy is not None:
+                rows, added = self._run_policy(rows, policy)
+            version_chains(rows.columns)
+            memory_links = None
+        else:
+            # Rows may be superseded by newer segments: keep those links in memory, write the run's own.
+            memory_links = (rows.columns["next_seq"].copy(), rows.columns["superseded_at"].copy())
+            version_chains(rows.columns)
+        segment = self._write_rows(rows) if rows.n else None
+        if memory_links is not None and segment is not None:
+            segment.next_seq[:], segment.superseded_at[:] = memory_links
+        self._install(removed=run, added=segment, index=start)
+        self._publish()
+        return CompactionStats(
+            segments_in=len(run), rows_in=rows_in, rows_out=rows.n, rows_added=added, bytes_in=bytes_in,
+            bytes_out=segment.nbytes if segment else 0, seconds=time.perf_counter() - t0, full=full,
+        )  # fmt: skip
+
+    def _run_policy(self, rows: SegmentRows, policy: CompactionPolicy) -> tuple[SegmentRows, int]:
+        view = MergedRows(rows, self._last_recorded)
+        policy(view)
+        kappa = np.asarray(view.kappa, dtype=np.float32)
+        if kappa.shape != (rows.n,) or np.isnan(kappa).any():
+            raise InvalidInput(
+                "MergedRows.kappa", "<edited by the policy>", "must stay float32 [n] without NaN"
+            )
+        keep = np.asarray(view.keep, dtype=np.bool_)
+        if keep.shape != (rows.n,):
+            raise InvalidInput("MergedRows.keep", f"<shape {keep.shape}>", f"must stay bool [{rows.n}]")
+        rows.columns["kappa"] = np.clip(kappa, 0.0, 1.0)
+        rows = apply_keep(rows, keep)
+        if not view.added:
+            return rows, 0
+        batch = self._batch_from_items(list(view.added), field_prefix="added")
+        batch.seq_start = self._seq + 1
+        batch.recorded_at = self._tick()
+        batch.valid_from = np.where(batch.valid_from == _FILL, batch.recorded_at, batch.valid_from)
+        if (batch.valid_to <= batch.valid_from).any():
+            raise InvalidTime("added.valid_to", "<policy item>", "must be after valid_from")
+        self._seq += batch.n
+        sources = [_RowsSource(rows), _BatchSource(batch)]
+        seq = np.concatenate([sources[0].seq, sources[1].seq])
+        hi = np.concatenate([sources[0].key_hi, sources[1].key_hi])
+        lo = np.concatenate([sources[0].key_lo, sources[1].key_lo])
+        order = np.lexsort((seq, lo, hi))
+        src = (order >= rows.n).astype(np.int32)
+        return assemble(sources, src, np.where(src == 0, order, order - rows.n)), batch.n
+
+    # ================================================================== introspection
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes: live items, version rows, segments, memtable, bytes on disk."""
+        self._check_open()
+        snap = self._snap
+        return {
+            "dim": self.dim,
+            "live_items": len(self),
+            "memtable_rows": snap.mem_n,
+            "segments": len(snap.segments),
+            "segment_rows": sum(s.n for s in snap.segments),
+            "segment_bytes": sum(s.nbytes for s in snap.segments),
+            "last_seq": snap.seq,
+            "durability": self.durability,
+        }
+
+
+# ---------------------------------------------------------------------- helpers
+_MISSING = object()
+
+
+def _field(prefix: str, i: int, name: str) -> str:
+    return f"{prefix}[{i}].{name}" if prefix else name
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON-style equality: 1 == 1.0, but booleans are not numbers."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+def _match_rows(source, n, snap_seq, kappa, kinds, conditions, valid_us, known_us):
+    """Rows of ``source[:n]`` passing every column filter, and the field conditions left to check on
+    payloads (fields that are not indexed tags, or tag values that are not strings)."""
+    c = source
+    if n == 0:
+        return np.empty(0, dtype=np.int64), []
+    rows = source.kappa_rows(*kappa) if kappa is not None and isinstance(source, Segment) else None
+
+    def col(name: str) -> np.ndarray:
+        values = getattr(c, name)[:n]
+        return values if rows is None else values[rows]
+
+    mask = (col("flags") & FLAG_TOMBSTONE) == 0
+    if isinstance(source, Memtable):
+        mask &= col("seq") <= np.uint64(snap_seq)
+    if kappa is not None and not isinstance(source, Segment):
+        k = col("kappa")
+        mask &= (k >= np.float32(kappa[0])) & (k <= np.float32(kappa[1]))
+    if known_us is None:
+        mask &= col("next_seq") > np.uint64(snap_seq)
+    else:
+        mask &= (col("recorded_at") <= known_us) & (
+            (col("superseded_at") > known_us) | (col("next_seq") > np.uint64(snap_seq))
+        )
+    if valid_us is not None:
+        mask &= (col("valid_from") <= valid_us) & (col("valid_to") > valid_us)
+    if kinds is not None:
+        codes = [code for code in (source.kind_code(k) for k in kinds) if code is not None]
+        mask &= np.isin(col("kind"), np.asarray(codes, dtype=np.uint16))
+    payload_checks = []
+    for name, value in conditions:
+        if name in TAG_FIELDS:
+            slot = TAG_FIELDS.index(name)
+            tag = c.tags[:n, slot]
+            tag = tag if rows is None else tag[rows]
+            code = source.tag_code(slot, value)
+            if code is None:
+                mask[:] = False
+            elif code == TAG_OTHER:
+                mask &= tag == TAG_OTHER
+                payload_checks.append((name, value))
+            else:
+                mask &= tag == code
+        else:
+            payload_checks.append((name, value))
+    selected = np.flatnonzero(mask)
+    return (selected if rows is None else rows[selected]), payload_checks
+
+
+def _link_across_segments(segments: Sequence[Segment]) -> None:
+    """At open: link each key's last version in a segment to its next version in a newer segment."""
+    if len(segments) < 2:
+        return
+    src, row = kway_merge(segments)
+    columns = {
+        name: np.empty(len(src), dtype=ROW_COLUMNS[name])
+        for name in ("key_hi", "key_lo", "seq", "recorded_at", "next_seq", "superseded_at")
+    }
+    for s, segment in enumerate(segments):
+        mask = src == s
+        for name in ("key_hi", "key_lo", "seq", "recorded_at"):
+            columns[name][mask] = getattr(segment, name)[row[mask]]
+    version_chains(columns)
+    for s, segment in enumerate(segments):
+        mask = src == s
+        segment.next_seq[row[mask]] = columns["next_seq"][mask]
+        segment.superseded_at[row[mask]] = columns["superseded_at"][mask]

@@ -1,0 +1,83 @@
+"""The :class:`Item` record and the conversion of times to the engine's int64 microseconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+
+from t4dm.errors import InvalidTime
+
+__all__ = ["OPEN", "UTC", "Item", "from_us", "to_us"]
+
+UTC = timezone.utc
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Stored in ``valid_to`` / ``superseded_at`` for an interval that is still open ("until further notice").
+OPEN = np.iinfo(np.int64).max
+_ONE_US = timedelta(microseconds=1)
+
+
+def to_us(value: datetime, field: str) -> int:
+    """Microseconds since 1970-01-01 UTC of a timezone-aware datetime; naive ones are refused."""
+    if not isinstance(value, datetime):
+        raise InvalidTime(field, value, "expected a timezone-aware datetime")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidTime(field, value, "naive datetime: give a timezone (e.g. tzinfo=timezone.utc)")
+    return (value - EPOCH) // _ONE_US
+
+
+def from_us(us: int) -> datetime | None:
+    """The UTC datetime of ``us`` microseconds since the epoch; ``None`` for :data:`OPEN`."""
+    if us == OPEN:
+        return None
+    return EPOCH + timedelta(microseconds=int(us))
+
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """One memory: a vector with a consolidation level, a kind, JSON-like fields and bitemporal times.
+
+    ``Item(vector=v)`` alone is valid. ``id`` is assigned (a UUID string) at insert when ``None``.
+    ``valid_from`` / ``valid_to`` are valid time (when it was true in the world; ``valid_from`` defaults
+    to the insert time, ``valid_to`` ``None`` means open-ended); ``recorded_at`` / ``superseded_at`` are
+    transaction time (when the store learnt it and when a newer version replaced it). Transaction times
+    are assigned by the store and are ``None`` on items you build yourself. All times are
+    timezone-aware UTC datetimes with microsecond resolution.
+    """
+
+    vector: Any
+    id: str | None = None
+    kappa: float = 0.0
+    kind: str = "episode"
+    fields: dict[str, Any] = field(default_factory=dict)
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    recorded_at: datetime | None = None
+    superseded_at: datetime | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Item):
+            return NotImplemented
+        return (
+            self.id == other.id
+            and self.kappa == other.kappa
+            and self.kind == other.kind
+            and self.fields == other.fields
+            and self.valid_from == other.valid_from
+            and self.valid_to == other.valid_to
+            and self.recorded_at == other.recorded_at
+            and self.superseded_at == other.superseded_at
+            and np.array_equal(np.asarray(self.vector), np.asarray(other.vector))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shape = getattr(self.vector, "shape", None)
+        return (
+            f"Item(id={self.id!r}, kappa={self.kappa!r}, kind={self.kind!r}, fields={self.fields!r}, "
+            f"vector=<{shape}>, valid_from={self.valid_from}, valid_to={self.valid_to}, "
+            f"recorded_at={self.recorded_at}, superseded_at={self.superseded_at})"
+        )

@@ -1,0 +1,78 @@
+"""Item ids and their 128-bit storage keys.
+
+Ids are strings. Inside the engine every id becomes a 128-bit key, stored as two ``uint64`` columns
+(``key_hi``, ``key_lo``) that sort, merge and hash cheaply in Numba:
+
+* a canonical UUID string (lowercase, hyphenated: what :func:`new_ids` makes) maps to its own 128 bits;
+* any other string maps to the 128-bit BLAKE2b digest of its UTF-8 bytes.
+
+The map is a function of the string alone, so the same id always finds the same key, and distinct
+strings collide with probability about 2^-128 per pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import numpy as np
+
+from t4dm.errors import InvalidInput
+
+__all__ = ["check_id", "key_of", "keys_of", "new_ids"]
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_MASK64 = (1 << 64) - 1
+# byte positions of the 32 hex digits inside the 36-character hyphenated form
+_HEX_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)], dtype=np.intp)
+MAX_ID_BYTES = 1024
+
+
+def check_id(value: object, field: str = "id") -> str:
+    """Return ``value`` if it is a usable id (a non-empty string of at most 1024 UTF-8 bytes)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(field, value, "an id must be a non-empty string")
+    if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise InvalidInput(field, value, f"an id must be at most {MAX_ID_BYTES} UTF-8 bytes")
+    return value
+
+
+def key_of(id: str) -> tuple[int, int]:
+    """The ``(hi, lo)`` 64-bit halves of the 128-bit key of ``id`` (see the module docstring)."""
+    if len(id) == 36 and _UUID.fullmatch(id):
+        value = int(id.replace("-", ""), 16)
+    else:
+        try:
+            raw = id.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput("id", id, "an id must be encodable as UTF-8") from exc
+        value = int.from_bytes(hashlib.blake2b(raw, digest_size=16).digest(), "big")
+    return value >> 64, value & _MASK64
+
+
+def keys_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of many ids: two ``uint64`` arrays ``(key_hi, key_lo)`` of length ``len(ids)``."""
+    pairs = [key_of(i) for i in ids]
+    hi = np.fromiter((p[0] for p in pairs), dtype=np.uint64, count=len(pairs))
+    lo = np.fromiter((p[1] for p in pairs), dtype=np.uint64, count=len(pairs))
+    return hi, lo
+
+
+def new_ids(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` random (version 4) UUIDs, made in bulk.
+
+    Returns ``(text, key_hi, key_lo)``: ``text`` is a ``uint8`` array ``[n, 36]`` holding the hyphenated
+    lowercase ASCII form of each id, and the keys are what :func:`key_of` gives for that text.
+    """
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    digits = np.empty((n, 32), dtype=np.uint8)
+    digits[:, 0::2] = _HEX[raw >> 4]
+    digits[:, 1::2] = _HEX[raw & 0x0F]
+    text = np.full((n, 36), ord("-"), dtype=np.uint8)
+    text[:, _HEX_POS] = digits
+    halves = raw.view(">u8").astype(np.uint64)
+    return text, np.ascontiguousarray(halves[:, 0]), np.ascontiguousarray(halves[:, 1])

@@ -1,0 +1,303 @@
+"""Immutable segments: one file of columnar, memory-mapped arrays, sorted by (key, seq).
+
+Layout of ``segments/<id:08d>.seg``::
+
+    "T4DXSEG\\0" | format u32 | zero padding to 64 bytes
+    column arrays, each 64-byte aligned (see :mod:`t4dm.storage.rows` for the row columns; also
+        ``tags``, ``vectors``, ``id_offsets``/``id_bytes``, ``payload_offsets``/``payload_bytes``,
+        ``bloom`` and the κ index ``kappa_order``/``kappa_sorted``)
+    footer: msgpack {format, dim, n, min_seq, max_seq, kinds, tag_fields, tag_values, bloom_k,
+            columns: {name: [offset, nbytes, dtype, shape, crc32c]}}
+    footer length u64 | CRC32C of the footer u32 | "T4DXSEG\\0"
+
+Every column carries a CRC32C, checked when the segment is opened (hardware CRC32C runs at about
+9 GB/s here, so a 1 GB store costs about 0.1 s). ``superseded_at`` / ``next_seq`` are copied into
+memory at open, because newer versions written later change them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+import numba
+import numpy as np
+
+from t4dm.errors import CorruptSegment
+
+from .bloom import BloomFilter
+from .fsutil import checksum, fsync_dir, io_errors
+from .rows import ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
+
+__all__ = ["FORMAT", "Segment", "segment_path", "write_segment"]
+
+FORMAT = 1
+_MAGIC = b"T4DXSEG\x00"
+_ALIGN = 64
+_TAIL = struct.Struct("<QI8s")
+_MUTABLE = ("superseded_at", "next_seq")
+
+
+def segment_path(directory: str, segment_id: int) -> str:
+    return os.path.join(directory, f"{segment_id:08d}.seg")
+
+
+# ---------------------------------------------------------------------- lookups (Numba)
+@numba.njit(cache=True, nogil=True)
+def _lower_bound(key_hi, key_lo, hi, lo):
+    a, b = 0, key_hi.shape[0]
+    while a < b:
+        m = (a + b) >> 1
+        if key_hi[m] < hi or (key_hi[m] == hi and key_lo[m] < lo):
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
+@numba.njit(cache=True, nogil=True)
+def _key_range(key_hi, key_lo, hi, lo):
+    """Rows ``[start, end)`` holding the versions of key (hi, lo), oldest first."""
+    start = _lower_bound(key_hi, key_lo, hi, lo)
+    end = start
+    n = key_hi.shape[0]
+    while end < n and key_hi[end] == hi and key_lo[end] == lo:
+        end += 1
+    return start, end
+
+
+@numba.njit(cache=True, nogil=True)
+def _latest_rows(key_hi, key_lo, maybe, q_hi, q_lo, out):
+    """``out[i]`` = row of the newest version of query key ``i`` (where ``maybe[i]``), else -1."""
+    for i in range(q_hi.shape[0]):
+        out[i] = -1
+        if maybe[i]:
+            start, end = _key_range(key_hi, key_lo, q_hi[i], q_lo[i])
+            if end > start:
+                out[i] = end - 1
+
+
+# ---------------------------------------------------------------------- writing
+class _ColumnFile:
+    """Streams aligned, checksummed arrays into one file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.f = open(path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self.columns: dict[str, list[Any]] = {}
+        self.f.write((_MAGIC + struct.pack("<I", FORMAT)).ljust(_ALIGN, b"\0"))
+
+    def _pad(self) -> None:
+        pos = self.f.tell()
+        if pos % _ALIGN:
+            self.f.write(b"\0" * (_ALIGN - pos % _ALIGN))
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        self.add_chunks(name, array.dtype, array.shape, [array])
+
+    def add_chunks(
+        self, name: str, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]
+    ) -> None:
+        self._pad()
+        offset, crc, nbytes = self.f.tell(), 0, 0
+        for chunk in chunks:
+            view = memoryview(np.ascontiguousarray(chunk, dtype=dtype)).cast("B")
+            crc = checksum(view, crc)
+            nbytes += len(view)
+            self.f.write(view)
+        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if nbytes != expected:
+            raise AssertionError(f"column {name}: wrote {nbytes} bytes, shape {shape} needs {expected}")
+        self.columns[name] = [offset, nbytes, np.dtype(dtype).str, list(shape), crc]
+
+    def finish(self, meta: dict[str, Any]) -> None:
+        footer = msgpack.packb({**meta, "format": FORMAT, "columns": self.columns}, use_bin_type=True)
+        self.f.write(footer)
+        self.f.write(_TAIL.pack(len(footer), checksum(footer), _MAGIC))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+    def abort(self) -> None:
+        self.f.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def write_segment(
+    path: str,
+    *,
+    dim: int,
+    columns: dict[str, np.ndarray],
+    tags: np.ndarray,
+    vectors: Iterable[np.ndarray],
+    ids: tuple[np.ndarray, np.ndarray],
+    payloads: tuple[np.ndarray, np.ndarray],
+    kinds: list[str],
+    tag_values: list[list[str]],
+    bloom_fp_rate: float,
+) -> None:
+    """Write a segment to ``path`` durably (temporary file, fsync, rename, fsync the folder).
+
+    Rows must already be sorted by (key_hi, key_lo, seq). ``vectors`` is an iterable of ``float32``
+    chunks ``[m, dim]`` in row order (so compaction can stream); ``ids`` and ``payloads`` are
+    ``(offsets int64[n + 1], bytes uint8[...])``.
+    """
+    n = int(columns["key_hi"].shape[0])
+    seq = columns["seq"]
+    kappa = columns["kappa"]
+    kappa_order = np.argsort(kappa, kind="stable").astype(np.int64)
+    first = np.ones(n, dtype=bool)
+    if n > 1:
+        first[1:] = (columns["key_hi"][1:] != columns["key_hi"][:-1]) | (
+            columns["key_lo"][1:] != columns["key_lo"][:-1]
+        )
+    bloom = BloomFilter.build(columns["key_hi"][first], columns["key_lo"][first], bloom_fp_rate)
+    tmp = path + ".tmp"
+    with io_errors(tmp):
+        out = _ColumnFile(tmp)
+        try:
+            for name, dtype in ROW_COLUMNS.items():
+                out.add(name, np.asarray(columns[name], dtype=dtype))
+            out.add("tags", np.asarray(tags, dtype=np.int32).reshape(n, len(TAG_FIELDS)))
+            out.add_chunks("vectors", np.dtype(np.float32), (n, dim), vectors)
+            out.add("id_offsets", ids[0])
+            out.add("id_bytes", ids[1])
+            out.add("payload_offsets", payloads[0])
+            out.add("payload_bytes", payloads[1])
+            out.add("bloom", bloom.words)
+            out.add("kappa_order", kappa_order)
+            out.add("kappa_sorted", kappa[kappa_order])
+            out.finish(
+                {
+                    "dim": dim,
+                    "n": n,
+                    "min_seq": int(seq.min()) if n else 0,
+                    "max_seq": int(seq.max()) if n else 0,
+                    "kinds": kinds,
+                    "tag_fields": list(TAG_FIELDS),
+                    "tag_values": tag_values,
+                    "bloom_k": bloom.k,
+                }
+            )
+        except BaseException:
+            out.abort()
+            raise
+        os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+# ---------------------------------------------------------------------- reading
+class Segment:
+    """A segment opened for reading: memory-mapped columns plus the in-memory supersession columns."""
+
+    def __init__(self, path: str, segment_id: int, dim: int, verify: bool = True) -> None:
+        self.path = path
+        self.id = segment_id
+        with io_errors(path), open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < _ALIGN + _TAIL.size:
+                raise CorruptSegment(path, f"file too short ({size} bytes)")
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        buf = self._map
+        if buf[: len(_MAGIC)] != _MAGIC:
+            raise CorruptSegment(path, "bad magic", 0)
+        footer_len, footer_crc, magic = _TAIL.unpack_from(buf, size - _TAIL.size)
+        footer_at = size - _TAIL.size - footer_len
+        if magic != _MAGIC or footer_at < _ALIGN:
+            raise CorruptSegment(path, "bad tail", size - _TAIL.size)
+        footer = buf[footer_at : size - _TAIL.size]
+        if checksum(footer) != footer_crc:
+            raise CorruptSegment(path, "footer checksum mismatch", footer_at)
+        try:
+            meta = msgpack.unpackb(footer, raw=False)
+        except Exception as exc:  # msgpack raises several types on garbage
+            raise CorruptSegment(path, f"undecodable footer: {exc}", footer_at) from exc
+        if meta.get("format", 0) > FORMAT:
+            raise CorruptSegment(path, f"format {meta['format']} is newer than this library reads ({FORMAT})")
+        if meta["dim"] != dim:
+            raise CorruptSegment(path, f"dimension {meta['dim']}, the store has {dim}")
+        self.meta = meta
+        self.n: int = meta["n"]
+        self.dim = dim
+        self.min_seq: int = meta["min_seq"]
+        self.max_seq: int = meta["max_seq"]
+        self.kinds: list[str] = meta["kinds"]
+        self.tag_values: list[list[str]] = meta["tag_values"]
+        self._kind_codes = {k: i for i, k in enumerate(self.kinds)}
+        self._tag_codes = [{v: i for i, v in enumerate(values)} for values in self.tag_values]
+        arrays: dict[str, np.ndarray] = {}
+        for name, (offset, nbytes, dtype, shape, crc) in meta["columns"].items():
+            if offset + nbytes > footer_at:
+                raise CorruptSegment(path, f"column {name} runs past the data", offset)
+            view = memoryview(buf)[offset : offset + nbytes]
+            if verify and checksum(view) != crc:
+                raise CorruptSegment(path, f"column {name} checksum mismatch", offset)
+            arrays[name] = np.frombuffer(
+                buf, dtype=np.dtype(dtype), count=nbytes // np.dtype(dtype).itemsize, offset=offset
+            ).reshape(shape)
+        for name in ROW_COLUMNS:
+            value = arrays[name]
+            setattr(self, name, value.copy() if name in _MUTABLE else value)
+        self.tags: np.ndarray = arrays["tags"]
+        self.vectors: np.ndarray = arrays["vectors"]
+        self.id_offsets: np.ndarray = arrays["id_offsets"]
+        self.id_bytes: np.ndarray = arrays["id_bytes"]
+        self.payload_offsets: np.ndarray = arrays["payload_offsets"]
+        self.payload_bytes: np.ndarray = arrays["payload_bytes"]
+        self.kappa_order: np.ndarray = arrays["kappa_order"]
+        self.kappa_sorted: np.ndarray = arrays["kappa_sorted"]
+        self.bloom = BloomFilter(arrays["bloom"], meta["bloom_k"])
+        self.nbytes = size
+
+    # -------------------------------------------------------------- rows
+    def id_at(self, row: int) -> str:
+        return self._map[self._abs(self.id_offsets, "id_bytes", row)].decode("utf-8")
+
+    def fields_bytes(self, row: int) -> bytes:
+        return self._map[self._abs(self.payload_offsets, "payload_bytes", row)]
+
+    def _abs(self, offsets: np.ndarray, column: str, row: int) -> slice:
+        base = self.meta["columns"][column][0]
+        return slice(base + int(offsets[row]), base + int(offsets[row + 1]))
+
+    def kind_code(self, kind: str) -> int | None:
+        return self._kind_codes.get(kind)
+
+    def tag_code(self, slot: int, value: Any) -> int | None:
+        if not isinstance(value, str):
+            return TAG_OTHER
+        return self._tag_codes[slot].get(value)
+
+    # -------------------------------------------------------------- indexes
+    def latest_row(self, hi: int, lo: int) -> int:
+        """Row of the newest version of key (hi, lo) in this segment, or -1."""
+        if not self.bloom.may_contain(hi, lo):
+            return -1
+        start, end = _key_range(self.key_hi, self.key_lo, np.uint64(hi), np.uint64(lo))
+        return end - 1 if end > start else -1
+
+    def key_rows(self, hi: int, lo: int) -> tuple[int, int]:
+        """Rows ``[start, end)`` of every version of key (hi, lo) in this segment."""
+        if not self.bloom.may_contain(hi, lo):
+            return 0, 0
+        return _key_range(self.key_hi, self.key_lo, np.uint64(hi), np.uint64(lo))
+
+    def latest_rows(self, key_hi: np.ndarray, key_lo: np.ndarray) -> np.ndarray:
+        """:meth:`latest_row` for many keys: ``int64[len(key_hi)]``."""
+        maybe = self.bloom.contains(key_hi, key_lo)
+        out = np.empty(len(key_hi), dtype=np.int64)
+        _latest_rows(self.key_hi, self.key_lo, maybe, key_hi, key_lo, out)
+        return out
+
+    def kappa_rows(self, lo: float, hi: float) -> np.ndarray:
+        """Rows with ``lo <= kappa <= hi``, ascending, from the κ index (no scan)."""
+        a = np.searchsorted(self.kappa_sorted, np.float32(lo), side="left")
+        b = np.searchsorted(self.kappa_sorted, np.float32(hi), side="right")
+        return np.sort(self.kappa_order[a:b])

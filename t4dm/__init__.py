@@ -1,0 +1,24 @@
+"""T4DM: memory for language-model agents in which time is first-class.
+
+Importing ``t4dm`` is cheap: the storage engine (``t4dm.storage``), the kernels (``t4dm.kernels``, needs
+torch and triton) and the rest load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from t4dm import errors
+
+__version__ = "0.1.0"
+__all__ = ["T4DX", "Item", "__version__", "errors"]
+
+_LAZY = {"T4DX": "t4dm.storage", "Item": "t4dm.storage"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 't4dm' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,71 @@
+"""The ``t4dm`` command line: ``t4dm demo``, ``t4dm bench storage``, ``t4dm info PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from t4dm.demo import run_demo
+
+    run_demo(path=args.path, n=args.n)
+    return 0
+
+
+def _bench_storage(args: argparse.Namespace) -> int:
+    from t4dm.bench.storage import run_storage_bench
+
+    peers = [p for p in args.peers.split(",") if p] if args.peers else []
+    run_storage_bench(n=args.n, dim=args.dim, peers=peers, json_path=args.json, workdir=args.workdir)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from t4dm.storage import T4DX
+
+    with T4DX.open(args.path) as db:
+        print(json.dumps(db.stats(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t4dm", description="T4DM: memory for agents, with time first-class."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the end-to-end demonstration (the main job)")
+    demo.add_argument("--path", default=None, help="store folder (default: a temporary one)")
+    demo.add_argument("--n", type=int, default=20_000, help="episodes to write (default 20000)")
+    demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks that run the peer beside ours and print the ratio")
+    bench_sub = bench.add_subparsers(dest="suite", required=True)
+    storage = bench_sub.add_parser("storage", help="T4DX: insert, get, scan, compaction, Bloom filter")
+    storage.add_argument("--n", type=int, default=100_000, help="items (default 100000)")
+    storage.add_argument("--dim", type=int, default=384, help="vector dimension (default 384)")
+    storage.add_argument(
+        "--peers",
+        default="rbloom,lancedb,chroma",
+        help="comma-separated peers to run beside T4DX (default: all)",
+    )
+    storage.add_argument("--json", default=None, help="also write the results to this JSON file")
+    storage.add_argument("--workdir", default=None, help="folder for the stores (default: a temporary one)")
+    storage.set_defaults(func=_bench_storage)
+
+    info = sub.add_parser("info", help="print a store's statistics")
+    info.add_argument("path")
+    info.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
