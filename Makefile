@@ -9,15 +9,19 @@ PYTEST_ARGS ?=
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
+
+# torch 2.13.0 is pinned first so pip takes the CPU build from local disk (a bare `torch` requirement
+# can pull a multi-GB CUDA build); triton 3.8.0 runs the kernels on the CPU under TRITON_INTERPRET=1.
+TORCH_PIN ?= torch==2.13.0 triton==3.8.0
 
 # Re-install when the project's requirements change.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -e '.[dev]'
+	$(PIP) install $(TORCH_PIN)
+	$(PIP) install -e '.[dev,kernels]'
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PIP) install -e '.[dev,bench]'
+	$(PIP) install -e '.[dev,kernels,bench]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -319,7 +319,7 @@ class MergedRows:
     ``superseded_at``, ``valid_from``, ``valid_to`` (int64 µs), ``is_current`` (the live version of its
     item), ``is_tombstone``, :meth:`vectors`, :meth:`fields`, :meth:`item`.
 
-    Change: ``kappa`` (float32, edit in place; values are clipped to [0, 1] and NaN is refused),
+    Change: ``kappa`` (float64, edit in place; values are clipped to [0, 1] and NaN is refused),
     ``keep`` (bool, set False to drop a version; drop every version of an id to forget it), and
     :meth:`add` new items (they are written in the same compaction, atomically, as new versions).
     """

@@ -518,7 +518,7 @@ class T4DX:
                 key_lo=key_lo,
                 valid_from=np.array([s.valid_from[r] for s, r in found], dtype=np.int64),
                 valid_to=np.array([s.valid_to[r] for s, r in found], dtype=np.int64),
-                kappa=np.array([s.kappa[r] for s, r in found], dtype=np.float32),
+                kappa=np.array([s.kappa[r] for s, r in found], dtype=np.float64),
                 kind=np.zeros(n, dtype=np.uint16),
                 flags=np.full(n, FLAG_TOMBSTONE, dtype=np.uint8),
                 tags=np.full((n, len(TAG_FIELDS)), TAG_ABSENT, dtype=np.int32),
@@ -596,7 +596,8 @@ class T4DX:
             raise InvalidVector(field, f"<shape {array.shape}>", f"expected shape [n, {self.dim}]")
         if array.shape[1] != self.dim:
             raise DimensionMismatch(field, f"<shape {array.shape}>", self.dim)
-        array = np.ascontiguousarray(array, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            array = np.ascontiguousarray(array, dtype=np.float32)
         finite = np.isfinite(array).all(axis=1)
         if not finite.all():
             row = int(np.flatnonzero(~finite)[0])
@@ -662,7 +663,8 @@ class T4DX:
             raise InvalidVector(field, vector, f"expected numbers, got dtype {array.dtype}")
         if array.shape != (self.dim,):
             raise DimensionMismatch(field, f"<shape {array.shape}>", self.dim)
-        array = array.astype(np.float32)
+        with np.errstate(over="ignore"):  # float32 overflow becomes inf, refused just below
+            array = array.astype(np.float32)
         if not np.isfinite(array).all():
             raise InvalidVector(field, "<NaN or inf>", "vectors must be finite (float32)")
         return array
@@ -751,7 +753,7 @@ class T4DX:
             key_lo=key_lo,
             valid_from=valid_from,
             valid_to=valid_to,
-            kappa=kappas.astype(np.float32),
+            kappa=kappas.astype(np.float64),
             kind=kind,
             flags=np.zeros(n, dtype=np.uint8),
             tags=tags,
@@ -880,7 +882,10 @@ class T4DX:
             kappa = (lo, hi)
         kinds: list[str] | None = None
         if kind is not None:
-            kinds = [kind] if isinstance(kind, str) else list(kind)
+            try:
+                kinds = [kind] if isinstance(kind, str) else list(kind)
+            except TypeError as exc:
+                raise InvalidInput("kind", kind, "expected a string or a list of strings") from exc
             for k in kinds:
                 if not isinstance(k, str):
                     raise InvalidInput("kind", k, "expected a string")
@@ -1067,10 +1072,10 @@ class T4DX:
     def _run_policy(self, rows: SegmentRows, policy: CompactionPolicy) -> tuple[SegmentRows, int]:
         view = MergedRows(rows, self._last_recorded)
         policy(view)
-        kappa = np.asarray(view.kappa, dtype=np.float32)
+        kappa = np.asarray(view.kappa, dtype=np.float64)
         if kappa.shape != (rows.n,) or np.isnan(kappa).any():
             raise InvalidInput(
-                "MergedRows.kappa", "<edited by the policy>", "must stay float32 [n] without NaN"
+                "MergedRows.kappa", "<edited by the policy>", "must stay float [n] without NaN"
             )
         keep = np.asarray(view.keep, dtype=np.bool_)
         if keep.shape != (rows.n,):
@@ -1143,7 +1148,7 @@ def _match_rows(source, n, snap_seq, kappa, kinds, conditions, valid_us, known_u
         mask &= col("seq") <= np.uint64(snap_seq)
     if kappa is not None and not isinstance(source, Segment):
         k = col("kappa")
-        mask &= (k >= np.float32(kappa[0])) & (k <= np.float32(kappa[1]))
+        mask &= (k >= kappa[0]) & (k <= kappa[1])
     if known_us is None:
         mask &= col("next_seq") > np.uint64(snap_seq)
     else:

@@ -13,7 +13,7 @@ superseded_at    int64     transaction time a newer version replaced it (``OPEN`
 next_seq         uint64    ``seq`` of that newer version (``NO_SEQ`` if none): readers compare it
                            with their snapshot's ``seq`` so a concurrent write never half-shows
 valid_from/to    int64     valid time (µs), ``valid_to = OPEN`` when open-ended
-kappa            float32   consolidation level in [0, 1]
+kappa            float64   consolidation level in [0, 1]
 kind             uint16    code into the owner's ``kinds`` list
 flags            uint8     ``FLAG_TOMBSTONE`` for a delete marker
 tags             int32     ``[n, len(TAG_FIELDS)]`` codes of the tenancy fields (``user_id`` ...)
@@ -56,7 +56,7 @@ ROW_COLUMNS: dict[str, np.dtype] = {
     "next_seq": np.dtype(np.uint64),
     "valid_from": np.dtype(np.int64),
     "valid_to": np.dtype(np.int64),
-    "kappa": np.dtype(np.float32),
+    "kappa": np.dtype(np.float64),
     "kind": np.dtype(np.uint16),
     "flags": np.dtype(np.uint8),
 }

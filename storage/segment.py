@@ -298,6 +298,6 @@ class Segment:
 
     def kappa_rows(self, lo: float, hi: float) -> np.ndarray:
         """Rows with ``lo <= kappa <= hi``, ascending, from the κ index (no scan)."""
-        a = np.searchsorted(self.kappa_sorted, np.float32(lo), side="left")
-        b = np.searchsorted(self.kappa_sorted, np.float32(hi), side="right")
+        a = np.searchsorted(self.kappa_sorted, float(lo), side="left")
+        b = np.searchsorted(self.kappa_sorted, float(hi), side="right")
         return np.sort(self.kappa_order[a:b])
