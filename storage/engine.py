@@ -318,6 +318,8 @@ class T4DX:
         manifest = self._manifest
         seg_dir, wal_dir = os.path.join(self.path, _SEGMENTS), os.path.join(self.path, _WAL)
         live = {entry.id for entry in manifest.segments}
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.path, "MANIFEST.tmp"))
         # Remove what a crash left behind: temporary files, unpublished segments, replayed logs.
         with io_errors(seg_dir):
             for name in os.listdir(seg_dir):
