@@ -51,16 +51,26 @@ from .compaction import (
 )
 from .fsutil import fsync_dir, io_errors
 from .item import OPEN, UTC, Item, from_us, to_us
-from .keys import check_id, key_of, keys_of, new_ids
+from .keys import check_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
 from .memtable import Memtable
-from .rows import FLAG_TOMBSTONE, NO_SEQ, ROW_COLUMNS, TAG_ABSENT, TAG_FIELDS, TAG_OTHER, VersionBatch
+from .rows import (
+    FLAG_TOMBSTONE,
+    MAX_KINDS,
+    NO_SEQ,
+    ROW_COLUMNS,
+    TAG_ABSENT,
+    TAG_FIELDS,
+    TAG_OTHER,
+    VersionBatch,
+)
 from .segment import Segment, segment_path, write_segment
 from .wal import DURABILITY_MODES, WAL, read_records, wal_files
 
 __all__ = ["T4DX", "CompactionStats"]
 
 _FILL = np.iinfo(np.int64).min  # "valid_from: use the transaction time"
+_SCAN_CHUNK = 256  # rows materialised at a time by scan()
 _SEGMENTS = "segments"
 _WAL = "wal"
 _LOCK = "LOCK"
@@ -252,6 +262,7 @@ class T4DX:
         self.path = path
         self.durability = durability
         self._memtable_bytes = int(memtable_bytes)
+        self._memtable_rows = 0  # set once the dimension is known
         self._max_segments = int(max_segments)
         self._retention_us = None if history_retention is None else int(history_retention * 1e6)
         self._policy = compaction_policy
@@ -274,6 +285,9 @@ class T4DX:
             if dim is not None and dim != self._manifest.dim:
                 raise DimensionMismatch("dim", dim, self._manifest.dim)
             self.dim = self._manifest.dim
+            # Reserve the memtable's rows up front (untouched pages cost no memory), so that filling
+            # it never copies; a batch larger than the memtable still grows it.
+            self._memtable_rows = min(1 << 22, self._memtable_bytes // (self.dim * 4 + 96) + 1)
             self._recover(verify_checksums, sync_interval)
         except BaseException:
             os.close(self._lock_fd)
@@ -338,7 +352,7 @@ class T4DX:
         self._segments = segments
         self._seq = manifest.last_seq
         self._last_recorded = manifest.last_recorded
-        self._mem = Memtable(manifest.dim)
+        self._mem = Memtable(manifest.dim, self._memtable_rows)
         self._publish()
         numbers_ = wal_files(wal_dir)
         for i, number in enumerate(numbers_):
@@ -440,8 +454,8 @@ class T4DX:
         bad = np.flatnonzero(~((kappas >= 0) & (kappas <= 1)))
         if bad.size:
             raise InvalidInput(f"kappa[{bad[0]}]", float(kappas[bad[0]]), "κ must be in [0, 1]")
-        kinds_in = [kind] * n if isinstance(kind, str) else list(kind)
-        if len(kinds_in) != n:
+        kinds_in = kind if isinstance(kind, str) else list(kind)
+        if not isinstance(kinds_in, str) and len(kinds_in) != n:
             raise InvalidInput("kind", f"<{len(kinds_in)} kinds>", f"expected a string or {n} of them")
         vf = self._time_column(valid_from, n, "valid_from", _FILL)
         vt = self._time_column(valid_to, n, "valid_to", OPEN)
@@ -684,34 +698,47 @@ class T4DX:
         key_lo: np.ndarray,
         vectors: np.ndarray,
         kappas: np.ndarray,
-        kinds: list[str],
+        kinds: str | list[str],
         fields: list[Any],
         valid_from: np.ndarray,
         valid_to: np.ndarray,
         fresh: bool,
         prefix: str,
     ) -> VersionBatch:
-        """Encode kinds, tags and payloads of validated columns into a batch (checks fields and kinds)."""
+        """Encode kinds, tags and payloads of validated columns into a batch (checks fields and kinds).
+
+        ``kinds`` is one kind for every row or one per row. This loop is the per-row cost of a bulk
+        insert (about 2 µs a row here), so it keeps to Python lists and C calls.
+        """
         n = len(ids)
-        kind_codes: dict[str, int] = {}
-        kind = np.empty(n, dtype=np.uint16)
+        if isinstance(kinds, str):
+            kind_names, kind = [kinds], np.zeros(n, dtype=np.uint16)
+        else:
+            kind_index: dict[str, int] = {}
+            kind_codes = [
+                kind_index.setdefault(name, len(kind_index)) if type(name) is str else -1 for name in kinds
+            ]
+            kind_names, kind = list(kind_index), np.asarray(kind_codes, dtype=np.int64)
+            if (kind < 0).any():
+                i = int(np.flatnonzero(kind < 0)[0])
+                raise InvalidInput(_field(prefix, i, "kind"), kinds[i], "kind must be a non-empty string")
+            kind = kind.astype(np.uint16)
+        for name in kind_names:
+            if not name or len(name) > 255:
+                row = 0 if isinstance(kinds, str) else list(kinds).index(name)
+                raise InvalidInput(
+                    _field(prefix, row, "kind"), name, "kind must be a non-empty string (≤ 255 chars)"
+                )
+        if len(kind_names) > MAX_KINDS:
+            raise InvalidInput(
+                "kind", f"<{len(kind_names)} kinds>", f"at most {MAX_KINDS} kinds in one write"
+            )
         tag_codes: list[dict[str, int]] = [{} for _ in TAG_FIELDS]
-        tags = np.empty((n, len(TAG_FIELDS)), dtype=np.int32)
-        offsets = np.empty(n + 1, dtype=np.int64)
-        offsets[0] = 0
+        tag_rows: list[list[int]] = [[] for _ in TAG_FIELDS]
+        slots = list(zip(TAG_FIELDS, tag_codes, tag_rows, strict=True))
         chunks: list[bytes] = []
-        size = 0
-        for i in range(n):
-            name = kinds[i]
-            code = kind_codes.get(name)
-            if code is None:
-                if not isinstance(name, str) or not name or len(name) > 255:
-                    raise InvalidInput(
-                        _field(prefix, i, "kind"), name, "kind must be a non-empty string (≤ 255 chars)"
-                    )
-                code = kind_codes[name] = len(kind_codes)
-            kind[i] = code
-            record = fields[i]
+        pack = _pack
+        for i, record in enumerate(fields):
             if type(record) is not dict:
                 if not isinstance(record, Mapping):
                     raise PayloadNotSerializable(_field(prefix, i, "fields"), record, "fields must be a dict")
@@ -722,26 +749,20 @@ class T4DX:
                         _field(prefix, i, "fields"), key, "field names must be strings"
                     )
             try:
-                packed = _pack(record)
+                chunks.append(pack(record))
             except (TypeError, ValueError, OverflowError) as exc:
                 raise PayloadNotSerializable(
                     _field(prefix, i, "fields"), record, f"not JSON-like: {exc}"
                 ) from exc
-            chunks.append(packed)
-            size += len(packed)
-            offsets[i + 1] = size
-            for slot, tag in enumerate(TAG_FIELDS):
+            for tag, codes, out in slots:
                 value = record.get(tag, _MISSING)
-                if value is _MISSING:
-                    tags[i, slot] = TAG_ABSENT
-                elif type(value) is str:
-                    codes = tag_codes[slot]
-                    c = codes.get(value)
-                    if c is None:
-                        c = codes[value] = len(codes)
-                    tags[i, slot] = c
+                if type(value) is str:
+                    out.append(codes.setdefault(value, len(codes)))
                 else:
-                    tags[i, slot] = TAG_OTHER
+                    out.append(TAG_ABSENT if value is _MISSING else TAG_OTHER)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, chunks), dtype=np.int64, count=n), out=offsets[1:])
+        tags = np.array(tag_rows, dtype=np.int32).T.copy() if n else np.empty((0, len(TAG_FIELDS)), np.int32)
         bad = np.flatnonzero((valid_to <= valid_from) & (valid_from != _FILL))
         if bad.size:
             i = int(bad[0])
@@ -760,7 +781,7 @@ class T4DX:
             flags=np.zeros(n, dtype=np.uint8),
             tags=tags,
             vectors=vectors,
-            kinds=list(kind_codes),
+            kinds=kind_names,
             tag_values=[list(codes) for codes in tag_codes],
             ids=ids,
             payload_offsets=offsets,
@@ -807,7 +828,7 @@ class T4DX:
                 return None if cols.flags[row] & FLAG_TOMBSTONE else (mem, row)
         if not isinstance(id, str):
             check_id(id)
-        hi, lo = key_of(id)
+        hi, lo = key_u64(id)
         for segment in reversed(snap.segments):
             row = segment.latest_row(hi, lo)
             if row >= 0:
@@ -823,29 +844,62 @@ class T4DX:
             if cols.seq[row] <= snap.seq:
                 yield mem, row
             row = int(cols.prev_row[row])
-        hi, lo = key_of(id)
+        hi, lo = key_u64(id)
         for segment in reversed(snap.segments):
             start, end = segment.key_rows(hi, lo)
             for r in range(end - 1, start - 1, -1):
                 yield segment, r
 
     def _item(self, source: Any, row: int, snap_seq: int) -> Item:
-        vector = source.vectors[row]
-        if vector.flags.writeable:
-            vector = vector.view()
-            vector.flags.writeable = False
-        superseded = int(source.superseded_at[row]) if source.next_seq[row] <= snap_seq else OPEN
+        """Version ``row`` of ``source`` as an Item (its own copy of the vector)."""
+        superseded = source.superseded_at.item(row) if source.next_seq.item(row) <= snap_seq else OPEN
         return Item(
-            vector=vector,
-            id=source.id_at(row),
-            kappa=float(source.kappa[row]),
-            kind=source.kinds[source.kind[row]],
-            fields=_unpack(source.fields_bytes(row)),
-            valid_from=from_us(int(source.valid_from[row])),
-            valid_to=from_us(int(source.valid_to[row])),
-            recorded_at=from_us(int(source.recorded_at[row])),
-            superseded_at=from_us(superseded),
+            np.array(source.vectors[row]),
+            source.id_at(row),
+            source.kappa.item(row),
+            source.kinds[source.kind.item(row)],
+            _unpack(source.fields_bytes(row)),
+            from_us(source.valid_from.item(row)),
+            from_us(source.valid_to.item(row)),
+            from_us(source.recorded_at.item(row)),
+            from_us(superseded),
         )
+
+    @staticmethod
+    def _items(
+        source: Any, rows: np.ndarray, snap_seq: int, payloads: list[bytes] | None = None
+    ) -> list[Item]:
+        """:meth:`_item` for many rows at once: columns gathered once, vectors in one copy."""
+        vectors = source.vectors[rows]
+        kinds = source.kinds
+        superseded = np.where(source.next_seq[rows] <= np.uint64(snap_seq), source.superseded_at[rows], OPEN)
+        if payloads is None:
+            payloads = source.fields_bytes_at(rows)
+        return [
+            Item(
+                vector,
+                id,
+                kappa,
+                kinds[kind],
+                _unpack(raw),
+                from_us(vf),
+                from_us(vt),
+                from_us(rec),
+                from_us(sup),
+            )
+            for vector, id, kappa, kind, raw, vf, vt, rec, sup in zip(
+                vectors,
+                source.ids_at(rows),
+                source.kappa[rows].tolist(),
+                source.kind[rows].tolist(),
+                payloads,
+                source.valid_from[rows].tolist(),
+                source.valid_to[rows].tolist(),
+                source.recorded_at[rows].tolist(),
+                superseded.tolist(),
+                strict=True,
+            )
+        ]
 
     def scan(
         self,
@@ -911,26 +965,29 @@ class T4DX:
         return kappa, kinds, conditions, valid_us, known_us, limit
 
     def _scan(self, snap, kappa, kinds, conditions, valid_us, known_us, limit) -> Iterator[Item]:
-        emitted = 0
+        remaining = limit
         sources: list[tuple[Any, int]] = [(snap.mem, snap.mem_n)]
         sources += [(segment, segment.n) for segment in reversed(snap.segments)]
         for source, n in sources:
-            if limit is not None and emitted >= limit:
-                return
             rows, payload_checks = _match_rows(
                 source, n, snap.seq, kappa, kinds, conditions, valid_us, known_us
             )
-            for row in rows.tolist():
-                if payload_checks:
-                    fields = _unpack(source.fields_bytes(row))
-                    if not all(
-                        name in fields and _same(fields[name], value) for name, value in payload_checks
-                    ):
-                        continue
-                if limit is not None and emitted >= limit:
+            for start in range(0, rows.size, _SCAN_CHUNK):
+                if remaining is not None and remaining <= 0:
                     return
-                emitted += 1
-                yield self._item(source, row, snap.seq)
+                chunk = rows[start : start + _SCAN_CHUNK]
+                payloads = source.fields_bytes_at(chunk)
+                if payload_checks:
+                    keep = [
+                        all(name in fields and _same(fields[name], value) for name, value in payload_checks)
+                        for fields in map(_unpack, payloads)
+                    ]
+                    chunk = chunk[np.asarray(keep, dtype=bool)]
+                    payloads = [raw for raw, kept in zip(payloads, keep, strict=True) if kept]
+                if remaining is not None:
+                    chunk, payloads = chunk[:remaining], payloads[:remaining]
+                    remaining -= chunk.size
+                yield from self._items(source, chunk, snap.seq, payloads)
 
     def count(
         self,
@@ -977,7 +1034,7 @@ class T4DX:
         wal_number = self._wal.number + 1
         self._wal.rotate(wal_number)
         self._install(removed=(), added=segment, index=len(self._segments), wal_start=wal_number)
-        self._mem = Memtable(self.dim)
+        self._mem = Memtable(self.dim, self._memtable_rows)
         self._publish()
         if auto_compact and len(self._segments) > self._max_segments:
             self._auto_compact()

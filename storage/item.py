@@ -28,11 +28,23 @@ def to_us(value: datetime, field: str) -> int:
     return (value - EPOCH) // _ONE_US
 
 
+_DATETIMES: dict[int, datetime] = {}
+
+
 def from_us(us: int) -> datetime | None:
-    """The UTC datetime of ``us`` microseconds since the epoch; ``None`` for :data:`OPEN`."""
+    """The UTC datetime of ``us`` microseconds since the epoch; ``None`` for :data:`OPEN`.
+
+    Conversions are cached: the rows of one write share their transaction time, and reads turn the
+    same few times into datetimes again and again (a cache hit costs ~50 ns, a conversion ~1.3 µs).
+    """
     if us == OPEN:
         return None
-    return EPOCH + timedelta(microseconds=int(us))
+    value = _DATETIMES.get(us)
+    if value is None:
+        if len(_DATETIMES) >= 65536:
+            _DATETIMES.clear()
+        value = _DATETIMES[us] = EPOCH + timedelta(0, 0, int(us))
+    return value
 
 
 @dataclass(slots=True, eq=False)

@@ -20,7 +20,7 @@ import numpy as np
 
 from t4dm.errors import InvalidInput
 
-__all__ = ["check_id", "key_of", "keys_of", "new_ids"]
+__all__ = ["check_id", "key_of", "key_u64", "keys_of", "new_ids"]
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -50,6 +50,12 @@ def key_of(id: str) -> tuple[int, int]:
             raise InvalidInput("id", id, "an id must be encodable as UTF-8") from exc
         value = int.from_bytes(hashlib.blake2b(raw, digest_size=16).digest(), "big")
     return value >> 64, value & _MASK64
+
+
+def key_u64(id: str) -> tuple[np.uint64, np.uint64]:
+    """:func:`key_of` as ``np.uint64`` scalars, the type the Numba lookups take without conversion."""
+    hi, lo = key_of(id)
+    return np.uint64(hi), np.uint64(lo)
 
 
 def keys_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -46,9 +46,9 @@ class _Columns:
 class Memtable:
     """Version rows not yet flushed to a segment, in write order (``seq`` ascending)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, capacity: int = _INITIAL_ROWS) -> None:
         self.dim = dim
-        self.cols = _Columns(_INITIAL_ROWS, dim)
+        self.cols = _Columns(max(1, capacity), dim)
         self.cols.payload_start[0] = 0
         self.n = 0
         self.ids: list[str] = []
@@ -146,6 +146,13 @@ class Memtable:
         i = bisect.bisect_right(self._chunk_starts, start) - 1
         base = self._chunk_starts[i]
         return self._chunks[i][start - base : end - base]
+
+    def ids_at(self, rows: np.ndarray) -> list[str]:
+        ids = self.ids
+        return [ids[r] for r in rows.tolist()]
+
+    def fields_bytes_at(self, rows: np.ndarray) -> list[bytes]:
+        return [self.fields_bytes(r) for r in rows.tolist()]
 
     def kind_code(self, kind: str) -> int | None:
         return self._kind_codes.get(kind)

@@ -30,7 +30,7 @@ import numpy as np
 
 from t4dm.errors import CorruptSegment
 
-from .bloom import BloomFilter
+from .bloom import BloomFilter, _bloom_contains_one
 from .fsutil import checksum, fsync_dir, io_errors
 from .rows import ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
 
@@ -69,6 +69,14 @@ def _key_range(key_hi, key_lo, hi, lo):
     while end < n and key_hi[end] == hi and key_lo[end] == lo:
         end += 1
     return start, end
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup(words, n_blocks, k, key_hi, key_lo, hi, lo):
+    """Bloom probe, then binary search: rows ``[start, end)`` of key (hi, lo), empty if absent."""
+    if not _bloom_contains_one(words, n_blocks, k, hi, lo):
+        return 0, 0
+    return _key_range(key_hi, key_lo, hi, lo)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -255,17 +263,27 @@ class Segment:
         self.kappa_sorted: np.ndarray = arrays["kappa_sorted"]
         self.bloom = BloomFilter(arrays["bloom"], meta["bloom_k"])
         self.nbytes = size
+        self._id_base = meta["columns"]["id_bytes"][0]
+        self._payload_base = meta["columns"]["payload_bytes"][0]
 
     # -------------------------------------------------------------- rows
     def id_at(self, row: int) -> str:
-        return self._map[self._abs(self.id_offsets, "id_bytes", row)].decode("utf-8")
+        base, offsets = self._id_base, self.id_offsets
+        return self._map[base + offsets.item(row) : base + offsets.item(row + 1)].decode("utf-8")
 
     def fields_bytes(self, row: int) -> bytes:
-        return self._map[self._abs(self.payload_offsets, "payload_bytes", row)]
+        base, offsets = self._payload_base, self.payload_offsets
+        return self._map[base + offsets.item(row) : base + offsets.item(row + 1)]
 
-    def _abs(self, offsets: np.ndarray, column: str, row: int) -> slice:
-        base = self.meta["columns"][column][0]
-        return slice(base + int(offsets[row]), base + int(offsets[row + 1]))
+    def ids_at(self, rows: np.ndarray) -> list[str]:
+        base, starts, ends = self._id_base, self.id_offsets[rows].tolist(), self.id_offsets[rows + 1].tolist()
+        mapped = self._map
+        return [mapped[base + a : base + b].decode("utf-8") for a, b in zip(starts, ends, strict=True)]
+
+    def fields_bytes_at(self, rows: np.ndarray) -> list[bytes]:
+        base, mapped = self._payload_base, self._map
+        starts, ends = self.payload_offsets[rows].tolist(), self.payload_offsets[rows + 1].tolist()
+        return [mapped[base + a : base + b] for a, b in zip(starts, ends, strict=True)]
 
     def kind_code(self, kind: str) -> int | None:
         return self._kind_codes.get(kind)
@@ -276,18 +294,16 @@ class Segment:
         return self._tag_codes[slot].get(value)
 
     # -------------------------------------------------------------- indexes
-    def latest_row(self, hi: int, lo: int) -> int:
-        """Row of the newest version of key (hi, lo) in this segment, or -1."""
-        if not self.bloom.may_contain(hi, lo):
-            return -1
-        start, end = _key_range(self.key_hi, self.key_lo, np.uint64(hi), np.uint64(lo))
+    def latest_row(self, hi: np.uint64, lo: np.uint64) -> int:
+        """Row of the newest version of key (hi, lo) in this segment, or -1 (one Numba call)."""
+        bloom = self.bloom
+        start, end = _lookup(bloom.words, bloom.n_blocks, bloom.k, self.key_hi, self.key_lo, hi, lo)
         return end - 1 if end > start else -1
 
-    def key_rows(self, hi: int, lo: int) -> tuple[int, int]:
+    def key_rows(self, hi: np.uint64, lo: np.uint64) -> tuple[int, int]:
         """Rows ``[start, end)`` of every version of key (hi, lo) in this segment."""
-        if not self.bloom.may_contain(hi, lo):
-            return 0, 0
-        return _key_range(self.key_hi, self.key_lo, np.uint64(hi), np.uint64(lo))
+        bloom = self.bloom
+        return _lookup(bloom.words, bloom.n_blocks, bloom.k, self.key_hi, self.key_lo, hi, lo)
 
     def latest_rows(self, key_hi: np.ndarray, key_lo: np.ndarray) -> np.ndarray:
         """:meth:`latest_row` for many keys: ``int64[len(key_hi)]``."""
