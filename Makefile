@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench demo test test-slow bench asv lint format clean
+.PHONY: install install-bench demo test test-slow bench asv lint format clean gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Wheels of the GPU peers (SpikingJelly, flash-linear-attention) to carry to the GPU machine, which has no
+# network: run(command="bash scripts/gpu_check.sh lif", carry=[".wheels"]).
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps -d .wheels fla-core==0.6.0 spikingjelly==2.0.0 loguru
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .asv

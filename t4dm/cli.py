@@ -23,6 +23,20 @@ def _bench_storage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_lif(args: argparse.Namespace) -> int:
+    from t4dm.bench.lif import run_lif_bench
+
+    run_lif_bench(args.device, args.json, sweep=args.sweep)
+    return 0
+
+
+def _bench_attention(args: argparse.Namespace) -> int:
+    from t4dm.bench.attention import run_attention_bench
+
+    run_attention_bench(args.device, args.json, fla_max_configs=args.fla_max_configs, sweep=args.sweep)
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from t4dm.storage import T4DX
 
@@ -55,6 +69,27 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--json", default=None, help="also write the results to this JSON file")
     storage.add_argument("--workdir", default=None, help="folder for the stores (default: a temporary one)")
     storage.set_defaults(func=_bench_storage)
+
+    lif = bench_sub.add_parser(
+        "lif", help="fused LIF kernel beside SpikingJelly and an eager loop (fwd, fwd+bwd)"
+    )
+    lif.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    lif.add_argument("--json", default=None, help="also write the results to this JSON file")
+    lif.add_argument("--sweep", action="store_true", help="also sweep chunk and block sizes")
+    lif.set_defaults(func=_bench_lif)
+
+    attention = bench_sub.add_parser(
+        "attention", help="RWKV-6 and spike attention beside flash-linear-attention and SDPA (bf16)"
+    )
+    attention.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    attention.add_argument("--json", default=None, help="also write the results to this JSON file")
+    attention.add_argument(
+        "--fla-max-configs", type=int, default=4, help="autotune configs kept per fla kernel (0 = all)"
+    )
+    attention.add_argument(
+        "--no-sweep", dest="sweep", action="store_false", help="skip our chunk/block sweep"
+    )
+    attention.set_defaults(func=_bench_attention)
 
     info = sub.add_parser("info", help="print a store's statistics")
     info.add_argument("path")

@@ -1,0 +1,10 @@
+"""Fused multi-step LIF neuron with surrogate gradients (``t4dm.kernels.lif``).
+
+``lif_multistep`` runs the Triton kernels on CUDA tensors and the PyTorch reference (``naive.py``) elsewhere.
+"""
+
+from __future__ import annotations
+
+from .fused import lif_multistep
+
+__all__ = ["lif_multistep"]

@@ -1,0 +1,206 @@
+"""Public RWKV-6 functions: input checks, then the Triton kernels on CUDA or the PyTorch path elsewhere.
+
+The Triton modules are imported on first CUDA use only, so ``import t4dm.kernels`` stays cheap and a test
+session can set ``TRITON_INTERPRET=1`` before the kernels are built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .naive import naive_chunk_rwkv6, naive_rwkv6_step
+
+__all__ = ["check_rwkv6_inputs", "check_rwkv6_step_inputs", "rwkv6", "rwkv6_step"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The Triton kernels keep one [K, BV] state tile per program in registers.
+MAX_TRITON_K = 256
+
+
+def _check_tensor(name: str, x: object, ndim: int, layout: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {x.dtype}"
+        )
+    return x
+
+
+def _check_shape(name: str, x: torch.Tensor, expected: tuple[int, ...], layout: str) -> None:
+    if tuple(x.shape) != expected:
+        raise ValueError(f"{name} must have shape {layout} = {expected}, got {tuple(x.shape)}")
+
+
+def _check_scale(scale: object, K: int) -> float:
+    if scale is None:
+        return K**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float or None, got {scale!r}")
+    return float(scale)
+
+
+def _check_decay_sign(name: str, w: torch.Tensor) -> None:
+    # A value check reads the tensor: on CUDA that is one small reduction and a host sync.
+    if bool((w > 0).any()):
+        raise ValueError(
+            f"{name} is a log decay and must be <= 0 everywhere (decay factor exp({name}) <= 1); "
+            f"got a maximum of {float(w.max())}"
+        )
+
+
+def check_rwkv6_inputs(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    scale: float | None,
+    initial_state: torch.Tensor | None,
+    check_decay: bool = True,
+) -> float:
+    """Raise ``ValueError`` naming the argument for any input ``rwkv6`` cannot take; return the scale."""
+    layout = "[B, T, H, K]"
+    for name, x in (("r", r), ("k", k), ("w", w)):
+        _check_tensor(name, x, 4, layout)
+    _check_tensor("v", v, 4, "[B, T, H, V]")
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    _check_shape("k", k, (B, T, H, K), layout)
+    _check_shape("w", w, (B, T, H, K), layout)
+    _check_shape("v", v, (B, T, H, V), "[B, T, H, V]")
+    if T < 1 or min(B, H, K, V) < 1:
+        raise ValueError(f"rwkv6 needs non-empty inputs, got r {tuple(r.shape)} and v {tuple(v.shape)}")
+    for name, x in (("k", k), ("v", v), ("w", w)):
+        if x.dtype != r.dtype:
+            raise ValueError(f"{name}.dtype must equal r.dtype ({r.dtype}), got {x.dtype}")
+    _check_tensor("u", u, 2, "[H, K]")
+    _check_shape("u", u, (H, K), "[H, K]")
+    if initial_state is not None:
+        _check_tensor("initial_state", initial_state, 4, "[B, H, K, V]")
+        _check_shape("initial_state", initial_state, (B, H, K, V), "[B, H, K, V]")
+    for name, x in (("k", k), ("v", v), ("w", w), ("u", u), ("initial_state", initial_state)):
+        if x is not None and x.device != r.device:
+            raise ValueError(f"{name} is on {x.device} but r is on {r.device}")
+    if check_decay:
+        _check_decay_sign("w", w)
+    return _check_scale(scale, K)
+
+
+def check_rwkv6_step_inputs(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor,
+    scale: float | None,
+    check_decay: bool = True,
+) -> float:
+    """Raise ``ValueError`` for any input ``rwkv6_step`` cannot take; return the scale."""
+    layout = "[B, H, K]"
+    for name, x in (("r", r), ("k", k), ("w", w)):
+        _check_tensor(name, x, 3, layout)
+    _check_tensor("v", v, 3, "[B, H, V]")
+    B, H, K = r.shape
+    V = v.shape[-1]
+    _check_shape("k", k, (B, H, K), layout)
+    _check_shape("w", w, (B, H, K), layout)
+    _check_shape("v", v, (B, H, V), "[B, H, V]")
+    for name, x in (("k", k), ("v", v), ("w", w)):
+        if x.dtype != r.dtype:
+            raise ValueError(f"{name}.dtype must equal r.dtype ({r.dtype}), got {x.dtype}")
+    _check_tensor("u", u, 2, "[H, K]")
+    _check_shape("u", u, (H, K), "[H, K]")
+    _check_tensor("state", state, 4, "[B, H, K, V]")
+    _check_shape("state", state, (B, H, K, V), "[B, H, K, V]")
+    for name, x in (("k", k), ("v", v), ("w", w), ("u", u), ("state", state)):
+        if x.device != r.device:
+            raise ValueError(f"{name} is on {x.device} but r is on {r.device}")
+    if check_decay:
+        _check_decay_sign("w", w)
+    return _check_scale(scale, K)
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return x.is_cuda and x.dtype != torch.float64 and x.shape[-1] <= MAX_TRITON_K
+
+
+def rwkv6(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    *,
+    check_decay: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RWKV-6 linear attention with data-dependent per-channel decay (flash-linear-attention's
+    ``chunk_rwkv6`` semantics).
+
+    ``o_t = scale * r_t^T (S_{t-1} + diag(u) k_t v_t^T)``, ``S_t = diag(exp(w_t)) S_{t-1} + k_t v_t^T``.
+
+    Args:
+        r, k: ``[B, T, H, K]`` receptance and key.
+        v: ``[B, T, H, V]`` value.
+        w: ``[B, T, H, K]`` log decay, <= 0 (e.g. ``-exp(x)`` or ``logsigmoid(x)``).
+        u: ``[H, K]`` bonus for the current token.
+        scale: output scale, ``K ** -0.5`` by default.
+        initial_state: ``[B, H, K, V]`` state before the first token (zeros when ``None``).
+        output_final_state: also return the state after the last token, ``[B, H, K, V]`` float32.
+        check_decay: check ``w <= 0`` (reads ``w``: one reduction and, on CUDA, a host sync).
+
+    Returns:
+        ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in ``r.dtype``; ``final_state`` or ``None``.
+
+    On CUDA (float16/bfloat16/float32, K <= 256) this runs the chunked Triton kernels, forward and
+    backward; elsewhere the chunked PyTorch form, differentiated by autograd. Gradients flow to
+    r, k, v, w, u and the initial state.
+    """
+    scale = check_rwkv6_inputs(r, k, v, w, u, scale, initial_state, check_decay)
+    if _use_triton(r):
+        from .chunk import chunk_rwkv6
+
+        return chunk_rwkv6(r, k, v, w, u, scale, initial_state, output_final_state, check_inputs=False)
+    return naive_chunk_rwkv6(r, k, v, w, u, scale, initial_state, output_final_state)
+
+
+def rwkv6_step(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor,
+    scale: float | None = None,
+    *,
+    check_decay: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step of ``rwkv6``.
+
+    Args:
+        r, k, w: ``[B, H, K]`` for the new token; v: ``[B, H, V]``; u: ``[H, K]``.
+        state: ``[B, H, K, V]``, the state after the previous token (e.g. ``rwkv6``'s final state).
+        check_decay: check ``w <= 0`` (one host sync on CUDA; pass False in a decoding loop).
+
+    Returns:
+        ``(o, new_state)``: ``o`` ``[B, H, V]`` in ``r.dtype``, ``new_state`` ``[B, H, K, V]`` float32.
+        ``state`` is not modified.
+
+    On CUDA without autograd this is one fused Triton kernel; when an input requires grad (or off CUDA)
+    it runs the PyTorch step, which autograd can differentiate.
+    """
+    scale = check_rwkv6_step_inputs(r, k, v, w, u, state, scale, check_decay)
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (r, k, v, w, u, state))
+    if _use_triton(r) and not needs_grad:
+        from .fused_recurrent import fused_rwkv6_step
+
+        return fused_rwkv6_step(r, k, v, w, u, state, scale)
+    return naive_rwkv6_step(r, k, v, w, u, state, scale)

@@ -1,0 +1,477 @@
+"""Fused LIF kernel against the PyTorch reference (kernels/lif/naive.py).
+
+On a machine without CUDA the Triton kernels run under ``TRITON_INTERPRET=1`` on small shapes; with CUDA the same
+tests run the compiled kernels on the GPU, and the ``gpu``-marked tests add large shapes (scripts/gpu_lif.sh).
+Spikes are compared exactly; membranes and gradients by relative error ‖out − ref‖ / ‖ref‖.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated
+
+from t4dm.kernels.lif import fused  # noqa: E402
+from t4dm.kernels.lif.naive import SURROGATES, lif_multistep_naive, surrogate_grad  # noqa: E402
+
+if DEVICE == "cpu" and not fused.INTERPRETED:  # imported earlier in this process without the interpreter
+    fused = importlib.reload(fused)
+
+LIFConfig = fused.LIFConfig
+SURROGATE_NAMES = [name for name in SURROGATES if name != "superspike"]
+
+
+@pytest.fixture(autouse=True)
+def _nan_filled_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every buffer the launchers allocate starts as NaN: an element a kernel never writes fails the test."""
+    monkeypatch.setattr(fused, "NAN_FILL_OUTPUTS", True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not torch.isnan(out).any(), "output has NaN"
+    out, ref = out.double(), ref.double()
+    denom = ref.norm().item()
+    return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def assert_spikes_equal(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    diff = (out != ref).nonzero()
+    assert diff.numel() == 0, (
+        f"{diff.shape[0]} of {ref.numel()} spikes differ; first at index {diff[0].tolist()}: "
+        f"got {out[tuple(diff[0])].item()}, reference {ref[tuple(diff[0])].item()}"
+    )
+
+
+def make_input(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    """Input current that makes neurons fire at various rates (mean 0.8, std 1.2)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=gen) * 1.2 + 0.8).to(dtype).to(DEVICE)
+
+
+def run_both(
+    x: torch.Tensor,
+    v0: torch.Tensor | None,
+    config: LIFConfig | None,
+    seed: int = 1,
+    **params,
+):
+    """Run reference and kernel with the same random loss Σ w·spikes + Σ u·v_final; return outputs and grads."""
+    time_dim = params.get("time_dim", 0)
+    gen = torch.Generator().manual_seed(seed)
+    w_spikes = torch.randn(x.shape, generator=gen).to(DEVICE)
+    state_shape = x.shape[: time_dim % x.dim()] + x.shape[time_dim % x.dim() + 1 :]
+    w_membrane = torch.randn(state_shape, generator=gen).to(DEVICE)
+    results = []
+    for backend in ("naive", "triton"):
+        xb = x.detach().clone().requires_grad_()
+        vb = None if v0 is None else v0.detach().clone().requires_grad_()
+        spikes, v_final = fused.lif_multistep_impl(
+            xb, v0=vb, backend=backend, config=config if backend == "triton" else None, **params
+        )
+        loss = (spikes.float() * w_spikes).sum() + (v_final * w_membrane).sum()
+        loss.backward()
+        results.append((spikes.detach(), v_final.detach(), xb.grad, None if vb is None else vb.grad))
+    return results
+
+
+def check_against_reference(x, v0=None, config=None, grad_tol=1e-5, **params) -> None:
+    (s_ref, v_ref, gx_ref, gv_ref), (s, v, gx, gv) = run_both(x, v0, config, **params)
+    assert_spikes_equal(s, s_ref)
+    assert rel_err(v, v_ref) <= 1e-5, f"final membrane: relative error {rel_err(v, v_ref):.2e}"
+    assert gx.dtype == x.dtype
+    assert rel_err(gx, gx_ref) <= grad_tol, f"grad x: relative error {rel_err(gx, gx_ref):.2e}"
+    if v0 is not None:
+        assert rel_err(gv, gv_ref) <= grad_tol, f"grad v0: relative error {rel_err(gv, gv_ref):.2e}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the reference itself
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_reference_by_hand() -> None:
+    """tau=2, constant input 1.5: h = 0.75 (no spike), 1.125 (spike, reset to 0), 0.75; soft reset keeps 0.125."""
+    x = torch.full((3, 1), 1.5)
+    spikes, v = lif_multistep_naive(x, tau=2.0, v_threshold=1.0, v_reset=0.0)
+    assert spikes.flatten().tolist() == [0.0, 1.0, 0.0]
+    assert v.item() == 0.75
+    spikes, v = lif_multistep_naive(x, tau=2.0, v_threshold=1.0, v_reset=None)
+    assert spikes.flatten().tolist() == [0.0, 1.0, 0.0]
+    assert v.item() == 0.125 + (1.5 - 0.125) / 2
+    spikes, v = lif_multistep_naive(x, tau=2.0, decay_input=False, v_reset=0.0)
+    assert spikes.flatten().tolist() == [1.0, 1.0, 1.0]  # h = 0 - 0/2 + 1.5 >= 1 every step
+
+
+_PRIMITIVES = {
+    "sigmoid": lambda u, a: torch.sigmoid(a * u),
+    "atan": lambda u, a: torch.atan(math.pi / 2 * a * u) / math.pi + 0.5,
+    "fast_sigmoid": lambda u, a: u / (1 + a * u.abs()),
+    "piecewise_quadratic": lambda u, a: torch.where(
+        u.abs() <= 1 / a, -(a * a) / 2 * u * u.abs() + a * u, torch.zeros_like(u)
+    ),
+    "erf": lambda u, a: torch.special.erfc(-a * u) / 2,
+}
+
+
+@pytest.mark.parametrize("surrogate", SURROGATE_NAMES)
+def test_surrogate_is_derivative_of_primitive(surrogate: str) -> None:
+    """The documented g'(u) is the derivative of the documented primitive (central differences, float64)."""
+    alpha = 1.7
+    u = torch.linspace(-2.0, 2.0, 401, dtype=torch.float64)
+    u = u[((u.abs() - 1 / alpha).abs() > 1e-3) & (u.abs() > 1e-3)]  # kinks of |u|-based surrogates
+    eps = 1e-6
+    prim = _PRIMITIVES[surrogate]
+    numeric = (prim(u + eps, alpha) - prim(u - eps, alpha)) / (2 * eps)
+    torch.testing.assert_close(surrogate_grad(u, alpha, surrogate), numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_reference_matches_spikingjelly() -> None:
+    """Optional: SpikingJelly's own multi-step LIF gives the same spikes and gradients (skipped if not installed)."""
+    pytest.importorskip("loguru")
+    sj_neuron = pytest.importorskip("spikingjelly.activation_based.functional.neuron")
+    sj_surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
+    cases = [
+        ("sigmoid", sj_surrogate.Sigmoid(alpha=4.0), 4.0),
+        ("atan", sj_surrogate.ATan(alpha=2.0), 2.0),
+        ("erf", sj_surrogate.Erf(alpha=2.0), 2.0),
+        ("piecewise_quadratic", sj_surrogate.PiecewiseQuadratic(alpha=1.0), 1.0),
+    ]
+    x = make_input((40, 64)).cpu()
+    for name, sj_fn, alpha in cases:
+        for v_reset, decay_input, detach in [(0.0, True, False), (None, False, True), (-0.2, True, True)]:
+            x1 = x.clone().requires_grad_()
+            s1, v1, _ = sj_neuron.lif_multi_step(
+                x1, torch.zeros(64), 2.5, decay_input, 1.0, v_reset, sj_fn, detach
+            )
+            ((s1 * torch.arange(40.0)[:, None]).sum() + v1.sum()).backward()
+            x2 = x.clone().requires_grad_()
+            s2, v2 = lif_multistep_naive(x2, 2.5, 1.0, v_reset, decay_input, name, alpha, detach_reset=detach)
+            ((s2 * torch.arange(40.0)[:, None]).sum() + v2.sum()).backward()
+            assert_spikes_equal(s2.detach(), s1.detach())
+            assert rel_err(v2.detach(), v1.detach()) <= 1e-6
+            assert rel_err(x2.grad, x1.grad) <= 1e-5, (name, v_reset, decay_input, detach)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kernel against reference: modes
+# ----------------------------------------------------------------------------------------------------------------
+
+_MODES = [
+    pytest.param(surrogate, v_reset, detach, id=f"{surrogate}-{'hard' if v_reset is not None else 'soft'}"
+                 f"-{'detach' if detach else 'attached'}")
+    for surrogate in SURROGATE_NAMES
+    for v_reset in (0.0, None)
+    for detach in (False, True)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("surrogate", "v_reset", "detach_reset"), _MODES)
+def test_modes_sequential(surrogate: str, v_reset: float | None, detach_reset: bool) -> None:
+    # decay_input alternates with the mode so that both forms meet every surrogate
+    decay_input = (SURROGATE_NAMES.index(surrogate) + detach_reset) % 2 == 0
+    x = make_input((20, 24), seed=3)
+    v0 = make_input((24,), seed=4) * 0.5
+    check_against_reference(
+        x, v0, LIFConfig(block=32), tau=2.5, v_threshold=1.0, v_reset=v_reset, decay_input=decay_input,
+        surrogate=surrogate, alpha=2.0, detach_reset=detach_reset,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("T", "N"),
+    [(1, 7), (63, 33), (9, 1), (12, 1000)],
+    ids=lambda v: str(v),
+)
+def test_awkward_shapes(T: int, N: int) -> None:
+    x = make_input((T, N), seed=T * 1000 + N)
+    v0 = make_input((N,), seed=7) * 0.5
+    check_against_reference(x, v0, LIFConfig(block=512 if N >= 512 else 32, sub=8))
+
+
+def test_default_config_and_no_v0() -> None:
+    """choose_config's launch shape, no initial membrane (zeros), v_reset away from zero."""
+    x = make_input((30, 70), seed=11)
+    check_against_reference(x, None, None, v_reset=-0.3, v_threshold=0.8, tau=3.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# time-parallel chunks: spikes exactly those of the sequential loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chunk", "warmup", "v_reset", "tau"),
+    [
+        pytest.param(8, 0, 0.0, 2.0, id="C8-W0-hard-tau2"),
+        pytest.param(8, 0, None, 2.0, id="C8-W0-soft-tau2"),
+        pytest.param(16, 8, 0.0, 4.0, id="C16-W8-hard-tau4"),
+        pytest.param(16, 16, None, 8.0, id="C16-W16-soft-tau8"),
+    ],
+)
+def test_chunked_matches_reference(chunk: int, warmup: int, v_reset: float | None, tau: float) -> None:
+    x = make_input((70, 40), seed=chunk + warmup)  # 70 steps: a partial last chunk and sub-chunk
+    v0 = make_input((40,), seed=5) * 0.5
+    check_against_reference(
+        x, v0, LIFConfig(block=32, sub=8, chunk=chunk, warmup=warmup), tau=tau, v_reset=v_reset,
+        surrogate="atan", alpha=2.0,
+    )  # fmt: skip
+
+
+def test_chunked_never_resynchronises() -> None:
+    """Sub-threshold input, soft reset, slow decay: no spike, the guessed and true trajectories never meet within
+    a chunk, so the fix-up walks every chunk to its end and carries the membrane across."""
+    x = (make_input((48, 16), seed=9) * 0.01 + 0.05).contiguous()
+    v0 = torch.full((16,), 0.4, device=DEVICE)
+    check_against_reference(x, v0, LIFConfig(block=16, sub=8, chunk=8, warmup=0), tau=50.0, v_reset=None)
+
+
+def test_fixup_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the fix-up pass the guessed chunk starts give wrong spikes here; with it, the reference's."""
+    x = make_input((64, 32), seed=21)
+    config = LIFConfig(block=32, sub=8, chunk=8, warmup=0)
+    ref, _ = lif_multistep_naive(x)
+    good, _ = fused.lif_multistep_impl(x, backend="triton", config=config)
+    assert_spikes_equal(good, ref)
+
+    class _NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(fused, "_lif_fwd_fixup_kernel", _NoLaunch())
+    monkeypatch.setattr(fused, "NAN_FILL_OUTPUTS", False)  # v_final is not written without the fix-up
+    broken, _ = fused.lif_multistep_impl(x, backend="triton", config=config)
+    assert not torch.equal(broken, ref)
+
+
+def test_chunked_equals_sequential_kernel() -> None:
+    """Chain: sequential kernel and chunked kernel agree bit for bit on spikes and final membrane."""
+    x = make_input((96, 48), seed=13)
+    s1, v1 = fused.lif_multistep_impl(x, backend="triton", config=LIFConfig(block=64))
+    s2, v2 = fused.lif_multistep_impl(x, backend="triton", config=LIFConfig(block=16, chunk=16, warmup=8))
+    assert_spikes_equal(s2, s1)
+    assert torch.equal(v2, v1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# layouts and dtypes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "time_dim"),
+    [((3, 17, 40), 1), ((50, 11), -1), ((9, 2, 3, 20), 0), ((4, 6, 12, 5), 2)],
+    ids=["B3-T17-D40-t1", "N50-T11-tlast", "T9-2x3x20-t0", "4x6-T12-D5-t2"],
+)
+def test_layouts(shape: tuple[int, ...], time_dim: int) -> None:
+    x = make_input(shape, seed=len(shape) + time_dim)
+    state_shape = shape[: time_dim % len(shape)] + shape[time_dim % len(shape) + 1 :]
+    v0 = make_input(state_shape, seed=2) * 0.5
+    check_against_reference(x, v0, LIFConfig(block=32), time_dim=time_dim, surrogate="erf", alpha=2.0)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "grad_tol"),
+    [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)],
+    ids=["bf16", "fp16"],
+)
+def test_half_precision_inputs(dtype: torch.dtype, grad_tol: float) -> None:
+    """Spikes exactly the reference's on the same half-precision input (state in float32); input gradients are
+    rounded to the input dtype, hence the dtype's tolerance."""
+    x = make_input((24, 40), dtype=dtype, seed=17)
+    v0 = make_input((40,), seed=18) * 0.5
+    check_against_reference(x, v0, LIFConfig(block=64), grad_tol=grad_tol)
+    check_against_reference(x, v0, LIFConfig(block=32, chunk=8, warmup=8), grad_tol=grad_tol)
+
+
+def test_gradient_through_final_membrane_only() -> None:
+    """A loss on the final membrane alone reaches x and v0 (no spike gradient)."""
+    x = make_input((19, 20), seed=23)
+    v0 = make_input((20,), seed=24) * 0.5
+    grads = []
+    for backend in ("naive", "triton"):
+        xb, vb = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        _, v = fused.lif_multistep_impl(xb, v0=vb, backend=backend, config=LIFConfig(block=32, chunk=8))
+        v.square().sum().backward()
+        grads.append((xb.grad, vb.grad))
+    assert rel_err(grads[1][0], grads[0][0]) <= 1e-5
+    assert rel_err(grads[1][1], grads[0][1]) <= 1e-5
+
+
+def test_inference_without_grad() -> None:
+    x = make_input((16, 30), seed=25)
+    with torch.no_grad():
+        s, v = fused.lif_multistep_impl(x, backend="triton", config=LIFConfig(block=32))
+    s_ref, v_ref = lif_multistep_naive(x)
+    assert_spikes_equal(s, s_ref)
+    assert rel_err(v, v_ref) <= 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public function and input checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_public_function() -> None:
+    from t4dm.kernels.lif import lif_multistep
+
+    x = make_input((10, 3, 8), seed=31)
+    spikes = lif_multistep(x)
+    assert spikes.shape == x.shape and spikes.dtype == x.dtype
+    spikes2, membrane = lif_multistep(x, return_membrane=True)
+    ref_s, ref_v = lif_multistep_naive(x)
+    assert_spikes_equal(spikes, ref_s)
+    assert_spikes_equal(spikes2, ref_s)
+    assert membrane.shape == (3, 8) and membrane.dtype == torch.float32
+    assert rel_err(membrane, ref_v) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(x=torch.tensor(1.0)), "no time axis"),
+        (dict(x=torch.ones(4, 3, dtype=torch.int32)), "float32, bfloat16 or float16"),
+        (dict(x=torch.ones(4, 3, dtype=torch.float64)), "float32, bfloat16 or float16"),
+        (dict(x=[[1.0]]), "torch.Tensor"),
+        (dict(time_dim=2), "time_dim"),
+        (dict(tau=1.0), "tau must be > 1"),
+        (dict(tau=0.5, decay_input=False), "tau must be > 1"),
+        (dict(tau=float("nan")), "tau must be a finite"),
+        (dict(surrogate="relu"), "surrogate must be one of"),
+        (dict(alpha=0.0), "alpha must be > 0"),
+        (dict(v_threshold=float("inf")), "v_threshold"),
+        (dict(v0=torch.zeros(3, 4)), r"expected \(3,\), got \(3, 4\)"),
+        (dict(v0=torch.zeros(3, dtype=torch.int64)), "floating-point"),
+        (dict(x=torch.ones(0, 3)), "empty time axis"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_bad_input_raises(kwargs: dict, message: str) -> None:
+    from t4dm.kernels.lif import lif_multistep
+
+    kwargs = {"x": torch.ones(4, 3), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        lif_multistep(**kwargs)
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        LIFConfig(block=100)
+    with pytest.raises(ValueError, match="multiple of sub"):
+        LIFConfig(sub=8, chunk=12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the kernels compile for Hopper (catches what the interpreter lets through); needs no GPU
+# ----------------------------------------------------------------------------------------------------------------
+
+
+_COMPILE_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from t4dm.kernels.lif import fused
+
+f32 = "*fp32"
+sizes = dict(T="i32", Q="i32", n_sub="i32", n_qblocks="i32", n_neurons="i32")
+lif = dict(tau="fp32", v_th="fp32", v_reset="fp32")
+kernels = [
+    (fused._lif_fwd_kernel,
+     dict(x="*bf16", v0=f32, spikes="*bf16", ckpt=f32, v_start=f32, v_end=f32, **sizes, **lif),
+     dict(HAS_V0=True, SAVE_CKPT=True, DECAY_INPUT=True, SOFT_RESET=False, CHUNK=64, SUB=8, WARMUP=3, BLOCK=512)),
+    (fused._lif_fwd_fixup_kernel,
+     dict(x=f32, spikes=f32, ckpt=f32, v_start=f32, v_end=f32, v_final=f32, **sizes, n_chunks="i32", **lif),
+     dict(SAVE_CKPT=True, DECAY_INPUT=False, SOFT_RESET=True, CHUNK=64, SUB=8, BLOCK=512)),
+    (fused._lif_bwd_kernel,
+     dict(x=f32, ckpt=f32, grad_spikes=f32, carry_end=f32, grad_x=f32, carry_start=f32, phi=f32, **sizes, **lif,
+          alpha="fp32", decay="fp32"),
+     dict(HAS_CARRY_IN=True, WRITE_GRAD_X=True, DECAY_INPUT=True, SOFT_RESET=False, DETACH_RESET=False,
+          SURROGATE=0, CHUNK=64, SUB=8, BLOCK=512)),
+    (fused._lif_bwd_carry_kernel,
+     dict(carry_local=f32, phi=f32, grad_v_final=f32, carry_end=f32, n_neurons="i32", n_chunks="i32"),
+     dict(HAS_GRAD_V=True, BLOCK=1024)),
+]
+for kernel, signature, constexprs in kernels:
+    src = ASTSource(fn=kernel, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
+                    constexprs=constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=4, enable_fp_fusion=False))
+    assert compiled.asm["cubin"], kernel.__name__
+    print("compiled", kernel.__name__)
+"""
+
+
+def test_kernels_compile_for_sm90() -> None:
+    """The kernels compile to Hopper machine code (ptxas ships with triton; no GPU needed). The interpreter lets
+    through things the compiler rejects, so this runs the real compiler, in a process without TRITON_INTERPRET."""
+    pytest.importorskip("triton.backends.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("compiled") == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GPU: large shapes (scripts/gpu_lif.sh)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("shape", "time_dim", "dtype", "grad_tol"),
+    [
+        ((2048, 8192), 0, torch.float32, 1e-5),
+        ((2048, 8192), 0, torch.bfloat16, 1e-2),
+        ((16, 1 << 20), 0, torch.float32, 1e-5),
+        ((16, 1 << 20), 0, torch.bfloat16, 1e-2),
+        ((4, 1024, 1024), 1, torch.float32, 1e-5),
+    ],
+    ids=["T2048-N8192-fp32", "T2048-N8192-bf16", "T16-N1M-fp32", "T16-N1M-bf16", "B4-T1024-D1024-fp32"],
+)
+def test_gpu_large(shape: tuple[int, ...], time_dim: int, dtype: torch.dtype, grad_tol: float) -> None:
+    x = make_input(shape, dtype=dtype, seed=41)
+    state_shape = shape[:time_dim] + shape[time_dim + 1 :]
+    v0 = make_input(state_shape, seed=42) * 0.5
+    (s_ref, v_ref, gx_ref, gv_ref), (s, v, gx, gv) = run_both(x, v0, None, time_dim=time_dim)
+    assert int(s.sum().item()) == int(s_ref.sum().item())
+    assert_spikes_equal(s, s_ref)
+    assert rel_err(v, v_ref) <= 1e-5
+    assert rel_err(gx, gx_ref) <= grad_tol
+    assert rel_err(gv, gv_ref) <= grad_tol
+
+
+_GPU_MODES = [
+    pytest.param(
+        surrogate, v_reset, i % 2 == 1, id=f"{surrogate}-{'hard' if v_reset is not None else 'soft'}"
+    )
+    for i, surrogate in enumerate(SURROGATE_NAMES)
+    for v_reset in (0.0, None)
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("surrogate", "v_reset", "detach_reset"), _GPU_MODES)
+def test_gpu_modes_chunked(surrogate: str, v_reset: float | None, detach_reset: bool) -> None:
+    """Every surrogate and reset on the time-parallel path at a medium shape (detach_reset alternates)."""
+    x = make_input((1024, 2048), seed=43)
+    v0 = make_input((2048,), seed=44) * 0.5
+    check_against_reference(
+        x, v0, LIFConfig(block=256, num_warps=2, chunk=64, warmup=24), v_reset=v_reset, surrogate=surrogate,
+        alpha=2.0, detach_reset=detach_reset, decay_input=not detach_reset,
+    )  # fmt: skip
