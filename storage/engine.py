@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import numbers
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -64,7 +66,7 @@ from .rows import (
     TAG_OTHER,
     VersionBatch,
 )
-from .segment import Segment, segment_path, write_segment
+from .segment import Segment, SegmentWriter, segment_path, write_segment
 from .wal import DURABILITY_MODES, WAL, read_records, wal_files
 
 __all__ = ["T4DX", "CompactionStats"]
@@ -81,8 +83,9 @@ def _unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False, strict_map_key=False)
 
 
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
+class _Snapshot(NamedTuple):
+    """What a reader sees: writes up to ``seq``, the memtable's first ``mem_n`` rows, the segments."""
+
     seq: int
     mem: Memtable
     mem_n: int
@@ -269,6 +272,7 @@ class T4DX:
         self._bloom_fp_rate = float(bloom_fp_rate)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._write_lock = threading.RLock()
+        self._janitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t4dx-janitor")
 
         created = self._prepare_directory(path, dim)
         self._lock_fd = self._acquire_lock(path)
@@ -291,6 +295,7 @@ class T4DX:
             self._recover(verify_checksums, sync_interval)
         except BaseException:
             os.close(self._lock_fd)
+            self._janitor.shutdown(wait=True)
             raise
         self._closed = False
 
@@ -378,6 +383,7 @@ class T4DX:
             self._closed = True
             try:
                 self._wal.close()
+                self._janitor.shutdown(wait=True)
             finally:
                 os.close(self._lock_fd)
 
@@ -442,9 +448,7 @@ class T4DX:
             key_hi, key_lo = keys_of(id_list)
             fresh = False
         else:
-            text, key_hi, key_lo = new_ids(n)
-            joined = text.tobytes().decode("ascii")
-            id_list = [joined[i : i + 36] for i in range(0, 36 * n, 36)]
+            id_list, key_hi, key_lo = new_ids(n)
             fresh = True
         kappas = np.asarray(kappa, dtype=np.float64)
         if kappas.ndim == 0:
@@ -459,11 +463,17 @@ class T4DX:
             raise InvalidInput("kind", f"<{len(kinds_in)} kinds>", f"expected a string or {n} of them")
         vf = self._time_column(valid_from, n, "valid_from", _FILL)
         vt = self._time_column(valid_to, n, "valid_to", OPEN)
-        return self._commit(
-            self._build_batch(
+        # A bulk batch's vectors start for the disk now, while the fields are encoded.
+        writer = self._bulk_writer(vectors, key_hi, key_lo) if self._is_bulk(n) else None
+        try:
+            batch = self._build_batch(
                 id_list, key_hi, key_lo, vectors, kappas, kinds_in, list(fields), vf, vt, fresh, ""
             )
-        ).ids
+            return self._commit(batch, writer).ids
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
 
     def update_fields(
         self,
@@ -549,8 +559,12 @@ class T4DX:
             self._commit(batch)
 
     # ------------------------------------------------------------------ commit
-    def _commit(self, batch: VersionBatch) -> VersionBatch:
-        """Log, apply and publish one batch (one transaction), then wait for its durability."""
+    def _commit(self, batch: VersionBatch, writer: SegmentWriter | None = None) -> VersionBatch:
+        """Log, apply and publish one batch (one transaction), then wait for its durability.
+
+        A batch of at least half the memtable's size goes straight to a segment instead
+        (:meth:`_ingest`); ``writer`` is that segment's writer when the caller started it early.
+        """
         with self._write_lock:
             self._check_open()
             batch.seq_start = self._seq + 1
@@ -566,12 +580,48 @@ class T4DX:
                     from_us(int(batch.valid_to[i])),
                     f"must be after valid_from {from_us(int(batch.valid_from[i]))} (row {i})",
                 )
+            if writer is not None or self._is_bulk(batch.n):
+                self._ingest(batch, writer)
+                return batch
             position = self._wal.append(batch.encode())
             self._apply(batch)
             if self._mem.nbytes >= self._memtable_bytes:
                 self._flush_locked()
         self._wal.wait_durable(position)
         return batch
+
+    def _is_bulk(self, n: int) -> bool:
+        return n * self.dim * 4 >= self._memtable_bytes // 2
+
+    def _bulk_writer(self, vectors: np.ndarray, key_hi: np.ndarray, key_lo: np.ndarray) -> SegmentWriter:
+        """Start writing a bulk batch's vectors, in segment row order, while the caller encodes the rest."""
+        order = np.lexsort((np.arange(len(key_hi)), key_lo, key_hi))  # = (key, seq) order
+        tmp = os.path.join(self.path, _SEGMENTS, f"ingest-{os.urandom(8).hex()}.tmp")
+        writer = SegmentWriter(tmp, self.dim, len(order))
+        step = 16384
+        writer.start_vectors(vectors[order[i : i + step]] for i in range(0, len(order), step))
+        return writer
+
+    def _ingest(self, batch: VersionBatch, writer: SegmentWriter | None = None) -> None:
+        """Write a large batch straight to a new segment, skipping the log and the memtable.
+
+        The memtable is flushed first, so segments stay older than the memtable (sequence order).
+        Durable once the segment is fsynced and the manifest names it, whatever the durability mode.
+        """
+        self._flush_locked(auto_compact=False)
+        if not batch.fresh:
+            _, first = np.unique(np.stack([batch.key_hi, batch.key_lo], axis=1), axis=0, return_index=True)
+            self._supersede_in_segments(batch, np.sort(first).astype(np.int64))
+        source = _BatchSource(batch)
+        order = np.lexsort((source.seq, source.key_lo, source.key_hi))
+        rows = assemble([source], np.zeros(batch.n, dtype=np.int32), order)
+        version_chains(rows.columns)  # an id may repeat inside the batch
+        segment = self._write_rows(rows, writer)
+        self._install(removed=(), added=segment, index=len(self._segments))
+        self._seq = batch.seq_start + batch.n - 1
+        self._publish()
+        if len(self._segments) > self._max_segments:
+            self._auto_compact()
 
     def _tick(self) -> int:
         now = self._clock()
@@ -583,19 +633,27 @@ class T4DX:
         """Put a logged batch into the memtable, supersede older versions, publish (live and replay)."""
         unseen = self._mem.append(batch)
         if unseen:
-            pending = np.asarray(unseen, dtype=np.int64)
-            for segment in reversed(self._segments):
-                rows = segment.latest_rows(batch.key_hi[pending], batch.key_lo[pending])
-                hit = rows >= 0
-                if hit.any():
-                    segment.superseded_at[rows[hit]] = batch.recorded_at
-                    segment.next_seq[rows[hit]] = batch.seq_start + pending[hit].astype(np.uint64)
-                    pending = pending[~hit]
-                    if not pending.size:
-                        break
+            self._supersede_in_segments(batch, np.asarray(unseen, dtype=np.int64))
         self._seq = batch.seq_start + batch.n - 1
         self._last_recorded = max(self._last_recorded, batch.recorded_at)
         self._publish()
+
+    def _supersede_in_segments(self, batch: VersionBatch, positions: np.ndarray) -> None:
+        """Close the live version, in the segments, of the ids at ``positions`` of ``batch``.
+
+        Each id's newest version is in the newest segment that holds it; ``positions`` must name each
+        id once (its first row in the batch).
+        """
+        pending = positions
+        for segment in reversed(self._segments):
+            rows = segment.latest_rows(batch.key_hi[pending], batch.key_lo[pending])
+            hit = rows >= 0
+            if hit.any():
+                segment.superseded_at[rows[hit]] = batch.recorded_at
+                segment.next_seq[rows[hit]] = batch.seq_start + pending[hit].astype(np.uint64)
+                pending = pending[~hit]
+                if not pending.size:
+                    break
 
     def _publish(self) -> None:
         self._snap = _Snapshot(self._seq, self._mem, self._mem.n, self._segments)
@@ -643,10 +701,8 @@ class T4DX:
         valid_from = np.empty(n, dtype=np.int64)
         valid_to = np.empty(n, dtype=np.int64)
         generated = [i for i, item in enumerate(items) if isinstance(item, Item) and item.id is None]
-        if generated:
-            text, _, _ = new_ids(len(generated))
-            joined = text.tobytes().decode("ascii")
-            fresh_ids = iter(joined[i : i + 36] for i in range(0, 36 * len(generated), 36))
+        made, made_hi, made_lo = new_ids(len(generated)) if generated else ([], None, None)
+        fresh_ids = iter(made)
         for i, item in enumerate(items):
             where = f"{field_prefix}[{i}]." if field_prefix else ""
             if not isinstance(item, Item):
@@ -664,8 +720,8 @@ class T4DX:
                     )  # fmt: skip
             valid_from[i] = _FILL if item.valid_from is None else to_us(item.valid_from, where + "valid_from")
             valid_to[i] = OPEN if item.valid_to is None else to_us(item.valid_to, where + "valid_to")
-        key_hi, key_lo = keys_of(ids)
         fresh = len(generated) == n
+        key_hi, key_lo = (made_hi, made_lo) if fresh else keys_of(ids)
         return self._build_batch(
             ids, key_hi, key_lo, vectors, kappas, kinds, fields, valid_from, valid_to, fresh, field_prefix
         )
@@ -679,9 +735,14 @@ class T4DX:
             raise InvalidVector(field, vector, f"expected numbers, got dtype {array.dtype}")
         if array.shape != (self.dim,):
             raise DimensionMismatch(field, f"<shape {array.shape}>", self.dim)
-        with np.errstate(over="ignore"):  # float32 overflow becomes inf, refused just below
-            array = array.astype(np.float32)
-        if not np.isfinite(array).all():
+        if array.dtype != np.float32:
+            with np.errstate(over="ignore"):  # float32 overflow becomes inf, refused just below
+                array = array.astype(np.float32)
+        else:
+            array = array.copy()  # the caller keeps its array
+        # one reduction instead of isfinite + all: a float64 sum of float32 values cannot overflow,
+        # and NaN or inf anywhere makes it non-finite
+        if not math.isfinite(np.add.reduce(array, dtype=np.float64)):
             raise InvalidVector(field, "<NaN or inf>", "vectors must be finite (float32)")
         return array
 
@@ -763,9 +824,13 @@ class T4DX:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, chunks), dtype=np.int64, count=n), out=offsets[1:])
         tags = np.array(tag_rows, dtype=np.int32).T.copy() if n else np.empty((0, len(TAG_FIELDS)), np.int32)
-        bad = np.flatnonzero((valid_to <= valid_from) & (valid_from != _FILL))
-        if bad.size:
-            i = int(bad[0])
+        bad = [
+            i
+            for i, (vf, vt) in enumerate(zip(valid_from.tolist(), valid_to.tolist(), strict=True))
+            if vt <= vf != _FILL
+        ]
+        if bad:
+            i = bad[0]
             raise InvalidTime(
                 _field(prefix, i, "valid_to"), from_us(int(valid_to[i])), "must be after valid_from"
             )
@@ -1039,13 +1104,15 @@ class T4DX:
         if auto_compact and len(self._segments) > self._max_segments:
             self._auto_compact()
 
-    def _write_rows(self, rows: SegmentRows) -> Segment:
+    def _write_rows(self, rows: SegmentRows, writer: SegmentWriter | None = None) -> Segment:
+        """Write ``rows`` as the next segment (its vectors through ``writer`` if one was started)."""
         seg_dir = os.path.join(self.path, _SEGMENTS)
         segment_id = self._manifest.next_segment_id
         self._manifest.next_segment_id += 1
         path = segment_path(seg_dir, segment_id)
         write_segment(
-            path, dim=self.dim, columns=rows.columns, tags=rows.tags, vectors=rows.vector_chunks(),
+            path, writer=writer, dim=self.dim, columns=rows.columns, tags=rows.tags,
+            vectors=None if writer is not None else rows.vector_chunks(),
             ids=rows.ids, payloads=rows.payloads, kinds=rows.kinds, tag_values=rows.tag_values,
             bloom_fp_rate=self._bloom_fp_rate,
         )  # fmt: skip
@@ -1067,13 +1134,12 @@ class T4DX:
         manifest.publish(self.path)
         self._segments = tuple(segments)
         wal_dir = os.path.join(self.path, _WAL)
+        # Unlinking a 64 MB log costs ~50 ms: the janitor thread does it (recovery removes leftovers).
         for number in wal_files(wal_dir):
             if number < manifest.wal_start:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(wal_dir, f"{number:08d}.wal"))
+                self._janitor.submit(_unlink_quietly, os.path.join(wal_dir, f"{number:08d}.wal"))
         for segment in removed:
-            with contextlib.suppress(OSError):
-                os.unlink(segment.path)
+            self._janitor.submit(_unlink_quietly, segment.path)
 
     def compact(self, policy: CompactionPolicy | None = None) -> CompactionStats:
         """Full compaction: flush, merge every segment into one, drop expired history and tombstones,
@@ -1177,6 +1243,11 @@ class T4DX:
 
 # ---------------------------------------------------------------------- helpers
 _MISSING = object()
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _field(prefix: str, i: int, name: str) -> str:

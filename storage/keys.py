@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import uuid
 
 import numpy as np
 
@@ -61,17 +62,19 @@ def key_u64(id: str) -> tuple[np.uint64, np.uint64]:
 def keys_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Keys of many ids: two ``uint64`` arrays ``(key_hi, key_lo)`` of length ``len(ids)``."""
     pairs = [key_of(i) for i in ids]
-    hi = np.fromiter((p[0] for p in pairs), dtype=np.uint64, count=len(pairs))
-    lo = np.fromiter((p[1] for p in pairs), dtype=np.uint64, count=len(pairs))
-    return hi, lo
+    return np.array([p[0] for p in pairs], dtype=np.uint64), np.array([p[1] for p in pairs], dtype=np.uint64)
 
 
-def new_ids(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` random (version 4) UUIDs, made in bulk.
+def new_ids(n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``n`` random (version 4) UUIDs: ``(ids, key_hi, key_lo)``, the keys being what :func:`key_of` gives.
 
-    Returns ``(text, key_hi, key_lo)``: ``text`` is a ``uint8`` array ``[n, 36]`` holding the hyphenated
-    lowercase ASCII form of each id, and the keys are what :func:`key_of` gives for that text.
+    Large batches are made in bulk with numpy (about 0.2 µs an id); a few ids come from :func:`uuid.uuid4`.
     """
+    if n <= 16:
+        made = [uuid.uuid4() for _ in range(n)]
+        hi = np.array([u.int >> 64 for u in made], dtype=np.uint64)
+        lo = np.array([u.int & _MASK64 for u in made], dtype=np.uint64)
+        return [str(u) for u in made], hi, lo
     raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
@@ -80,5 +83,7 @@ def new_ids(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     digits[:, 1::2] = _HEX[raw & 0x0F]
     text = np.full((n, 36), ord("-"), dtype=np.uint8)
     text[:, _HEX_POS] = digits
+    joined = text.tobytes().decode("ascii")
     halves = raw.view(">u8").astype(np.uint64)
-    return text, np.ascontiguousarray(halves[:, 0]), np.ascontiguousarray(halves[:, 1])
+    ids = [joined[i : i + 36] for i in range(0, 36 * n, 36)]
+    return ids, np.ascontiguousarray(halves[:, 0]), np.ascontiguousarray(halves[:, 1])

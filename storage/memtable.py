@@ -114,14 +114,17 @@ class Memtable:
         prev_row, latest, recorded = cols.prev_row, self.latest, batch.recorded_at
         unseen: list[int] = []
         self.ids.extend(batch.ids)
-        for i, id in enumerate(batch.ids):
+        if batch.fresh:  # new ids: no earlier versions, nothing to link
+            prev_row[rows] = -1
+            latest.update(zip(batch.ids, range(first, first + n), strict=True))
+        for i, id in enumerate(() if batch.fresh else batch.ids):
             row = first + i
             prev = latest.get(id, -1)
             prev_row[row] = prev
             if prev >= 0:
                 cols.superseded_at[prev] = recorded
                 cols.next_seq[prev] = seqs[i]
-            elif not batch.fresh:
+            else:
                 unseen.append(i)
             latest[id] = row
         if first == 0:

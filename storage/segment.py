@@ -21,6 +21,7 @@ import contextlib
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,7 +35,7 @@ from .bloom import BloomFilter, _bloom_contains_one
 from .fsutil import checksum, fsync_dir, io_errors
 from .rows import ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
 
-__all__ = ["FORMAT", "Segment", "segment_path", "write_segment"]
+__all__ = ["FORMAT", "Segment", "SegmentWriter", "segment_path", "write_segment"]
 
 FORMAT = 1
 _MAGIC = b"T4DXSEG\x00"
@@ -91,51 +92,146 @@ def _latest_rows(key_hi, key_lo, maybe, q_hi, q_lo, out):
 
 
 # ---------------------------------------------------------------------- writing
-class _ColumnFile:
-    """Streams aligned, checksummed arrays into one file."""
+class SegmentWriter:
+    """Writes one segment file: aligned, checksummed columns, then the footer; durable on :meth:`publish`.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.f = open(path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+    The vectors may be written by a background thread (:meth:`start_vectors`) while the caller is
+    still encoding the other columns: a bulk insert overlaps its disk writes with its Python work.
+    All writes are ``pwrite`` at explicit offsets, so the two threads never share a file position.
+    """
+
+    def __init__(self, tmp_path: str, dim: int, n: int) -> None:
+        self.tmp_path = tmp_path
+        self.dim, self.n = dim, n
         self.columns: dict[str, list[Any]] = {}
-        self.f.write((_MAGIC + struct.pack("<I", FORMAT)).ljust(_ALIGN, b"\0"))
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
+        with io_errors(tmp_path):
+            self._fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.pwrite(self._fd, (_MAGIC + struct.pack("<I", FORMAT)).ljust(_ALIGN, b"\0"), 0)
+        self._pos = _ALIGN
 
-    def _pad(self) -> None:
-        pos = self.f.tell()
-        if pos % _ALIGN:
-            self.f.write(b"\0" * (_ALIGN - pos % _ALIGN))
+    def _reserve(self, nbytes: int) -> int:
+        offset = self._pos
+        self._pos = -(-(offset + nbytes) // _ALIGN) * _ALIGN
+        return offset
 
-    def add(self, name: str, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array)
-        self.add_chunks(name, array.dtype, array.shape, [array])
-
-    def add_chunks(
-        self, name: str, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]
+    def _write_chunks(
+        self, name: str, dtype: np.dtype, shape: tuple[int, ...], offset: int, chunks: Iterable[np.ndarray]
     ) -> None:
-        self._pad()
-        offset, crc, nbytes = self.f.tell(), 0, 0
+        crc, nbytes = 0, 0
         for chunk in chunks:
             view = memoryview(np.ascontiguousarray(chunk, dtype=dtype)).cast("B")
             crc = checksum(view, crc)
-            nbytes += len(view)
-            self.f.write(view)
+            while view:
+                written = os.pwrite(self._fd, view, offset + nbytes)
+                nbytes += written
+                view = view[written:]
         expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if nbytes != expected:
             raise AssertionError(f"column {name}: wrote {nbytes} bytes, shape {shape} needs {expected}")
         self.columns[name] = [offset, nbytes, np.dtype(dtype).str, list(shape), crc]
 
-    def finish(self, meta: dict[str, Any]) -> None:
-        footer = msgpack.packb({**meta, "format": FORMAT, "columns": self.columns}, use_bin_type=True)
-        self.f.write(footer)
-        self.f.write(_TAIL.pack(len(footer), checksum(footer), _MAGIC))
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+    def add(self, name: str, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        self._write_chunks(name, array.dtype, array.shape, self._reserve(array.nbytes), [array])
+
+    def start_vectors(self, chunks: Iterable[np.ndarray]) -> None:
+        """Write the ``float32 [n, dim]`` vectors, given in row order, from a background thread."""
+        offset = self._reserve(self.n * self.dim * 4)
+
+        def run() -> None:
+            try:
+                self._write_chunks("vectors", np.dtype(np.float32), (self.n, self.dim), offset, chunks)
+                os.fdatasync(self._fd)  # the bulk of the file reaches the disk before finish() asks
+            except BaseException as exc:  # re-raised by finish()
+                self._thread_error = exc
+
+        self._thread = threading.Thread(target=run, name="t4dx-segment-vectors", daemon=True)
+        self._thread.start()
+
+    def finish(
+        self,
+        *,
+        columns: dict[str, np.ndarray],
+        tags: np.ndarray,
+        ids: tuple[np.ndarray, np.ndarray],
+        payloads: tuple[np.ndarray, np.ndarray],
+        kinds: list[str],
+        tag_values: list[list[str]],
+        bloom_fp_rate: float,
+        vectors: Iterable[np.ndarray] | None = None,
+    ) -> None:
+        """Write every other column and the footer, and fsync. Rows must be sorted by (key, seq);
+        ``vectors`` (row order) is needed unless :meth:`start_vectors` was called."""
+        n = self.n
+        if int(columns["key_hi"].shape[0]) != n:
+            raise AssertionError(f"{len(columns['key_hi'])} rows, the writer was made for {n}")
+        with io_errors(self.tmp_path):
+            if self._thread is None:
+                if vectors is None:
+                    raise ValueError("vectors are needed: start_vectors() was not called")
+                self._write_chunks(
+                    "vectors", np.dtype(np.float32), (n, self.dim), self._reserve(n * self.dim * 4), vectors
+                )
+            for name, dtype in ROW_COLUMNS.items():
+                self.add(name, np.asarray(columns[name], dtype=dtype))
+            self.add("tags", np.asarray(tags, dtype=np.int32).reshape(n, len(TAG_FIELDS)))
+            self.add("id_offsets", ids[0])
+            self.add("id_bytes", ids[1])
+            self.add("payload_offsets", payloads[0])
+            self.add("payload_bytes", payloads[1])
+            first = np.ones(n, dtype=bool)
+            if n > 1:
+                first[1:] = (columns["key_hi"][1:] != columns["key_hi"][:-1]) | (
+                    columns["key_lo"][1:] != columns["key_lo"][:-1]
+                )
+            bloom = BloomFilter.build(columns["key_hi"][first], columns["key_lo"][first], bloom_fp_rate)
+            self.add("bloom", bloom.words)
+            kappa = columns["kappa"]
+            kappa_order = np.argsort(kappa, kind="stable").astype(np.int64)
+            self.add("kappa_order", kappa_order)
+            self.add("kappa_sorted", kappa[kappa_order])
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
+                if self._thread_error is not None:
+                    raise self._thread_error
+            seq = columns["seq"]
+            meta = {
+                "format": FORMAT,
+                "dim": self.dim,
+                "n": n,
+                "min_seq": int(seq.min()) if n else 0,
+                "max_seq": int(seq.max()) if n else 0,
+                "kinds": kinds,
+                "tag_fields": list(TAG_FIELDS),
+                "tag_values": tag_values,
+                "bloom_k": bloom.k,
+                "columns": self.columns,
+            }
+            footer = msgpack.packb(meta, use_bin_type=True)
+            os.pwrite(self._fd, footer + _TAIL.pack(len(footer), checksum(footer), _MAGIC), self._pos)
+            os.fsync(self._fd)
+
+    def publish(self, path: str) -> None:
+        """Move the finished file to ``path`` and fsync the folder."""
+        with io_errors(path):
+            os.close(self._fd)
+            self._fd = -1
+            os.replace(self.tmp_path, path)
+        fsync_dir(os.path.dirname(path))
 
     def abort(self) -> None:
-        self.f.close()
+        """Give up: wait for the vector thread, close and remove the temporary file."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         with contextlib.suppress(OSError):
-            os.unlink(self.path)
+            os.unlink(self.tmp_path)
 
 
 def write_segment(
@@ -144,61 +240,32 @@ def write_segment(
     dim: int,
     columns: dict[str, np.ndarray],
     tags: np.ndarray,
-    vectors: Iterable[np.ndarray],
+    vectors: Iterable[np.ndarray] | None,
     ids: tuple[np.ndarray, np.ndarray],
     payloads: tuple[np.ndarray, np.ndarray],
     kinds: list[str],
     tag_values: list[list[str]],
     bloom_fp_rate: float,
+    writer: SegmentWriter | None = None,
 ) -> None:
     """Write a segment to ``path`` durably (temporary file, fsync, rename, fsync the folder).
 
     Rows must already be sorted by (key_hi, key_lo, seq). ``vectors`` is an iterable of ``float32``
-    chunks ``[m, dim]`` in row order (so compaction can stream); ``ids`` and ``payloads`` are
-    ``(offsets int64[n + 1], bytes uint8[...])``.
+    chunks ``[m, dim]`` in row order (so compaction can stream), or None when ``writer`` already
+    writes them; ``ids`` and ``payloads`` are ``(offsets int64[n + 1], bytes uint8[...])``.
     """
     n = int(columns["key_hi"].shape[0])
-    seq = columns["seq"]
-    kappa = columns["kappa"]
-    kappa_order = np.argsort(kappa, kind="stable").astype(np.int64)
-    first = np.ones(n, dtype=bool)
-    if n > 1:
-        first[1:] = (columns["key_hi"][1:] != columns["key_hi"][:-1]) | (
-            columns["key_lo"][1:] != columns["key_lo"][:-1]
-        )
-    bloom = BloomFilter.build(columns["key_hi"][first], columns["key_lo"][first], bloom_fp_rate)
-    tmp = path + ".tmp"
-    with io_errors(tmp):
-        out = _ColumnFile(tmp)
-        try:
-            for name, dtype in ROW_COLUMNS.items():
-                out.add(name, np.asarray(columns[name], dtype=dtype))
-            out.add("tags", np.asarray(tags, dtype=np.int32).reshape(n, len(TAG_FIELDS)))
-            out.add_chunks("vectors", np.dtype(np.float32), (n, dim), vectors)
-            out.add("id_offsets", ids[0])
-            out.add("id_bytes", ids[1])
-            out.add("payload_offsets", payloads[0])
-            out.add("payload_bytes", payloads[1])
-            out.add("bloom", bloom.words)
-            out.add("kappa_order", kappa_order)
-            out.add("kappa_sorted", kappa[kappa_order])
-            out.finish(
-                {
-                    "dim": dim,
-                    "n": n,
-                    "min_seq": int(seq.min()) if n else 0,
-                    "max_seq": int(seq.max()) if n else 0,
-                    "kinds": kinds,
-                    "tag_fields": list(TAG_FIELDS),
-                    "tag_values": tag_values,
-                    "bloom_k": bloom.k,
-                }
-            )
-        except BaseException:
-            out.abort()
-            raise
-        os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path))
+    if writer is None:
+        writer = SegmentWriter(path + ".tmp", dim, n)
+    try:
+        writer.finish(
+            columns=columns, tags=tags, ids=ids, payloads=payloads, kinds=kinds,
+            tag_values=tag_values, bloom_fp_rate=bloom_fp_rate, vectors=vectors,
+        )  # fmt: skip
+        writer.publish(path)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 # ---------------------------------------------------------------------- reading

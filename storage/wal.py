@@ -42,6 +42,7 @@ _SYNC = 0x7D4A_5852
 _FRAME = struct.Struct("<III")
 _LEN = struct.Struct("<I")
 MAX_RECORD = (1 << 32) - 1
+_SMALL_RECORD = 1 << 16
 
 
 class TornWALWarning(UserWarning):
@@ -111,6 +112,7 @@ class WAL:
                 os.close(fd)
                 raise
         self._fd, self.number, self.path = fd, number, path
+        self._size = os.fstat(fd).st_size  # appends track the end themselves (no lseek per record)
 
     def rotate(self, number: int) -> None:
         """fsync and close the current file and continue in a new one numbered ``number``."""
@@ -127,18 +129,20 @@ class WAL:
     def append(self, body: Sequence[bytes | memoryview]) -> int:
         """Append one record; return its end position, for :meth:`wait_durable`."""
         self._check()
-        length = sum(len(memoryview(p).cast("B")) for p in body)
+        parts = [memoryview(p).cast("B") for p in body]
+        length = sum(map(len, parts))
         if length > MAX_RECORD:
             raise ValueError(
                 f"record of {length} bytes exceeds the WAL limit of {MAX_RECORD}: split the batch"
             )
+        if length <= _SMALL_RECORD:  # one buffer, one checksum call, one write
+            parts = [b"".join(parts)]
         crc = checksum(_LEN.pack(length))
-        for part in body:
+        for part in parts:
             crc = checksum(part, crc)
-        frame = _FRAME.pack(_SYNC, length, crc)
-        start = os.lseek(self._fd, 0, os.SEEK_END)
+        start = self._size
         try:
-            _write_all(self._fd, [frame, *body])
+            _write_all(self._fd, [_FRAME.pack(_SYNC, length, crc), *parts])
         except OSError as exc:
             # Take the partial record back out, so that later records do not follow garbage.
             try:
@@ -147,8 +151,7 @@ class WAL:
                 self._broken = again
             raise StorageIOError(self.path, exc) from exc
         self._written += _FRAME.size + length
-        if self.durability == "batch" and self._syncer is None:
-            self._durable = self._written  # pragma: no cover - syncer always runs in batch mode
+        self._size += _FRAME.size + length
         return self._written
 
     def wait_durable(self, position: int) -> None:

@@ -48,7 +48,8 @@ class Store:
         return self.db
 
     def settle(self) -> T4DX:
-        """Move everything written so far to ``place``: memtable, segment, compacted, reopened."""
+        """Move everything written so far to ``place``: memtable, segment, compacted, reopened
+        (bulk-ingest: already in segments)."""
         assert self.db is not None
         if self.place == "segment":
             self.db.flush()
@@ -60,7 +61,7 @@ class Store:
         return self.db
 
 
-PLACES = ["memtable", "segment", "compacted", "reopened"]
+PLACES = ["memtable", "segment", "compacted", "reopened", "bulk-ingest"]
 
 
 @pytest.fixture
@@ -70,7 +71,9 @@ def clock() -> FakeClock:
 
 @pytest.fixture(params=PLACES)
 def store(request: pytest.FixtureRequest, tmp_path, clock: FakeClock):
-    s = Store(str(tmp_path / "store"), request.param, "sync", clock)
+    # bulk-ingest: a 64-byte memtable sends every write of a vector or more straight to a segment
+    options = {"memtable_bytes": 64} if request.param == "bulk-ingest" else {}
+    s = Store(str(tmp_path / "store"), request.param, "sync", clock, options)
     s.open()
     yield s
     if s.db is not None:

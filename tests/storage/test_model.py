@@ -48,9 +48,10 @@ class StoreMachine(RuleBasedStateMachine):
         self.last: datetime = T0 - _US
         self.checkpoints: list[datetime] = []
 
-    @initialize(memtable_kb=st.sampled_from([1, 4, 1024]), max_segments=st.integers(1, 4))
-    def open_store(self, memtable_kb: int, max_segments: int) -> None:
-        self.options = {"memtable_bytes": memtable_kb * 1024, "max_segments": max_segments}
+    @initialize(memtable_bytes=st.sampled_from([200, 1024, 4096, 1 << 20]), max_segments=st.integers(1, 4))
+    def open_store(self, memtable_bytes: int, max_segments: int) -> None:
+        # 200 bytes: batches of 4 rows (128 bytes of vectors) take the direct-ingest path
+        self.options = {"memtable_bytes": memtable_bytes, "max_segments": max_segments}
         self.db = T4DX.open(self.dir + "/s", dim=DIM, clock=self.clock, durability="none", **self.options)
 
     def teardown(self) -> None:
