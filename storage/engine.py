@@ -871,7 +871,7 @@ class T4DX:
                     return None if source.flags[row] & FLAG_TOMBSTONE else self._item(source, row, snap.seq)
             return None
         found = self._locate(id, snap)
-        return None if found is None else self._item(found[0], found[1], snap.seq)
+        return None if found is None else self._item(found[0], found[1], snap.seq, id)
 
     def history(self, id: str) -> list[Item]:
         """Every stored version of ``id`` (deletions excluded), oldest first; ``superseded_at`` tells
@@ -897,7 +897,7 @@ class T4DX:
         for segment in reversed(snap.segments):
             row = segment.latest_row(hi, lo)
             if row >= 0:
-                return None if segment.flags[row] & FLAG_TOMBSTONE else (segment, row)
+                return None if segment.flags.item(row) & FLAG_TOMBSTONE else (segment, row)
         return None
 
     def _versions(self, id: str, snap: _Snapshot) -> Iterator[tuple[Any, int]]:
@@ -915,12 +915,12 @@ class T4DX:
             for r in range(end - 1, start - 1, -1):
                 yield segment, r
 
-    def _item(self, source: Any, row: int, snap_seq: int) -> Item:
-        """Version ``row`` of ``source`` as an Item (its own copy of the vector)."""
+    def _item(self, source: Any, row: int, snap_seq: int, id: str | None = None) -> Item:
+        """Version ``row`` of ``source`` as an Item (its own copy of the vector); ``id`` if known."""
         superseded = source.superseded_at.item(row) if source.next_seq.item(row) <= snap_seq else OPEN
         return Item(
             np.array(source.vectors[row]),
-            source.id_at(row),
+            source.id_at(row) if id is None else id,
             source.kappa.item(row),
             source.kinds[source.kind.item(row)],
             _unpack(source.fields_bytes(row)),

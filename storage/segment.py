@@ -42,6 +42,7 @@ _MAGIC = b"T4DXSEG\x00"
 _ALIGN = 64
 _TAIL = struct.Struct("<QI8s")
 _MUTABLE = ("superseded_at", "next_seq")
+_SYNC_EVERY = 32 << 20
 
 
 def segment_path(directory: str, segment_id: int) -> str:
@@ -106,10 +107,31 @@ class SegmentWriter:
         self.columns: dict[str, list[Any]] = {}
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
+        # Write-back runs while we write: a helper thread fdatasyncs every _SYNC_EVERY bytes, so the
+        # final fsync finds little left (measured: compaction of 175 MB, 0.29 s of final fsync before).
+        self._unsynced = 0
+        self._sync_wanted = threading.Event()
+        self._sync_stop = False
+        self._syncer = threading.Thread(target=self._sync_loop, name="t4dx-segment-sync", daemon=True)
         with io_errors(tmp_path):
             self._fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.pwrite(self._fd, (_MAGIC + struct.pack("<I", FORMAT)).ljust(_ALIGN, b"\0"), 0)
         self._pos = _ALIGN
+        self._syncer.start()
+
+    def _sync_loop(self) -> None:
+        while True:
+            self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            if self._sync_stop:
+                return
+            with contextlib.suppress(OSError):  # the final fsync reports errors
+                os.fdatasync(self._fd)
+
+    def _stop_syncer(self) -> None:
+        self._sync_stop = True
+        self._sync_wanted.set()
+        self._syncer.join()
 
     def _reserve(self, nbytes: int) -> int:
         offset = self._pos
@@ -123,10 +145,14 @@ class SegmentWriter:
         for chunk in chunks:
             view = memoryview(np.ascontiguousarray(chunk, dtype=dtype)).cast("B")
             crc = checksum(view, crc)
+            self._unsynced += len(view)
             while view:
                 written = os.pwrite(self._fd, view, offset + nbytes)
                 nbytes += written
                 view = view[written:]
+            if self._unsynced >= _SYNC_EVERY:
+                self._unsynced = 0
+                self._sync_wanted.set()
         expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if nbytes != expected:
             raise AssertionError(f"column {name}: wrote {nbytes} bytes, shape {shape} needs {expected}")
@@ -143,7 +169,6 @@ class SegmentWriter:
         def run() -> None:
             try:
                 self._write_chunks("vectors", np.dtype(np.float32), (self.n, self.dim), offset, chunks)
-                os.fdatasync(self._fd)  # the bulk of the file reaches the disk before finish() asks
             except BaseException as exc:  # re-raised by finish()
                 self._thread_error = exc
 
@@ -212,6 +237,7 @@ class SegmentWriter:
             }
             footer = msgpack.packb(meta, use_bin_type=True)
             os.pwrite(self._fd, footer + _TAIL.pack(len(footer), checksum(footer), _MAGIC), self._pos)
+            self._stop_syncer()
             os.fsync(self._fd)
 
     def publish(self, path: str) -> None:
@@ -227,6 +253,8 @@ class SegmentWriter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if not self._sync_stop:
+            self._stop_syncer()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

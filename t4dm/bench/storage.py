@@ -66,9 +66,18 @@ def _bench_inserts(
     root: str, vectors: np.ndarray, fields: list[dict], kappa: np.ndarray, results: dict
 ) -> str:
     n, dim = vectors.shape
-    # columnar bulk insert, group commit
-    path = os.path.join(root, "t4dx-batch")
+    # columnar bulk insert in one call: straight to a fsynced segment (bulk ingest)
+    path = os.path.join(root, "t4dx-bulk")
     with T4DX.open(path, dim=dim, durability="batch") as db:
+        seconds, _ = _timed(lambda: db.insert_batch(vectors, fields, kappa=kappa))
+    results["insert_batch_one_call_items_per_s"] = _rate(n, seconds)
+    _say(
+        f"insert_batch  one call of {n:,} (bulk ingest, fsynced segment): {_rate(n, seconds):>10,.0f} items/s"
+    )
+
+    # columnar inserts in batches of 10,000 through the WAL and the memtable, group commit
+    path_wal = os.path.join(root, "t4dx-batch")
+    with T4DX.open(path_wal, dim=dim, durability="batch") as db:
         seconds, _ = _timed(
             lambda: [
                 db.insert_batch(vectors[i : i + 10_000], fields[i : i + 10_000], kappa=kappa[i : i + 10_000])
@@ -80,6 +89,7 @@ def _bench_inserts(
     results["insert_batch_then_flush_items_per_s"] = _rate(n, seconds + flush_s)
     _say(f"insert_batch  durability=batch  batches of 10,000: {_rate(n, seconds):>12,.0f} items/s"
          f"   (with the final flush: {_rate(n, seconds + flush_s):,.0f})")  # fmt: skip
+    shutil.rmtree(path_wal)
 
     sync_n = min(n, 20_000)
     path_sync = os.path.join(root, "t4dx-sync")
@@ -292,12 +302,9 @@ def run_storage_bench(
             _bench_chroma(root, vectors, fields, results, chroma_limit)
         for peer in ("lancedb", "chroma"):
             if f"{peer}_ingest_items_per_s" in results:
-                ratio = (
-                    results["insert_batch_durability_batch_items_per_s"]
-                    / results[f"{peer}_ingest_items_per_s"]
-                )
+                ratio = results["insert_batch_one_call_items_per_s"] / results[f"{peer}_ingest_items_per_s"]
                 results[f"insert_batch_vs_{peer}"] = ratio
-                _say(f"  T4DX insert_batch / {peer} ingest: {ratio:.2f}x")
+                _say(f"  T4DX insert_batch (one call) / {peer} ingest: {ratio:.2f}x")
         _bench_reads(path, n, results)
         _bench_compaction(root, vectors, fields, results)
         _bench_bloom(results, peers)
