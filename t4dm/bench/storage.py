@@ -62,17 +62,39 @@ def _data(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, list[dict[str, A
     return vectors, fields, kappa
 
 
+def _warm_up(root: str, dim: int) -> None:
+    """Compile (or load from Numba's cache) every jitted function once, outside the timings."""
+    vectors, fields, _ = _data(2000, dim, seed=99)
+    path = os.path.join(root, "warm-up")
+    with T4DX.open(path, dim=dim, durability="batch", memtable_bytes=1 << 20) as db:
+        ids = db.insert_batch(vectors, fields)  # bulk ingest
+        db.insert_batch(vectors[:100], fields[:100], ids=ids[:100])  # memtable, supersession
+        db.flush()
+        db.compact()
+        db.get(ids[5])
+        db.delete(ids[:3])
+        sum(1 for _ in db.scan(kappa=(0.0, 0.5), where={"user_id": "user1"}))
+    shutil.rmtree(path)
+
+
 def _bench_inserts(
     root: str, vectors: np.ndarray, fields: list[dict], kappa: np.ndarray, results: dict
 ) -> str:
     n, dim = vectors.shape
-    # columnar bulk insert in one call: straight to a fsynced segment (bulk ingest)
-    path = os.path.join(root, "t4dx-bulk")
-    with T4DX.open(path, dim=dim, durability="batch") as db:
-        seconds, _ = _timed(lambda: db.insert_batch(vectors, fields, kappa=kappa))
-    results["insert_batch_one_call_items_per_s"] = _rate(n, seconds)
+    # columnar bulk insert in one call: straight to a fsynced segment (bulk ingest); median of 3 stores
+    rates = []
+    for attempt in range(3):
+        path = os.path.join(root, f"t4dx-bulk{attempt}")
+        with T4DX.open(path, dim=dim, durability="batch") as db:
+            seconds, _ = _timed(lambda: db.insert_batch(vectors, fields, kappa=kappa))
+        rates.append(_rate(n, seconds))
+        if attempt < 2:
+            shutil.rmtree(path)
+    results["insert_batch_one_call_items_per_s"] = statistics.median(rates)
+    results["insert_batch_one_call_runs"] = rates
+    runs = ", ".join(f"{r:,.0f}" for r in rates)
     _say(
-        f"insert_batch  one call of {n:,} (bulk ingest, fsynced segment): {_rate(n, seconds):>10,.0f} items/s"
+        f"insert_batch  one call of {n:,} (bulk ingest, fsynced segment): {statistics.median(rates):>10,.0f} items/s (runs: {runs})"
     )
 
     # columnar inserts in batches of 10,000 through the WAL and the memtable, group commit
@@ -295,6 +317,7 @@ def run_storage_bench(
     _say(f"t4dm bench storage: {n:,} items x {dim} dims, {results['machine']}, in {root}")
     try:
         vectors, fields, kappa = _data(n, dim)
+        _warm_up(root, dim)
         path = _bench_inserts(root, vectors, fields, kappa, results)
         if "lancedb" in peers:
             _bench_lancedb(root, vectors, fields, results)
