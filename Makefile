@@ -41,6 +41,7 @@ bench: install-bench
 	$(VENV)/bin/t4dm bench storage --json docs/bench-storage.json
 
 asv: install-bench
+	$(VENV)/bin/asv machine --yes >/dev/null
 	$(VENV)/bin/asv run --quick --show-stderr --python=same
 
 lint: install

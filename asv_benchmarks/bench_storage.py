@@ -1,0 +1,138 @@
+"""airspeed velocity suite for T4DX (``make asv``; ``t4dm bench storage`` runs the peers beside it).
+
+Seeded data, JIT warm-up inside ``setup``; sizes kept small so the suite runs in minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import numpy as np
+
+from t4dm.storage import T4DX, BloomFilter
+
+
+def _data(n: int, dim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
+    fields = [{"text": f"memory {i}", "user_id": f"user{i % 10}"} for i in range(n)]
+    return vectors, fields, rng.random(n)
+
+
+def _warm(dim: int) -> None:
+    root = tempfile.mkdtemp()
+    vectors, fields, _ = _data(500, dim, 1)
+    with T4DX.open(root + "/w", dim=dim, durability="none", memtable_bytes=1 << 18) as db:
+        ids = db.insert_batch(vectors, fields)
+        db.insert_batch(vectors[:10], fields[:10], ids=ids[:10])
+        db.flush()
+        db.compact()
+        db.get(ids[0])
+        sum(1 for _ in db.scan(kappa=(0.0, 0.5)))
+    shutil.rmtree(root)
+
+
+class Insert:
+    params = ([10_000, 50_000], ["batch", "sync"])
+    param_names = ["n", "durability"]
+    timeout = 300
+
+    def setup(self, n: int, durability: str) -> None:
+        self.vectors, self.fields, self.kappa = _data(n, 384)
+        _warm(384)
+        self.root = tempfile.mkdtemp()
+        self.count = 0
+
+    def teardown(self, n: int, durability: str) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _store(self, durability: str) -> T4DX:
+        self.count += 1
+        return T4DX.open(f"{self.root}/{self.count}", dim=384, durability=durability)
+
+    def time_insert_batch_one_call(self, n: int, durability: str) -> None:
+        with self._store(durability) as db:
+            db.insert_batch(self.vectors, self.fields, kappa=self.kappa)
+
+    def time_insert_batch_1000(self, n: int, durability: str) -> None:
+        with self._store(durability) as db:
+            for i in range(0, n, 1000):
+                db.insert_batch(self.vectors[i : i + 1000], self.fields[i : i + 1000])
+
+
+class Read:
+    params = [50_000]
+    param_names = ["n"]
+    timeout = 300
+
+    def setup(self, n: int) -> None:
+        vectors, fields, kappa = _data(n, 384)
+        _warm(384)
+        self.root = tempfile.mkdtemp()
+        self.db = T4DX.open(self.root + "/s", dim=384, durability="none")
+        self.ids = self.db.insert_batch(vectors, fields, kappa=kappa)
+        self.db.compact()
+        rng = np.random.default_rng(2)
+        self.sample = [self.ids[i] for i in rng.integers(0, n, 1000)]
+
+    def teardown(self, n: int) -> None:
+        self.db.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def time_get_1000(self, n: int) -> None:
+        get = self.db.get
+        for id in self.sample:
+            get(id)
+
+    def time_scan_kappa_10pct(self, n: int) -> None:
+        for _ in self.db.scan(kappa=(0.0, 0.1)):
+            pass
+
+    def time_scan_user(self, n: int) -> None:
+        for _ in self.db.scan(where={"user_id": "user3"}):
+            pass
+
+
+class Compaction:
+    params = [50_000]
+    param_names = ["n"]
+    timeout = 300
+    number = 1
+    repeat = 3
+
+    def setup(self, n: int) -> None:
+        self.vectors, self.fields, _ = _data(n, 384)
+        _warm(384)
+        self.root = tempfile.mkdtemp()
+        self.db = T4DX.open(self.root + "/s", dim=384, durability="none", max_segments=64)
+        for i in range(0, n, n // 4):
+            self.db.insert_batch(self.vectors[i : i + n // 4], self.fields[i : i + n // 4])
+            self.db.flush()
+
+    def teardown(self, n: int) -> None:
+        self.db.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def time_full_compaction(self, n: int) -> None:
+        self.db.compact()
+
+
+class Bloom:
+    params = [1_000_000]
+    param_names = ["keys"]
+
+    def setup(self, keys: int) -> None:
+        rng = np.random.default_rng(3)
+        hi = rng.integers(0, 2**63, keys, dtype=np.uint64)
+        lo = rng.integers(0, 2**63, keys, dtype=np.uint64)
+        self.bloom = BloomFilter.build(hi, lo, 0.01)
+        self.q_hi = rng.integers(0, 2**63, keys, dtype=np.uint64)
+        self.q_lo = rng.integers(0, 2**63, keys, dtype=np.uint64)
+        self.bloom.contains(self.q_hi[:10], self.q_lo[:10])
+
+    def time_contains_batch(self, keys: int) -> None:
+        self.bloom.contains(self.q_hi, self.q_lo)
+
+    def track_false_positive_rate(self, keys: int) -> float:
+        return float(self.bloom.contains(self.q_hi, self.q_lo).mean())
