@@ -1224,6 +1224,41 @@ class T4DX:
         src = (order >= rows.n).astype(np.int32)
         return assemble(sources, src, np.where(src == 0, order, order - rows.n)), batch.n
 
+    # ================================================================== not yet done (issue 3)
+    def _not_yet(self, primitive: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"T4DX.{primitive} is not implemented yet: SEARCH, edges, TRAVERSE and provenance are the next "
+            "storage issue (see README, 'Not yet done')"
+        )
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        """SEARCH (HNSW per segment through faiss): not implemented yet."""
+        raise self._not_yet("search")
+
+    def add_edges(self, *args: Any, **kwargs: Any) -> Any:
+        """Graph edges: not implemented yet."""
+        raise self._not_yet("add_edges")
+
+    def update_edge_weight(self, *args: Any, **kwargs: Any) -> Any:
+        """UPDATE_EDGE_WEIGHT: not implemented yet."""
+        raise self._not_yet("update_edge_weight")
+
+    def batch_scale_weights(self, *args: Any, **kwargs: Any) -> Any:
+        """BATCH_SCALE_WEIGHTS: not implemented yet."""
+        raise self._not_yet("batch_scale_weights")
+
+    def traverse(self, *args: Any, **kwargs: Any) -> Any:
+        """TRAVERSE (CSR breadth-first in Numba): not implemented yet."""
+        raise self._not_yet("traverse")
+
+    def derived_from(self, *args: Any, **kwargs: Any) -> Any:
+        """Provenance, backward: not implemented yet."""
+        raise self._not_yet("derived_from")
+
+    def derivatives(self, *args: Any, **kwargs: Any) -> Any:
+        """Provenance, forward: not implemented yet."""
+        raise self._not_yet("derivatives")
+
     # ================================================================== introspection
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: live items, version rows, segments, memtable, bytes on disk."""
