@@ -137,7 +137,7 @@ class _FrozenMemtable:
 
 
 class _BatchSource:
-    """A validated batch (rows a compaction policy adds) presented as a row source."""
+    """A validated batch (a bulk ingest, or rows a compaction policy adds) presented as a row source."""
 
     def __init__(self, batch: VersionBatch) -> None:
         n = batch.n
@@ -609,15 +609,17 @@ class T4DX:
         Durable once the segment is fsynced and the manifest names it, whatever the durability mode.
         """
         self._flush_locked(auto_compact=False)
-        if not batch.fresh:
-            _, first = np.unique(np.stack([batch.key_hi, batch.key_lo], axis=1), axis=0, return_index=True)
-            self._supersede_in_segments(batch, np.sort(first).astype(np.int64))
+        older = self._segments
         source = _BatchSource(batch)
         order = np.lexsort((source.seq, source.key_lo, source.key_hi))
         rows = assemble([source], np.zeros(batch.n, dtype=np.int32), order)
         version_chains(rows.columns)  # an id may repeat inside the batch
         segment = self._write_rows(rows, writer)
         self._install(removed=(), added=segment, index=len(self._segments))
+        # Only now, with the batch durable and named by the manifest, close the older versions.
+        if not batch.fresh:
+            _, first = np.unique(np.stack([batch.key_hi, batch.key_lo], axis=1), axis=0, return_index=True)
+            self._supersede_in_segments(batch, np.sort(first).astype(np.int64), older)
         self._seq = batch.seq_start + batch.n - 1
         self._publish()
         if len(self._segments) > self._max_segments:
@@ -633,19 +635,22 @@ class T4DX:
         """Put a logged batch into the memtable, supersede older versions, publish (live and replay)."""
         unseen = self._mem.append(batch)
         if unseen:
-            self._supersede_in_segments(batch, np.asarray(unseen, dtype=np.int64))
+            self._supersede_in_segments(batch, np.asarray(unseen, dtype=np.int64), self._segments)
         self._seq = batch.seq_start + batch.n - 1
         self._last_recorded = max(self._last_recorded, batch.recorded_at)
         self._publish()
 
-    def _supersede_in_segments(self, batch: VersionBatch, positions: np.ndarray) -> None:
-        """Close the live version, in the segments, of the ids at ``positions`` of ``batch``.
+    @staticmethod
+    def _supersede_in_segments(
+        batch: VersionBatch, positions: np.ndarray, segments: tuple[Segment, ...]
+    ) -> None:
+        """Close the live version, in ``segments``, of the ids at ``positions`` of ``batch``.
 
         Each id's newest version is in the newest segment that holds it; ``positions`` must name each
         id once (its first row in the batch).
         """
         pending = positions
-        for segment in reversed(self._segments):
+        for segment in reversed(segments):
             rows = segment.latest_rows(batch.key_hi[pending], batch.key_lo[pending])
             hit = rows >= 0
             if hit.any():

@@ -238,3 +238,29 @@ def test_error_hierarchy():
     assert issubclass(errors.StorageIOError, OSError)
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.T4DMError)
+
+
+def test_failed_bulk_ingest_changes_nothing(tmp_path, monkeypatch):
+    """A disk error while a bulk batch is written leaves the store as it was, and usable."""
+    from t4dm.storage import segment
+
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, memtable_bytes=64) as db:  # every write is a bulk ingest
+        db.insert(Item(vector=vec(0), id="a", fields={"v": 1}))
+        real_finish = segment.SegmentWriter.finish
+
+        def failing_finish(self, **kwargs):
+            raise errors.StorageIOError(self.tmp_path, OSError(28, "No space left on device"))
+
+        monkeypatch.setattr(segment.SegmentWriter, "finish", failing_finish)
+        with pytest.raises(errors.StorageIOError, match="No space left"):
+            db.insert([Item(vector=vec(2), id="b"), Item(vector=vec(1), id="a", fields={"v": 2})])
+        monkeypatch.setattr(segment.SegmentWriter, "finish", real_finish)
+        assert db.get("a").fields == {"v": 1} and db.get("b") is None and len(db) == 1
+        assert not [n for n in os.listdir(tmp_path / "s" / "segments") if n.endswith(".tmp")]
+        db.insert(Item(vector=vec(3), id="c"))  # these reuse the sequence numbers the failed write had
+        db.insert(Item(vector=vec(4), id="d"))
+        assert sorted(i.id for i in db.scan()) == ["a", "c", "d"]
+        db.insert(Item(vector=vec(5), id="a", fields={"v": 3}))
+        assert db.get("a").fields == {"v": 3} and [v.fields["v"] for v in db.history("a")] == [1, 3]
+    with T4DX.open(str(tmp_path / "s")) as db:
+        assert db.get("a").fields == {"v": 3} and len(db) == 3
