@@ -36,9 +36,14 @@ _VECTOR_CHUNK_ROWS = 16384
 
 
 class RowSource(Protocol):
-    """What a flush or compaction reads rows from: a segment, a frozen memtable, a batch."""
+    """What a flush or compaction reads rows from: a segment, a frozen memtable, a batch.
+
+    ``vectors`` may hold more vectors than rows (a segment keeps orphans so its HNSW labels stay
+    valid); ``vector_row[r]`` is the position of row ``r``'s vector.
+    """
 
     n: int
+    vector_row: np.ndarray
     kinds: list[str]
     tag_values: list[list[str]]
     tags: np.ndarray
@@ -183,33 +188,82 @@ class SegmentRows:
     src: np.ndarray
     row: np.ndarray
 
+    base: int | None = None  # source whose whole vector block is kept at its positions (see layout)
+    _layout: tuple[np.ndarray, np.ndarray] | None = None
+
     @property
     def n(self) -> int:
         return int(self.src.shape[0])
 
+    def layout_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Decide where each output vector goes; fill ``columns["vector_row"]``.
+
+        Returns ``(vec_src, vec_pos)``: for each output vector position, its source and its position
+        in that source's vector array. The ``base`` source (if set) comes first with its whole block
+        at unchanged positions, orphans included, so that its HNSW index stays valid for the output;
+        every other source adds the vectors its kept rows use, in its own order (sequential reads).
+        """
+        if self._layout is not None:
+            return self._layout
+        n = self.n
+        pos = np.empty(n, dtype=np.int64)  # each output row's vector position in its source
+        masks = [self.src == s for s in range(len(self.sources))]
+        for source, mask in zip(self.sources, masks, strict=True):
+            pos[mask] = source.vector_row[self.row[mask]]
+        order = list(range(len(self.sources)))
+        if self.base is not None:
+            order.remove(self.base)
+            order.insert(0, self.base)
+        vector_row = np.empty(n, dtype=np.int64)
+        vec_src, vec_pos, offset = [], [], 0
+        for s in order:
+            mask = masks[s]
+            if s == self.base:
+                used = np.arange(self.sources[s].vectors.shape[0], dtype=np.int64)
+                vector_row[mask] = offset + pos[mask]
+            else:
+                used = np.unique(pos[mask])
+                vector_row[mask] = offset + np.searchsorted(used, pos[mask])
+            vec_src.append(np.full(len(used), s, dtype=np.int32))
+            vec_pos.append(used)
+            offset += len(used)
+        self.columns["vector_row"] = vector_row
+        self._layout = (np.concatenate(vec_src), np.concatenate(vec_pos))
+        return self._layout
+
+    @property
+    def n_vectors(self) -> int:
+        return int(self.layout_vectors()[0].shape[0])
+
     def vector_chunks(self) -> Iterator[np.ndarray]:
-        """Output vectors in row order, gathered ``16384`` rows at a time (bounded memory)."""
-        for start in range(0, self.n, _VECTOR_CHUNK_ROWS):
-            src, row = (
-                self.src[start : start + _VECTOR_CHUNK_ROWS],
-                self.row[start : start + _VECTOR_CHUNK_ROWS],
+        """Output vectors in layout order, gathered ``16384`` at a time (bounded memory)."""
+        vec_src, vec_pos = self.layout_vectors()
+        for start in range(0, len(vec_src), _VECTOR_CHUNK_ROWS):
+            src, pos = (
+                vec_src[start : start + _VECTOR_CHUNK_ROWS],
+                vec_pos[start : start + _VECTOR_CHUNK_ROWS],
             )
             if len(self.sources) == 1:
-                yield self.sources[0].vectors[row]
+                vectors = self.sources[0].vectors
+                contiguous = len(pos) and pos[-1] - pos[0] == len(pos) - 1
+                yield vectors[pos[0] : pos[-1] + 1] if contiguous else vectors[pos]
                 continue
             chunk = np.empty((len(src), self.sources[0].vectors.shape[1]), dtype=np.float32)
             for s, source in enumerate(self.sources):
                 mask = src == s
                 if mask.any():
-                    chunk[mask] = source.vectors[row[mask]]
+                    chunk[mask] = source.vectors[pos[mask]]
             yield chunk
 
 
-def assemble(sources: Sequence[RowSource], src: np.ndarray, row: np.ndarray) -> SegmentRows:
+def assemble(
+    sources: Sequence[RowSource], src: np.ndarray, row: np.ndarray, base: int | None = None
+) -> SegmentRows:
     """Gather the output rows ``(src[i], row[i])`` from ``sources``: row columns, tags, blobs.
 
     Kinds and tag values are re-coded into the output's merged dictionaries; ids and payloads are
-    copied range by range in Numba. Vectors are gathered lazily by :meth:`SegmentRows.vector_chunks`.
+    copied range by range in Numba. Vectors are laid out and gathered lazily
+    (:meth:`SegmentRows.layout_vectors`, :meth:`SegmentRows.vector_chunks`), keeping ``base``'s block.
     """
     n = int(src.shape[0])
     kinds, kind_maps = _merge_dictionary([s.kinds for s in sources])
@@ -253,6 +307,7 @@ def assemble(sources: Sequence[RowSource], src: np.ndarray, row: np.ndarray) -> 
         sources=sources,
         src=src,
         row=row,
+        base=base,
     )
 
 
@@ -292,6 +347,7 @@ def assemble_subset(rows: SegmentRows, index: np.ndarray) -> SegmentRows:
         sources=rows.sources,
         src=rows.src[index],
         row=rows.row[index],
+        base=rows.base,
     )
 
 
@@ -362,7 +418,7 @@ class MergedRows:
         for s, source in enumerate(self._rows.sources):
             mask = src == s
             if mask.any():
-                out[mask] = source.vectors[row[mask]]
+                out[mask] = source.vectors[source.vector_row[row[mask]]]
         return out
 
     def fields(self, i: int) -> dict[str, Any]:

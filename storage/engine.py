@@ -129,6 +129,7 @@ class _FrozenMemtable:
             setattr(self, name, getattr(cols, name)[:n])
         self.tags = cols.tags[:n]
         self.vectors = cols.vectors[:n]
+        self.vector_row = cols.vector_row[:n]
         self.kinds = mem.kinds
         self.tag_values = mem.tag_values
         self.id_offsets, self.id_bytes = _id_blob(mem.ids[:n])
@@ -149,6 +150,7 @@ class _BatchSource:
         self.superseded_at = np.full(n, OPEN, dtype=np.int64)
         self.next_seq = np.full(n, NO_SEQ, dtype=np.uint64)
         self.tags, self.vectors = batch.tags, batch.vectors
+        self.vector_row = np.arange(n, dtype=np.int64)
         self.kinds, self.tag_values = batch.kinds, batch.tag_values
         self.id_offsets, self.id_bytes = _id_blob(batch.ids)
         self.payload_offsets = batch.payload_offsets
@@ -160,17 +162,16 @@ class _RowsSource:
 
     def __init__(self, rows: SegmentRows) -> None:
         self.n = rows.n
-        for name, values in rows.columns.items():
-            setattr(self, name, values)
+        for name in ROW_COLUMNS:
+            setattr(self, name, rows.columns[name])
         self.tags = rows.tags
         self.kinds, self.tag_values = rows.kinds, rows.tag_values
         self.id_offsets, self.id_bytes = rows.ids
         self.payload_offsets, self.payload_bytes = rows.payloads
-        self.vectors = (
-            np.concatenate(list(rows.vector_chunks()))
-            if rows.n
-            else np.empty((0, rows.sources[0].vectors.shape[1]), np.float32)
-        )
+        chunks = list(rows.vector_chunks())  # also lays out columns["vector_row"]
+        dim = rows.sources[0].vectors.shape[1]
+        self.vectors = np.concatenate(chunks) if chunks else np.empty((0, dim), np.float32)
+        self.vector_row = rows.columns["vector_row"]
 
 
 class T4DX:
@@ -464,7 +465,7 @@ class T4DX:
         vf = self._time_column(valid_from, n, "valid_from", _FILL)
         vt = self._time_column(valid_to, n, "valid_to", OPEN)
         # A bulk batch's vectors start for the disk now, while the fields are encoded.
-        writer = self._bulk_writer(vectors, key_hi, key_lo) if self._is_bulk(n) else None
+        writer = self._bulk_writer(vectors) if self._is_bulk(n) else None
         try:
             batch = self._build_batch(
                 id_list, key_hi, key_lo, vectors, kappas, kinds_in, list(fields), vf, vt, fresh, ""
@@ -504,7 +505,7 @@ class T4DX:
             source, row = found
             fields = {**_unpack(source.fields_bytes(row)), **(changes or {})}
             new = Item(
-                vector=np.array(source.vectors[row]) if vector is None else vector,
+                vector=np.array(source.vectors[source.vector_row.item(row)]) if vector is None else vector,
                 id=id,
                 kappa=float(source.kappa[row]) if kappa is None else kappa,
                 kind=source.kinds[source.kind[row]] if kind is None else kind,
@@ -593,13 +594,11 @@ class T4DX:
     def _is_bulk(self, n: int) -> bool:
         return n * self.dim * 4 >= self._memtable_bytes // 2
 
-    def _bulk_writer(self, vectors: np.ndarray, key_hi: np.ndarray, key_lo: np.ndarray) -> SegmentWriter:
-        """Start writing a bulk batch's vectors, in segment row order, while the caller encodes the rest."""
-        order = np.lexsort((np.arange(len(key_hi)), key_lo, key_hi))  # = (key, seq) order
+    def _bulk_writer(self, vectors: np.ndarray) -> SegmentWriter:
+        """Start writing a bulk batch's vectors (arrival order) while the caller encodes the rest."""
         tmp = os.path.join(self.path, _SEGMENTS, f"ingest-{os.urandom(8).hex()}.tmp")
-        writer = SegmentWriter(tmp, self.dim, len(order))
-        step = 16384
-        writer.start_vectors(vectors[order[i : i + step]] for i in range(0, len(order), step))
+        writer = SegmentWriter(tmp, self.dim, len(vectors))
+        writer.start_vectors([vectors])
         return writer
 
     def _ingest(self, batch: VersionBatch, writer: SegmentWriter | None = None) -> None:
@@ -612,7 +611,7 @@ class T4DX:
         older = self._segments
         source = _BatchSource(batch)
         order = np.lexsort((source.seq, source.key_lo, source.key_hi))
-        rows = assemble([source], np.zeros(batch.n, dtype=np.int32), order)
+        rows = assemble([source], np.zeros(batch.n, dtype=np.int32), order, base=0)
         version_chains(rows.columns)  # an id may repeat inside the batch
         segment = self._write_rows(rows, writer)
         self._install(removed=(), added=segment, index=len(self._segments))
@@ -924,7 +923,7 @@ class T4DX:
         """Version ``row`` of ``source`` as an Item (its own copy of the vector); ``id`` if known."""
         superseded = source.superseded_at.item(row) if source.next_seq.item(row) <= snap_seq else OPEN
         return Item(
-            np.array(source.vectors[row]),
+            np.array(source.vectors[source.vector_row.item(row)]),
             source.id_at(row) if id is None else id,
             source.kappa.item(row),
             source.kinds[source.kind.item(row)],
@@ -940,7 +939,7 @@ class T4DX:
         source: Any, rows: np.ndarray, snap_seq: int, payloads: list[bytes] | None = None
     ) -> list[Item]:
         """:meth:`_item` for many rows at once: columns gathered once, vectors in one copy."""
-        vectors = source.vectors[rows]
+        vectors = source.vectors[source.vector_row[rows]]
         kinds = source.kinds
         superseded = np.where(source.next_seq[rows] <= np.uint64(snap_seq), source.superseded_at[rows], OPEN)
         if payloads is None:
@@ -1098,7 +1097,9 @@ class T4DX:
             return
         source = _FrozenMemtable(mem, mem.n)
         order = np.lexsort((source.seq, source.key_lo, source.key_hi))
-        rows = assemble([source], np.zeros(mem.n, dtype=np.int32), order)
+        rows = assemble(
+            [source], np.zeros(mem.n, dtype=np.int32), order, base=0
+        )  # vectors stay in arrival order
         # The memtable holds the newest rows, so its version links are all within itself.
         segment = self._write_rows(rows)
         wal_number = self._wal.number + 1
@@ -1119,7 +1120,7 @@ class T4DX:
             path, writer=writer, dim=self.dim, columns=rows.columns, tags=rows.tags,
             vectors=None if writer is not None else rows.vector_chunks(),
             ids=rows.ids, payloads=rows.payloads, kinds=rows.kinds, tag_values=rows.tag_values,
-            bloom_fp_rate=self._bloom_fp_rate,
+            bloom_fp_rate=self._bloom_fp_rate, n_vectors=rows.n_vectors,
         )  # fmt: skip
         return Segment(path, segment_id, self.dim, verify=False)
 

@@ -24,7 +24,7 @@ _INITIAL_ROWS = 1024
 class _Columns:
     """One generation of the memtable's arrays (capacity ``cap`` rows)."""
 
-    __slots__ = (*ROW_COLUMNS, "cap", "payload_start", "prev_row", "tags", "vectors")
+    __slots__ = (*ROW_COLUMNS, "cap", "payload_start", "prev_row", "tags", "vector_row", "vectors")
 
     def __init__(self, cap: int, dim: int) -> None:
         self.cap = cap
@@ -33,6 +33,7 @@ class _Columns:
         self.tags = np.empty((cap, len(TAG_FIELDS)), dtype=np.int32)
         self.vectors = np.empty((cap, dim), dtype=np.float32)
         self.prev_row = np.empty(cap, dtype=np.int64)  # previous version of the key in this memtable
+        self.vector_row = np.arange(cap, dtype=np.int64)  # rows own their vectors, in order
         self.payload_start = np.empty(cap + 1, dtype=np.int64)
 
     def grown(self, cap: int, n: int, dim: int) -> _Columns:
@@ -135,7 +136,7 @@ class Memtable:
 
     # ------------------------------------------------------------------ reading
     # The row columns read as attributes of the memtable (they live in the newest ``cols``).
-    for _name in (*ROW_COLUMNS, "tags", "vectors"):
+    for _name in (*ROW_COLUMNS, "tags", "vectors", "vector_row"):
         locals()[_name] = property(lambda self, _n=_name: getattr(self.cols, _n))
     del _name
 

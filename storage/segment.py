@@ -101,9 +101,10 @@ class SegmentWriter:
     All writes are ``pwrite`` at explicit offsets, so the two threads never share a file position.
     """
 
-    def __init__(self, tmp_path: str, dim: int, n: int) -> None:
+    def __init__(self, tmp_path: str, dim: int, n: int, n_vectors: int | None = None) -> None:
         self.tmp_path = tmp_path
         self.dim, self.n = dim, n
+        self.n_vectors = n if n_vectors is None else n_vectors
         self.columns: dict[str, list[Any]] = {}
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
@@ -163,12 +164,14 @@ class SegmentWriter:
         self._write_chunks(name, array.dtype, array.shape, self._reserve(array.nbytes), [array])
 
     def start_vectors(self, chunks: Iterable[np.ndarray]) -> None:
-        """Write the ``float32 [n, dim]`` vectors, given in row order, from a background thread."""
-        offset = self._reserve(self.n * self.dim * 4)
+        """Write the ``float32 [n, dim]`` vectors, in vector order, from a background thread."""
+        offset = self._reserve(self.n_vectors * self.dim * 4)
 
         def run() -> None:
             try:
-                self._write_chunks("vectors", np.dtype(np.float32), (self.n, self.dim), offset, chunks)
+                self._write_chunks(
+                    "vectors", np.dtype(np.float32), (self.n_vectors, self.dim), offset, chunks
+                )
             except BaseException as exc:  # re-raised by finish()
                 self._thread_error = exc
 
@@ -187,8 +190,9 @@ class SegmentWriter:
         bloom_fp_rate: float,
         vectors: Iterable[np.ndarray] | None = None,
     ) -> None:
-        """Write every other column and the footer, and fsync. Rows must be sorted by (key, seq);
-        ``vectors`` (row order) is needed unless :meth:`start_vectors` was called."""
+        """Write every other column and the footer, and fsync. Rows must be sorted by (key, seq) and
+        ``columns`` include ``vector_row``; ``vectors`` (vector order) is needed unless
+        :meth:`start_vectors` was called."""
         n = self.n
         if int(columns["key_hi"].shape[0]) != n:
             raise AssertionError(f"{len(columns['key_hi'])} rows, the writer was made for {n}")
@@ -196,11 +200,13 @@ class SegmentWriter:
             if self._thread is None:
                 if vectors is None:
                     raise ValueError("vectors are needed: start_vectors() was not called")
+                m = self.n_vectors
                 self._write_chunks(
-                    "vectors", np.dtype(np.float32), (n, self.dim), self._reserve(n * self.dim * 4), vectors
+                    "vectors", np.dtype(np.float32), (m, self.dim), self._reserve(m * self.dim * 4), vectors
                 )
             for name, dtype in ROW_COLUMNS.items():
                 self.add(name, np.asarray(columns[name], dtype=dtype))
+            self.add("vector_row", np.asarray(columns["vector_row"], dtype=np.int64))
             self.add("tags", np.asarray(tags, dtype=np.int32).reshape(n, len(TAG_FIELDS)))
             self.add("id_offsets", ids[0])
             self.add("id_bytes", ids[1])
@@ -275,6 +281,7 @@ def write_segment(
     tag_values: list[list[str]],
     bloom_fp_rate: float,
     writer: SegmentWriter | None = None,
+    n_vectors: int | None = None,
 ) -> None:
     """Write a segment to ``path`` durably (temporary file, fsync, rename, fsync the folder).
 
@@ -284,7 +291,7 @@ def write_segment(
     """
     n = int(columns["key_hi"].shape[0])
     if writer is None:
-        writer = SegmentWriter(path + ".tmp", dim, n)
+        writer = SegmentWriter(path + ".tmp", dim, n, n_vectors)
     try:
         writer.finish(
             columns=columns, tags=tags, ids=ids, payloads=payloads, kinds=kinds,
@@ -349,7 +356,10 @@ class Segment:
             value = arrays[name]
             setattr(self, name, value.copy() if name in _MUTABLE else value)
         self.tags: np.ndarray = arrays["tags"]
-        self.vectors: np.ndarray = arrays["vectors"]
+        self.vectors: np.ndarray = arrays["vectors"]  # [n_vectors, dim]; row r's is vector_row[r]
+        self.vector_row: np.ndarray = arrays["vector_row"]
+        self.row_of_vector = np.full(self.vectors.shape[0], -1, dtype=np.int64)  # -1: an orphan
+        self.row_of_vector[self.vector_row] = np.arange(self.n, dtype=np.int64)
         self.id_offsets: np.ndarray = arrays["id_offsets"]
         self.id_bytes: np.ndarray = arrays["id_bytes"]
         self.payload_offsets: np.ndarray = arrays["payload_offsets"]

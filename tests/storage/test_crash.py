@@ -77,7 +77,16 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
                 counts["in_flight_applied"] += 1
             elif pending is not None:
                 counts["in_flight_lost"] += 1
-            assert state == model, f"trial {trial}: store and acknowledged writes differ"
+            if state != model:
+                extra = {k: state[k] for k in state.keys() - model.keys()}
+                missing = {k: model[k] for k in model.keys() - state.keys()}
+                changed = {
+                    k: (state[k], model[k]) for k in state.keys() & model.keys() if state[k] != model[k]
+                }
+                raise AssertionError(
+                    f"trial {trial}: store and acknowledged writes differ: extra {extra}, missing {missing}, "
+                    f"changed (store, model) {changed}, in flight {pending}"
+                )
             for id, (value, fill) in model.items():
                 item = db.get(id)
                 assert item is not None and item.fields == {"v": value} and (item.vector == fill).all()
