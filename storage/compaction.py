@@ -207,14 +207,15 @@ class SegmentRows:
             return self._layout
         n = self.n
         pos = np.empty(n, dtype=np.int64)  # each output row's vector position in its source
-        masks = [self.src == s for s in range(len(self.sources))]
+        has_vector = (self.columns["flags"] & FLAG_TOMBSTONE) == 0  # a tombstone keeps no vector
+        masks = [(self.src == s) & has_vector for s in range(len(self.sources))]
         for source, mask in zip(self.sources, masks, strict=True):
             pos[mask] = source.vector_row[self.row[mask]]
         order = list(range(len(self.sources)))
         if self.base is not None:
             order.remove(self.base)
             order.insert(0, self.base)
-        vector_row = np.empty(n, dtype=np.int64)
+        vector_row = np.full(n, -1, dtype=np.int64)
         vec_src, vec_pos, offset = [], [], 0
         for s in order:
             mask = masks[s]
@@ -418,7 +419,8 @@ class MergedRows:
         for s, source in enumerate(self._rows.sources):
             mask = src == s
             if mask.any():
-                out[mask] = source.vectors[source.vector_row[row[mask]]]
+                positions = source.vector_row[row[mask]]
+                out[mask] = np.where((positions >= 0)[:, None], source.vectors[positions], 0.0)
         return out
 
     def fields(self, i: int) -> dict[str, Any]:

@@ -21,11 +21,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+import faiss
 import msgpack
 import numpy as np
 
@@ -52,10 +53,11 @@ from .compaction import (
     version_chains,
 )
 from .fsutil import fsync_dir, io_errors
-from .item import OPEN, UTC, Item, from_us, to_us
+from .item import OPEN, UTC, Hit, Item, from_us, to_us
 from .keys import check_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
 from .memtable import Memtable
+from .query import Filter, check_payloads, live_rows, match_rows, parse_filter, search_source, unpack
 from .rows import (
     FLAG_TOMBSTONE,
     MAX_KINDS,
@@ -67,6 +69,7 @@ from .rows import (
     VersionBatch,
 )
 from .segment import Segment, SegmentWriter, segment_path, write_segment
+from .vector_index import HNSWParams, build_hnsw, extend_hnsw, load_hnsw, save_hnsw
 from .wal import DURABILITY_MODES, WAL, read_records, wal_files
 
 __all__ = ["T4DX", "CompactionStats"]
@@ -77,10 +80,6 @@ _SEGMENTS = "segments"
 _WAL = "wal"
 _LOCK = "LOCK"
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
-
-
-def _unpack(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
 
 
 class _Snapshot(NamedTuple):
@@ -200,6 +199,8 @@ class T4DX:
         bloom_fp_rate: float = 0.01,
         verify_checksums: bool = True,
         clock: Callable[[], datetime] | None = None,
+        hnsw: HNSWParams | Mapping[str, int] | None = None,
+        index_build: str = "background",
     ) -> T4DX:
         """Open the store at ``path``, creating it (``dim`` required) when the folder is new or empty.
 
@@ -218,16 +219,22 @@ class T4DX:
             bloom_fp_rate: false-positive rate of each segment's Bloom filter over ids.
             verify_checksums: check every segment's CRC32C at open.
             clock: returns the current time (timezone-aware); for tests and replays.
+            hnsw: HNSW settings (:class:`~t4dm.storage.vector_index.HNSWParams` or a dict of its
+                fields: ``m``, ``ef_construction``, ``ef_search``, ``min_rows``).
+            index_build: ``"background"`` (a thread builds each new segment's HNSW index; until it is
+                ready the segment is searched exactly; :meth:`wait_indexed` waits) or ``"sync"`` (flush,
+                ingest and compaction return with the index built).
         """
+        options = dict(locals())
+        options.pop("cls")
+        options["path"] = os.fspath(path)
         self = object.__new__(cls)
-        self._init(
-            os.fspath(path), dim, durability, sync_interval, memtable_bytes, max_segments,
-            history_retention, compaction_policy, bloom_fp_rate, verify_checksums, clock,
-        )  # fmt: skip
+        self._init(**options)
         return self
 
     def _init(
         self,
+        *,
         path: str,
         dim: int | None,
         durability: str,
@@ -239,6 +246,8 @@ class T4DX:
         bloom_fp_rate: float,
         verify_checksums: bool,
         clock: Callable[[], datetime] | None,
+        hnsw: HNSWParams | Mapping[str, int] | None,
+        index_build: str,
     ) -> None:
         self._closed = True
         if durability not in DURABILITY_MODES:
@@ -263,6 +272,19 @@ class T4DX:
             )
         if compaction_policy is not None and not callable(compaction_policy):
             raise InvalidInput("compaction_policy", compaction_policy, "expected a callable")
+        if index_build not in ("background", "sync"):
+            raise InvalidInput("index_build", index_build, "expected 'background' or 'sync'")
+        if isinstance(hnsw, Mapping):
+            unknown = set(hnsw) - {"m", "ef_construction", "ef_search", "min_rows"}
+            if unknown:
+                raise InvalidInput("hnsw", sorted(unknown), "unknown HNSW settings")
+            hnsw = HNSWParams(**hnsw)
+        elif hnsw is None:
+            hnsw = HNSWParams()
+        elif not isinstance(hnsw, HNSWParams):
+            raise InvalidInput("hnsw", hnsw, "expected HNSWParams or a dict of its fields")
+        self._hnsw = hnsw.check()
+        self._index_build = index_build
         self.path = path
         self.durability = durability
         self._memtable_bytes = int(memtable_bytes)
@@ -274,6 +296,9 @@ class T4DX:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._write_lock = threading.RLock()
         self._janitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t4dx-janitor")
+        self._indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t4dx-index")
+        self._index_jobs: list[Future[None]] = []
+        self._stopping = False
 
         created = self._prepare_directory(path, dim)
         self._lock_fd = self._acquire_lock(path)
@@ -296,6 +321,8 @@ class T4DX:
             self._recover(verify_checksums, sync_interval)
         except BaseException:
             os.close(self._lock_fd)
+            self._stopping = True
+            self._indexer.shutdown(wait=True)
             self._janitor.shutdown(wait=True)
             raise
         self._closed = False
@@ -356,6 +383,10 @@ class T4DX:
         )
         _link_across_segments(segments)
         self._segments = segments
+        for segment in segments:
+            segment.index = load_hnsw(segment.index_path, segment.vectors.shape[0], manifest.dim)
+            if segment.index is None:
+                self._schedule_index(segment)
         self._seq = manifest.last_seq
         self._last_recorded = manifest.last_recorded
         self._mem = Memtable(manifest.dim, self._memtable_rows)
@@ -382,7 +413,9 @@ class T4DX:
             if self._closed:
                 return
             self._closed = True
+            self._stopping = True  # an index build in flight stops at its next chunk
             try:
+                self._indexer.shutdown(wait=True)
                 self._wal.close()
                 self._janitor.shutdown(wait=True)
             finally:
@@ -503,7 +536,7 @@ class T4DX:
             if found is None:
                 raise UnknownId(id)
             source, row = found
-            fields = {**_unpack(source.fields_bytes(row)), **(changes or {})}
+            fields = {**unpack(source.fields_bytes(row)), **(changes or {})}
             new = Item(
                 vector=np.array(source.vectors[source.vector_row.item(row)]) if vector is None else vector,
                 id=id,
@@ -615,6 +648,7 @@ class T4DX:
         version_chains(rows.columns)  # an id may repeat inside the batch
         segment = self._write_rows(rows, writer)
         self._install(removed=(), added=segment, index=len(self._segments))
+        self._schedule_index(segment)
         # Only now, with the batch durable and named by the manifest, close the older versions.
         if not batch.fresh:
             _, first = np.unique(np.stack([batch.key_hi, batch.key_lo], axis=1), axis=0, return_index=True)
@@ -653,8 +687,11 @@ class T4DX:
             rows = segment.latest_rows(batch.key_hi[pending], batch.key_lo[pending])
             hit = rows >= 0
             if hit.any():
-                segment.superseded_at[rows[hit]] = batch.recorded_at
-                segment.next_seq[rows[hit]] = batch.seq_start + pending[hit].astype(np.uint64)
+                segment.set_links(
+                    batch.seq_start + pending[hit].astype(np.uint64),
+                    np.full(int(hit.sum()), batch.recorded_at, dtype=np.int64),
+                    rows[hit],
+                )
                 pending = pending[~hit]
                 if not pending.size:
                     break
@@ -927,7 +964,7 @@ class T4DX:
             source.id_at(row) if id is None else id,
             source.kappa.item(row),
             source.kinds[source.kind.item(row)],
-            _unpack(source.fields_bytes(row)),
+            unpack(source.fields_bytes(row)),
             from_us(source.valid_from.item(row)),
             from_us(source.valid_to.item(row)),
             from_us(source.recorded_at.item(row)),
@@ -950,7 +987,7 @@ class T4DX:
                 id,
                 kappa,
                 kinds[kind],
-                _unpack(raw),
+                unpack(raw),
                 from_us(vf),
                 from_us(vt),
                 from_us(rec),
@@ -978,6 +1015,7 @@ class T4DX:
         where: Mapping[str, Any] | None = None,
         valid_at: datetime | None = None,
         known_at: datetime | None = None,
+        valid_from: tuple[datetime, datetime] | None = None,
         limit: int | None = None,
     ) -> Iterator[Item]:
         """SCAN items matching every filter given, in no particular order.
@@ -989,74 +1027,30 @@ class T4DX:
                 are indexed columns; other fields are checked on the decoded payload).
             valid_at: items true in the world at this time (``valid_from <= t < valid_to``).
             known_at: the versions the store held at this transaction time, instead of the live ones.
+            valid_from: ``(start, end)``: items whose ``valid_from`` is in ``[start, end)`` (e.g. the
+                last 30 days); answered from each segment's valid-time index.
             limit: stop after this many items.
         """
         self._check_open()
-        plan = self._scan_plan(kappa, kind, where, valid_at, known_at, limit)
-        snap = self._snap
-        return self._scan(snap, *plan)
-
-    def _scan_plan(self, kappa, kind, where, valid_at, known_at, limit):
-        if kappa is not None:
-            try:
-                lo, hi = (float(kappa[0]), float(kappa[1]))
-            except (TypeError, ValueError, IndexError) as exc:
-                raise InvalidInput("kappa", kappa, "expected a (lo, hi) pair of numbers") from exc
-            if len(kappa) != 2 or not 0.0 <= lo <= hi <= 1.0:
-                raise InvalidInput("kappa", kappa, "expected 0 <= lo <= hi <= 1")
-            kappa = (lo, hi)
-        kinds: list[str] | None = None
-        if kind is not None:
-            try:
-                kinds = [kind] if isinstance(kind, str) else list(kind)
-            except TypeError as exc:
-                raise InvalidInput("kind", kind, "expected a string or a list of strings") from exc
-            for k in kinds:
-                if not isinstance(k, str):
-                    raise InvalidInput("kind", k, "expected a string")
-        conditions: list[tuple[str, Any]] = []
-        if where is not None:
-            if not isinstance(where, Mapping):
-                raise InvalidInput("where", where, "expected a dict of field: value")
-            for name, value in where.items():
-                if not isinstance(name, str):
-                    raise InvalidInput("where", name, "field names must be strings")
-                try:
-                    conditions.append((name, _unpack(_pack(value))))  # the stored form: tuples become lists
-                except (TypeError, ValueError, OverflowError) as exc:
-                    raise PayloadNotSerializable(f"where[{name!r}]", value, f"not JSON-like: {exc}") from exc
-        valid_us = None if valid_at is None else to_us(valid_at, "valid_at")
-        known_us = None if known_at is None else to_us(known_at, "known_at")
+        f = parse_filter(kappa, kind, where, valid_at, known_at, valid_from)
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0
         ):
             raise InvalidInput("limit", limit, "expected an integer >= 0")
-        return kappa, kinds, conditions, valid_us, known_us, limit
+        return self._scan(self._snap, f, limit)
 
-    def _scan(self, snap, kappa, kinds, conditions, valid_us, known_us, limit) -> Iterator[Item]:
+    def _scan(self, snap: _Snapshot, f: Filter, limit: int | None) -> Iterator[Item]:
         remaining = limit
-        sources: list[tuple[Any, int]] = [(snap.mem, snap.mem_n)]
-        sources += [(segment, segment.n) for segment in reversed(snap.segments)]
-        for source, n in sources:
-            rows, payload_checks = _match_rows(
-                source, n, snap.seq, kappa, kinds, conditions, valid_us, known_us
-            )
+        for source, n in _sources(snap):
+            rows, payload_checks = match_rows(source, n, snap.seq, f)
             for start in range(0, rows.size, _SCAN_CHUNK):
                 if remaining is not None and remaining <= 0:
                     return
-                chunk = rows[start : start + _SCAN_CHUNK]
-                payloads = source.fields_bytes_at(chunk)
-                if payload_checks:
-                    keep = [
-                        all(name in fields and _same(fields[name], value) for name, value in payload_checks)
-                        for fields in map(_unpack, payloads)
-                    ]
-                    chunk = chunk[np.asarray(keep, dtype=bool)]
-                    payloads = [raw for raw, kept in zip(payloads, keep, strict=True) if kept]
+                chunk = check_payloads(source, rows[start : start + _SCAN_CHUNK], payload_checks)
                 if remaining is not None:
-                    chunk, payloads = chunk[:remaining], payloads[:remaining]
+                    chunk = chunk[:remaining]
                     remaining -= chunk.size
-                yield from self._items(source, chunk, snap.seq, payloads)
+                yield from self._items(source, chunk, snap.seq)
 
     def count(
         self,
@@ -1066,22 +1060,86 @@ class T4DX:
         where: Mapping[str, Any] | None = None,
         valid_at: datetime | None = None,
         known_at: datetime | None = None,
+        valid_from: tuple[datetime, datetime] | None = None,
     ) -> int:
-        """Number of items :meth:`scan` would yield with these filters."""
-        return sum(
-            1 for _ in self.scan(kappa=kappa, kind=kind, where=where, valid_at=valid_at, known_at=known_at)
-        )
+        """Number of items :meth:`scan` would yield with these filters (no item is built)."""
+        self._check_open()
+        f = parse_filter(kappa, kind, where, valid_at, known_at, valid_from)
+        snap = self._snap
+        total = 0
+        for source, n in _sources(snap):
+            rows, payload_checks = match_rows(source, n, snap.seq, f)
+            total += int(check_payloads(source, rows, payload_checks).size)
+        return total
 
     def __len__(self) -> int:
         """Number of live items."""
+        return self.count()
+
+    def search(
+        self,
+        vector: Any,
+        k: int = 10,
+        *,
+        kappa: tuple[float, float] | None = None,
+        kind: str | Iterable[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        valid_at: datetime | None = None,
+        known_at: datetime | None = None,
+        valid_from: tuple[datetime, datetime] | None = None,
+        ef: int | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
+        """SEARCH: the ``k`` items most similar (cosine) to ``vector`` that pass every filter, best first.
+
+        The filters are those of :meth:`scan`, applied inside the search: a segment's matching rows
+        become an ID selector for its HNSW index, or, when few rows match, are scored exactly, so a
+        selective filter never loses recall. ``ef`` overrides the HNSW ``efSearch``; ``exact=True``
+        scores every matching row (the reference the approximate search is tested against).
+        """
         self._check_open()
+        query = self._check_vector(vector, "vector")
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0:
+            raise InvalidVector("vector", "<zero vector>", "a zero vector has no direction to search by")
+        query /= norm
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise InvalidInput("k", k, "expected an integer >= 1")
+        if ef is not None and (isinstance(ef, bool) or not isinstance(ef, numbers.Integral) or ef < 1):
+            raise InvalidInput("ef", ef, "expected an integer >= 1")
+        f = parse_filter(kappa, kind, where, valid_at, known_at, valid_from)
         snap = self._snap
-        total = 0
-        sources: list[tuple[Any, int]] = [(snap.mem, snap.mem_n)]
-        sources += [(segment, segment.n) for segment in snap.segments]
-        for source, n in sources:
-            total += int(_match_rows(source, n, snap.seq, None, None, [], None, None)[0].size)
-        return total
+        ef = self._hnsw.ef_search if ef is None else int(ef)
+        found: list[tuple[np.ndarray, np.ndarray, Any]] = []
+        for source, n in _sources(snap):
+            if n == 0:
+                continue
+            labels, all_live = None, False
+            if f.empty and isinstance(source, Segment):
+                rows, labels = live_rows(source, snap.seq)
+                all_live, checks = labels is None, []
+            else:
+                rows, checks = match_rows(source, n, snap.seq, f)
+            rows = check_payloads(source, rows, checks)
+            if rows.size:
+                scores, hits = search_source(
+                    source, rows, query, int(k), ef, exact, self._hnsw.min_rows, labels, all_live
+                )
+                found.append((scores, hits, source))
+        if not found:
+            return []
+        scores = np.concatenate([s for s, _, _ in found])
+        owner = np.concatenate([np.full(len(s), i) for i, (s, _, _) in enumerate(found)])
+        rows = np.concatenate([r for _, r, _ in found])
+        best = np.argsort(-scores, kind="stable")[: int(k)]
+        hits: list[Hit | None] = [None] * len(best)
+        for i, (_, _, source) in enumerate(found):
+            mine = np.flatnonzero(owner[best] == i)
+            if mine.size:
+                items = self._items(source, rows[best[mine]], snap.seq)
+                for place, item in zip(mine.tolist(), items, strict=True):
+                    hits[place] = Hit(item.id, float(scores[best[place]]), item)
+        return hits  # type: ignore[return-value]
 
     # ================================================================== flush and compaction
     def flush(self) -> None:
@@ -1097,14 +1155,15 @@ class T4DX:
             return
         source = _FrozenMemtable(mem, mem.n)
         order = np.lexsort((source.seq, source.key_lo, source.key_hi))
-        rows = assemble(
-            [source], np.zeros(mem.n, dtype=np.int32), order, base=0
-        )  # vectors stay in arrival order
+        # Vectors stay in arrival order (no gather) unless tombstones would leave orphans among them.
+        has_tombstones = bool((source.flags & FLAG_TOMBSTONE).any())
+        rows = assemble([source], np.zeros(mem.n, dtype=np.int32), order, base=None if has_tombstones else 0)
         # The memtable holds the newest rows, so its version links are all within itself.
         segment = self._write_rows(rows)
         wal_number = self._wal.number + 1
         self._wal.rotate(wal_number)
         self._install(removed=(), added=segment, index=len(self._segments), wal_start=wal_number)
+        self._schedule_index(segment)
         self._mem = Memtable(self.dim, self._memtable_rows)
         self._publish()
         if auto_compact and len(self._segments) > self._max_segments:
@@ -1146,6 +1205,7 @@ class T4DX:
                 self._janitor.submit(_unlink_quietly, os.path.join(wal_dir, f"{number:08d}.wal"))
         for segment in removed:
             self._janitor.submit(_unlink_quietly, segment.path)
+            self._janitor.submit(_unlink_quietly, segment.index_path)
 
     def compact(self, policy: CompactionPolicy | None = None) -> CompactionStats:
         """Full compaction: flush, merge every segment into one, drop expired history and tombstones,
@@ -1190,15 +1250,71 @@ class T4DX:
             # Rows may be superseded by newer segments: keep those links in memory, write the run's own.
             memory_links = (rows.columns["next_seq"].copy(), rows.columns["superseded_at"].copy())
             version_chains(rows.columns)
+        base = self._index_base(run, rows) if not added else None
+        rows.base = base
         segment = self._write_rows(rows) if rows.n else None
         if memory_links is not None and segment is not None:
-            segment.next_seq[:], segment.superseded_at[:] = memory_links
+            segment.set_links(*memory_links)
         self._install(removed=run, added=segment, index=start)
+        if segment is not None:
+            self._schedule_index(segment, None if base is None else run[base])
         self._publish()
         return CompactionStats(
             segments_in=len(run), rows_in=rows_in, rows_out=rows.n, rows_added=added, bytes_in=bytes_in,
             bytes_out=segment.nbytes if segment else 0, seconds=time.perf_counter() - t0, full=full,
         )  # fmt: skip
+
+    def _index_base(self, run: tuple[Segment, ...], rows: SegmentRows) -> int | None:
+        """The input whose HNSW index the output can extend instead of rebuilding: the one with the
+        most vectors, if it has an index and at least 80 % of its vectors stay in use (the rest stay
+        as orphans, skipped by searches, until a later compaction rebuilds)."""
+        with_index = [i for i, segment in enumerate(run) if segment.index is not None]
+        if not with_index:
+            return None
+        best = max(with_index, key=lambda i: run[i].vectors.shape[0])
+        used = int(np.count_nonzero(rows.src == best))
+        return best if used >= 0.8 * run[best].vectors.shape[0] else None
+
+    # ------------------------------------------------------------------ vector indexes
+    def _schedule_index(self, segment: Segment, base: Segment | None = None) -> None:
+        """Build ``segment``'s HNSW index (extending ``base``'s when given), now or in the background."""
+        if segment.vectors.shape[0] < self._hnsw.min_rows:
+            return
+        base_index = None if base is None else base.index
+        base_count = 0 if base is None else base.vectors.shape[0]
+        if self._index_build == "sync":
+            self._build_index(segment, base_index, base_count)
+        else:
+            self._index_jobs = [job for job in self._index_jobs if not job.done()]
+            self._index_jobs.append(self._indexer.submit(self._build_index, segment, base_index, base_count))
+
+    def _build_index(self, segment: Segment, base_index: Any, base_count: int) -> None:
+        def stop() -> bool:
+            return self._stopping or segment not in self._segments
+
+        if stop():
+            return
+        if base_index is not None:
+            # An owned copy: clone_index would share the memory-mapped vectors, which cannot grow.
+            owned = faiss.deserialize_index(faiss.serialize_index(base_index))
+            index = extend_hnsw(owned, segment.vectors[base_count:], self._hnsw, stop)
+        else:
+            index = build_hnsw(segment.vectors, self._hnsw, stop)
+        if index is None or stop():
+            return
+        save_hnsw(index, segment.index_path)
+        segment.index = load_hnsw(segment.index_path, segment.vectors.shape[0], self.dim)
+        if segment not in self._segments:  # compacted away meanwhile
+            _unlink_quietly(segment.index_path)
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait until every segment's HNSW index is built; False if ``timeout`` (seconds) ran out."""
+        self._check_open()
+        jobs = list(self._index_jobs)
+        done, pending = wait(jobs, timeout=timeout)
+        for job in done:
+            job.result()  # re-raise a failed build here
+        return not pending
 
     def _run_policy(self, rows: SegmentRows, policy: CompactionPolicy) -> tuple[SegmentRows, int]:
         view = MergedRows(rows, self._last_recorded)
@@ -1233,13 +1349,9 @@ class T4DX:
     # ================================================================== not yet done (issue 3)
     def _not_yet(self, primitive: str) -> NotImplementedError:
         return NotImplementedError(
-            f"T4DX.{primitive} is not implemented yet: SEARCH, edges, TRAVERSE and provenance are the next "
-            "storage issue (see README, 'Not yet done')"
+            f"T4DX.{primitive} is not implemented yet: edges, TRAVERSE and provenance are the rest of the "
+            "search/graph/time storage issue (see README, 'Not yet done')"
         )
-
-    def search(self, *args: Any, **kwargs: Any) -> Any:
-        """SEARCH (HNSW per segment through faiss): not implemented yet."""
-        raise self._not_yet("search")
 
     def add_edges(self, *args: Any, **kwargs: Any) -> Any:
         """Graph edges: not implemented yet."""
@@ -1295,60 +1407,9 @@ def _field(prefix: str, i: int, name: str) -> str:
     return f"{prefix}[{i}].{name}" if prefix else name
 
 
-def _same(a: Any, b: Any) -> bool:
-    """JSON-style equality: 1 == 1.0, but booleans are not numbers."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return bool(a == b)
-
-
-def _match_rows(source, n, snap_seq, kappa, kinds, conditions, valid_us, known_us):
-    """Rows of ``source[:n]`` passing every column filter, and the field conditions left to check on
-    payloads (fields that are not indexed tags, or tag values that are not strings)."""
-    c = source
-    if n == 0:
-        return np.empty(0, dtype=np.int64), []
-    rows = source.kappa_rows(*kappa) if kappa is not None and isinstance(source, Segment) else None
-
-    def col(name: str) -> np.ndarray:
-        values = getattr(c, name)[:n]
-        return values if rows is None else values[rows]
-
-    mask = (col("flags") & FLAG_TOMBSTONE) == 0
-    if isinstance(source, Memtable):
-        mask &= col("seq") <= np.uint64(snap_seq)
-    if kappa is not None and not isinstance(source, Segment):
-        k = col("kappa")
-        mask &= (k >= kappa[0]) & (k <= kappa[1])
-    if known_us is None:
-        mask &= col("next_seq") > np.uint64(snap_seq)
-    else:
-        mask &= (col("recorded_at") <= known_us) & (
-            (col("superseded_at") > known_us) | (col("next_seq") > np.uint64(snap_seq))
-        )
-    if valid_us is not None:
-        mask &= (col("valid_from") <= valid_us) & (col("valid_to") > valid_us)
-    if kinds is not None:
-        codes = [code for code in (source.kind_code(k) for k in kinds) if code is not None]
-        mask &= np.isin(col("kind"), np.asarray(codes, dtype=np.uint16))
-    payload_checks = []
-    for name, value in conditions:
-        if name in TAG_FIELDS:
-            slot = TAG_FIELDS.index(name)
-            tag = c.tags[:n, slot]
-            tag = tag if rows is None else tag[rows]
-            code = source.tag_code(slot, value)
-            if code is None:
-                mask[:] = False
-            elif code == TAG_OTHER:
-                mask &= tag == TAG_OTHER
-                payload_checks.append((name, value))
-            else:
-                mask &= tag == code
-        else:
-            payload_checks.append((name, value))
-    selected = np.flatnonzero(mask)
-    return (selected if rows is None else rows[selected]), payload_checks
+def _sources(snap: _Snapshot) -> list[tuple[Any, int]]:
+    """The snapshot's sources, newest first: the memtable (its first ``mem_n`` rows), then segments."""
+    return [(snap.mem, snap.mem_n), *((segment, segment.n) for segment in reversed(snap.segments))]
 
 
 def _link_across_segments(segments: Sequence[Segment]) -> None:
@@ -1367,5 +1428,4 @@ def _link_across_segments(segments: Sequence[Segment]) -> None:
     version_chains(columns)
     for s, segment in enumerate(segments):
         mask = src == s
-        segment.next_seq[row[mask]] = columns["next_seq"][mask]
-        segment.superseded_at[row[mask]] = columns["superseded_at"][mask]
+        segment.set_links(columns["next_seq"][mask], columns["superseded_at"][mask], row[mask])

@@ -10,7 +10,7 @@ import numpy as np
 
 from t4dm.errors import InvalidTime
 
-__all__ = ["OPEN", "UTC", "Item", "from_us", "to_us"]
+__all__ = ["OPEN", "UTC", "Hit", "Item", "from_us", "to_us"]
 
 UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -93,3 +93,12 @@ class Item:
             f"vector=<{shape}>, valid_from={self.valid_from}, valid_to={self.valid_to}, "
             f"recorded_at={self.recorded_at}, superseded_at={self.superseded_at})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result: the item's id, its cosine similarity to the query, and the item."""
+
+    id: str
+    score: float
+    item: Item

@@ -24,7 +24,16 @@ _INITIAL_ROWS = 1024
 class _Columns:
     """One generation of the memtable's arrays (capacity ``cap`` rows)."""
 
-    __slots__ = (*ROW_COLUMNS, "cap", "payload_start", "prev_row", "tags", "vector_row", "vectors")
+    __slots__ = (
+        *ROW_COLUMNS,
+        "cap",
+        "inv_norm",
+        "payload_start",
+        "prev_row",
+        "tags",
+        "vector_row",
+        "vectors",
+    )
 
     def __init__(self, cap: int, dim: int) -> None:
         self.cap = cap
@@ -34,11 +43,12 @@ class _Columns:
         self.vectors = np.empty((cap, dim), dtype=np.float32)
         self.prev_row = np.empty(cap, dtype=np.int64)  # previous version of the key in this memtable
         self.vector_row = np.arange(cap, dtype=np.int64)  # rows own their vectors, in order
+        self.inv_norm = np.empty(cap, dtype=np.float32)  # 1 / ‖vector‖, for cosine scores
         self.payload_start = np.empty(cap + 1, dtype=np.int64)
 
     def grown(self, cap: int, n: int, dim: int) -> _Columns:
         bigger = _Columns(cap, dim)
-        for name in (*ROW_COLUMNS, "tags", "vectors", "prev_row"):
+        for name in (*ROW_COLUMNS, "tags", "vectors", "prev_row", "inv_norm"):
             getattr(bigger, name)[:n] = getattr(self, name)[:n]
         bigger.payload_start[: n + 1] = self.payload_start[: n + 1]
         return bigger
@@ -106,6 +116,8 @@ class Memtable:
             tag_map = self._codes(batch.tag_values[slot], self.tag_values[slot], self._tag_codes[slot])
             cols.tags[rows, slot] = tag_map[batch.tags[:, slot]]
         cols.vectors[rows] = batch.vectors
+        norms = np.linalg.norm(batch.vectors, axis=1)
+        cols.inv_norm[rows] = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
         base = self.payload_size
         cols.payload_start[first + 1 : first + n + 1] = base + batch.payload_offsets[1:]
         self._chunks.append(batch.payload)
@@ -136,7 +148,7 @@ class Memtable:
 
     # ------------------------------------------------------------------ reading
     # The row columns read as attributes of the memtable (they live in the newest ``cols``).
-    for _name in (*ROW_COLUMNS, "tags", "vectors", "vector_row"):
+    for _name in (*ROW_COLUMNS, "tags", "vectors", "vector_row", "inv_norm"):
         locals()[_name] = property(lambda self, _n=_name: getattr(self.cols, _n))
     del _name
 

@@ -33,7 +33,7 @@ from t4dm.errors import CorruptSegment
 
 from .bloom import BloomFilter, _bloom_contains_one
 from .fsutil import checksum, fsync_dir, io_errors
-from .rows import ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
+from .rows import NO_SEQ, ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
 
 __all__ = ["FORMAT", "Segment", "SegmentWriter", "segment_path", "write_segment"]
 
@@ -111,6 +111,7 @@ class SegmentWriter:
         # Write-back runs while we write: a helper thread fdatasyncs every _SYNC_EVERY bytes, so the
         # final fsync finds little left (measured: compaction of 175 MB, 0.29 s of final fsync before).
         self._unsynced = 0
+        self._inv_norms: list[np.ndarray] = []
         self._sync_wanted = threading.Event()
         self._sync_stop = False
         self._syncer = threading.Thread(target=self._sync_loop, name="t4dx-segment-sync", daemon=True)
@@ -144,7 +145,11 @@ class SegmentWriter:
     ) -> None:
         crc, nbytes = 0, 0
         for chunk in chunks:
-            view = memoryview(np.ascontiguousarray(chunk, dtype=dtype)).cast("B")
+            chunk = np.ascontiguousarray(chunk, dtype=dtype)
+            if name == "vectors":  # 1/‖v‖ for cosine scores, computed while the vectors stream past
+                norms = np.linalg.norm(chunk, axis=1)
+                self._inv_norms.append(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0))
+            view = memoryview(chunk).cast("B")
             crc = checksum(view, crc)
             self._unsynced += len(view)
             while view:
@@ -219,15 +224,26 @@ class SegmentWriter:
                 )
             bloom = BloomFilter.build(columns["key_hi"][first], columns["key_lo"][first], bloom_fp_rate)
             self.add("bloom", bloom.words)
-            kappa = columns["kappa"]
-            kappa_order = np.argsort(kappa, kind="stable").astype(np.int64)
-            self.add("kappa_order", kappa_order)
-            self.add("kappa_sorted", kappa[kappa_order])
+            # Secondary indexes: each a permutation of the rows and the key it sorts them by, so that a
+            # range or value finds its rows by binary search without touching the others.
+            for name, key in (
+                ("kappa", columns["kappa"]),
+                ("valid_from", columns["valid_from"]),
+                *(
+                    (f"tag{slot}", np.asarray(tags, dtype=np.int32).reshape(n, -1)[:, slot])
+                    for slot in range(len(TAG_FIELDS))
+                ),
+            ):
+                order = np.argsort(key, kind="stable").astype(np.int64)
+                self.add(f"{name}_order", order)
+                self.add(f"{name}_sorted", key[order])
             if self._thread is not None:
                 self._thread.join()
                 self._thread = None
                 if self._thread_error is not None:
                     raise self._thread_error
+            inv_norm = np.concatenate(self._inv_norms) if self._inv_norms else np.empty(0, np.float32)
+            self.add("inv_norm", inv_norm.astype(np.float32))
             seq = columns["seq"]
             meta = {
                 "format": FORMAT,
@@ -359,17 +375,38 @@ class Segment:
         self.vectors: np.ndarray = arrays["vectors"]  # [n_vectors, dim]; row r's is vector_row[r]
         self.vector_row: np.ndarray = arrays["vector_row"]
         self.row_of_vector = np.full(self.vectors.shape[0], -1, dtype=np.int64)  # -1: an orphan
-        self.row_of_vector[self.vector_row] = np.arange(self.n, dtype=np.int64)
+        with_vector = np.flatnonzero(self.vector_row >= 0)  # tombstones have none
+        self.row_of_vector[self.vector_row[with_vector]] = with_vector
         self.id_offsets: np.ndarray = arrays["id_offsets"]
         self.id_bytes: np.ndarray = arrays["id_bytes"]
         self.payload_offsets: np.ndarray = arrays["payload_offsets"]
         self.payload_bytes: np.ndarray = arrays["payload_bytes"]
         self.kappa_order: np.ndarray = arrays["kappa_order"]
         self.kappa_sorted: np.ndarray = arrays["kappa_sorted"]
+        self.valid_from_order: np.ndarray = arrays["valid_from_order"]
+        self.valid_from_sorted: np.ndarray = arrays["valid_from_sorted"]
+        self.tag_order = [arrays[f"tag{slot}_order"] for slot in range(len(TAG_FIELDS))]
+        self.tag_sorted = [arrays[f"tag{slot}_sorted"] for slot in range(len(TAG_FIELDS))]
+        self.inv_norm: np.ndarray = arrays["inv_norm"]  # [n_vectors]: 1 / ‖vector‖ (0 for a zero vector)
+        self.index = None  # the HNSW index (vector_index), loaded or built by the store
+        self.live_cache: tuple | None = None  # (mutations, rows alive, labels alive): see T4DX._live
+        self.mutations = 0  # bumped by the writer whenever next_seq / superseded_at change
+        self.max_next_seq = int(self.next_seq[self.next_seq != NO_SEQ].max(initial=0))
         self.bloom = BloomFilter(arrays["bloom"], meta["bloom_k"])
         self.nbytes = size
         self._id_base = meta["columns"]["id_bytes"][0]
         self._payload_base = meta["columns"]["payload_bytes"][0]
+
+    def set_links(
+        self, next_seq: np.ndarray, superseded_at: np.ndarray, rows: np.ndarray | None = None
+    ) -> None:
+        """Set the in-memory version links of ``rows`` (all rows when None); only the writer calls this."""
+        where = slice(None) if rows is None else rows
+        self.next_seq[where] = next_seq
+        self.superseded_at[where] = superseded_at
+        finite = np.asarray(next_seq)[np.asarray(next_seq) != NO_SEQ]
+        self.max_next_seq = max(self.max_next_seq, int(finite.max(initial=0)))
+        self.mutations += 1
 
     # -------------------------------------------------------------- rows
     def id_at(self, row: int) -> str:
@@ -418,7 +455,23 @@ class Segment:
         return out
 
     def kappa_rows(self, lo: float, hi: float) -> np.ndarray:
-        """Rows with ``lo <= kappa <= hi``, ascending, from the κ index (no scan)."""
+        """Rows with ``lo <= kappa <= hi`` (unordered), from the κ index (no scan)."""
         a = np.searchsorted(self.kappa_sorted, float(lo), side="left")
         b = np.searchsorted(self.kappa_sorted, float(hi), side="right")
-        return np.sort(self.kappa_order[a:b])
+        return self.kappa_order[a:b]
+
+    def valid_from_rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows with ``lo <= valid_from < hi`` (µs; unordered), from the valid-time index."""
+        a = np.searchsorted(self.valid_from_sorted, lo, side="left")
+        b = np.searchsorted(self.valid_from_sorted, hi, side="left")
+        return self.valid_from_order[a:b]
+
+    def tag_rows(self, slot: int, code: int) -> np.ndarray:
+        """Rows whose tag ``slot`` has dictionary code ``code`` (unordered), from the tag index."""
+        a = np.searchsorted(self.tag_sorted[slot], code, side="left")
+        b = np.searchsorted(self.tag_sorted[slot], code, side="right")
+        return self.tag_order[slot][a:b]
+
+    @property
+    def index_path(self) -> str:
+        return self.path[: -len(".seg")] + ".hnsw"

@@ -327,7 +327,6 @@ def test_context_manager_and_closed_store(tmp_path):
 @pytest.mark.parametrize(
     "primitive",
     [
-        "search",
         "add_edges",
         "update_edge_weight",
         "batch_scale_weights",
