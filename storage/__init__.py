@@ -13,7 +13,8 @@ from __future__ import annotations
 from .bloom import BloomFilter
 from .compaction import CompactionPolicy, MergedRows
 from .engine import T4DX, CompactionStats
-from .item import UTC, Item
+from .item import UTC, Hit, Item
+from .vector_index import HNSWParams
 from .wal import TornWALWarning
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "BloomFilter",
     "CompactionPolicy",
     "CompactionStats",
+    "HNSWParams",
+    "Hit",
     "Item",
     "MergedRows",
     "TornWALWarning",

@@ -246,10 +246,13 @@ def search_source(
     the filter gets more selective.
     """
     index = getattr(source, "index", None)
-    m = source.vectors.shape[0]
+    m = source.vectors.shape[0] if isinstance(source, Segment) else int(rows.max(initial=-1)) + 1
     if exact or index is None or rows.size <= max(min_index_rows, 0.02 * m):
         vector_row = source.vector_row[rows]
-        scores = (source.vectors[vector_row] @ query) * source.inv_norm[vector_row]
+        if rows.size * 4 >= m:  # most rows: one product over the whole block beats gathering them
+            scores = ((source.vectors[:m] @ query) * source.inv_norm[:m])[vector_row]
+        else:
+            scores = (source.vectors[vector_row] @ query) * source.inv_norm[vector_row]
         if scores.size > k:
             top = np.argpartition(-scores, k - 1)[:k]
             return scores[top], rows[top]

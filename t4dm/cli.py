@@ -23,6 +23,15 @@ def _bench_storage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_search(args: argparse.Namespace) -> int:
+    from t4dm.bench.search import run_search_bench
+
+    peers = [p for p in args.peers.split(",") if p] if args.peers else []
+    dims = tuple(int(d) for d in args.dims.split(","))
+    run_search_bench(n=args.n, dims=dims, peers=peers, json_path=args.json, workdir=args.workdir)
+    return 0
+
+
 def _bench_lif(args: argparse.Namespace) -> int:
     from t4dm.bench.lif import run_lif_bench
 
@@ -69,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--json", default=None, help="also write the results to this JSON file")
     storage.add_argument("--workdir", default=None, help="folder for the stores (default: a temporary one)")
     storage.set_defaults(func=_bench_storage)
+
+    search = bench_sub.add_parser("search", help="T4DX SEARCH beside faiss HNSW, hnswlib, LanceDB and Chroma")
+    search.add_argument("--n", type=int, default=100_000, help="items (default 100000)")
+    search.add_argument("--dims", default="384,1024", help="comma-separated dimensions (default 384,1024)")
+    search.add_argument("--peers", default="faiss,hnswlib,lancedb,chroma", help="comma-separated peers")
+    search.add_argument("--json", default=None, help="also write the results to this JSON file")
+    search.add_argument("--workdir", default=None, help="folder for the stores (default: a temporary one)")
+    search.set_defaults(func=_bench_search)
 
     lif = bench_sub.add_parser(
         "lif", help="fused LIF kernel beside SpikingJelly and an eager loop (fwd, fwd+bwd)"
