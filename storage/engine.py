@@ -1138,7 +1138,8 @@ class T4DX:
             if mine.size:
                 items = self._items(source, rows[best[mine]], snap.seq)
                 for place, item in zip(mine.tolist(), items, strict=True):
-                    hits[place] = Hit(item.id, float(scores[best[place]]), item)
+                    score = min(1.0, max(-1.0, float(scores[best[place]])))  # float32 rounding
+                    hits[place] = Hit(item.id, score, item)
         return hits  # type: ignore[return-value]
 
     # ================================================================== flush and compaction
