@@ -80,6 +80,13 @@ def run_demo(path: str | None = None, n: int = 20_000, dim: int = 384, seed: int
             )
             replayed = db.count(kappa=(0.1, 0.2), kind="episode")
             print(f"  episodes with κ in [0.1, 0.2]: {replayed}")
+            db.wait_indexed()
+            query = vectors[n // 2 + 1]  # one of bob's episodes: it finds itself first
+            t0 = time.perf_counter()
+            hits = db.search(query, k=3, where={"user_id": "bob"})
+            figures["search_ms"] = (time.perf_counter() - t0) * 1e3
+            best = ", ".join(f"{h.item.fields['text']!r} ({h.score:.3f})" for h in hits)
+            print(f"  search, bob only: {best} in {figures['search_ms']:.2f} ms")
             in_january = db.count(valid_at=datetime(2024, 1, 15, tzinfo=UTC))
             print(f"  true on 2024-01-15 (valid time): {in_january}")
 
