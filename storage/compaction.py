@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from .item import Item, from_us
-from .rows import FLAG_TOMBSTONE, NO_SEQ, ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
+from .rows import FLAG_TOMBSTONE, NO_SEQ, NOT_ITEM, ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -207,7 +207,7 @@ class SegmentRows:
             return self._layout
         n = self.n
         pos = np.empty(n, dtype=np.int64)  # each output row's vector position in its source
-        has_vector = (self.columns["flags"] & FLAG_TOMBSTONE) == 0  # a tombstone keeps no vector
+        has_vector = (self.columns["flags"] & NOT_ITEM) == 0  # tombstones, edges, overlays keep no vector
         masks = [(self.src == s) & has_vector for s in range(len(self.sources))]
         for source, mask in zip(self.sources, masks, strict=True):
             pos[mask] = source.vector_row[self.row[mask]]

@@ -62,6 +62,7 @@ from .rows import (
     FLAG_TOMBSTONE,
     MAX_KINDS,
     NO_SEQ,
+    NOT_ITEM,
     ROW_COLUMNS,
     TAG_ABSENT,
     TAG_FIELDS,
@@ -142,7 +143,20 @@ class _BatchSource:
     def __init__(self, batch: VersionBatch) -> None:
         n = batch.n
         self.n = n
-        for name in ("key_hi", "key_lo", "valid_from", "valid_to", "kappa", "kind", "flags"):
+        for name in (
+            "key_hi",
+            "key_lo",
+            "valid_from",
+            "valid_to",
+            "kappa",
+            "kind",
+            "flags",
+            "src_hi",
+            "src_lo",
+            "dst_hi",
+            "dst_lo",
+            "weight",
+        ):
             setattr(self, name, getattr(batch, name))
         self.seq = np.arange(batch.seq_start, batch.seq_start + n, dtype=np.uint64)
         self.recorded_at = np.full(n, batch.recorded_at, dtype=np.int64)
@@ -1156,9 +1170,10 @@ class T4DX:
             return
         source = _FrozenMemtable(mem, mem.n)
         order = np.lexsort((source.seq, source.key_lo, source.key_hi))
-        # Vectors stay in arrival order (no gather) unless tombstones would leave orphans among them.
-        has_tombstones = bool((source.flags & FLAG_TOMBSTONE).any())
-        rows = assemble([source], np.zeros(mem.n, dtype=np.int32), order, base=None if has_tombstones else 0)
+        # Vectors stay in arrival order (no gather) unless rows without a vector (tombstones, edges)
+        # would leave orphans among them.
+        items_only = not (source.flags & NOT_ITEM).any()
+        rows = assemble([source], np.zeros(mem.n, dtype=np.int32), order, base=0 if items_only else None)
         # The memtable holds the newest rows, so its version links are all within itself.
         segment = self._write_rows(rows)
         wal_number = self._wal.number + 1

@@ -103,7 +103,19 @@ class Memtable:
             cap = max(cols.cap * 2, 1 << int(first + n - 1).bit_length())
             cols = self.cols = cols.grown(cap, first, self.dim)
         rows = slice(first, first + n)
-        for name in ("key_hi", "key_lo", "valid_from", "valid_to", "kappa", "flags"):
+        for name in (
+            "key_hi",
+            "key_lo",
+            "valid_from",
+            "valid_to",
+            "kappa",
+            "flags",
+            "src_hi",
+            "src_lo",
+            "dst_hi",
+            "dst_lo",
+            "weight",
+        ):
             getattr(cols, name)[rows] = getattr(batch, name)
         seqs = np.arange(batch.seq_start, batch.seq_start + n, dtype=np.uint64)
         cols.seq[rows] = seqs

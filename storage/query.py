@@ -21,7 +21,7 @@ from t4dm.errors import InvalidInput, PayloadNotSerializable
 
 from .item import to_us
 from .memtable import Memtable
-from .rows import FLAG_TOMBSTONE, NO_SEQ, TAG_FIELDS, TAG_OTHER
+from .rows import NO_SEQ, NOT_ITEM, TAG_FIELDS, TAG_OTHER
 from .segment import Segment
 from .vector_index import selector_for
 
@@ -149,7 +149,7 @@ def match_rows(source: Any, n: int, snap_seq: int, f: Filter) -> tuple[np.ndarra
         return values if rows is None else values[rows]
 
     snap = np.uint64(snap_seq)
-    mask = (col("flags") & FLAG_TOMBSTONE) == 0
+    mask = (col("flags") & NOT_ITEM) == 0  # items only: no tombstones, edges or overlays
     if isinstance(source, Memtable):
         mask &= col("seq") <= snap
     if f.known_us is None:
@@ -214,7 +214,7 @@ def live_rows(segment: Segment, snap_seq: int) -> tuple[np.ndarray, np.ndarray |
     if cache is not None and cache[0] == segment.mutations and segment.max_next_seq <= snap_seq:
         return cache[1], cache[2]
     mutations, visible = segment.mutations, segment.max_next_seq <= snap_seq
-    mask = (segment.flags & FLAG_TOMBSTONE) == 0
+    mask = (segment.flags & NOT_ITEM) == 0
     mask &= segment.next_seq > np.uint64(snap_seq) if not visible else segment.next_seq == NO_SEQ
     rows = np.flatnonzero(mask)
     labels = None

@@ -59,12 +59,22 @@ ROW_COLUMNS: dict[str, np.dtype] = {
     "kappa": np.dtype(np.float64),
     "kind": np.dtype(np.uint16),
     "flags": np.dtype(np.uint8),
+    # edge rows only (zero on items): the endpoints' keys and the stored weight (see T4DX.add_edges)
+    "src_hi": np.dtype(np.uint64),
+    "src_lo": np.dtype(np.uint64),
+    "dst_hi": np.dtype(np.uint64),
+    "dst_lo": np.dtype(np.uint64),
+    "weight": np.dtype(np.float64),
 }
 #: Fields promoted to dictionary-encoded columns, so tenancy filters never decode payloads.
 TAG_FIELDS = ("user_id", "agent_id", "run_id")
 TAG_ABSENT = -1
 TAG_OTHER = -2
 FLAG_TOMBSTONE = 1
+FLAG_EDGE = 2  # a version of an edge (src, rel, dst); its ``kind`` is the relation
+FLAG_OVERLAY = 4  # an edge-weight overlay: sets the stored weight of the edge live at its seq
+FLAG_SCALE = 8  # a batch-wide weight scale (BATCH_SCALE_WEIGHTS); never stored as a row
+NOT_ITEM = FLAG_TOMBSTONE | FLAG_EDGE | FLAG_OVERLAY
 NO_SEQ = np.uint64(np.iinfo(np.uint64).max)
 MAX_KINDS = 65535
 
@@ -72,7 +82,10 @@ MAX_KINDS = 65535
 _HEAD = struct.Struct("<BxxxIIIQqI")  # type, n, dim, fresh, seq_start, recorded_at, meta length
 RECORD_VERSIONS = 1
 # The columns a batch carries (superseded_at / next_seq / seq / recorded_at are implied).
-_BATCH_COLUMNS = ("key_hi", "key_lo", "valid_from", "valid_to", "kappa", "kind", "flags")
+_BATCH_COLUMNS = (
+    "key_hi", "key_lo", "valid_from", "valid_to", "kappa", "kind", "flags",
+    "src_hi", "src_lo", "dst_hi", "dst_lo", "weight",
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -100,6 +113,19 @@ class VersionBatch:
     payload_offsets: np.ndarray  # int64 [n + 1]
     payload: bytes
     fresh: bool
+    src_hi: np.ndarray | None = None  # edge columns: zeros for item rows
+    src_lo: np.ndarray | None = None
+    dst_hi: np.ndarray | None = None
+    dst_lo: np.ndarray | None = None
+    weight: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = self.key_hi.shape[0]
+        for name in ("src_hi", "src_lo", "dst_hi", "dst_lo"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(n, dtype=np.uint64))
+        if self.weight is None:
+            self.weight = np.zeros(n, dtype=np.float64)
 
     @property
     def n(self) -> int:

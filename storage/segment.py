@@ -41,7 +41,7 @@ FORMAT = 1
 _MAGIC = b"T4DXSEG\x00"
 _ALIGN = 64
 _TAIL = struct.Struct("<QI8s")
-_MUTABLE = ("superseded_at", "next_seq")
+_MUTABLE = ("superseded_at", "next_seq", "weight")  # changed in memory after the segment is written
 _SYNC_EVERY = 32 << 20
 
 
