@@ -396,6 +396,7 @@ class MergedRows:
         self.kappa = c["kappa"].copy()
         self.keep = np.ones(self.n, dtype=np.bool_)
         self.added: list[Item] = []
+        self.provenance: list[list[str]] = []  # per added item: the ids it was derived from
         self._kind_names = np.asarray([*rows.kinds, ""], dtype=object)
         self._ids: list[str] | None = None
 
@@ -442,9 +443,13 @@ class MergedRows:
             superseded_at=from_us(int(self.superseded_at[i])),
         )
 
-    def add(self, items: Item | Iterable[Item]) -> None:
-        """Queue new items (validated like :meth:`T4DX.insert`) to be written by this compaction."""
-        self.added.extend([items] if isinstance(items, Item) else items)
+    def add(self, items: Item | Iterable[Item], derived_from: Iterable[str] | None = None) -> None:
+        """Queue new items (validated like :meth:`T4DX.insert`) to be written by this compaction,
+        atomically with it; ``derived_from`` ids become their provenance (``derived_from`` edges)."""
+        items = [items] if isinstance(items, Item) else list(items)
+        sources = [] if derived_from is None else list(derived_from)
+        self.added.extend(items)
+        self.provenance.extend([sources] * len(items))
 
 
 CompactionPolicy = Callable[[MergedRows], None]

@@ -53,12 +53,16 @@ from .compaction import (
     version_chains,
 )
 from .fsutil import fsync_dir, io_errors
-from .item import OPEN, UTC, Hit, Item, from_us, to_us
-from .keys import check_id, key_u64, keys_of, new_ids
+from .graph import breadth_first, graph_plan, neighbour_edges
+from .item import OPEN, UTC, Edge, Hit, Item, from_us, to_us
+from .keys import check_id, edge_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
 from .memtable import Memtable
 from .query import Filter, check_payloads, live_rows, match_rows, parse_filter, search_source, unpack
 from .rows import (
+    FLAG_EDGE,
+    FLAG_OVERLAY,
+    FLAG_SCALE,
     FLAG_TOMBSTONE,
     MAX_KINDS,
     NO_SEQ,
@@ -90,6 +94,7 @@ class _Snapshot(NamedTuple):
     mem: Memtable
     mem_n: int
     segments: tuple[Segment, ...]  # oldest first
+    scales: dict[str, float]  # BATCH_SCALE_WEIGHTS factors by relation ("*": every relation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,8 +408,10 @@ class T4DX:
                 self._schedule_index(segment)
         self._seq = manifest.last_seq
         self._last_recorded = manifest.last_recorded
+        self._scales = dict(manifest.edge_scales)
         self._mem = Memtable(manifest.dim, self._memtable_rows)
         self._publish()
+        self._apply_segment_overlays()
         numbers_ = wal_files(wal_dir)
         for i, number in enumerate(numbers_):
             path = os.path.join(wal_dir, f"{number:08d}.wal")
@@ -680,9 +687,18 @@ class T4DX:
 
     def _apply(self, batch: VersionBatch) -> None:
         """Put a logged batch into the memtable, supersede older versions, publish (live and replay)."""
-        unseen = self._mem.append(batch)
-        if unseen:
-            self._supersede_in_segments(batch, np.asarray(unseen, dtype=np.int64), self._segments)
+        if batch.n and batch.flags[0] & FLAG_SCALE:  # BATCH_SCALE_WEIGHTS: one factor, no row
+            rel = batch.kinds[int(batch.kind[0])]
+            self._scales = {**self._scales, rel: self._scales.get(rel, 1.0) * float(batch.weight[0])}
+        else:
+            unseen = self._mem.append(batch)
+            if unseen:
+                self._supersede_in_segments(batch, np.asarray(unseen, dtype=np.int64), self._segments)
+            overlays = np.flatnonzero(batch.flags & FLAG_OVERLAY)
+            if overlays.size:
+                self._publish()  # the overlays' targets are older rows: find them in this snapshot
+                for i in overlays.tolist():
+                    self._set_weight(batch.ids[i][:-1], float(batch.weight[i]), batch.seq_start + i)
         self._seq = batch.seq_start + batch.n - 1
         self._last_recorded = max(self._last_recorded, batch.recorded_at)
         self._publish()
@@ -711,7 +727,7 @@ class T4DX:
                     break
 
     def _publish(self) -> None:
-        self._snap = _Snapshot(self._seq, self._mem, self._mem.n, self._segments)
+        self._snap = _Snapshot(self._seq, self._mem, self._mem.n, self._segments, self._scales)
 
     # ------------------------------------------------------------------ validation
     def _check_vectors(self, vectors: Any, field: str) -> np.ndarray:
@@ -1212,6 +1228,7 @@ class T4DX:
             manifest.wal_start = wal_start
         manifest.last_seq = max(manifest.last_seq, max((s.max_seq for s in segments), default=0))
         manifest.last_recorded = max(manifest.last_recorded, self._last_recorded)
+        manifest.edge_scales = dict(self._scales)
         manifest.publish(self.path)
         self._segments = tuple(segments)
         wal_dir = os.path.join(self.path, _WAL)
@@ -1255,9 +1272,20 @@ class T4DX:
             src, row = kway_merge(run)
         rows = assemble(run, src, row)
         added = 0
+        folded = False
         if full and self._mem.n == 0:
             cutoff = None if self._retention_us is None else self._tick() - self._retention_us
-            rows = apply_keep(rows, drop_expired(rows, cutoff))
+            # Weight overlays and batch scales are folded into the edges (their weights in memory
+            # already hold the overlays); then the overlay rows go.
+            keep = drop_expired(rows, cutoff) & ((rows.columns["flags"] & FLAG_OVERLAY) == 0)
+            edges = (rows.columns["flags"] & FLAG_EDGE) != 0
+            if self._scales and edges.any():
+                factor = np.array([self._scales.get("*", 1.0) * self._scales.get(k, 1.0) for k in rows.kinds])
+                rows.columns["weight"] = np.where(
+                    edges, rows.columns["weight"] * factor[rows.columns["kind"]], rows.columns["weight"]
+                )
+            folded = True
+            rows = apply_keep(rows, keep)
             if policy is not None:
                 rows, added = self._run_policy(rows, policy)
             version_chains(rows.columns)
@@ -1271,6 +1299,8 @@ class T4DX:
         segment = self._write_rows(rows) if rows.n else None
         if memory_links is not None and segment is not None:
             segment.set_links(*memory_links)
+        if folded:
+            self._scales = {}  # published with the manifest that names the folded segment
         self._install(removed=run, added=segment, index=start)
         if segment is not None:
             self._schedule_index(segment, None if base is None else run[base])
@@ -1354,44 +1384,316 @@ class T4DX:
         if (batch.valid_to <= batch.valid_from).any():
             raise InvalidTime("added.valid_to", "<policy item>", "must be after valid_from")
         self._seq += batch.n
-        sources = [_RowsSource(rows), _BatchSource(batch)]
-        seq = np.concatenate([sources[0].seq, sources[1].seq])
-        hi = np.concatenate([sources[0].key_hi, sources[1].key_hi])
-        lo = np.concatenate([sources[0].key_lo, sources[1].key_lo])
-        order = np.lexsort((seq, lo, hi))
-        src = (order >= rows.n).astype(np.int32)
-        return assemble(sources, src, np.where(src == 0, order, order - rows.n)), batch.n
-
-    # ================================================================== not yet done (issue 3)
-    def _not_yet(self, primitive: str) -> NotImplementedError:
-        return NotImplementedError(
-            f"T4DX.{primitive} is not implemented yet: edges, TRAVERSE and provenance are the rest of the "
-            "search/graph/time storage issue (see README, 'Not yet done')"
+        sources: list[Any] = [_RowsSource(rows), _BatchSource(batch)]
+        links = [
+            (id, source) for id, derived in zip(batch.ids, view.provenance, strict=True) for source in derived
+        ]
+        if links:
+            for i, (_, source) in enumerate(links):
+                check_id(source, f"derived_from[{i}]")
+            n = len(links)
+            edges = self._edge_batch(
+                [id for id, _ in links], [source for _, source in links], [PROVENANCE] * n, np.ones(n),
+                np.full(n, batch.recorded_at, dtype=np.int64), np.full(n, OPEN, dtype=np.int64),
+            )  # fmt: skip
+            edges.seq_start, edges.recorded_at = self._seq + 1, batch.recorded_at
+            self._seq += n
+            sources.append(_BatchSource(edges))
+        sizes = np.cumsum([0] + [source.n for source in sources])
+        order = np.lexsort(
+            tuple(
+                np.concatenate([getattr(s_, name) for s_ in sources]) for name in ("seq", "key_lo", "key_hi")
+            )
         )
+        src = (np.searchsorted(sizes, order, side="right") - 1).astype(np.int32)
+        return assemble(sources, src, order - sizes[src]), batch.n
 
-    def add_edges(self, *args: Any, **kwargs: Any) -> Any:
-        """Graph edges: not implemented yet."""
-        raise self._not_yet("add_edges")
+    # ================================================================== graph
+    def add_edges(self, edges: Edge | Iterable[Edge], *, check_endpoints: bool = True) -> None:
+        """Add edges (one transaction). An edge ``(src, rel, dst)`` that exists gets a new version.
 
-    def update_edge_weight(self, *args: Any, **kwargs: Any) -> Any:
-        """UPDATE_EDGE_WEIGHT: not implemented yet."""
-        raise self._not_yet("update_edge_weight")
+        ``weight`` must be finite; both endpoints must be live items (:class:`~t4dm.errors.UnknownId`
+        otherwise) unless ``check_endpoints=False`` (a bulk load that knows better). Nothing is written
+        if any edge is bad.
+        """
+        self._check_open()
+        edges = [edges] if isinstance(edges, Edge) else list(edges)
+        for i, edge in enumerate(edges):
+            if not isinstance(edge, Edge):
+                raise InvalidInput(f"edges[{i}]", edge, "expected an Edge")
+        if not edges:
+            return
+        self.add_edges_batch(
+            [e.src for e in edges], [e.dst for e in edges], [e.rel for e in edges], [e.weight for e in edges],
+            valid_from=[e.valid_from for e in edges], valid_to=[e.valid_to for e in edges],
+            check_endpoints=check_endpoints, _records=edges,
+        )  # fmt: skip
 
-    def batch_scale_weights(self, *args: Any, **kwargs: Any) -> Any:
-        """BATCH_SCALE_WEIGHTS: not implemented yet."""
-        raise self._not_yet("batch_scale_weights")
+    def add_edges_batch(
+        self,
+        src: Sequence[str],
+        dst: Sequence[str],
+        rel: str | Sequence[str] = "related",
+        weight: float | Sequence[float] | np.ndarray = 1.0,
+        *,
+        valid_from: datetime | Sequence[datetime | None] | None = None,
+        valid_to: datetime | Sequence[datetime | None] | None = None,
+        check_endpoints: bool = True,
+        _records: list[Edge] | None = None,
+    ) -> None:
+        """:meth:`add_edges` given as columns: ``src`` and ``dst`` ids, one relation or one per edge, one
+        weight or one per edge."""
+        self._check_open()
+        n = len(src)
+        if len(dst) != n:
+            raise InvalidInput("dst", f"<{len(dst)} ids>", f"expected {n} (one per src)")
+        field = "edges[{}].{}" if _records is not None else "{1}[{0}]"
+        src_ids = [check_id(v, field.format(i, "src")) for i, v in enumerate(src)]
+        dst_ids = [check_id(v, field.format(i, "dst")) for i, v in enumerate(dst)]
+        rels = [rel] * n if isinstance(rel, str) else list(rel)
+        if len(rels) != n:
+            raise InvalidInput("rel", f"<{len(rels)} relations>", f"expected one or {n}")
+        for i, r in enumerate(rels):
+            if not isinstance(r, str) or not r or len(r) > 255 or "\x1f" in r:
+                raise InvalidInput(
+                    field.format(i, "rel"), r, "a relation is a non-empty string (≤ 255 chars)"
+                )
+        weights = (
+            np.broadcast_to(np.asarray(weight, dtype=np.float64), (n,))
+            if np.ndim(weight) == 0
+            else np.asarray(weight, dtype=np.float64)
+        )
+        if weights.shape != (n,):
+            raise InvalidInput("weight", f"<shape {weights.shape}>", f"expected one number or {n}")
+        bad = np.flatnonzero(~np.isfinite(weights))
+        if bad.size:
+            raise InvalidInput(
+                field.format(int(bad[0]), "weight"), float(weights[bad[0]]), "weights must be finite"
+            )
+        vf = self._time_column(valid_from, n, "valid_from", _FILL)
+        vt = self._time_column(valid_to, n, "valid_to", OPEN)
+        if n == 0:
+            return
+        with self._write_lock:
+            self._check_open()
+            if check_endpoints:
+                snap = self._snap
+                for name, column in (("src", src_ids), ("dst", dst_ids)):
+                    for i, id in enumerate(column):
+                        if self._locate(id, snap) is None:
+                            raise UnknownId(id, field.format(i, name))
+            self._commit(self._edge_batch(src_ids, dst_ids, rels, weights, vf, vt))
 
-    def traverse(self, *args: Any, **kwargs: Any) -> Any:
-        """TRAVERSE (CSR breadth-first in Numba): not implemented yet."""
-        raise self._not_yet("traverse")
+    def _edge_batch(
+        self,
+        src_ids: list[str],
+        dst_ids: list[str],
+        rels: list[str],
+        weights: np.ndarray,
+        vf: np.ndarray,
+        vt: np.ndarray,
+    ) -> VersionBatch:
+        """Edge rows for validated columns; weights are stored divided by the current batch scales."""
+        n = len(src_ids)
+        src_hi, src_lo = keys_of(src_ids)
+        dst_hi, dst_lo = keys_of(dst_ids)
+        ids = [edge_id(s_, r, d) for s_, r, d in zip(src_ids, rels, dst_ids, strict=True)]
+        key_hi, key_lo = keys_of(ids)
+        scales = self._scales
+        stored = weights / np.array([scales.get("*", 1.0) * scales.get(r, 1.0) for r in rels])
+        batch = self._build_batch(
+            ids,
+            key_hi,
+            key_lo,
+            np.empty((n, 0), np.float32),
+            np.zeros(n),
+            rels,
+            [{}] * n,
+            vf,
+            vt,
+            False,
+            "edges",
+        )
+        batch.flags[:] = FLAG_EDGE
+        batch.src_hi, batch.src_lo, batch.dst_hi, batch.dst_lo = src_hi, src_lo, dst_hi, dst_lo
+        batch.weight = np.ascontiguousarray(stored)
+        return batch
 
-    def derived_from(self, *args: Any, **kwargs: Any) -> Any:
-        """Provenance, backward: not implemented yet."""
-        raise self._not_yet("derived_from")
+    def remove_edges(self, src: str, dst: str, rel: str = "related") -> None:
+        """End edge ``src -rel-> dst`` (a tombstone version); it stays visible to ``known_at`` before now."""
+        self._check_open()
+        id = edge_id(check_id(src, "src"), rel, check_id(dst, "dst"))
+        with self._write_lock:
+            found = self._locate(id, self._snap)
+            if found is None:
+                raise UnknownId(id, "edge")
+            source, row = found
+            batch = self._build_batch(
+                [id], *keys_of([id]), np.empty((1, 0), np.float32), np.zeros(1), [rel], [{}],
+                np.array([source.valid_from[row]]), np.array([source.valid_to[row]]), False, "",
+            )  # fmt: skip
+            batch.flags[:] = FLAG_EDGE | FLAG_TOMBSTONE
+            for name in ("src_hi", "src_lo", "dst_hi", "dst_lo", "weight"):
+                getattr(batch, name)[0] = getattr(source, name)[row]
+            self._commit(batch)
 
-    def derivatives(self, *args: Any, **kwargs: Any) -> Any:
-        """Provenance, forward: not implemented yet."""
-        raise self._not_yet("derivatives")
+    def update_edge_weight(
+        self,
+        src: str,
+        dst: str,
+        rel: str = "related",
+        *,
+        delta: float | None = None,
+        weight: float | None = None,
+    ) -> float:
+        """UPDATE_EDGE_WEIGHT: add ``delta`` to (or set ``weight`` of) edge ``src -rel-> dst``.
+
+        An O(1) overlay record (Hebbian Δw, STDP), not a new version: it is folded into the edge at the
+        next full compaction. Returns the new effective weight.
+        """
+        self._check_open()
+        if (delta is None) == (weight is None):
+            raise InvalidInput("delta", delta, "give exactly one of delta= and weight=")
+        value = delta if delta is not None else weight
+        name = "delta" if delta is not None else "weight"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise InvalidInput(name, value, "expected a finite number")
+        id = edge_id(check_id(src, "src"), rel, check_id(dst, "dst"))
+        with self._write_lock:
+            self._check_open()
+            found = self._locate(id, self._snap)
+            if found is None:
+                raise UnknownId(id, "edge")
+            source, row = found
+            scale = self._scales.get("*", 1.0) * self._scales.get(rel, 1.0)
+            stored = (
+                float(source.weight[row]) + float(value) / scale
+                if delta is not None
+                else float(value) / scale
+            )
+            overlay = id + _OVERLAY_SUFFIX
+            batch = self._build_batch(
+                [overlay], *keys_of([overlay]), np.empty((1, 0), np.float32), np.zeros(1), [rel], [{}],
+                np.array([source.valid_from[row]]), np.array([source.valid_to[row]]), False, "",
+            )  # fmt: skip
+            batch.flags[:] = FLAG_EDGE | FLAG_OVERLAY
+            for column in ("src_hi", "src_lo", "dst_hi", "dst_lo"):
+                getattr(batch, column)[0] = getattr(source, column)[row]
+            batch.weight[0] = stored
+            self._commit(batch)
+            return stored * scale
+
+    def batch_scale_weights(
+        self, factor: float, rel: str | None = None, where: Mapping[str, Any] | None = None
+    ) -> None:
+        """BATCH_SCALE_WEIGHTS: multiply the weight of every edge (of relation ``rel``) by ``factor``.
+
+        O(1): a factor recorded once and applied when weights are read (decay); full compactions fold
+        it into the edges. ``where`` (a filter on the edges' items) is not implemented yet.
+        """
+        self._check_open()
+        if (
+            isinstance(factor, bool)
+            or not isinstance(factor, numbers.Real)
+            or not (math.isfinite(factor) and factor > 0)
+        ):
+            raise InvalidInput("factor", factor, "expected a finite number > 0")
+        if where is not None:
+            raise NotImplementedError(
+                "batch_scale_weights(where=...) is not implemented yet: scale by rel, or update edges one by one"
+            )
+        if rel is not None and (not isinstance(rel, str) or not rel):
+            raise InvalidInput("rel", rel, "expected a relation name or None")
+        with self._write_lock:
+            self._check_open()
+            key = "*" if rel is None else rel
+            batch = self._build_batch(
+                [_SCALE_ID], *keys_of([_SCALE_ID]), np.empty((1, 0), np.float32), np.zeros(1), [key], [{}],
+                np.array([_FILL]), np.array([OPEN]), False, "",
+            )  # fmt: skip
+            batch.flags[:] = FLAG_SCALE
+            batch.weight[0] = float(factor)
+            self._commit(batch)
+
+    def _set_weight(self, edge: str, stored: float, seq: int) -> None:
+        """Apply a weight overlay (stored, unscaled value) to the version of ``edge`` live before ``seq``."""
+        snap = self._snap
+        for source, row in self._versions(edge, snap):
+            if source.seq[row] < seq:
+                if not source.flags[row] & (FLAG_TOMBSTONE | FLAG_OVERLAY):
+                    source.weight[row] = stored
+                return
+
+    def _apply_segment_overlays(self) -> None:
+        """At open: re-apply the weight overlays stored in segments, oldest first."""
+        found = []
+        for segment in self._segments:
+            for row in np.flatnonzero(segment.flags & FLAG_OVERLAY).tolist():
+                found.append((int(segment.seq[row]), segment.id_at(row)[:-1], float(segment.weight[row])))
+        for seq, edge, stored in sorted(found):
+            self._set_weight(edge, stored, seq)
+
+    def edges(
+        self,
+        id: str,
+        *,
+        direction: str = "out",
+        rel: str | Iterable[str] | None = None,
+        known_at: datetime | None = None,
+        valid_at: datetime | None = None,
+    ) -> list[Edge]:
+        """The edges leaving (``direction="out"``) or reaching (``"in"``) item ``id``."""
+        self._check_open()
+        snap = self._snap
+        plan = graph_plan(_sources(snap), snap, direction, rel, -math.inf, known_at, valid_at)
+        return neighbour_edges(plan, check_id(id))
+
+    def traverse(
+        self,
+        seeds: str | Iterable[str],
+        depth: int = 2,
+        *,
+        rel: str | Iterable[str] | None = None,
+        min_weight: float = -math.inf,
+        direction: str = "out",
+        known_at: datetime | None = None,
+        valid_at: datetime | None = None,
+        with_weights: bool = False,
+    ) -> dict[str, int] | dict[str, tuple[int, float]]:
+        """TRAVERSE: breadth-first from ``seeds`` along visible edges, up to ``depth`` hops.
+
+        Returns ``{id: hops}`` for every item reached (seeds at 0), or ``{id: (hops, weight)}`` with
+        ``with_weights`` (the largest effective weight of an edge that reached it; seeds have inf). Edges
+        are followed when their relation is in ``rel`` (None: all), their effective weight is at least
+        ``min_weight``, they are valid at ``valid_at`` (if given) and live now or, with ``known_at``,
+        known then. ``direction="in"`` walks edges backwards.
+        """
+        self._check_open()
+        seed_ids = [seeds] if isinstance(seeds, str) else list(seeds)
+        seed_ids = [check_id(s, f"seeds[{i}]") for i, s in enumerate(seed_ids)]
+        if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 0:
+            raise InvalidInput("depth", depth, "expected an integer >= 0")
+        if isinstance(min_weight, bool) or not isinstance(min_weight, numbers.Real) or math.isnan(min_weight):
+            raise InvalidInput("min_weight", min_weight, "expected a number")
+        snap = self._snap
+        plan = graph_plan(_sources(snap), snap, direction, rel, float(min_weight), known_at, valid_at)
+        reached = breadth_first(plan, seed_ids, int(depth))
+        if with_weights:
+            return reached
+        return {id: hops for id, (hops, _) in reached.items()}
+
+    def derived_from(self, id: str, *, known_at: datetime | None = None) -> list[str]:
+        """Provenance backwards: the ids ``id`` was derived from (its ``derived_from`` edges)."""
+        return [e.dst for e in self.edges(id, direction="out", rel=PROVENANCE, known_at=known_at)]
+
+    def derivatives(self, id: str, *, known_at: datetime | None = None) -> list[str]:
+        """Provenance forwards: the ids derived from ``id``."""
+        return [e.src for e in self.edges(id, direction="in", rel=PROVENANCE, known_at=known_at)]
+
+    def add_provenance(self, id: str, sources: Iterable[str]) -> None:
+        """Record that item ``id`` was derived from ``sources`` (``derived_from`` edges, id -> source)."""
+        sources = list(sources)
+        self.add_edges([Edge(id, source, PROVENANCE) for source in sources])
 
     # ================================================================== introspection
     def stats(self) -> dict[str, Any]:
@@ -1421,6 +1723,11 @@ def _unlink_quietly(path: str) -> None:
 
 def _field(prefix: str, i: int, name: str) -> str:
     return f"{prefix}[{i}].{name}" if prefix else name
+
+
+_OVERLAY_SUFFIX = "\x1d"  # overlay id = edge id + this: its own version chain, not the edge's
+_SCALE_ID = "\x1escale"
+PROVENANCE = "derived_from"
 
 
 def _sources(snap: _Snapshot) -> list[tuple[Any, int]]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from t4dm.errors import InvalidTime
 
-__all__ = ["OPEN", "UTC", "Hit", "Item", "from_us", "to_us"]
+__all__ = ["OPEN", "UTC", "Edge", "Hit", "Item", "from_us", "to_us"]
 
 UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -93,6 +93,24 @@ class Item:
             f"vector=<{shape}>, valid_from={self.valid_from}, valid_to={self.valid_to}, "
             f"recorded_at={self.recorded_at}, superseded_at={self.superseded_at})"
         )
+
+
+@dataclass(slots=True)
+class Edge:
+    """A directed, weighted relation between two items, with valid time and transaction time.
+
+    ``weight`` is the effective weight (batch scales included). ``valid_from`` defaults to the insert
+    time; ``recorded_at`` / ``superseded_at`` are assigned by the store.
+    """
+
+    src: str
+    dst: str
+    rel: str = "related"
+    weight: float = 1.0
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    recorded_at: datetime | None = None
+    superseded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

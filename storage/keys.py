@@ -21,7 +21,7 @@ import numpy as np
 
 from t4dm.errors import InvalidInput
 
-__all__ = ["check_id", "key_of", "key_u64", "keys_of", "new_ids"]
+__all__ = ["check_id", "edge_id", "key_of", "key_u64", "keys_of", "new_ids"]
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -29,6 +29,7 @@ _MASK64 = (1 << 64) - 1
 # byte positions of the 32 hex digits inside the 36-character hyphenated form
 _HEX_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)], dtype=np.intp)
 MAX_ID_BYTES = 1024
+EDGE_PREFIX = "\x1e"  # edge and overlay ids start with it; item ids may not
 
 
 def check_id(value: object, field: str = "id") -> str:
@@ -37,7 +38,14 @@ def check_id(value: object, field: str = "id") -> str:
         raise InvalidInput(field, value, "an id must be a non-empty string")
     if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         raise InvalidInput(field, value, f"an id must be at most {MAX_ID_BYTES} UTF-8 bytes")
+    if value[0] == EDGE_PREFIX:
+        raise InvalidInput(field, value, "ids starting with U+001E are reserved for edges")
     return value
+
+
+def edge_id(src: str, rel: str, dst: str) -> str:
+    """The id of edge ``src -rel-> dst`` (its key is this string's, see :func:`key_of`)."""
+    return f"{EDGE_PREFIX}{src}\x1f{rel}\x1f{dst}"
 
 
 def key_of(id: str) -> tuple[int, int]:

@@ -42,6 +42,7 @@ class Manifest:
     wal_start: int = 1
     last_seq: int = 0
     last_recorded: int = 0
+    edge_scales: dict[str, float] = field(default_factory=dict)  # BATCH_SCALE_WEIGHTS factors ("*": all)
     format: int = FORMAT
 
     def publish(self, directory: str) -> None:

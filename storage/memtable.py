@@ -71,13 +71,15 @@ class Memtable:
         self._chunks: list[bytes] = []
         self._chunk_starts: list[int] = []
         self.payload_size = 0
+        self.vector_bytes = 0
+        self.adjacency: dict[tuple[str, int], np.ndarray] = {}  # edge order by endpoint, per row count
         self.min_seq = 0
         self.max_seq = 0
 
     @property
     def nbytes(self) -> int:
         """Approximate bytes held: vectors, row columns and payloads."""
-        return self.n * (self.dim * 4 + 96) + self.payload_size
+        return self.n * 136 + self.vector_bytes + self.payload_size
 
     # ------------------------------------------------------------------ writing (writer lock held)
     def _codes(self, values: list[str], table: list[str], codes: dict[str, int]) -> np.ndarray:
@@ -127,9 +129,13 @@ class Memtable:
         for slot in range(len(TAG_FIELDS)):
             tag_map = self._codes(batch.tag_values[slot], self.tag_values[slot], self._tag_codes[slot])
             cols.tags[rows, slot] = tag_map[batch.tags[:, slot]]
-        cols.vectors[rows] = batch.vectors
-        norms = np.linalg.norm(batch.vectors, axis=1)
-        cols.inv_norm[rows] = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        if batch.vectors.shape[1]:  # edge and overlay batches carry no vectors ([n, 0])
+            cols.vectors[rows] = batch.vectors
+            norms = np.linalg.norm(batch.vectors, axis=1)
+            cols.inv_norm[rows] = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+            self.vector_bytes += batch.vectors.nbytes
+        else:
+            cols.inv_norm[rows] = 0.0
         base = self.payload_size
         cols.payload_start[first + 1 : first + n + 1] = base + batch.payload_offsets[1:]
         self._chunks.append(batch.payload)

@@ -322,19 +322,3 @@ def test_context_manager_and_closed_store(tmp_path):
         with pytest.raises(StoreClosed):
             call()
     db.close()  # idempotent
-
-
-@pytest.mark.parametrize(
-    "primitive",
-    [
-        "add_edges",
-        "update_edge_weight",
-        "batch_scale_weights",
-        "traverse",
-        "derived_from",
-        "derivatives",
-    ],
-)
-def test_primitives_of_the_next_issue_say_so(db, primitive):
-    with pytest.raises(NotImplementedError, match=primitive):
-        getattr(db, primitive)()

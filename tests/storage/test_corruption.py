@@ -10,6 +10,7 @@ import pytest
 
 from t4dm import errors
 from t4dm.storage import T4DX, Item, TornWALWarning
+from t4dm.storage.segment import Segment
 
 from .conftest import DIM, vec
 
@@ -105,7 +106,14 @@ def test_flipped_byte_in_segment(tmp_path, region):
         db.flush()
     seg = _segment_file(path)
     size = os.path.getsize(seg)
-    offset = {"magic": 1, "column": 70, "vectors": size // 2, "footer": size - 40, "tail": size - 3}[region]
+    columns = Segment(seg, 1, DIM).meta["columns"]  # {name: [offset, nbytes, dtype, shape, crc]}
+    offset = {
+        "magic": 1,
+        "column": columns["seq"][0] + 3,
+        "vectors": columns["vectors"][0] + columns["vectors"][1] // 2,
+        "footer": size - 40,
+        "tail": size - 3,
+    }[region]
     _flip(seg, offset)
     with pytest.raises(errors.CorruptSegment) as info:
         T4DX.open(path)
