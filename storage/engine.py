@@ -635,7 +635,7 @@ class T4DX:
                     from_us(int(batch.valid_to[i])),
                     f"must be after valid_from {from_us(int(batch.valid_from[i]))} (row {i})",
                 )
-            if writer is not None or self._is_bulk(batch.n):
+            if writer is not None or batch.vectors.nbytes >= self._memtable_bytes // 2:
                 self._ingest(batch, writer)
                 return batch
             position = self._wal.append(batch.encode())
@@ -665,7 +665,8 @@ class T4DX:
         older = self._segments
         source = _BatchSource(batch)
         order = np.lexsort((source.seq, source.key_lo, source.key_hi))
-        rows = assemble([source], np.zeros(batch.n, dtype=np.int32), order, base=0)
+        items_only = not (batch.flags & NOT_ITEM).any()
+        rows = assemble([source], np.zeros(batch.n, dtype=np.int32), order, base=0 if items_only else None)
         version_chains(rows.columns)  # an id may repeat inside the batch
         segment = self._write_rows(rows, writer)
         self._install(removed=(), added=segment, index=len(self._segments))

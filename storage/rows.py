@@ -155,7 +155,8 @@ class VersionBatch:
         parts.append(memoryview(np.ascontiguousarray(self.tags)).cast("B"))
         parts.append(memoryview(np.ascontiguousarray(self.payload_offsets)).cast("B"))
         parts.append(self.payload)
-        parts.append(memoryview(np.ascontiguousarray(self.vectors)).cast("B"))
+        if self.vectors.size:  # edge batches carry none ([n, 0])
+            parts.append(memoryview(np.ascontiguousarray(self.vectors)).cast("B"))
         return parts
 
     @classmethod

@@ -150,6 +150,8 @@ class SegmentWriter:
             if name == "vectors":  # 1/‖v‖ for cosine scores, computed while the vectors stream past
                 norms = np.linalg.norm(chunk, axis=1)
                 self._inv_norms.append(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0))
+            if chunk.size == 0:
+                continue
             view = memoryview(chunk).cast("B")
             crc = checksum(view, crc)
             self._unsynced += len(view)

@@ -1,0 +1,226 @@
+"""Edges, TRAVERSE, edge weights (overlays and batch scales) and provenance, wherever the rows live."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+
+from t4dm import errors
+from t4dm.storage import T4DX, UTC, Edge, Item, MergedRows
+
+from .conftest import DIM, vec
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def _items(db, n, prefix="n"):
+    db.insert([Item(vector=vec(i), id=f"{prefix}{i}") for i in range(n)])
+
+
+def python_bfs(edges, seeds, depth, rels=None, min_weight=-np.inf, at=None, direction="out"):
+    """The reference: edges are (src, dst, rel, weight, valid_from, valid_to) tuples, all live."""
+    adjacency: dict[str, list[str]] = {}
+    for src, dst, rel, weight, valid_from, valid_to in edges:
+        if rels is not None and rel not in rels:
+            continue
+        if weight < min_weight:
+            continue
+        if at is not None and not (valid_from <= at < valid_to):
+            continue
+        near, far = (src, dst) if direction == "out" else (dst, src)
+        adjacency.setdefault(near, []).append(far)
+    hops = {s: 0 for s in seeds}
+    queue = deque(seeds)
+    while queue:
+        node = queue.popleft()
+        if hops[node] == depth:
+            continue
+        for nxt in adjacency.get(node, []):
+            if nxt not in hops:
+                hops[nxt] = hops[node] + 1
+                queue.append(nxt)
+    return hops
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_traverse_equals_python_bfs(store, seed):
+    """Random graphs with relations, weights and valid times; the data in every place it can live."""
+    rng = random.Random(seed)
+    db = store.db
+    n = 60
+    _items(db, n)
+    edges = []
+    for _ in range(200):
+        src, dst = f"n{rng.randrange(n)}", f"n{rng.randrange(n)}"
+        rel = rng.choice(["related", "follows", "part_of"])
+        weight = round(rng.uniform(-1, 2), 3)
+        start = T0 + timedelta(days=rng.randrange(10))
+        end = start + timedelta(days=rng.randrange(1, 10))
+        edges.append((src, dst, rel, weight, start, end))
+    # last write wins for a repeated (src, rel, dst): keep the reference the same
+    latest = {(s, r, d): (s, d, r, w, vf, vt) for s, d, r, w, vf, vt in edges}
+    db.add_edges([Edge(s, d, r, w, vf, vt) for s, d, r, w, vf, vt in edges[:100]])
+    db = store.settle()
+    db.add_edges([Edge(s, d, r, w, vf, vt) for s, d, r, w, vf, vt in edges[100:]])
+    db = store.settle()
+    reference = list(latest.values())
+    seeds = [f"n{i}" for i in rng.sample(range(n), 3)]
+    at = T0 + timedelta(days=5, hours=3)
+    for kwargs, ref in [
+        ({}, {}),
+        ({"rel": "follows"}, {"rels": {"follows"}}),
+        ({"rel": ["follows", "part_of"]}, {"rels": {"follows", "part_of"}}),
+        ({"min_weight": 0.5}, {"min_weight": 0.5}),
+        ({"valid_at": at}, {"at": at}),
+        ({"direction": "in"}, {"direction": "in"}),
+        (
+            {"rel": "related", "min_weight": 0.0, "valid_at": at},
+            {"rels": {"related"}, "min_weight": 0.0, "at": at},
+        ),
+    ]:
+        for depth in (0, 1, 2, 4):
+            got = db.traverse(seeds, depth=depth, **kwargs)
+            assert got == python_bfs(reference, seeds, depth, **ref), (kwargs, depth)
+
+
+def test_edges_weights_and_removal(store, clock):
+    db = store.db
+    _items(db, 3)
+    db.add_edges([Edge("n0", "n1", weight=0.5), Edge("n0", "n2", "follows", 2.0)])
+    db = store.settle()
+    out = sorted(db.edges("n0"), key=lambda e: e.dst)
+    assert [(e.src, e.dst, e.rel, e.weight) for e in out] == [
+        ("n0", "n1", "related", 0.5),
+        ("n0", "n2", "follows", 2.0),
+    ]
+    assert out[0].recorded_at == out[0].valid_from == T0 + timedelta(microseconds=1)  # the second commit
+    assert out[0].superseded_at is None
+    assert [e.src for e in db.edges("n1", direction="in")] == ["n0"]
+    assert db.traverse("n0", 1, with_weights=True) == {"n0": (0, np.inf), "n1": (1, 0.5), "n2": (1, 2.0)}
+    before = out[0].recorded_at
+    clock.advance()
+    db.remove_edges("n0", "n1")
+    db = store.settle()
+    assert [e.dst for e in db.edges("n0")] == ["n2"]
+    assert sorted(e.dst for e in db.edges("n0", known_at=before)) == ["n1", "n2"]
+    assert db.traverse("n0", 1, known_at=before) == {"n0": 0, "n1": 1, "n2": 1}
+    with pytest.raises(errors.UnknownId):
+        db.remove_edges("n0", "n1")
+    # re-adding starts a new version with its own weight
+    db.add_edges(Edge("n0", "n1", weight=3.0))
+    assert {e.dst: e.weight for e in store.settle().edges("n0")} == {"n1": 3.0, "n2": 2.0}
+
+
+def test_weight_overlays_and_batch_scales(store, clock):
+    db = store.db
+    _items(db, 4)
+    db.add_edges(
+        [Edge("n0", "n1", weight=1.0), Edge("n0", "n2", weight=1.0), Edge("n0", "n3", "follows", 1.0)]
+    )
+    db = store.settle()
+    assert db.update_edge_weight("n0", "n1", delta=0.25) == pytest.approx(1.25)
+    db = store.settle()
+    db.batch_scale_weights(0.5)  # every relation
+    db = store.settle()
+    db.batch_scale_weights(0.5, rel="follows")
+    db = store.settle()
+    assert db.update_edge_weight("n0", "n2", delta=1.0) == pytest.approx(1.5)
+    db = store.settle()
+    db.add_edges(Edge("n1", "n2", weight=4.0))  # added after the scales: its weight is as given
+    db = store.settle()
+    expected = {("n0", "n1"): 0.625, ("n0", "n2"): 1.5, ("n0", "n3"): 0.25, ("n1", "n2"): 4.0}
+    got = {(e.src, e.dst): e.weight for src in ("n0", "n1") for e in db.edges(src)}
+    assert got == pytest.approx(expected)
+    assert db.update_edge_weight("n0", "n3", "follows", weight=7.0) == pytest.approx(7.0)
+    db.compact()  # folds overlays and scales into the edges
+    db.close()
+    db = store.open()
+    got = {(e.src, e.dst): e.weight for src in ("n0", "n1") for e in db.edges(src)}
+    assert got == pytest.approx({**expected, ("n0", "n3"): 7.0})
+    assert db.traverse("n0", 1, min_weight=1.0) == {"n0": 0, "n2": 1, "n3": 1}
+    assert db._snap.scales == {}
+
+
+def test_provenance_survives_compaction_and_reopen(store, clock):
+    db = store.db
+    _items(db, 3, prefix="ep")
+    db.insert(Item(vector=vec(9), id="fact", kind="prototype"))
+    db.add_provenance("fact", ["ep0", "ep2"])
+    db = store.settle()
+    assert sorted(db.derived_from("fact")) == ["ep0", "ep2"]
+    assert db.derivatives("ep0") == ["fact"] and db.derivatives("ep1") == []
+    db.compact()
+    db.close()
+    db = store.open()
+    assert sorted(db.derived_from("fact")) == ["ep0", "ep2"]
+    assert db.derivatives("ep2") == ["fact"]
+
+
+def test_policy_prototype_records_its_provenance_atomically(tmp_path, clock):
+    path = str(tmp_path / "s")
+    with T4DX.open(path, dim=DIM, clock=clock) as db:
+        ids = db.insert([Item(vector=vec(i), fields={"i": i}) for i in range(4)])
+
+        def rem(rows: MergedRows) -> None:
+            members = [j for j in range(rows.n) if rows.is_current[j]]
+            rows.add(
+                Item(vector=rows.vectors(members).mean(axis=0), id="proto", kind="prototype", kappa=0.85),
+                derived_from=[rows.ids[j] for j in members],
+            )
+
+        db.compact(rem)
+        assert sorted(db.derived_from("proto")) == sorted(ids)
+        assert db.stats()["segments"] == 1 and db.stats()["memtable_rows"] == 0  # in the compacted segment
+    with T4DX.open(path) as db:
+        assert sorted(db.derived_from("proto")) == sorted(ids)
+        assert all(db.derivatives(i) == ["proto"] for i in ids)
+
+
+def test_edges_are_not_items(store):
+    db = store.db
+    _items(db, 2)
+    db.add_edges(Edge("n0", "n1"))
+    db = store.settle()
+    assert len(db) == 2 and {i.id for i in db.scan()} == {"n0", "n1"}
+    assert {h.id for h in db.search(vec(0), k=10)} == {"n0", "n1"}
+
+
+def test_bad_graph_input_writes_nothing(db):
+    _items(db, 2)
+    before = db.stats()["last_seq"]
+    with pytest.raises(errors.UnknownId) as info:
+        db.add_edges([Edge("n0", "n1"), Edge("n0", "ghost")])
+    assert info.value.field == "edges[1].dst"
+    for bad, field in [
+        (Edge("n0", "n1", weight=float("nan")), "edges[0].weight"),
+        (Edge("n0", "n1", rel=""), "edges[0].rel"),
+        (Edge("", "n1"), "edges[0].src"),
+        (Edge("n0", "n1", valid_from=datetime(2025, 1, 1)), "valid_from[0]"),
+    ]:
+        with pytest.raises(errors.InvalidInput) as info:
+            db.add_edges(bad)
+        assert info.value.field == field
+    assert db.stats()["last_seq"] == before
+    with pytest.raises(errors.InvalidInput, match="depth"):
+        db.traverse("n0", depth=-1)
+    with pytest.raises(errors.InvalidInput, match="direction"):
+        db.traverse("n0", direction="sideways")
+    with pytest.raises(errors.InvalidTime):
+        db.traverse("n0", known_at=datetime(2025, 1, 1))
+    with pytest.raises(errors.UnknownId):
+        db.update_edge_weight("n0", "n1", delta=1.0)
+    db.add_edges(Edge("n0", "n1"))
+    with pytest.raises(errors.InvalidInput, match="exactly one"):
+        db.update_edge_weight("n0", "n1")
+    with pytest.raises(errors.InvalidInput):
+        db.update_edge_weight("n0", "n1", delta=float("inf"))
+    with pytest.raises(errors.InvalidInput, match="factor"):
+        db.batch_scale_weights(0.0)
+    with pytest.raises(NotImplementedError, match="where"):
+        db.batch_scale_weights(0.5, where={"user_id": "u"})
+    with pytest.raises(errors.InvalidInput, match="reserved"):
+        db.insert(Item(vector=vec(0), id="\x1eedge-like"))
