@@ -40,6 +40,7 @@ test-slow: install
 bench: install-bench
 	$(VENV)/bin/t4dm bench storage --json docs/bench-storage.json
 	RUST_LOG=error $(VENV)/bin/t4dm bench search --json docs/bench-search.json
+	$(VENV)/bin/t4dm bench graph --json docs/bench-graph.json
 
 asv: install-bench
 	$(VENV)/bin/asv machine --yes >/dev/null

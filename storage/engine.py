@@ -1677,7 +1677,9 @@ class T4DX:
         if isinstance(min_weight, bool) or not isinstance(min_weight, numbers.Real) or math.isnan(min_weight):
             raise InvalidInput("min_weight", min_weight, "expected a number")
         snap = self._snap
-        plan = graph_plan(_sources(snap), snap, direction, rel, float(min_weight), known_at, valid_at)
+        plan = graph_plan(
+            _sources(snap), snap, direction, rel, float(min_weight), known_at, valid_at, with_weights
+        )
         reached = breadth_first(plan, seed_ids, int(depth))
         if with_weights:
             return reached

@@ -1,11 +1,12 @@
 """Graph traversal in Numba: breadth-first expansion over each source's sorted adjacency.
 
-Edges are rows (``FLAG_EDGE``) of the memtable and the segments. A segment stores its edge rows' order by
-source key and by destination key (``out_order`` / ``in_order`` with the sorted keys beside them): a
-CSR without a node table, since nodes are 128-bit keys shared by every segment. One hop looks each
-frontier key up in every source (binary search), walks its edges, keeps those visible in the snapshot
-and passing the filters, and offers their far ends to a visited set (an open-addressing hash table of
-128-bit keys). The frontier of the next hop is what the table did not hold yet.
+Edges are rows (``FLAG_EDGE``) of the memtable and the segments. Each source has a CSR per direction
+(:func:`build_adjacency`: its distinct near keys, offsets, and per entry the edge row and copies of its
+immutable columns), stored in the segment file and built on demand for the memtable. Nodes are the
+128-bit keys every source shares, so one hop looks each frontier key up in every source (binary
+search in its node table), walks that node's entries, keeps those visible in the snapshot and passing
+the filters, and offers their far ends to a visited set (an open-addressing hash table of 128-bit
+keys). The frontier of the next hop is what the table did not hold yet.
 """
 
 from __future__ import annotations
@@ -26,70 +27,132 @@ from .keys import EDGE_PREFIX, keys_of
 from .memtable import Memtable
 from .rows import FLAG_EDGE, FLAG_OVERLAY
 
-__all__ = ["VisitedSet", "breadth_first", "expand", "graph_plan", "neighbour_edges", "sorted_adjacency"]
+__all__ = [
+    "ADJACENCY_COLUMNS",
+    "VisitedSet",
+    "breadth_first",
+    "build_adjacency",
+    "expand",
+    "graph_plan",
+    "neighbour_edges",
+]
 
-_EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+# CSR of one source and one direction: the distinct near keys, where each one's entries start, and per
+# entry the edge row plus copies of the row's immutable columns (contiguous, in entry order, so a walk
+# reads memory in sequence). The mutable columns (next_seq, superseded_at, weight) are read through
+# the row, and only when a walk needs them.
+ADJACENCY_COLUMNS: dict[str, np.dtype] = {
+    "node_hi": np.dtype(np.uint64),
+    "node_lo": np.dtype(np.uint64),
+    "offsets": np.dtype(np.int64),
+    "rows": np.dtype(np.int64),
+    "far_hi": np.dtype(np.uint64),
+    "far_lo": np.dtype(np.uint64),
+    "kind": np.dtype(np.uint16),
+    "flags": np.dtype(np.uint8),
+    "seq": np.dtype(np.uint64),
+    "recorded_at": np.dtype(np.int64),
+    "valid_from": np.dtype(np.int64),
+    "valid_to": np.dtype(np.int64),
+}
+
+
+def build_adjacency(columns: Any, n: int, near: str) -> dict[str, np.ndarray]:
+    """The CSR (see ``ADJACENCY_COLUMNS``) of the edge rows among ``columns[:n]``, by ``near`` ("src"/"dst")."""
+    far = "dst" if near == "src" else "src"
+    col = (
+        (lambda name: columns[name][:n])
+        if isinstance(columns, dict)
+        else (lambda name: getattr(columns, name)[:n])
+    )
+    flags = col("flags")
+    rows = np.flatnonzero((flags & (FLAG_EDGE | FLAG_OVERLAY)) == FLAG_EDGE)
+    near_hi, near_lo = col(f"{near}_hi")[rows], col(f"{near}_lo")[rows]
+    order = np.lexsort((near_lo, near_hi))
+    rows, near_hi, near_lo = rows[order], near_hi[order], near_lo[order]
+    first = np.ones(len(rows), dtype=bool)
+    if len(rows) > 1:
+        first[1:] = (near_hi[1:] != near_hi[:-1]) | (near_lo[1:] != near_lo[:-1])
+    starts = np.flatnonzero(first)
+    return {
+        "node_hi": near_hi[starts],
+        "node_lo": near_lo[starts],
+        "offsets": np.append(starts, len(rows)).astype(np.int64),
+        "rows": rows.astype(np.int64),
+        "far_hi": col(f"{far}_hi")[rows],
+        "far_lo": col(f"{far}_lo")[rows],
+        "kind": col("kind")[rows],
+        "flags": flags[rows],
+        "seq": col("seq")[rows],
+        "recorded_at": col("recorded_at")[rows],
+        "valid_from": col("valid_from")[rows],
+        "valid_to": col("valid_to")[rows],
+    }
 
 
 @numba.njit(cache=True, nogil=True)
-def _lower(keys_hi, keys_lo, order, hi, lo):
-    a, b = 0, order.shape[0]
+def _find(node_hi, node_lo, hi, lo):
+    a, b = 0, node_hi.shape[0]
     while a < b:
         m = (a + b) >> 1
-        r = order[m]
-        if keys_hi[r] < hi or (keys_hi[r] == hi and keys_lo[r] < lo):
+        if node_hi[m] < hi or (node_hi[m] == hi and node_lo[m] < lo):
             a = m + 1
         else:
             b = m
-    return a
+    if a < node_hi.shape[0] and node_hi[a] == hi and node_lo[a] == lo:
+        return a
+    return -1
 
 
 @numba.njit(cache=True, nogil=True)
 def _expand(
     f_hi, f_lo,  # frontier keys
-    near_hi, near_lo, far_hi, far_lo, order,  # edge endpoints; order sorts the rows by (near key)
-    flags, seq, next_seq, recorded_at, superseded_at, valid_from, valid_to, kind, weight,
-    snap_seq, check_seq, known_us, valid_us, rel_ok, min_weight, scale_all, rel_scale,
+    node_hi, node_lo, offsets, rows, far_hi, far_lo, kind, flags, seq, recorded_at, valid_from, valid_to,  # CSR
+    next_seq, superseded_at, weight,  # mutable columns, indexed by row
+    snap_seq, check_seq, links_clean, known_us, valid_us, rel_ok, min_weight, need_weight, scale_all, rel_scale,
     out_hi, out_lo, out_w, out_row,
 ):  # fmt: skip
-    """Append the far ends of the visible edges leaving each frontier key; returns the count written.
+    """Append the far ends of the visible edges at each frontier key; returns the count written.
 
-    An edge row is visible when it is an edge version (not a tombstone or overlay) live in the snapshot
-    (``next_seq > snap_seq``; rows newer than ``snap_seq`` skipped when ``check_seq``), or, with
-    ``known_us >= 0``, the version known at that transaction time; and, with ``valid_us`` set, valid
-    then. ``rel_ok[kind]`` filters relations; the effective weight ``weight · scale_all · rel_scale[kind]``
-    must reach ``min_weight``.
+    An entry is followed when it is an edge version (not a tombstone or overlay) live in the snapshot
+    (``next_seq > snap_seq``, not even read when ``links_clean``: no row of the source is superseded;
+    rows newer than ``snap_seq`` skipped when ``check_seq``), or, with ``known_us >= 0``, the version
+    known at that transaction time; and, with ``valid_us`` set, valid then. ``rel_ok[kind]`` filters
+    relations; the effective weight ``weight · scale_all · rel_scale[kind]`` (read only when
+    ``need_weight``) must reach ``min_weight``.
     """
     count = 0
     for i in range(f_hi.shape[0]):
-        hi, lo = f_hi[i], f_lo[i]
-        j = _lower(near_hi, near_lo, order, hi, lo)
-        while j < order.shape[0]:
-            r = order[j]
-            if near_hi[r] != hi or near_lo[r] != lo:
-                break
-            j += 1
-            if (flags[r] & 7) != 2:  # an edge version: not a tombstone (1), not an overlay (4)
+        node = _find(node_hi, node_lo, f_hi[i], f_lo[i])
+        if node < 0:
+            continue
+        for e in range(offsets[node], offsets[node + 1]):
+            if (flags[e] & 7) != 2:  # an edge version: not a tombstone (1), not an overlay (4)
                 continue
-            if check_seq and seq[r] > snap_seq:
+            if check_seq and seq[e] > snap_seq:
                 continue
-            if known_us >= 0:
-                if recorded_at[r] > known_us or (superseded_at[r] <= known_us and next_seq[r] <= snap_seq):
-                    continue
-            elif next_seq[r] <= snap_seq:
-                continue
-            if valid_us != -9223372036854775808 and (valid_from[r] > valid_us or valid_to[r] <= valid_us):
-                continue
-            k = kind[r]
+            k = kind[e]
             if not rel_ok[k]:
                 continue
-            w = weight[r] * scale_all * rel_scale[k]
-            if w < min_weight:
+            if valid_us != -9223372036854775808 and (valid_from[e] > valid_us or valid_to[e] <= valid_us):
                 continue
+            r = rows[e]
+            if known_us >= 0:
+                if recorded_at[e] > known_us or (superseded_at[r] <= known_us and next_seq[r] <= snap_seq):
+                    continue
+            elif not links_clean and next_seq[r] <= snap_seq:
+                continue
+            w = 1.0
+            if need_weight:
+                w = weight[r] * scale_all * rel_scale[k]
+                if w < min_weight:
+                    continue
             if count == out_hi.shape[0]:
                 return -1  # out of room: the caller grows the buffers and calls again
-            out_hi[count] = far_hi[r]
-            out_lo[count] = far_lo[r]
+            out_hi[count] = far_hi[e]
+            out_lo[count] = far_lo[e]
             out_w[count] = w
             out_row[count] = r
             count += 1
@@ -98,126 +161,119 @@ def _expand(
 
 def expand(step: _Step, frontier: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
     """One hop from ``frontier`` in one source: far keys, effective weights and the rows followed."""
-    src = step.source
-    n = step.n
-    far = "dst" if step.near == "src" else "src"
-    cap = max(64, 16 * len(frontier[0]))
+    src, adj = step.source, step.adjacency
+    if len(frontier[0]) > 64:  # sorted keys: successive node-table searches touch nearby memory
+        order = np.lexsort((frontier[1], frontier[0]))
+        frontier = (frontier[0][order], frontier[1][order])
+    degree = max(1.0, len(adj["rows"]) / max(1, len(adj["node_hi"])))
+    cap = max(64, int(2 * degree * len(frontier[0])))
     while True:
         out_hi = np.empty(cap, dtype=np.uint64)
         out_lo = np.empty(cap, dtype=np.uint64)
         out_w = np.empty(cap, dtype=np.float64)
         out_row = np.empty(cap, dtype=np.int64)
         count = _expand(
-            frontier[0], frontier[1],
-            getattr(src, f"{step.near}_hi")[:n], getattr(src, f"{step.near}_lo")[:n],
-            getattr(src, f"{far}_hi")[:n], getattr(src, f"{far}_lo")[:n], step.order,
-            src.flags[:n], src.seq[:n], src.next_seq[:n], src.recorded_at[:n], src.superseded_at[:n],
-            src.valid_from[:n], src.valid_to[:n], src.kind[:n], src.weight[:n],
-            np.uint64(step.snap_seq), step.check_seq, np.int64(step.known_us), np.int64(step.valid_us),
-            step.rel_ok, float(step.min_weight), float(step.scale_all), step.rel_scale,
-            out_hi, out_lo, out_w, out_row,
+            frontier[0], frontier[1], *(adj[name] for name in ADJACENCY_COLUMNS),
+            src.next_seq, src.superseded_at, src.weight,
+            np.uint64(step.snap_seq), step.check_seq, step.links_clean, np.int64(step.known_us),
+            np.int64(step.valid_us), step.rel_ok, float(step.min_weight), step.need_weight,
+            float(step.scale_all), step.rel_scale, out_hi, out_lo, out_w, out_row,
         )  # fmt: skip
         if count >= 0:
             return out_hi[:count], out_lo[:count], out_w[:count], out_row[:count]
         cap *= 4
 
 
-def sorted_adjacency(near_hi: np.ndarray, near_lo: np.ndarray, is_edge: np.ndarray) -> np.ndarray:
-    """The edge rows (``is_edge``) ordered by their near endpoint's key: the adjacency permutation."""
-    rows = np.flatnonzero(is_edge)
-    return rows[np.lexsort((near_lo[rows], near_hi[rows]))].astype(np.int64)
-
-
 # ---------------------------------------------------------------------- visited set
+# Open addressing over rows of (key_hi, key_lo, dense index + 1): a probe reads one 24-byte row. What a key
+# carries (its key, hops, best weight, the edge that reached it) lives in dense arrays in visiting order,
+# so the keys a call adds are the slice it appended: the next frontier, with no copy.
 @numba.njit(cache=True, nogil=True)
-def _slot(table_hi, table_lo, hi, lo):
-    mask = table_hi.shape[0] - 1
+def _slot_of(table, hi, lo):
+    mask = table.shape[0] - 1
     h = (hi ^ (lo * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(0xBF58476D1CE4E5B9)
-    i = np.int64((h >> np.uint64(17)) & np.uint64(mask))
-    while True:
-        if table_hi[i] == _EMPTY and table_lo[i] == _EMPTY:
-            return i, False
-        if table_hi[i] == hi and table_lo[i] == lo:
-            return i, True
-        i = (i + 1) & mask
+    slot = np.int64((h >> np.uint64(17)) & np.uint64(mask))
+    while table[slot, 2] != 0 and (table[slot, 0] != hi or table[slot, 1] != lo):
+        slot = (slot + 1) & mask
+    return slot
 
 
 @numba.njit(cache=True, nogil=True)
-def _offer(
-    table_hi, table_lo, table_hops, table_weight, table_via, c_hi, c_lo, c_w, c_via, hops, new_hi, new_lo
-):
-    """Insert the candidate keys not yet visited (at ``hops``); keep each key's best weight (and the
-    edge row ``via`` that gave it).
-
-    Returns how many were new (written to ``new_hi`` / ``new_lo``), or -1 if the table filled up.
-    """
-    fresh = 0
-    capacity = table_hi.shape[0]
+def _offer(table, key_hi, key_lo, hops_out, weight_out, via_out, size, c_hi, c_lo, c_w, c_via, hops):
+    """Insert the candidate keys not yet visited (at ``hops``); keep each key's best weight at that hop.
+    Returns the new size: the keys added are ``[size, returned)`` of the dense arrays."""
     for i in range(c_hi.shape[0]):
-        slot, found = _slot(table_hi, table_lo, c_hi[i], c_lo[i])
-        if found:
-            if table_hops[slot] == hops and c_w[i] > table_weight[slot]:
-                table_weight[slot] = c_w[i]
-                table_via[slot] = c_via[i]
-            continue
-        table_hi[slot] = c_hi[i]
-        table_lo[slot] = c_lo[i]
-        table_hops[slot] = hops
-        table_weight[slot] = c_w[i]
-        table_via[slot] = c_via[i]
-        new_hi[fresh] = c_hi[i]
-        new_lo[fresh] = c_lo[i]
-        fresh += 1
-        if (np.int64(fresh) + 1) * 2 > capacity:
-            return -1
-    return fresh
+        hi, lo = c_hi[i], c_lo[i]
+        slot = _slot_of(table, hi, lo)
+        index = table[slot, 2]
+        if index == 0:
+            table[slot, 0] = hi
+            table[slot, 1] = lo
+            table[slot, 2] = np.uint64(size + 1)
+            key_hi[size] = hi
+            key_lo[size] = lo
+            hops_out[size] = hops
+            weight_out[size] = c_w[i]
+            via_out[size] = c_via[i]
+            size += 1
+        else:
+            dense = np.int64(index) - 1
+            if hops_out[dense] == hops and c_w[i] > weight_out[dense]:
+                weight_out[dense] = c_w[i]
+                via_out[dense] = c_via[i]
+    return size
+
+
+@numba.njit(cache=True, nogil=True)
+def _rehash(table, key_hi, key_lo, size):
+    for d in range(size):
+        slot = _slot_of(table, key_hi[d], key_lo[d])
+        table[slot, 0] = key_hi[d]
+        table[slot, 1] = key_lo[d]
+        table[slot, 2] = np.uint64(d + 1)
 
 
 class VisitedSet:
     """Keys reached so far, with the hop count and best edge weight that reached each."""
 
-    def __init__(self, expected: int = 1024) -> None:
-        self._alloc(max(1024, 1 << int(4 * expected).bit_length()))
-        self.size = 0
+    _DENSE = ("key_hi", "key_lo", "hops", "weight", "via")
+    _DTYPES = (np.uint64, np.uint64, np.int64, np.float64, np.int64)
 
-    def _alloc(self, capacity: int) -> None:
-        self.hi = np.full(capacity, _EMPTY, dtype=np.uint64)
-        self.lo = np.full(capacity, _EMPTY, dtype=np.uint64)
-        self.hops = np.zeros(capacity, dtype=np.int64)
-        self.weight = np.zeros(capacity, dtype=np.float64)
-        self.via = np.full(capacity, -1, dtype=np.int64)
+    def __init__(self, expected: int = 1024) -> None:
+        self.size = 0
+        expected = max(1024, int(expected))
+        self.table = np.zeros((1 << (2 * expected).bit_length(), 3), dtype=np.uint64)
+        for name, dtype in zip(self._DENSE, self._DTYPES, strict=True):
+            setattr(self, name, np.empty(expected, dtype=dtype))
 
     def offer(
         self, hi: np.ndarray, lo: np.ndarray, weight: np.ndarray, hops: int, via: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Add the keys not seen before; return them (the next frontier). ``via`` tags each candidate
-        with where it came from (kept for the best-weight one)."""
-        while 2 * (self.size + len(hi) + 1) > self.hi.shape[0]:
-            self._grow()
+        """Add the keys not seen before and return them (the next frontier). ``via`` tags each
+        candidate with where it came from (kept for the best-weight one)."""
+        needed = self.size + len(hi)
+        if needed > len(self.hops):
+            for name in self._DENSE:
+                old = getattr(self, name)
+                grown = np.empty(max(needed, 2 * len(old)), dtype=old.dtype)
+                grown[: self.size] = old[: self.size]
+                setattr(self, name, grown)
+        if 2 * needed > len(self.table):
+            self.table = np.zeros((1 << (2 * needed).bit_length(), 3), dtype=np.uint64)
+            _rehash(self.table, self.key_hi, self.key_lo, self.size)
         if via is None:
             via = np.full(len(hi), -1, dtype=np.int64)
-        new_hi = np.empty(len(hi), dtype=np.uint64)
-        new_lo = np.empty(len(hi), dtype=np.uint64)
-        fresh = _offer(
-            self.hi, self.lo, self.hops, self.weight, self.via, hi, lo, weight, via, hops, new_hi, new_lo
-        )
-        if fresh < 0:  # cannot happen with the sizing above; kept as a guard
-            raise RuntimeError("visited set overflow")
-        self.size += fresh
-        return new_hi[:fresh], new_lo[:fresh]
-
-    def _grow(self) -> None:
-        keep = (self.hi != _EMPTY) | (self.lo != _EMPTY)
-        old = (self.hi[keep], self.lo[keep], self.hops[keep], self.weight[keep], self.via[keep])
-        self._alloc(self.hi.shape[0] * 4)
-        self.size = 0
-        for hop in np.unique(old[2]):
-            sel = old[2] == hop
-            self.offer(old[0][sel], old[1][sel], old[3][sel], int(hop), old[4][sel])
+        start = self.size
+        self.size = _offer(
+            self.table, self.key_hi, self.key_lo, self.hops, self.weight, self.via, self.size,
+            hi, lo, np.ascontiguousarray(weight, dtype=np.float64), via, hops,
+        )  # fmt: skip
+        return self.key_hi[start : self.size], self.key_lo[start : self.size]
 
     def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        keep = (self.hi != _EMPTY) | (self.lo != _EMPTY)
-        return self.hi[keep], self.lo[keep], self.hops[keep], self.weight[keep], self.via[keep]
+        """``(key_hi, key_lo, hops, weight, via)`` of every key, in the order they were reached."""
+        n = self.size
+        return self.key_hi[:n], self.key_lo[:n], self.hops[:n], self.weight[:n], self.via[:n]
 
 
 # ---------------------------------------------------------------------- planning and walking
@@ -228,13 +284,15 @@ class _Step:
     source: Any
     n: int
     near: str
-    order: np.ndarray
+    adjacency: dict[str, np.ndarray]
     snap_seq: int
     check_seq: bool
+    links_clean: bool
     known_us: int
     valid_us: int
     rel_ok: np.ndarray
     min_weight: float
+    need_weight: bool
     scale_all: float
     rel_scale: np.ndarray
 
@@ -250,6 +308,7 @@ def graph_plan(
     min_weight: float,
     known_at: datetime | None,
     valid_at: datetime | None,
+    need_weight: bool = True,
 ) -> list[_Step]:
     """Check the traversal filters and prepare one :class:`_Step` per source holding edges."""
     if direction not in ("out", "in"):
@@ -263,32 +322,33 @@ def graph_plan(
     known_us = -1 if known_at is None else to_us(known_at, "known_at")
     valid_us = _NO_TIME if valid_at is None else to_us(valid_at, "valid_at")
     near = "src" if direction == "out" else "dst"
+    need_weight = need_weight or min_weight > -math.inf
     steps = []
     for source, n in sources:
         if n == 0:
             continue
         if isinstance(source, Memtable):
-            order, check_seq = _memtable_adjacency(source, n, near), True
+            adjacency, check_seq, clean = _memtable_adjacency(source, n, near), True, False
         else:
-            order, check_seq = (source.out_order if near == "src" else source.in_order), False
-        if order.size == 0:
+            adjacency, check_seq = source.adjacency[near], False
+            clean = source.max_next_seq == 0  # nothing in it superseded, not even by later writes
+        if adjacency["rows"].size == 0:
             continue
         kinds = source.kinds
         rel_ok = np.array([rels is None or k in rels for k in kinds] + [False], dtype=np.bool_)
         rel_scale = np.array([snap.scales.get(k, 1.0) for k in kinds] + [1.0])
         steps.append(
-            _Step(source, n, near, order, snap.seq, check_seq, known_us, valid_us, rel_ok, min_weight,
-                  snap.scales.get("*", 1.0), rel_scale)
+            _Step(source, n, near, adjacency, snap.seq, check_seq, clean, known_us, valid_us, rel_ok,
+                  min_weight, need_weight, snap.scales.get("*", 1.0), rel_scale)
         )  # fmt: skip
     return steps
 
 
-def _memtable_adjacency(mem: Memtable, n: int, near: str) -> np.ndarray:
-    """The memtable's edge rows ordered by ``near`` key, cached for its current row count."""
+def _memtable_adjacency(mem: Memtable, n: int, near: str) -> dict[str, np.ndarray]:
+    """The memtable's CSR by ``near`` key, cached for its current row count."""
     cached = mem.adjacency.get((near, n))
     if cached is None:
-        is_edge = (mem.flags[:n] & (FLAG_EDGE | FLAG_OVERLAY)) == FLAG_EDGE
-        cached = sorted_adjacency(getattr(mem, f"{near}_hi")[:n], getattr(mem, f"{near}_lo")[:n], is_edge)
+        cached = build_adjacency(mem, n, near)
         mem.adjacency = {**{k: v for k, v in mem.adjacency.items() if k[0] != near}, (near, n): cached}
     return cached
 
@@ -298,10 +358,22 @@ def _far_id(source: Any, row: int, near: str) -> str:
     return dst if near == "src" else src
 
 
-def breadth_first(steps: list[_Step], seeds: list[str], depth: int) -> dict[str, tuple[int, float]]:
-    """``{id: (hops, weight)}`` of everything reached from ``seeds`` within ``depth`` hops (seeds: 0, inf)."""
-    hi, lo = keys_of(seeds)
-    visited = VisitedSet(len(seeds))
+def breadth_first(
+    steps: list[_Step],
+    seeds: list[str],
+    depth: int,
+    keys: tuple[np.ndarray, np.ndarray] | None = None,
+    name: bool = True,
+) -> Any:
+    """``{id: (hops, weight)}`` of everything reached from ``seeds`` within ``depth`` hops (seeds: 0, inf).
+
+    ``keys`` are the seeds' keys when the caller has them; ``name=False`` returns the raw
+    ``(key_hi, key_lo, hops, weight, via)`` arrays instead of naming every key.
+    """
+    hi, lo = keys_of(seeds) if keys is None else keys
+    degree = sum(len(s.adjacency["rows"]) / max(1, len(s.adjacency["node_hi"])) for s in steps)
+    nodes = sum(len(s.adjacency["node_hi"]) for s in steps) + len(seeds)
+    visited = VisitedSet(int(min(nodes, len(seeds) * sum(degree**h for h in range(depth + 1)))))
     frontier = visited.offer(hi, lo, np.full(len(hi), math.inf), 0)
     for hop in range(1, depth + 1):
         if not len(frontier[0]) or not steps:
@@ -312,6 +384,8 @@ def breadth_first(steps: list[_Step], seeds: list[str], depth: int) -> dict[str,
             np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]),
             np.concatenate([f[2] for f in found]), hop, via,
         )  # fmt: skip
+    if not name:
+        return visited.items()
     key_hi, key_lo, hops, weight, via = visited.items()
     named = dict(zip(zip(hi.tolist(), lo.tolist(), strict=True), seeds, strict=True))
     out: dict[str, tuple[int, float]] = {}

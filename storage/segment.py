@@ -33,8 +33,8 @@ from t4dm.errors import CorruptSegment
 
 from .bloom import BloomFilter, _bloom_contains_one
 from .fsutil import checksum, fsync_dir, io_errors
-from .graph import sorted_adjacency
-from .rows import FLAG_EDGE, FLAG_OVERLAY, NO_SEQ, ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
+from .graph import ADJACENCY_COLUMNS, build_adjacency
+from .rows import NO_SEQ, ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
 
 __all__ = ["FORMAT", "Segment", "SegmentWriter", "segment_path", "write_segment"]
 
@@ -240,10 +240,10 @@ class SegmentWriter:
                 order = np.argsort(key, kind="stable").astype(np.int64)
                 self.add(f"{name}_order", order)
                 self.add(f"{name}_sorted", key[order])
-            # Edge adjacency (a CSR without a node table): edge rows ordered by source and by destination.
-            is_edge = (columns["flags"] & (FLAG_EDGE | FLAG_OVERLAY)) == FLAG_EDGE
-            self.add("out_order", sorted_adjacency(columns["src_hi"], columns["src_lo"], is_edge))
-            self.add("in_order", sorted_adjacency(columns["dst_hi"], columns["dst_lo"], is_edge))
+            # The edge CSR per direction (graph.build_adjacency): by source key and by destination key.
+            for direction, near in (("out", "src"), ("in", "dst")):
+                for name, values in build_adjacency(columns, n, near).items():
+                    self.add(f"{direction}_{name}", values)
             if self._thread is not None:
                 self._thread.join()
                 self._thread = None
@@ -395,10 +395,11 @@ class Segment:
         self.tag_order = [arrays[f"tag{slot}_order"] for slot in range(len(TAG_FIELDS))]
         self.tag_sorted = [arrays[f"tag{slot}_sorted"] for slot in range(len(TAG_FIELDS))]
         self.inv_norm: np.ndarray = arrays["inv_norm"]
-        self.out_order: np.ndarray = arrays["out_order"]  # edge rows by source key
-        self.in_order: np.ndarray = arrays[
-            "in_order"
-        ]  # edge rows by destination key  # [n_vectors]: 1 / ‖vector‖ (0 for a zero vector)
+        # the edge CSR per direction (graph.ADJACENCY_COLUMNS), by source and by destination key
+        self.adjacency = {
+            near: {name: arrays[f"{direction}_{name}"] for name in ADJACENCY_COLUMNS}
+            for direction, near in (("out", "src"), ("in", "dst"))
+        }
         self.index = None  # the HNSW index (vector_index), loaded or built by the store
         self.live_cache: tuple | None = None  # (mutations, rows alive, labels alive): see T4DX._live
         self.mutations = 0  # bumped by the writer whenever next_seq / superseded_at change

@@ -32,6 +32,13 @@ def _bench_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_graph(args: argparse.Namespace) -> int:
+    from t4dm.bench.graph import run_graph_bench
+
+    run_graph_bench(nodes=args.nodes, edges=args.edges, seeds=args.seeds, depth=args.depth, json_path=args.json)
+    return 0
+
+
 def _bench_lif(args: argparse.Namespace) -> int:
     from t4dm.bench.lif import run_lif_bench
 
@@ -86,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", default=None, help="also write the results to this JSON file")
     search.add_argument("--workdir", default=None, help="folder for the stores (default: a temporary one)")
     search.set_defaults(func=_bench_search)
+
+    graph = bench_sub.add_parser("graph", help="TRAVERSE beside scipy.sparse on a random graph")
+    graph.add_argument("--nodes", type=int, default=1_000_000)
+    graph.add_argument("--edges", type=int, default=10_000_000)
+    graph.add_argument("--seeds", type=int, default=1000)
+    graph.add_argument("--depth", type=int, default=2)
+    graph.add_argument("--json", default=None, help="also write the results to this JSON file")
+    graph.set_defaults(func=_bench_graph)
 
     lif = bench_sub.add_parser(
         "lif", help="fused LIF kernel beside SpikingJelly and an eager loop (fwd, fwd+bwd)"
