@@ -1680,10 +1680,7 @@ class T4DX:
         plan = graph_plan(
             _sources(snap), snap, direction, rel, float(min_weight), known_at, valid_at, with_weights
         )
-        reached = breadth_first(plan, seed_ids, int(depth))
-        if with_weights:
-            return reached
-        return {id: hops for id, (hops, _) in reached.items()}
+        return breadth_first(plan, seed_ids, int(depth), with_weights=with_weights)
 
     def derived_from(self, id: str, *, known_at: datetime | None = None) -> list[str]:
         """Provenance backwards: the ids ``id`` was derived from (its ``derived_from`` edges)."""

@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 
-
 # CSR of one source and one direction: the distinct near keys, where each one's entries start, and per
 # entry the edge row plus copies of the row's immutable columns (contiguous, in entry order, so a walk
 # reads memory in sequence). The mutable columns (next_seq, superseded_at, weight) are read through
@@ -364,8 +363,10 @@ def breadth_first(
     depth: int,
     keys: tuple[np.ndarray, np.ndarray] | None = None,
     name: bool = True,
+    with_weights: bool = True,
 ) -> Any:
-    """``{id: (hops, weight)}`` of everything reached from ``seeds`` within ``depth`` hops (seeds: 0, inf).
+    """``{id: (hops, weight)}`` (or ``{id: hops}`` without ``with_weights``) of everything reached from
+    ``seeds`` within ``depth`` hops (seeds: 0 hops, weight inf).
 
     ``keys`` are the seeds' keys when the caller has them; ``name=False`` returns the raw
     ``(key_hi, key_lo, hops, weight, via)`` arrays instead of naming every key.
@@ -387,18 +388,70 @@ def breadth_first(
     if not name:
         return visited.items()
     key_hi, key_lo, hops, weight, via = visited.items()
-    named = dict(zip(zip(hi.tolist(), lo.tolist(), strict=True), seeds, strict=True))
-    out: dict[str, tuple[int, float]] = {}
-    for h, k, hop, w, v in zip(
-        key_hi.tolist(), key_lo.tolist(), hops.tolist(), weight.tolist(), via.tolist(), strict=True
-    ):
-        name = (
-            named.get((h, k))
-            if hop == 0
-            else _far_id(steps[v % len(steps)].source, v // len(steps), steps[0].near)
+    n_seeds = int(np.count_nonzero(hops == 0))  # the seeds come first, in visiting order
+    by_key = dict(zip(zip(hi.tolist(), lo.tolist(), strict=True), seeds, strict=True))
+    names = [by_key[key] for key in zip(key_hi[:n_seeds].tolist(), key_lo[:n_seeds].tolist(), strict=True)]
+    order = [np.arange(n_seeds)]
+    reached = np.arange(n_seeds, len(hops))
+    step_of = via[reached] % max(1, len(steps))
+    for s_index, step in enumerate(steps):  # the rest are named from the edges that reached them
+        mine = reached[step_of == s_index]
+        if mine.size:
+            names += _far_ids(step.source, via[mine] // len(steps), step.near)
+            order.append(mine)
+    order_all = np.concatenate(order)
+    if with_weights:
+        return dict(
+            zip(names, zip(hops[order_all].tolist(), weight[order_all].tolist(), strict=True), strict=True)
         )
-        out[name] = (hop, w)
-    return out
+    return dict(zip(names, hops[order_all].tolist(), strict=True))
+
+
+@numba.njit(cache=True, nogil=True)
+def _far_ranges(id_bytes, id_offsets, rows, want_dst, starts, ends):
+    """Byte range of the far endpoint inside each edge id ``\\x1e src \\x1f rel \\x1f dst``."""
+    for i in range(rows.shape[0]):
+        a, b = id_offsets[rows[i]], id_offsets[rows[i] + 1]
+        if want_dst:
+            j = b - 1
+            while id_bytes[j] != 0x1F:
+                j -= 1
+            starts[i], ends[i] = j + 1, b
+        else:
+            j = a + 1
+            while id_bytes[j] != 0x1F:
+                j += 1
+            starts[i], ends[i] = a + 1, j
+
+
+def _far_ids(source: Any, rows: np.ndarray, near: str) -> list[str]:
+    """The far endpoints' ids of edge ``rows``, decoded in one go (not one id string at a time)."""
+    if isinstance(source, Memtable):
+        return [_far_id(source, int(r), near) for r in rows.tolist()]
+    starts = np.empty(len(rows), dtype=np.int64)
+    ends = np.empty(len(rows), dtype=np.int64)
+    _far_ranges(source.id_bytes, source.id_offsets, rows.astype(np.int64), near == "src", starts, ends)
+    lengths = ends - starts
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    blob = np.empty(int(offsets[-1]), dtype=np.uint8)
+    _copy_ranges(source.id_bytes, starts, lengths, blob, offsets)
+    text = blob.tobytes().decode("utf-8")
+    if text.isascii():  # character offsets are byte offsets
+        cuts = offsets.tolist()
+        return [text[cuts[i] : cuts[i + 1]] for i in range(len(rows))]
+    raw = blob.tobytes()
+    cuts = offsets.tolist()
+    return [raw[cuts[i] : cuts[i + 1]].decode("utf-8") for i in range(len(rows))]
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_ranges(src, starts, lengths, dst, offsets):
+    for i in range(starts.shape[0]):
+        d = offsets[i]
+        s = starts[i]
+        for j in range(lengths[i]):
+            dst[d + j] = src[s + j]
 
 
 def neighbour_edges(steps: list[_Step], id: str) -> list[Edge]:
