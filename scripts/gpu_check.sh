@@ -5,8 +5,9 @@
 #   make gpu-wheels                                   # here, once: .wheels/ (git-ignored)
 #   run(command="bash scripts/gpu_check.sh lif", carry=[".wheels"], timeout_s=600)
 #
-# Parts: lif (scripts/gpu_lif.sh: ~9 min), attention (scripts/gpu_attention.sh: ~9 min), all (both; more
-# than one session's 15 device-minutes, so pick one part per session unless the budget allows).
+# Parts: lif (scripts/gpu_lif.sh: ~9 min), attention (scripts/gpu_attention.sh: ~9 min), stack
+# (scripts/gpu_stack.sh: ~9 min), all (the three; more than one session's 15 device-minutes, so pick one
+# part per session unless the budget allows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/gpu-out}"
@@ -20,5 +21,9 @@ fi
 if [[ $part == attention || $part == all ]]; then
     echo "== RWKV-6 and spike attention kernels (issue 5)"
     bash scripts/gpu_attention.sh || status=1
+fi
+if [[ $part == stack || $part == all ]]; then
+    echo "== spiking cortical stack (issue 6)"
+    bash scripts/gpu_stack.sh || status=1
 fi
 exit $status

@@ -35,7 +35,9 @@ def _bench_search(args: argparse.Namespace) -> int:
 def _bench_graph(args: argparse.Namespace) -> int:
     from t4dm.bench.graph import run_graph_bench
 
-    run_graph_bench(nodes=args.nodes, edges=args.edges, seeds=args.seeds, depth=args.depth, json_path=args.json)
+    run_graph_bench(
+        nodes=args.nodes, edges=args.edges, seeds=args.seeds, depth=args.depth, json_path=args.json
+    )
     return 0
 
 
@@ -50,6 +52,17 @@ def _bench_attention(args: argparse.Namespace) -> int:
     from t4dm.bench.attention import run_attention_bench
 
     run_attention_bench(args.device, args.json, fla_max_configs=args.fla_max_configs, sweep=args.sweep)
+    return 0
+
+
+def _bench_stack(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from t4dm.bench.stack import run_stack_bench
+
+    run_stack_bench(args.device, args.json)
     return 0
 
 
@@ -122,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-sweep", dest="sweep", action="store_false", help="skip our chunk/block sweep"
     )
     attention.set_defaults(func=_bench_attention)
+
+    stack = bench_sub.add_parser(
+        "stack", help="six-block spiking cortical stack on the kernels beside the naive references"
+    )
+    stack.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    stack.add_argument("--json", default=None, help="also write the results to this JSON file")
+    stack.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    stack.set_defaults(func=_bench_stack)
 
     info = sub.add_parser("info", help="print a store's statistics")
     info.add_argument("path")
