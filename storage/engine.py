@@ -1552,37 +1552,69 @@ class T4DX:
         An O(1) overlay record (Hebbian Δw, STDP), not a new version: it is folded into the edge at the
         next full compaction. Returns the new effective weight.
         """
-        self._check_open()
         if (delta is None) == (weight is None):
             raise InvalidInput("delta", delta, "give exactly one of delta= and weight=")
-        value = delta if delta is not None else weight
-        name = "delta" if delta is not None else "weight"
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise InvalidInput(name, value, "expected a finite number")
-        id = edge_id(check_id(src, "src"), rel, check_id(dst, "dst"))
+        if delta is not None:
+            return self.update_edge_weights([(src, dst, rel, delta)])[0]
+        return self.update_edge_weights([(src, dst, rel, weight)], absolute=True)[0]
+
+    def update_edge_weights(
+        self, updates: Iterable[tuple[str, str, str, float]], *, absolute: bool = False
+    ) -> list[float]:
+        """UPDATE_EDGE_WEIGHT for many edges in one transaction: ``(src, dst, rel, delta)`` tuples (or
+        ``(src, dst, rel, weight)`` with ``absolute=True``); an edge may appear more than once (its deltas add up).
+
+        Every edge is checked before anything is written: a bad value or an unknown edge raises and writes
+        nothing. Returns the new effective weights, one per update, in order.
+        """
+        self._check_open()
+        name = "weight" if absolute else "delta"
+        checked = []
+        for i, update in enumerate(updates):
+            if not isinstance(update, tuple | list) or len(update) != 4:
+                raise InvalidInput(f"updates[{i}]", update, "expected a (src, dst, rel, value) tuple")
+            src, dst, rel, value = update
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise InvalidInput(name, value, "expected a finite number")
+            if not isinstance(rel, str) or not rel:
+                raise InvalidInput("rel", rel, "expected a relation name")
+            checked.append((edge_id(check_id(src, "src"), rel, check_id(dst, "dst")), rel, float(value)))
+        if not checked:
+            return []
         with self._write_lock:
             self._check_open()
-            found = self._locate(id, self._snap)
-            if found is None:
-                raise UnknownId(id, "edge")
-            source, row = found
-            scale = self._scales.get("*", 1.0) * self._scales.get(rel, 1.0)
-            stored = (
-                float(source.weight[row]) + float(value) / scale
-                if delta is not None
-                else float(value) / scale
-            )
-            overlay = id + _OVERLAY_SUFFIX
+            snap = self._snap
+            located: dict[str, tuple[Any, int]] = {}
+            for id, _, _ in checked:
+                if id not in located:
+                    found = self._locate(id, snap)
+                    if found is None:
+                        raise UnknownId(id, "edge")
+                    located[id] = found
+            stored_now = {id: float(source.weight[row]) for id, (source, row) in located.items()}
+            effective, rels = [], {}
+            for id, rel, value in checked:
+                scale = self._scales.get("*", 1.0) * self._scales.get(rel, 1.0)
+                stored_now[id] = value / scale if absolute else stored_now[id] + value / scale
+                effective.append(stored_now[id] * scale)
+                rels[id] = rel
+            edges = list(rels)  # one overlay row per edge: its final stored weight
+            overlays = [id + _OVERLAY_SUFFIX for id in edges]
+            stored = [stored_now[id] for id in edges]
+            rows = [located[id] for id in edges]
+            n = len(overlays)
             batch = self._build_batch(
-                [overlay], *keys_of([overlay]), np.empty((1, 0), np.float32), np.zeros(1), [rel], [{}],
-                np.array([source.valid_from[row]]), np.array([source.valid_to[row]]), False, "",
+                overlays, *keys_of(overlays), np.empty((n, 0), np.float32), np.zeros(n),
+                [rels[id] for id in edges], [{}] * n,
+                np.array([source.valid_from[row] for source, row in rows]),
+                np.array([source.valid_to[row] for source, row in rows]), False, "",
             )  # fmt: skip
             batch.flags[:] = FLAG_EDGE | FLAG_OVERLAY
             for column in ("src_hi", "src_lo", "dst_hi", "dst_lo"):
-                getattr(batch, column)[0] = getattr(source, column)[row]
-            batch.weight[0] = stored
+                getattr(batch, column)[:] = [getattr(source, column)[row] for source, row in rows]
+            batch.weight[:] = stored
             self._commit(batch)
-            return stored * scale
+            return effective
 
     def batch_scale_weights(
         self, factor: float, rel: str | None = None, where: Mapping[str, Any] | None = None

@@ -85,7 +85,11 @@ def run_graph_bench(
         frontier = seed_nodes
         indptr, indices = matrix.indptr, matrix.indices
         for _ in range(depth):
-            nxt = np.concatenate([indices[indptr[v] : indptr[v + 1]] for v in frontier]) if len(frontier) else frontier
+            nxt = (
+                np.concatenate([indices[indptr[v] : indptr[v + 1]] for v in frontier])
+                if len(frontier)
+                else frontier
+            )
             nxt = np.unique(nxt)
             frontier = nxt[~reached[nxt]]
             reached[frontier] = True
@@ -105,7 +109,9 @@ def run_graph_bench(
             step = 1_000_000
             for i in range(0, edges, step):
                 db.add_edges_batch(
-                    [names[j] for j in src[i : i + step]], [names[j] for j in dst[i : i + step]], check_endpoints=False
+                    [names[j] for j in src[i : i + step]],
+                    [names[j] for j in dst[i : i + step]],
+                    check_endpoints=False,
                 )
             db.compact()
             results["load_s"] = time.perf_counter() - start
@@ -118,7 +124,9 @@ def run_graph_bench(
             snap = db._snap
             plan = graph_plan([(s, s.n) for s in snap.segments], snap, "out", None, -np.inf, None, None)
             hi, lo = keys_of(seed_ids)
-            results["t4dx_walk_ms"] = _median_ms(lambda: breadth_first(plan, seed_ids, depth, keys=(hi, lo), name=False))
+            results["t4dx_walk_ms"] = _median_ms(
+                lambda: breadth_first(plan, seed_ids, depth, keys=(hi, lo), name=False)
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["t4dx_vs_scipy_product"] = results["scipy_product_ms"] / results["t4dx_traverse_ms"]

@@ -145,6 +145,31 @@ def test_weight_overlays_and_batch_scales(store, clock):
     assert db._snap.scales == {}
 
 
+def test_update_edge_weights_is_one_transaction(store):
+    db = store.db
+    _items(db, 3)
+    db.add_edges([Edge("n0", "n1", weight=1.0), Edge("n1", "n2", weight=2.0)])
+    db = store.settle()
+    got = db.update_edge_weights([("n0", "n1", "related", 0.5), ("n1", "n2", "related", -1.0),
+                                  ("n0", "n1", "related", 0.25)])  # fmt: skip
+    assert got == pytest.approx([1.5, 1.0, 1.75])
+    db = store.settle()
+    before = db.stats()["last_seq"]
+    for bad, error in [
+        ([("n0", "n1", "related", 1.0), ("n0", "n2", "related", 1.0)], errors.UnknownId),  # no n0 -> n2
+        ([("n0", "n1", "related", 1.0), ("n1", "n2", "related", float("nan"))], errors.InvalidInput),
+        ([("n0", "n1", "related")], errors.InvalidInput),
+    ]:
+        with pytest.raises(error):
+            db.update_edge_weights(bad)
+    assert db.stats()["last_seq"] == before
+    assert db.update_edge_weights([("n1", "n2", "related", 9.0)], absolute=True) == [9.0]
+    db = store.settle()
+    assert {(e.src, e.dst): e.weight for s in ("n0", "n1") for e in db.edges(s)} == pytest.approx(
+        {("n0", "n1"): 1.75, ("n1", "n2"): 9.0}
+    )
+
+
 def test_provenance_survives_compaction_and_reopen(store, clock):
     db = store.db
     _items(db, 3, prefix="ep")
