@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import faiss
 import msgpack
+import numba
 import numpy as np
 
 from t4dm.errors import InvalidInput, PayloadNotSerializable
@@ -142,55 +143,81 @@ def match_rows(source: Any, n: int, snap_seq: int, f: Filter) -> tuple[np.ndarra
         else:
             payload_checks.append((name, value))
 
-    rows = _candidates(source, f, tag_codes) if isinstance(source, Segment) else None
+    rows, covered = _candidates(source, f, tag_codes) if isinstance(source, Segment) else (None, ())
 
     def col(name: str) -> np.ndarray:
         values = getattr(source, name)[:n]
         return values if rows is None else values[rows]
 
     snap = np.uint64(snap_seq)
-    mask = (col("flags") & NOT_ITEM) == 0  # items only: no tombstones, edges or overlays
-    if isinstance(source, Memtable):
-        mask &= col("seq") <= snap
-    if f.known_us is None:
-        mask &= col("next_seq") > snap
+    live = live_mask(source, snap_seq) if f.known_us is None and isinstance(source, Segment) else None
+    if live is not None:  # cached: items only (no tombstones, edges or overlays), not superseded
+        mask = live if rows is None else live[rows]
     else:
-        mask &= (col("recorded_at") <= f.known_us) & (
-            (col("superseded_at") > f.known_us) | (col("next_seq") > snap)
-        )
-    if f.kappa is not None:
+        mask = (col("flags") & NOT_ITEM) == 0
+        if isinstance(source, Memtable):
+            mask &= col("seq") <= snap
+        if f.known_us is None:
+            mask &= col("next_seq") > snap
+        else:
+            mask &= (col("recorded_at") <= f.known_us) & (
+                (col("superseded_at") > f.known_us) | (col("next_seq") > snap)
+            )
+    if f.kappa is not None and "kappa" not in covered:
         k = col("kappa")
-        mask &= (k >= f.kappa[0]) & (k <= f.kappa[1])
+        mask = mask & (k >= f.kappa[0]) & (k <= f.kappa[1])
     if f.valid_us is not None:
-        mask &= (col("valid_from") <= f.valid_us) & (col("valid_to") > f.valid_us)
-    if f.valid_from is not None:
+        if "valid_at_start" not in covered:
+            mask = mask & (col("valid_from") <= f.valid_us)
+        mask = mask & (col("valid_to") > f.valid_us)
+    if f.valid_from is not None and "valid_from" not in covered:
         v = col("valid_from")
-        mask &= (v >= f.valid_from[0]) & (v < f.valid_from[1])
+        mask = mask & (v >= f.valid_from[0]) & (v < f.valid_from[1])
     if f.kinds is not None:
         codes = [code for code in (source.kind_code(k) for k in f.kinds) if code is not None]
-        mask &= np.isin(col("kind"), np.asarray(codes, dtype=np.uint16))
+        mask = mask & np.isin(col("kind"), np.asarray(codes, dtype=np.uint16))
     for slot, code in tag_codes:
-        tag = source.tags[:n, slot]
-        mask &= (tag if rows is None else tag[rows]) == code
+        if ("tag", slot) not in covered:
+            tag = source.tags[:n, slot]
+            mask = mask & ((tag if rows is None else tag[rows]) == code)
     selected = np.flatnonzero(mask)
     return (selected if rows is None else rows[selected]), payload_checks
 
 
-def _candidates(segment: Segment, f: Filter, tag_codes: list[tuple[int, int]]) -> np.ndarray | None:
-    """The smallest row set a secondary index gives for ``f`` (None: no index applies)."""
-    options: list[np.ndarray] = []
+_MIN_US, _MAX_US = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+def _candidates(
+    segment: Segment, f: Filter, tag_codes: list[tuple[int, int]]
+) -> tuple[np.ndarray | None, tuple]:
+    """The smallest row set a secondary index gives for ``f`` (None: no index applies), and the
+    predicates every row of it satisfies (no need to check them again)."""
+    options: list[tuple[np.ndarray, tuple]] = []
     if f.kappa is not None:
-        options.append(segment.kappa_rows(*f.kappa))
+        options.append((segment.kappa_rows(*f.kappa), ("kappa",)))
     if f.valid_from is not None:
-        options.append(segment.valid_from_rows(*f.valid_from))
+        options.append((segment.valid_from_rows(*f.valid_from), ("valid_from",)))
     if f.valid_us is not None:
-        options.append(segment.valid_from_rows(np.iinfo(np.int64).min, f.valid_us + 1))
+        options.append((segment.valid_from_rows(_MIN_US, f.valid_us + 1), ("valid_at_start",)))
+    # a tag with a valid-from bound: the composite (tag, valid_from) index gives the rows of both
+    timed = f.valid_from is not None or f.valid_us is not None
+    lo, hi = f.valid_from if f.valid_from is not None else (_MIN_US, _MAX_US)
+    if f.valid_us is not None:
+        hi = min(hi, f.valid_us + 1)
+    timed_covers = (
+        *(("valid_from",) if f.valid_from is not None else ()),
+        *(("valid_at_start",) if f.valid_us is not None else ()),
+    )
     for slot, code in tag_codes:
-        options.append(segment.tag_rows(slot, code))
+        both = segment.tag_valid_from_rows(slot, code, lo, hi) if timed else None
+        if both is None:
+            options.append((segment.tag_rows(slot, code), (("tag", slot),)))
+        else:
+            options.append((both, (("tag", slot), *timed_covers)))
     if not options:
-        return None
-    best = min(options, key=len)
-    return best if len(best) < segment.n else None
+        return None, ()
+    best = min(options, key=lambda option: len(option[0]))
+    return best if len(best[0]) < segment.n else (None, ())
 
 
 def check_payloads(source: Any, rows: np.ndarray, checks: list[tuple[str, Any]]) -> np.ndarray:
@@ -202,6 +229,21 @@ def check_payloads(source: Any, rows: np.ndarray, checks: list[tuple[str, Any]])
         for fields in map(unpack, source.fields_bytes_at(rows))
     ]
     return rows[np.asarray(keep, dtype=bool)]
+
+
+def live_mask(segment: Segment, snap_seq: int) -> np.ndarray | None:
+    """Per row of ``segment``: a live item in the snapshot (cached with :func:`live_rows`); None when
+    the cache cannot serve this snapshot (the caller checks the columns instead)."""
+    live_rows(segment, snap_seq)
+    cache = segment.live_cache
+    if cache is None or cache[0] != segment.mutations or segment.max_next_seq > snap_seq:
+        return None
+    if cache[3] is None:
+        mask = np.zeros(segment.n, dtype=bool)
+        mask[cache[1]] = True
+        segment.live_cache = (*cache[:3], mask)
+        return mask
+    return cache[3]
 
 
 def live_rows(segment: Segment, snap_seq: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -222,8 +264,22 @@ def live_rows(segment: Segment, snap_seq: int) -> tuple[np.ndarray, np.ndarray |
         labels = np.zeros(segment.vectors.shape[0], dtype=bool)
         labels[segment.vector_row[rows]] = True
     if visible:
-        segment.live_cache = (mutations, rows, labels)
+        segment.live_cache = (mutations, rows, labels, None)  # the row mask: made on first use
     return rows, labels
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _score_rows(vectors, vector_rows, inv_norm, query):  # pragma: no cover - compiled
+    """Cosine score of each listed vector: one pass over just those vectors, no gathered copy."""
+    out = np.empty(vector_rows.size, dtype=np.float32)
+    dim = query.size
+    for i in range(vector_rows.size):
+        v = vector_rows[i]
+        acc = np.float32(0.0)
+        for j in range(dim):
+            acc += vectors[v, j] * query[j]
+        out[i] = acc * inv_norm[v]
+    return out
 
 
 def search_source(
@@ -252,7 +308,7 @@ def search_source(
         if rows.size * 4 >= m:  # most rows: one product over the whole block beats gathering them
             scores = ((source.vectors[:m] @ query) * source.inv_norm[:m])[vector_row]
         else:
-            scores = (source.vectors[vector_row] @ query) * source.inv_norm[vector_row]
+            scores = _score_rows(source.vectors, vector_row, source.inv_norm, query)
         if scores.size > k:
             top = np.argpartition(-scores, k - 1)[:k]
             return scores[top], rows[top]

@@ -228,18 +228,20 @@ class SegmentWriter:
             bloom = BloomFilter.build(columns["key_hi"][first], columns["key_lo"][first], bloom_fp_rate)
             self.add("bloom", bloom.words)
             # Secondary indexes: each a permutation of the rows and the key it sorts them by, so that a
-            # range or value finds its rows by binary search without touching the others.
-            for name, key in (
-                ("kappa", columns["kappa"]),
-                ("valid_from", columns["valid_from"]),
-                *(
-                    (f"tag{slot}", np.asarray(tags, dtype=np.int32).reshape(n, -1)[:, slot])
-                    for slot in range(len(TAG_FIELDS))
-                ),
-            ):
+            # range or value finds its rows by binary search without touching the others. A tag index
+            # orders the rows of one value by valid-from time and keeps those times beside it: a
+            # composite (tag, valid_from) index, so "user u in the last 30 days" is two binary searches.
+            for name, key in (("kappa", columns["kappa"]), ("valid_from", columns["valid_from"])):
                 order = np.argsort(key, kind="stable").astype(np.int64)
                 self.add(f"{name}_order", order)
                 self.add(f"{name}_sorted", key[order])
+            tag_matrix = np.asarray(tags, dtype=np.int32).reshape(n, -1)
+            for slot in range(len(TAG_FIELDS)):
+                key = tag_matrix[:, slot]
+                order = np.lexsort((columns["valid_from"], key)).astype(np.int64)
+                self.add(f"tag{slot}_order", order)
+                self.add(f"tag{slot}_sorted", key[order])
+                self.add(f"tag{slot}_valid_from", columns["valid_from"][order])
             # The edge CSR per direction (graph.build_adjacency): by source key and by destination key.
             for direction, near in (("out", "src"), ("in", "dst")):
                 for name, values in build_adjacency(columns, n, near).items():
@@ -394,6 +396,8 @@ class Segment:
         self.valid_from_sorted: np.ndarray = arrays["valid_from_sorted"]
         self.tag_order = [arrays[f"tag{slot}_order"] for slot in range(len(TAG_FIELDS))]
         self.tag_sorted = [arrays[f"tag{slot}_sorted"] for slot in range(len(TAG_FIELDS))]
+        # segments written before the composite (tag, valid_from) index have none
+        self.tag_valid_from = [arrays.get(f"tag{slot}_valid_from") for slot in range(len(TAG_FIELDS))]
         self.inv_norm: np.ndarray = arrays["inv_norm"]
         # the edge CSR per direction (graph.ADJACENCY_COLUMNS), by source and by destination key
         self.adjacency = {
@@ -401,7 +405,9 @@ class Segment:
             for direction, near in (("out", "src"), ("in", "dst"))
         }
         self.index = None  # the HNSW index (vector_index), loaded or built by the store
-        self.live_cache: tuple | None = None  # (mutations, rows alive, labels alive): see T4DX._live
+        self.live_cache: tuple | None = (
+            None  # (mutations, rows alive, labels alive, row mask): query.live_rows
+        )
         self.mutations = 0  # bumped by the writer whenever next_seq / superseded_at change
         self.max_next_seq = int(self.next_seq[self.next_seq != NO_SEQ].max(initial=0))
         self.bloom = BloomFilter(arrays["bloom"], meta["bloom_k"])
@@ -480,9 +486,24 @@ class Segment:
 
     def tag_rows(self, slot: int, code: int) -> np.ndarray:
         """Rows whose tag ``slot`` has dictionary code ``code`` (unordered), from the tag index."""
-        a = np.searchsorted(self.tag_sorted[slot], code, side="left")
-        b = np.searchsorted(self.tag_sorted[slot], code, side="right")
+        tags = self.tag_sorted[slot]
+        code = tags.dtype.type(code)  # a Python int would make NumPy cast the whole column first
+        a = np.searchsorted(tags, code, side="left")
+        b = np.searchsorted(tags, code, side="right")
         return self.tag_order[slot][a:b]
+
+    def tag_valid_from_rows(self, slot: int, code: int, lo: int, hi: int) -> np.ndarray | None:
+        """Rows whose tag ``slot`` has code ``code`` and ``lo <= valid_from < hi`` (µs), from the composite
+        index: two binary searches, no row touched. None for a segment without that index."""
+        times = self.tag_valid_from[slot]
+        if times is None:
+            return None
+        tags = self.tag_sorted[slot]
+        code = tags.dtype.type(code)  # a Python int would make NumPy cast the whole column first
+        a = int(np.searchsorted(tags, code, side="left"))
+        b = int(np.searchsorted(tags, code, side="right"))
+        run = times[a:b]
+        return self.tag_order[slot][a + int(np.searchsorted(run, lo)) : a + int(np.searchsorted(run, hi))]
 
     @property
     def index_path(self) -> str:
