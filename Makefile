@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench demo test test-slow bench asv lint format clean gpu-wheels
+.PHONY: install install-bench demo test test-slow bench eval asv lint format clean gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,11 @@ TORCH_PIN ?= torch==2.13.0 triton==3.8.0
 # Re-install when the project's requirements change.
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install $(TORCH_PIN)
-	$(PIP) install -e '.[dev,kernels]'
+	$(PIP) install -e '.[dev,kernels,embed,viz]'
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PIP) install -e '.[dev,kernels,bench]'
+	$(PIP) install -e '.[dev,kernels,embed,viz,bench]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -41,6 +41,11 @@ bench: install-bench
 	$(VENV)/bin/t4dm bench storage --json docs/bench-storage.json
 	RUST_LOG=error $(VENV)/bin/t4dm bench search --json docs/bench-search.json
 	$(VENV)/bin/t4dm bench graph --json docs/bench-graph.json
+
+# LoCoMo evidence retrieval (the data is CC BY-NC: read from ../shared, never copied here)
+LOCOMO ?= ../shared/data/locomo_dev.json
+eval: install
+	$(VENV)/bin/t4dm eval locomo --data $(LOCOMO) --out docs/eval-locomo.json
 
 asv: install-bench
 	$(VENV)/bin/asv machine --yes >/dev/null

@@ -12,9 +12,9 @@ from typing import Any
 from t4dm import errors
 
 __version__ = "0.1.0"
-__all__ = ["T4DX", "Item", "__version__", "errors"]
+__all__ = ["T4DX", "Item", "Memory", "WriteGate", "__version__", "errors"]
 
-_LAZY = {"T4DX": "t4dm.storage", "Item": "t4dm.storage"}
+_LAZY = {"T4DX": "t4dm.storage", "Item": "t4dm.storage", "Memory": "t4dm.memory", "WriteGate": "t4dm.gate"}
 
 
 def __getattr__(name: str) -> Any:

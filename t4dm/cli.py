@@ -66,6 +66,14 @@ def _bench_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_locomo(args: argparse.Namespace) -> int:
+    from t4dm.eval.locomo import run_locomo_eval
+
+    ks = [int(k) for k in args.k.split(",") if k.strip()]
+    run_locomo_eval(args.data, args.out, ks=ks, embedder=args.embedder, workdir=args.workdir)
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from t4dm.storage import T4DX
 
@@ -143,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--json", default=None, help="also write the results to this JSON file")
     stack.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     stack.set_defaults(func=_bench_stack)
+
+    evaluate = sub.add_parser("eval", help="evaluations")
+    eval_sub = evaluate.add_subparsers(dest="evaluation", required=True)
+    locomo = eval_sub.add_parser("locomo", help="evidence retrieval on LoCoMo: T4DM beside dense and BM25")
+    locomo.add_argument("--data", required=True, help="a LoCoMo JSON file (a list of samples)")
+    locomo.add_argument("--out", default=None, help="write the results to this JSON file")
+    locomo.add_argument("--k", default="1,5,10,20", help="comma-separated cut-offs (default 1,5,10,20)")
+    locomo.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
+    locomo.add_argument("--workdir", default=None, help="folder for the temporary store")
+    locomo.set_defaults(func=_eval_locomo)
 
     info = sub.add_parser("info", help="print a store's statistics")
     info.add_argument("path")

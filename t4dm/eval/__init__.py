@@ -1,0 +1,1 @@
+"""Evaluations (``t4dm eval …``)."""

@@ -1,0 +1,24 @@
+"""The memory SDK: :class:`Memory` over an embedded T4DX store (``from t4dm import Memory``)."""
+
+from __future__ import annotations
+
+from .embedder import CallableEmbedder, Embedder, SentenceTransformerEmbedder, default_embedder, load_embedder
+from .lexical import LexicalIndex, tokenize
+from .memory import SCOPES, AddResult, Memory, MemoryHit, MemoryItem, content_hash, default_path
+
+__all__ = [
+    "SCOPES",
+    "AddResult",
+    "CallableEmbedder",
+    "Embedder",
+    "LexicalIndex",
+    "Memory",
+    "MemoryHit",
+    "MemoryItem",
+    "SentenceTransformerEmbedder",
+    "content_hash",
+    "default_embedder",
+    "default_path",
+    "load_embedder",
+    "tokenize",
+]

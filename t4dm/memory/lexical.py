@@ -1,0 +1,155 @@
+"""BM25 over the stored texts, kept up to date with every write (never rebuilt per query).
+
+One partition per ``user_id`` (a user's memories are their own corpus: document frequencies and lengths
+are counted per user, and a query scoped to a user reads only that partition). Terms are lower-cased
+words, English stop words dropped, Snowball-stemmed. The index lives in memory and is built once when a
+:class:`~t4dm.memory.Memory` opens its store (one SCAN of the live items), then follows every add,
+update and delete.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import snowballstemmer
+
+__all__ = ["LexicalIndex", "tokenize"]
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
+# a short English stop-word list (function words only: "not", numbers and pronouns of people stay)
+STOP_WORDS = frozenset(
+    """a an the and or but if then else of at by for with about against between into through during
+    before after above below to from up down in out on off over under again further once here there when
+    where why how all any both each few more most other some such no nor only own same so than too very
+    s t can will just don should now is are was were be been being have has had having do does did doing
+    would could ought i'm you're he's she's it's we're they're i've you've we've they've i'd you'd he'd
+    she'd we'd they'd i'll you'll he'll she'll we'll they'll isn't aren't wasn't weren't hasn't haven't
+    hadn't doesn't don't didn't won't wouldn't shan't shouldn't can't cannot couldn't mustn't let's
+    that's who's what's here's there's when's where's why's how's this that these those am it its itself
+    what which whom whose as until while me my myself our ours ourselves your yours yourself yourselves
+    him his himself her hers herself them their theirs themselves they we you he she i it us""".split()  # noqa: SIM905
+)
+_stemmer = snowballstemmer.stemmer("english")
+
+
+@lru_cache(maxsize=200_000)
+def _stem(word: str) -> str:
+    return _stemmer.stemWord(word)
+
+
+def tokenize(text: str) -> list[str]:
+    """The BM25 terms of ``text``."""
+    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in STOP_WORDS]
+
+
+@dataclass(slots=True)
+class _Partition:
+    postings: dict[str, dict[str, int]] = field(default_factory=dict)  # term -> {doc id: tf}
+    lengths: dict[str, int] = field(default_factory=dict)  # doc id -> terms
+    scopes: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # (agent_id, run_id)
+    terms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # doc id -> its distinct terms
+    total: int = 0
+
+
+class LexicalIndex:
+    """BM25 (``k1``, ``b``) partitioned by user; ``add`` / ``remove`` keep it current."""
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
+        self.k1, self.b = k1, b
+        self._parts: dict[str | None, _Partition] = {}
+        self._where: dict[str, str | None] = {}  # doc id -> its partition's user
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, id: str) -> bool:
+        return id in self._where
+
+    def add(
+        self, id: str, text: str, user_id: str | None, agent_id: str | None = None, run_id: str | None = None
+    ) -> None:
+        """Index (or re-index) document ``id``."""
+        if id in self._where:
+            self.remove(id)
+        part = self._parts.setdefault(user_id, _Partition())
+        terms = Counter(tokenize(text))
+        for term, tf in terms.items():
+            part.postings.setdefault(term, {})[id] = tf
+        n = sum(terms.values())
+        part.lengths[id] = n
+        part.scopes[id] = (agent_id, run_id)
+        part.terms[id] = tuple(terms)
+        part.total += n
+        self._where[id] = user_id
+
+    def remove(self, id: str) -> None:
+        """Drop document ``id`` (no-op when absent)."""
+        if id not in self._where:
+            return
+        part = self._parts[self._where.pop(id)]
+        part.total -= part.lengths.pop(id)
+        del part.scopes[id]
+        for term in part.terms.pop(id):
+            docs = part.postings[term]
+            del docs[id]
+            if not docs:
+                del part.postings[term]
+
+    def search(
+        self,
+        query: str,
+        k: int,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        any_user: bool = False,
+    ) -> list[tuple[str, float]]:
+        """The ``k`` best ``(id, score)`` for ``query`` within the scope, best first. ``any_user`` reads
+        every partition (a query scoped only by agent or run); otherwise only ``user_id``'s."""
+        terms = Counter(tokenize(query))
+        if not terms:
+            return []
+        parts: Iterable[_Partition]
+        if any_user:
+            parts = self._parts.values()
+        else:
+            part = self._parts.get(user_id)
+            parts = [part] if part is not None else []
+        scored: list[tuple[str, float]] = []
+        for part in parts:
+            scored.extend(self._score(part, terms, agent_id, run_id).items())
+        scored.sort(key=lambda pair: (-pair[1], pair[0]))
+        return scored[:k]
+
+    def _score(
+        self, part: _Partition, terms: Counter, agent_id: str | None, run_id: str | None
+    ) -> dict[str, float]:
+        n_docs = len(part.lengths)
+        if n_docs == 0:
+            return {}
+        avg = part.total / n_docs or 1.0
+        k1, b = self.k1, self.b
+        scores: dict[str, float] = {}
+        for term, qtf in terms.items():
+            docs = part.postings.get(term)
+            if not docs:
+                continue
+            idf = math.log(1.0 + (n_docs - len(docs) + 0.5) / (len(docs) + 0.5))
+            for id, tf in docs.items():
+                norm = tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * part.lengths[id] / avg))
+                scores[id] = scores.get(id, 0.0) + qtf * idf * norm
+        if agent_id is not None or run_id is not None:
+            scopes = part.scopes
+            scores = {
+                id: s
+                for id, s in scores.items()
+                if (agent_id is None or scopes[id][0] == agent_id)
+                and (run_id is None or scopes[id][1] == run_id)
+            }
+        return scores

