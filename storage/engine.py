@@ -1668,18 +1668,22 @@ class T4DX:
 
     def edges(
         self,
-        id: str,
+        id: str | Iterable[str],
         *,
         direction: str = "out",
         rel: str | Iterable[str] | None = None,
         known_at: datetime | None = None,
         valid_at: datetime | None = None,
     ) -> list[Edge]:
-        """The edges leaving (``direction="out"``) or reaching (``"in"``) item ``id``."""
+        """The edges leaving (``direction="out"``) or reaching (``"in"``) item ``id``, or any of several
+        ids (one pass over the adjacency for all of them)."""
         self._check_open()
+        ids = [check_id(id)] if isinstance(id, str) else [check_id(x, f"id[{i}]") for i, x in enumerate(id)]
+        if not ids:
+            return []
         snap = self._snap
         plan = graph_plan(_sources(snap), snap, direction, rel, -math.inf, known_at, valid_at)
-        return neighbour_edges(plan, check_id(id))
+        return neighbour_edges(plan, ids)
 
     def traverse(
         self,

@@ -454,9 +454,9 @@ def _copy_ranges(src, starts, lengths, dst, offsets):
             dst[d + j] = src[s + j]
 
 
-def neighbour_edges(steps: list[_Step], id: str) -> list[Edge]:
-    """The visible edges at ``id`` (leaving it when the plan walks out, reaching it when in)."""
-    frontier = keys_of([id])
+def neighbour_edges(steps: list[_Step], ids: list[str]) -> list[Edge]:
+    """The visible edges at each of ``ids`` (leaving them when the plan walks out, reaching them when in)."""
+    frontier = keys_of(ids)
     edges = []
     for step in steps:
         _, _, weights, rows = expand(step, frontier)

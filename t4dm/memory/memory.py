@@ -505,9 +505,9 @@ class Memory:
         """The ``k`` memories of the scope most relevant to ``query``.
 
         Dense search (HNSW, filters inside the search) and BM25 each propose ``candidates`` memories
-        (default ``max(3k, 30)``); reciprocal-rank fusion ranks them; with ``expand``, the neighbours of
-        the best hits along ``"next"`` edges (the turns before and after) score at least a share
-        (``GRAPH_SHARE``) of the hit's score, so a turn's context follows it but never overtakes it; ``recency_half_life`` discounts older memories (by valid time, against ``now`` or
+        (default ``max(3k, 30)``); their min-max normalised scores are averaged (``DENSE_WEIGHT``); with
+        ``expand``, the turns before and after the best hits (``"next"`` edges) gain a share
+        (``GRAPH_SHARE``) of the hit's score; ``recency_half_life`` discounts older memories (by valid time, against ``now`` or
         ``valid_at``). ``policy`` picks κ bands: ``"all"``, ``"episodic"`` (κ < 0.4), ``"semantic"``
         (κ ≥ 0.4) or a ``(lo, hi)`` range. ``valid_at`` keeps memories true then; ``as_of`` searches what
         the store knew then.
@@ -544,33 +544,42 @@ class Memory:
         items: dict[str, Item] = {h.id: h.item for h in dense}
         signals: dict[str, dict[str, float]] = {}
         fused: dict[str, float] = {}
-        for rank, h in enumerate(dense):
-            signals[h.id] = {"dense": h.score, "dense_rank": rank + 1}
-            fused[h.id] = 1.0 / (RRF_K + rank + 1)
-        for rank, (id, score) in enumerate(lexical):
-            if id not in items:
-                item = self._visible(id, scope, filters)
-                if item is None:
-                    continue
-                items[id] = item
-            signals.setdefault(id, {}).update(bm25=score, bm25_rank=rank + 1)
-            fused[id] = fused.get(id, 0.0) + 1.0 / (RRF_K + rank + 1)
-        if expand and fused:
-            top = sorted(fused, key=fused.__getitem__, reverse=True)[: int(k)]
-            bonus: dict[str, float] = {}
-            for id in top:
-                for direction in ("out", "in"):
-                    for edge in self.db.edges(id, direction=direction, rel=NEXT, known_at=as_of):
-                        other = edge.dst if direction == "out" else edge.src
-                        bonus[other] = max(bonus.get(other, 0.0), GRAPH_SHARE * fused[id])
-            for id, share in bonus.items():
+        # convex combination of min-max normalised scores (Bruch et al. 2023: better than rank fusion
+        # when one signal is much stronger than the other, as BM25 is on conversational text)
+        for name, pairs, weight in (
+            ("dense", [(h.id, h.score) for h in dense], DENSE_WEIGHT),
+            ("bm25", lexical, 1.0 - DENSE_WEIGHT),
+        ):
+            if not pairs:
+                continue
+            lo, hi = min(v for _, v in pairs), max(v for _, v in pairs)
+            for rank, (id, value) in enumerate(pairs):
                 if id not in items:
                     item = self._visible(id, scope, filters)
                     if item is None:
                         continue
                     items[id] = item
-                signals.setdefault(id, {})["graph"] = share
-                fused[id] = max(fused.get(id, 0.0), share)  # never above the hit that brought it
+                norm = (value - lo) / (hi - lo) if hi > lo else 1.0
+                signals.setdefault(id, {}).update({name: value, f"{name}_rank": rank + 1})
+                fused[id] = fused.get(id, 0.0) + weight * norm
+        if expand and fused:
+            # temporal contiguity: a turn next to a good hit gains a share of the hit's score (its own
+            # score plus GRAPH_SHARE x the best neighbour's), so the reply to a matching question rises
+            base = dict(fused)
+            seeds = sorted(base, key=lambda id: -base[id])[: max(2 * int(k), 20)]
+            for direction in ("out", "in"):
+                for edge in self.db.edges(seeds, direction=direction, rel=NEXT, known_at=as_of):
+                    id, other = (edge.src, edge.dst) if direction == "out" else (edge.dst, edge.src)
+                    lifted = base.get(other, 0.0) + GRAPH_SHARE * base[id]
+                    if lifted <= fused.get(other, 0.0):
+                        continue
+                    if other not in items:
+                        item = self._visible(other, scope, filters)
+                        if item is None:
+                            continue
+                        items[other] = item
+                    signals.setdefault(other, {})["graph"] = GRAPH_SHARE * base[id]
+                    fused[other] = lifted
         if recency_half_life is not None:
             reference = now or valid_at or datetime.now(UTC)
             for id in fused:
@@ -634,5 +643,5 @@ class Memory:
         )
 
 
-RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
-GRAPH_SHARE = 0.5  # share of a hit's fused score a neighbouring turn receives
+DENSE_WEIGHT = 0.5  # dense and BM25 weigh the same in the fused score
+GRAPH_SHARE = 0.25  # share of a hit's fused score its neighbouring turns gain
