@@ -374,7 +374,8 @@ class MergedRows:
 
     Read: ``n``, ``ids`` (list of str), ``kinds`` (list of str), ``seq``, ``recorded_at``,
     ``superseded_at``, ``valid_from``, ``valid_to`` (int64 µs), ``is_current`` (the live version of its
-    item), ``is_tombstone``, :meth:`vectors`, :meth:`fields`, :meth:`item`.
+    item, or of an edge), ``is_item`` (a row of an item, not of an edge), ``is_tombstone``,
+    :meth:`vectors`, :meth:`fields`, :meth:`item`.
 
     Change: ``kappa`` (float64, edit in place; values are clipped to [0, 1] and NaN is refused),
     ``keep`` (bool, set False to drop a version; drop every version of an id to forget it), and
@@ -393,6 +394,7 @@ class MergedRows:
         self.valid_to = c["valid_to"]
         self.is_tombstone = (c["flags"] & FLAG_TOMBSTONE) != 0
         self.is_current = (c["next_seq"] == NO_SEQ) & ~self.is_tombstone
+        self.is_item = (c["flags"] & NOT_ITEM) == 0  # not a tombstone, an edge or a weight overlay
         self.kappa = c["kappa"].copy()
         self.keep = np.ones(self.n, dtype=np.bool_)
         self.added: list[Item] = []

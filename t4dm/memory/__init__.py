@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .consolidation import ConsolidationConfig, ConsolidationReport
 from .embedder import CallableEmbedder, Embedder, SentenceTransformerEmbedder, default_embedder, load_embedder
 from .lexical import LexicalIndex, tokenize
 from .memory import SCOPES, AddResult, Memory, MemoryHit, MemoryItem, content_hash, default_path
@@ -10,6 +11,8 @@ __all__ = [
     "SCOPES",
     "AddResult",
     "CallableEmbedder",
+    "ConsolidationConfig",
+    "ConsolidationReport",
     "Embedder",
     "LexicalIndex",
     "Memory",

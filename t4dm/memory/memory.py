@@ -26,6 +26,7 @@ from t4dm.errors import InvalidInput, InvalidTime, UnknownId
 from t4dm.gate import WriteGate
 from t4dm.storage import T4DX, Edge, Item
 
+from .consolidation import ConsolidationConfig, ConsolidationReport, consolidate
 from .embedder import Embedder, load_embedder
 from .lexical import LexicalIndex
 
@@ -34,7 +35,9 @@ __all__ = ["SCOPES", "AddResult", "Memory", "MemoryHit", "MemoryItem", "default_
 UTC = timezone.utc
 SCOPES = ("user_id", "agent_id", "run_id")
 NEXT = "next"  # temporal contiguity: one turn of a conversation -> the next
-POLICIES = {"all": None, "episodic": (0.0, 0.4), "semantic": (0.4, 1.0)}
+# κ bands a search may keep to (inclusive ranges): raw and replayed episodes, anything consolidated
+# (transitional and semantic), semantic prototypes and stable knowledge
+POLICIES = {"all": None, "episodic": (0.0, 0.4 - 1e-9), "consolidated": (0.4, 1.0), "semantic": (0.85, 1.0)}
 _RESERVED = {"text", "hash", "tau", "seen", "last_seen", "role", "speaker", "metadata", *SCOPES}
 _SPACE = re.compile(r"\s+")
 
@@ -203,7 +206,8 @@ class Memory:
         self._lock = threading.RLock()
         self._lexical: LexicalIndex | None = None
         self._last_in_run: dict[tuple[str | None, ...], str] = {}
-        self.retrievals: dict[str, int] = {}  # id -> times returned by search since open (NREM replay)
+        self.retrievals: dict[str, int] = {}  # id -> times returned by search, not yet replayed (NREM)
+        self.co_retrievals: list[tuple[str, ...]] = []  # the hits of each search, not yet replayed
 
     # ------------------------------------------------------------------ life cycle
     def close(self) -> None:
@@ -508,8 +512,8 @@ class Memory:
         (default ``max(3k, 30)``); their min-max normalised scores are averaged (``DENSE_WEIGHT``); with
         ``expand``, the turns before and after the best hits (``"next"`` edges) gain a share
         (``GRAPH_SHARE``) of the hit's score; ``recency_half_life`` discounts older memories (by valid time, against ``now`` or
-        ``valid_at``). ``policy`` picks κ bands: ``"all"``, ``"episodic"`` (κ < 0.4), ``"semantic"``
-        (κ ≥ 0.4) or a ``(lo, hi)`` range. ``valid_at`` keeps memories true then; ``as_of`` searches what
+        ``valid_at``). ``policy`` picks κ bands: ``"all"``, ``"episodic"`` (κ < 0.4), ``"consolidated"``
+        (κ ≥ 0.4), ``"semantic"`` (κ ≥ 0.85) or a ``(lo, hi)`` range. ``valid_at`` keeps memories true then; ``as_of`` searches what
         the store knew then.
         """
         query = _check_text(query, "query")
@@ -589,6 +593,9 @@ class Memory:
                 signals[id]["recency"] = factor
                 fused[id] *= factor
         best = sorted(fused, key=lambda i: (-fused[i], i))[: int(k)]
+        if best:
+            self.co_retrievals.append(tuple(best))
+            del self.co_retrievals[:-MAX_CO_RETRIEVALS]
         hits = []
         for id in best:
             memory = MemoryItem.of(items[id])
@@ -635,13 +642,19 @@ class Memory:
             "store": self.db.stats(),
         }
 
-    def consolidate(self, phases: Sequence[str] = ("nrem", "rem", "prune")) -> Any:
-        """Sleep phases as compaction policies: not implemented yet."""
-        raise NotImplementedError(
-            "Memory.consolidate (NREM replay, REM prototypes, PRUNE) is not implemented yet; "
-            "Memory.db.compact() merges segments"
-        )
+    def consolidate(
+        self,
+        phases: Sequence[str] = ("nrem", "rem", "prune"),
+        *,
+        config: ConsolidationConfig | None = None,
+        now: datetime | None = None,
+        progress: bool = True,
+    ) -> ConsolidationReport:
+        """Sleep: NREM replay, REM prototypes, PRUNE, as one compaction of the store (see
+        :mod:`t4dm.memory.consolidation`). Returns what moved between κ bands."""
+        return consolidate(self, phases, config=config, now=now, progress=progress)
 
 
 DENSE_WEIGHT = 0.5  # dense and BM25 weigh the same in the fused score
 GRAPH_SHARE = 0.25  # share of a hit's fused score its neighbouring turns gain
+MAX_CO_RETRIEVALS = 10_000  # searches remembered for NREM's co-retrieval edges

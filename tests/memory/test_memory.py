@@ -196,8 +196,8 @@ def test_bad_input_writes_nothing(memory, tmp_path):
         if field is not None:
             assert info.value.field == field, (field, info.value)
     assert memory.db.stats()["last_seq"] == before and len(memory) == 1
-    with pytest.raises(NotImplementedError, match="consolidate"):
-        memory.consolidate()
+    with pytest.raises(errors.InvalidInput, match="phases"):
+        memory.consolidate(phases=("dream",))
 
 
 def test_embedder_dimension_is_checked_against_the_store(tmp_path):

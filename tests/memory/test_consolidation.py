@@ -1,0 +1,124 @@
+"""Consolidation as sleep phases: NREM replay, REM prototypes with provenance, PRUNE; idempotent."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+
+from t4dm import Memory, errors
+from t4dm.memory import ConsolidationConfig
+from t4dm.storage import UTC
+
+from .conftest import bag_of_words
+
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+def _topic(word: str, n: int) -> list[str]:
+    """n texts sharing the topic word three times over (they cluster), each with its own detail."""
+    return [f"{word} {word} {word} note {i} {word}x{i}" for i in range(n)]
+
+
+def test_nrem_replays_retrieved_and_strong_memories_and_links_co_retrieved(memory):
+    a, b, c = (
+        r.id for r in memory.add(["apples are red", "bananas are yellow", "cherries are dark"], user_id="u")
+    )
+    for _ in range(2):
+        memory.search("apples bananas", user_id="u", k=2)
+    report = memory.consolidate(phases=("nrem",), progress=False, now=NOW,
+                                config=ConsolidationConfig(replay_tau=0.999))  # fmt: skip
+    kappa = {id: memory.get(id).kappa for id in (a, b, c)}
+    assert kappa[a] == pytest.approx(0.3) and kappa[b] == pytest.approx(0.3)  # two replays of 0.15
+    assert kappa[c] == 0.0 and report.replayed == 2
+    # the two top hits were retrieved together twice: a Hebbian edge each way, weight 2 x 0.1
+    weights = {(e.src, e.dst): e.weight for e in memory.db.edges([a, b], rel="co_retrieved")}
+    assert weights == pytest.approx({(a, b): 0.2, (b, a): 0.2})
+    # idempotent: nothing searched since, nothing changes
+    again = memory.consolidate(phases=("nrem",), progress=False, now=NOW,
+                               config=ConsolidationConfig(replay_tau=0.999))  # fmt: skip
+    assert again.replayed == 0 and again.co_retrieval_edges == 0
+    assert memory.get(a).kappa == pytest.approx(0.3)
+    memory.search("apples bananas", user_id="u", k=2)
+    memory.consolidate(
+        phases=("nrem",), progress=False, now=NOW, config=ConsolidationConfig(replay_tau=0.999)
+    )
+    weights = {(e.src, e.dst): e.weight for e in memory.db.edges([a], rel="co_retrieved")}
+    assert weights == pytest.approx({(a, b): 0.3})
+    # strong new memories (tau >= replay_tau, never replayed) are replayed once
+    [d] = memory.add("durian smells strongly", user_id="u", surprise=5.0)
+    assert d.tau > 0.99
+    memory.consolidate(phases=("nrem",), progress=False, now=NOW)
+    assert memory.get(d.id).kappa == pytest.approx(0.15)
+    memory.consolidate(phases=("nrem",), progress=False, now=NOW)
+    assert memory.get(d.id).kappa == pytest.approx(0.15)
+
+
+def test_rem_builds_prototypes_with_provenance_once(memory):
+    garden = [r.id for r in memory.add(_topic("garden", 8), user_id="u")]
+    music = [r.id for r in memory.add(_topic("music", 8), user_id="u")]
+    other = [r.id for r in memory.add(_topic("garden", 4), user_id="v")]
+    report = memory.consolidate(phases=("rem",), progress=False, now=NOW,
+                                config=ConsolidationConfig(rem_cluster_size=8, rem_min_similarity=0.5))  # fmt: skip
+    assert report.prototypes >= 2 and report.members >= 12
+    prototypes = [memory.get(id) for id in report.prototype_ids]
+    assert all(p.kind == "prototype" and p.kappa == pytest.approx(0.85) for p in prototypes)
+    by_user = {p.user_id for p in prototypes}
+    assert "u" in by_user  # never a prototype mixing users: each has one user's members
+    for p in prototypes:
+        sources = set(memory.db.derived_from(p.id))
+        assert sources and all(memory.get(s).user_id == p.user_id for s in sources)
+        assert sources <= set(garden) or sources <= set(music) or sources <= set(other)
+        assert p.text in {memory.get(s).text for s in sources}  # the most central member's text
+        for s in sources:
+            assert memory.get(s).kappa == pytest.approx(0.4)  # members move to the transitional band
+            assert p.id in memory.db.derivatives(s)
+    assert report.moves.get("episodic->transitional") == report.members
+    assert report.bands_after["semantic"] == report.prototypes
+    # the prototypes are searchable (dense and BM25) and idempotence: a second REM does nothing
+    hits = memory.search("garden", user_id="u", k=3, policy="semantic")
+    assert hits and all(h.memory.kind == "prototype" for h in hits) and hits[0].scores.get("bm25")
+    assert memory.consolidate(phases=("rem",), progress=False, now=NOW).prototypes == 0
+    # provenance survives reopening
+    path, first = memory.path, prototypes[0]
+    expected = set(memory.db.derived_from(first.id))
+    memory.close()
+    with Memory(path, embedder=bag_of_words) as again:
+        assert expected and set(again.db.derived_from(first.id)) == expected
+        assert again.get(first.id).kind == "prototype"
+
+
+def test_prune_forgets_stale_weak_unretrieved_episodes(tmp_path):
+    old = NOW - timedelta(days=400)
+    with Memory(tmp_path / "m", embedder=bag_of_words, store_options={"clock": lambda: old}) as m:
+        [weak] = m.add("a passing remark about the weather", user_id="u")
+        [kept_retrieved] = m.add("the door code is 4711", user_id="u")
+        [kept_seen] = m.add("the train leaves at nine", user_id="u")
+    with Memory(tmp_path / "m", embedder=bag_of_words) as m:
+        m.add("the train leaves at nine", user_id="u")  # seen twice: merged, kept
+        m.search("door code", user_id="u", k=1)
+        [fresh] = m.add("a fresh remark about lunch", user_id="u")
+        config = ConsolidationConfig(prune_max_tau=1.0)  # every τ counts as weak here
+        report = m.consolidate(phases=("prune",), progress=False, now=NOW, config=config)
+        assert report.pruned_ids == [weak.id]
+        assert m.get(weak.id) is None and m.history(weak.id) == []  # forgotten, every version
+        assert all(m.get(r.id) is not None for r in (kept_retrieved, kept_seen, fresh))
+        assert weak.id not in m.lexical
+        assert m.consolidate(phases=("prune",), progress=False, now=NOW, config=config).pruned == 0
+
+
+def test_all_phases_report_and_bad_config(memory):
+    memory.add(_topic("garden", 8), user_id="u")
+    report = memory.consolidate(progress=False, now=NOW)
+    assert report.phases == ("nrem", "rem", "prune")
+    assert sum(report.bands_after.values()) == sum(report.bands_before.values()) + report.prototypes
+    assert "prototypes" in report.summary()
+    for kwargs, field in [({"replay_step": 2.0}, "replay_step"), ({"rem_cluster_size": 0}, "rem_cluster_size"),
+                          ({"prune_after": 3}, "prune_after")]:  # fmt: skip
+        with pytest.raises(errors.InvalidInput) as info:
+            ConsolidationConfig(**kwargs)
+        assert info.value.field == field
+    with pytest.raises(errors.InvalidTime):
+        memory.consolidate(now=datetime(2026, 1, 1))
+    assert np.isfinite(report.seconds)
