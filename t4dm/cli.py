@@ -1,4 +1,4 @@
-"""The ``t4dm`` command line: ``t4dm demo``, ``t4dm bench storage``, ``t4dm info PATH``."""
+"""The ``t4dm`` command line: ``t4dm demo``, ``t4dm bench …``, ``t4dm eval locomo``, ``t4dm info PATH``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ from collections.abc import Sequence
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.storage:
+        from t4dm.demo_storage import run_storage_demo
+
+        run_storage_demo(path=args.path, n=args.n)
+        return 0
     from t4dm.demo import run_demo
 
-    run_demo(path=args.path, n=args.n)
+    run_demo(out_dir=args.out)
     return 0
 
 
@@ -89,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the end-to-end demonstration (the main job)")
-    demo.add_argument("--path", default=None, help="store folder (default: a temporary one)")
-    demo.add_argument("--n", type=int, default=20_000, help="episodes to write (default 20000)")
+    demo.add_argument("--out", default=None, help="folder for the figures (default ./t4dm-demo)")
+    demo.add_argument("--storage", action="store_true", help="the storage engine alone, on synthetic vectors")
+    demo.add_argument("--path", default=None, help="--storage: store folder (default: a temporary one)")
+    demo.add_argument("--n", type=int, default=20_000, help="--storage: episodes to write (default 20000)")
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="benchmarks that run the peer beside ours and print the ratio")

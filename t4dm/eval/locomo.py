@@ -1,6 +1,6 @@
 """``t4dm eval locomo``: evidence retrieval on LoCoMo conversations, T4DM beside dense-only and BM25-only.
 
-One memory per conversation turn (``"speaker: text"``, plus the caption of a shared image), the session's
+One memory per conversation turn (its text and speaker, plus the caption of a shared image), the session's
 date as its valid time, memories scoped per conversation (``user_id`` = the sample id, ``run_id`` = the
 session). Every question of categories 1–4 that has evidence retrieves the top ``max(k)`` memories; a
 memory stands for the turns it holds (a duplicate turn merged into another memory counts for both), and
@@ -203,7 +203,7 @@ def run_locomo_eval(
                 for session in sorted({t.session for t in own}):
                     batch = [t for t in own if t.session == session]
                     results = memory.add(
-                        [{"speaker": t.speaker, "content": f"{t.speaker}: {t.text}", "valid_at": t.when,
+                        [{"speaker": t.speaker, "content": t.text, "valid_at": t.when,
                           "metadata": {"dia_id": t.dia_id}} for t in batch],
                         user_id=sid, run_id=f"{sid}/session_{session}",
                     )  # fmt: skip

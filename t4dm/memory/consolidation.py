@@ -6,7 +6,7 @@
   co-retrieval (Hebbian, as UPDATE_EDGE_WEIGHT overlays).
 * **REM** (abstraction): the low-κ episodes of each user are clustered (spherical k-means, faiss); a
   cluster whose members lie close to its centre becomes a ``prototype`` item (κ ``prototype_kappa``, the
-  centre as its vector, the most central member's text) with provenance to every member; the members
+  centre as its vector, the texts of its three most central members) with provenance to every member; the members
   move to the transitional band (``member_kappa``), so they are not clustered again.
 * **PRUNE**: memories still in the lowest band (κ ≤ ``prune_max_kappa``), weak when written
   (τ ≤ ``prune_max_tau``), seen once, never retrieved and older than ``prune_after`` are forgotten (every
@@ -31,8 +31,11 @@ import numpy as np
 from t4dm.errors import InvalidInput
 from t4dm.storage import Item, MergedRows
 
+from .lexical import add_to_lexical
+
 if TYPE_CHECKING:
     from .memory import Memory
+
 
 __all__ = ["PHASES", "ConsolidationConfig", "ConsolidationReport", "band_of", "consolidate"]
 
@@ -215,7 +218,7 @@ class _Policy:
                     if name in fields[central]
                     and all(fields[r].get(name) == fields[central][name] for r in rows_of)
                 }
-                text = fields[central].get("text", "")
+                text = " | ".join(fields[r].get("text", "") for r in rows_of[:3])
                 first = min(int(rows.valid_from[r]) for r in rows_of)
                 prototype = Item(
                     vector=centre,
@@ -291,8 +294,7 @@ def consolidate(
         for id in report.prototype_ids:
             item = memory.db.get(id)
             if item is not None:
-                f = item.fields
-                lexical.add(id, f.get("text", ""), f.get("user_id"), f.get("agent_id"), f.get("run_id"))
+                add_to_lexical(lexical, id, item.fields)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import snowballstemmer
 
-__all__ = ["LexicalIndex", "tokenize"]
+__all__ = ["LexicalIndex", "add_to_lexical", "indexed_text", "tokenize"]
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 # a short English stop-word list (function words only: "not", numbers and pronouns of people stay)
@@ -153,3 +154,15 @@ class LexicalIndex:
                 and (run_id is None or scopes[id][1] == run_id)
             }
         return scores
+
+
+def indexed_text(fields: Mapping[str, Any]) -> str:
+    """What is embedded and indexed for a memory: its text, said by its speaker when it has one
+    (``"Maya: I moved to Porto"``), so that who said it is part of what a search matches."""
+    text = fields.get("text", "")
+    speaker = fields.get("speaker")
+    return f"{speaker}: {text}" if speaker else text
+
+
+def add_to_lexical(index: LexicalIndex, id: str, fields: Mapping[str, Any]) -> None:
+    index.add(id, indexed_text(fields), fields.get("user_id"), fields.get("agent_id"), fields.get("run_id"))

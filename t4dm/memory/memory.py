@@ -28,7 +28,7 @@ from t4dm.storage import T4DX, Edge, Item
 
 from .consolidation import ConsolidationConfig, ConsolidationReport, consolidate
 from .embedder import Embedder, load_embedder
-from .lexical import LexicalIndex
+from .lexical import LexicalIndex, add_to_lexical, indexed_text
 
 __all__ = ["SCOPES", "AddResult", "Memory", "MemoryHit", "MemoryItem", "default_path"]
 
@@ -231,7 +231,7 @@ class Memory:
                 for item in self.db.scan():
                     f = item.fields
                     if "text" in f:
-                        index.add(item.id, f["text"], f.get("user_id"), f.get("agent_id"), f.get("run_id"))
+                        add_to_lexical(index, item.id, f)
                 self._lexical = index
             return self._lexical
 
@@ -270,7 +270,7 @@ class Memory:
         pending = self._pending(content, scope, valid_at, metadata, kind)
         if link is None:
             link = not isinstance(content, str) and any(isinstance(entry, Mapping) for entry in content)
-        vectors = self.embedder.embed([p.text for p in pending])
+        vectors = self.embedder.embed([indexed_text(p.fields) for p in pending])
         for p, vector in zip(pending, vectors, strict=True):
             p.vector = vector
         with self._lock:
@@ -401,8 +401,7 @@ class Memory:
                 )
         lexical = self.lexical
         for p, new_id in zip(new, ids, strict=True):
-            f = p.fields
-            lexical.add(new_id, f["text"], f.get("user_id"), f.get("agent_id"), f.get("run_id"))
+            add_to_lexical(lexical, new_id, p.fields)
         if link and ids:
             run_key = (scope.get("user_id"), scope.get("agent_id"), scope.get("run_id"))
             chain = ids
@@ -439,7 +438,7 @@ class Memory:
             vector = old.vector
             if text is not None:
                 fields["text"], fields["hash"] = text, content_hash(text)
-                vector = self.embedder.embed([text])[0]
+                vector = self.embedder.embed([indexed_text(fields)])[0]
             if metadata is not None:
                 fields["metadata"] = {**(fields.get("metadata") or {}), **metadata}
             [new_id] = self.db.insert(
@@ -453,9 +452,7 @@ class Memory:
                     valid_to=old.valid_to,
                 )
             )
-            self.lexical.add(
-                new_id, fields["text"], fields.get("user_id"), fields.get("agent_id"), fields.get("run_id")
-            )
+            add_to_lexical(self.lexical, new_id, fields)
             new = self.db.get(new_id)
             assert new is not None
             return MemoryItem.of(new)
