@@ -53,7 +53,7 @@ from .compaction import (
     version_chains,
 )
 from .fsutil import fsync_dir, io_errors
-from .graph import breadth_first, graph_plan, neighbour_edges
+from .graph import Reached, breadth_first, graph_plan, neighbour_edges
 from .item import OPEN, UTC, Edge, Hit, Item, from_us, to_us
 from .keys import check_id, edge_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
@@ -1696,11 +1696,14 @@ class T4DX:
         known_at: datetime | None = None,
         valid_at: datetime | None = None,
         with_weights: bool = False,
-    ) -> dict[str, int] | dict[str, tuple[int, float]]:
+    ) -> Reached:
         """TRAVERSE: breadth-first from ``seeds`` along visible edges, up to ``depth`` hops.
 
-        Returns ``{id: hops}`` for every item reached (seeds at 0), or ``{id: (hops, weight)}`` with
-        ``with_weights`` (the largest effective weight of an edge that reached it; seeds have inf). Edges
+        Returns a read-only mapping ``{id: hops}`` of every item reached (seeds at 0), or
+        ``{id: (hops, weight)}`` with ``with_weights`` (the largest effective weight of an edge that reached
+        it; seeds have inf). It names nodes lazily: ``len``, ``in`` and ``[id]`` are hash probes, iteration
+        names them all once; ``.hops`` / ``.weights`` / ``.keys_u64()`` give the arrays (see
+        :class:`~t4dm.storage.graph.Reached`). Edges
         are followed when their relation is in ``rel`` (None: all), their effective weight is at least
         ``min_weight``, they are valid at ``valid_at`` (if given) and live now or, with ``known_at``,
         known then. ``direction="in"`` walks edges backwards.

@@ -12,7 +12,7 @@ keys). The frontier of the next hop is what the table did not hold yet.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,12 +23,13 @@ import numpy as np
 from t4dm.errors import InvalidInput
 
 from .item import OPEN, Edge, from_us, to_us
-from .keys import EDGE_PREFIX, keys_of
+from .keys import EDGE_PREFIX, key_u64, keys_of
 from .memtable import Memtable
 from .rows import FLAG_EDGE, FLAG_OVERLAY
 
 __all__ = [
     "ADJACENCY_COLUMNS",
+    "Reached",
     "VisitedSet",
     "breadth_first",
     "build_adjacency",
@@ -365,8 +366,8 @@ def breadth_first(
     name: bool = True,
     with_weights: bool = True,
 ) -> Any:
-    """``{id: (hops, weight)}`` (or ``{id: hops}`` without ``with_weights``) of everything reached from
-    ``seeds`` within ``depth`` hops (seeds: 0 hops, weight inf).
+    """A :class:`Reached` mapping ``{id: (hops, weight)}`` (or ``{id: hops}`` without ``with_weights``) of
+    everything reached from ``seeds`` within ``depth`` hops (seeds: 0 hops, weight inf).
 
     ``keys`` are the seeds' keys when the caller has them; ``name=False`` returns the raw
     ``(key_hi, key_lo, hops, weight, via)`` arrays instead of naming every key.
@@ -387,24 +388,126 @@ def breadth_first(
         )  # fmt: skip
     if not name:
         return visited.items()
-    key_hi, key_lo, hops, weight, via = visited.items()
-    n_seeds = int(np.count_nonzero(hops == 0))  # the seeds come first, in visiting order
-    by_key = dict(zip(zip(hi.tolist(), lo.tolist(), strict=True), seeds, strict=True))
-    names = [by_key[key] for key in zip(key_hi[:n_seeds].tolist(), key_lo[:n_seeds].tolist(), strict=True)]
-    order = [np.arange(n_seeds)]
-    reached = np.arange(n_seeds, len(hops))
-    step_of = via[reached] % max(1, len(steps))
-    for s_index, step in enumerate(steps):  # the rest are named from the edges that reached them
-        mine = reached[step_of == s_index]
-        if mine.size:
-            names += _far_ids(step.source, via[mine] // len(steps), step.near)
-            order.append(mine)
-    order_all = np.concatenate(order)
-    if with_weights:
-        return dict(
-            zip(names, zip(hops[order_all].tolist(), weight[order_all].tolist(), strict=True), strict=True)
-        )
-    return dict(zip(names, hops[order_all].tolist(), strict=True))
+    seed_names = dict(zip(zip(hi.tolist(), lo.tolist(), strict=True), seeds, strict=True))
+    return Reached(visited, steps, seed_names, with_weights)
+
+
+@numba.njit(cache=True, nogil=True)
+def _visited_index(table, hi, lo):
+    """Dense index of key ``(hi, lo)`` in a visited table, or -1."""
+    if table.shape[0] == 0:
+        return -1
+    return np.int64(table[_slot_of(table, hi, lo), 2]) - 1
+
+
+class Reached(Mapping):
+    """What TRAVERSE reached: a read-only mapping ``{id: hops}`` (or ``{id: (hops, weight)}``), in the
+    order the nodes were reached (seeds first).
+
+    It holds the walk's arrays and names nodes only when asked: ``len``, ``id in reached`` and
+    ``reached[id]`` cost a hash probe each, whatever the size; iterating names every node once (then
+    cached). ``hops`` and ``weights`` are the arrays in reach order; ``keys_u64()`` the 128-bit keys.
+    """
+
+    def __init__(
+        self,
+        visited: VisitedSet,
+        steps: list[_Step],
+        seed_names: dict[tuple[int, int], str],
+        with_weights: bool,
+    ) -> None:
+        self._hi, self._lo, self._hops, self._weight, self._via = visited.items()
+        self._table = visited.table
+        self._steps, self._seed_names, self._with_weights = steps, seed_names, with_weights
+        self._names: list[str] | None = None
+
+    @property
+    def hops(self) -> np.ndarray:
+        return self._hops
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self._weight
+
+    def keys_u64(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._hi, self._lo
+
+    def __len__(self) -> int:
+        return len(self._hops)
+
+    def _index(self, id: object) -> int:
+        if not isinstance(id, str):
+            return -1
+        hi, lo = key_u64(id)
+        return int(_visited_index(self._table, hi, lo))
+
+    def __contains__(self, id: object) -> bool:
+        return self._index(id) >= 0
+
+    def __getitem__(self, id: str) -> Any:
+        d = self._index(id)
+        if d < 0:
+            raise KeyError(id)
+        if self._with_weights:
+            return int(self._hops[d]), float(self._weight[d])
+        return int(self._hops[d])
+
+    def _all_names(self) -> list[str]:
+        if self._names is None:
+            hops, via, steps = self._hops, self._via, self._steps
+            names = np.empty(len(hops), dtype=object)
+            n_seeds = int(np.count_nonzero(hops == 0))  # the seeds come first, in visiting order
+            names[:n_seeds] = [
+                self._seed_names[key]
+                for key in zip(self._hi[:n_seeds].tolist(), self._lo[:n_seeds].tolist(), strict=True)
+            ]
+            reached = np.arange(n_seeds, len(hops))
+            step_of = via[reached] % max(1, len(steps))
+            for s_index, step in enumerate(steps):  # the rest are named from the edges that reached them
+                mine = reached[step_of == s_index]
+                if mine.size:
+                    names[mine] = _far_ids(step.source, via[mine] // len(steps), step.near)
+            self._names = names.tolist()
+        return self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all_names())
+
+    def items(self) -> ItemsView:
+        return _ReachedItems(self)
+
+    def values(self) -> ValuesView:
+        return _ReachedValues(self)
+
+    def _values(self) -> list[Any]:
+        if self._with_weights:
+            return list(zip(self._hops.tolist(), self._weight.tolist(), strict=True))
+        return self._hops.tolist()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(zip(self._all_names(), self._values(), strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return self.to_dict() == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Reached({len(self)} nodes)"
+
+
+class _ReachedItems(ItemsView):
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        reached: Reached = self._mapping  # type: ignore[assignment]
+        return zip(reached._all_names(), reached._values(), strict=True)
+
+
+class _ReachedValues(ValuesView):
+    def __iter__(self) -> Iterator[Any]:
+        reached: Reached = self._mapping  # type: ignore[assignment]
+        return iter(reached._values())
 
 
 @numba.njit(cache=True, nogil=True)

@@ -249,3 +249,28 @@ def test_bad_graph_input_writes_nothing(db):
         db.batch_scale_weights(0.5, where={"user_id": "u"})
     with pytest.raises(errors.InvalidInput, match="reserved"):
         db.insert(Item(vector=vec(0), id="\x1eedge-like"))
+
+
+def test_traverse_result_names_lazily_and_answers_lookups(store):
+    db = store.db
+    _items(db, 6)
+    db.add_edges(
+        [Edge("n0", "n1", weight=0.5), Edge("n1", "n2"), Edge("n0", "n3", weight=3.0), Edge("n4", "n5")]
+    )
+    db = store.settle()
+    reached = db.traverse(["n0"], depth=2, with_weights=True)
+    assert len(reached) == 4 and reached._names is None  # nothing named yet
+    assert "n2" in reached and "n4" not in reached and 7 not in reached
+    assert reached["n3"] == (1, 3.0) and reached["n0"] == (0, np.inf)
+    with pytest.raises(KeyError):
+        reached["n5"]
+    assert reached._names is None  # lookups are hash probes, no naming
+    assert next(iter(reached)) == "n0" and set(reached) == {"n0", "n1", "n2", "n3"}
+    assert sorted(reached.hops.tolist()) == [0, 1, 1, 2] and len(reached.keys_u64()[0]) == 4
+    assert dict(reached.items()) == reached.to_dict() == {"n0": (0, np.inf), "n1": (1, 0.5), "n3": (1, 3.0),
+                                                          "n2": (2, 1.0)}  # fmt: skip
+    assert sorted(reached.values()) == [(0, np.inf), (1, 0.5), (1, 3.0), (2, 1.0)]
+    assert reached == {"n0": (0, np.inf), "n1": (1, 0.5), "n3": (1, 3.0), "n2": (2, 1.0)}
+    assert db.traverse("n4", 3) == {"n4": 0, "n5": 1} and db.traverse("nothing-here", 2) == {
+        "nothing-here": 0
+    }
