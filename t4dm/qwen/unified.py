@@ -1,0 +1,428 @@
+"""The unified model: a Qwen2 backbone with the spiking cortical stack hooked into its residual stream.
+
+    tokens ─► layers 0‥L ─► [hook on layer L] h ─► down ─► CorticalStack(·, context) ─► up (zero-init) ─► h + Δ
+           ─► layers L+1‥ ─► norm ─► LM head
+
+The stack enters through a forward hook on decoder layer ``L`` (default 17): the backbone's modules, its
+state-dict keys, peft's LoRA names and its KV cache stay as they are. The hook reads the stream state, the
+top-down context and the memory switch from the call in progress (:meth:`UnifiedModel.forward`), so the
+backbone itself never sees them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from t4dm.errors import InvalidInput
+from t4dm.gate import WriteGate
+from t4dm.spiking import CorticalStack, StackOutput, StackState
+
+from .backbone import decoder_layers
+from .lora import lora_config
+from .memory import MemoryWrite, ModelMemory
+
+__all__ = ["DEFAULT_LAYER", "GenerationOutput", "UnifiedModel", "UnifiedOutput"]
+
+#: The decoder layer after which the stack runs (Qwen2.5-3B has 36: the middle of the network).
+DEFAULT_LAYER = 17
+
+
+class UnifiedOutput(NamedTuple):
+    """What :meth:`UnifiedModel.forward` returns.
+
+    ``logits`` ``[B, T, V]``; ``loss`` (with ``labels``) or None; ``cache`` (the backbone's KV cache, with
+    ``use_cache=True``); ``stack_state`` (with ``return_stack_state=True``); ``signals`` (one
+    ``BlockSignals`` per block); ``context`` ``[B, d_stack]`` the top-down context the stack was given (passed
+    or read from memory; None without one), to reuse for the next chunk of the stream; ``layer_mean``
+    ``[B, hidden]`` the hooked layer's output averaged over the chunk's tokens (float32, detached).
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+    cache: Any
+    stack_state: StackState | None
+    signals: tuple[Any, ...]
+    context: torch.Tensor | None
+    layer_mean: torch.Tensor
+
+
+class GenerationOutput(NamedTuple):
+    """``sequences`` ``[B, T + n]`` (prompt and new tokens), ``scores`` ``[B, n, V]`` (the logits each new token
+    was chosen from), ``context`` (the memory context used, or None) and ``memory_writes`` (with
+    ``remember=True``)."""
+
+    sequences: torch.Tensor
+    scores: torch.Tensor
+    context: torch.Tensor | None
+    memory_writes: list[MemoryWrite]
+
+
+@dataclass
+class _HookCall:
+    """The hook's inputs and outputs for one backbone call."""
+
+    state: StackState | None = None
+    return_state: bool = False
+    context: torch.Tensor | None = None
+    read_memory: bool = False
+    output: StackOutput | None = None
+    used_context: torch.Tensor | None = None
+    layer_mean: torch.Tensor | None = None
+
+
+def _cache_keyword(backbone: nn.Module) -> str:
+    """``"cache"`` (transformers 5.x) or ``"past_key_values"`` (4.x): the forward's KV-cache argument."""
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    parameters = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+class UnifiedModel(nn.Module):
+    """A ``Qwen2ForCausalLM`` with a :class:`~t4dm.spiking.CorticalStack` after decoder layer ``layer``.
+
+    After that layer the hidden state ``h`` ``[B, T, hidden]`` becomes ``h + up(stack(down(h), context))``:
+    ``down`` hidden→``d_stack`` and ``up`` ``d_stack``→hidden are bias-free linear maps, ``up`` starts at
+    zero, so until it learns the model's logits are the backbone's exactly.
+
+    Args:
+        backbone: a ``Qwen2ForCausalLM`` (e.g. from :func:`~t4dm.qwen.load_backbone`).
+        layer: index of the decoder layer the stack follows, in ``[0, num_hidden_layers)``.
+        d_stack: the stack's width (default ``hidden // 2``: 1024 for Qwen2.5-3B).
+        n_blocks: cortical blocks in the stack.
+        n_heads: the stack's heads (default ``d_stack // 64``, at least 1).
+        memory_dim: dimension of the T4DX memory vectors; None for a model without memory.
+        freeze_backbone: set ``requires_grad=False`` on every backbone weight (QLoRA trains adapters).
+        dtype: of the stack and the projections (float32; bfloat16 on a GPU). Stream state stays float32.
+        stack_kwargs: further :class:`~t4dm.spiking.CorticalStack` / ``CorticalConfig`` keyword arguments.
+
+    The new modules go to the device of the hooked layer's weights. ``memory_query`` (hidden→``memory_dim``)
+    is a fixed random projection (``requires_grad=False``): stored keys stay comparable with later queries;
+    ``memory_context`` (``memory_dim``→``d_stack``) turns retrieved vectors into the stack's context and trains.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        layer: int = DEFAULT_LAYER,
+        d_stack: int | None = None,
+        n_blocks: int = 6,
+        n_heads: int | None = None,
+        memory_dim: int | None = None,
+        freeze_backbone: bool = True,
+        dtype: torch.dtype = torch.float32,
+        stack_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        layers = decoder_layers(backbone)
+        n_layers = len(layers)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+            raise InvalidInput(
+                "layer",
+                layer,
+                f"must be a decoder layer index in [0, {n_layers - 1}] (the model has {n_layers})",
+            )
+        hidden = int(backbone.config.hidden_size)
+        d_stack = hidden // 2 if d_stack is None else d_stack
+        if isinstance(d_stack, bool) or not isinstance(d_stack, int) or d_stack < 1:
+            raise InvalidInput("d_stack", d_stack, "must be an int >= 1")
+        n_heads = max(1, d_stack // 64) if n_heads is None else n_heads
+        if memory_dim is not None and (
+            isinstance(memory_dim, bool) or not isinstance(memory_dim, int) or memory_dim < 1
+        ):
+            raise InvalidInput("memory_dim", memory_dim, "must be an int >= 1 or None")
+        self.spec: dict[str, Any] = {
+            "layer": layer,
+            "d_stack": d_stack,
+            "n_blocks": n_blocks,
+            "n_heads": n_heads,
+            "memory_dim": memory_dim,
+            "stack_kwargs": dict(stack_kwargs or {}),
+        }
+        self.lora: dict[str, Any] | None = None
+        self.backbone = backbone
+        if freeze_backbone:
+            for p in backbone.parameters():
+                p.requires_grad_(False)
+        device = next(layers[layer].parameters()).device
+        factory = {"device": device, "dtype": dtype}
+        self.stack = CorticalStack(n_blocks, d_stack, n_heads, **self.spec["stack_kwargs"]).to(**factory)
+        self.down = nn.Linear(hidden, d_stack, bias=False, **factory)
+        self.up = nn.Linear(d_stack, hidden, bias=False, **factory)
+        nn.init.zeros_(self.up.weight)
+        self.memory_query: nn.Linear | None = None
+        self.memory_context: nn.Linear | None = None
+        if memory_dim is not None:
+            self.memory_query = nn.Linear(hidden, memory_dim, bias=False, **factory)
+            self.memory_query.weight.requires_grad_(False)
+            self.memory_context = nn.Linear(memory_dim, d_stack, bias=False, **factory)
+        self.memory: ModelMemory | None = None
+        self._call: _HookCall | None = None
+        self._cache_kw = _cache_keyword(backbone)
+        self._hook = layers[layer].register_forward_hook(self._stack_hook)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def layer(self) -> int:
+        return int(self.spec["layer"])
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The ``Qwen2ForCausalLM`` (inside the peft wrapper once :meth:`add_lora` ran)."""
+        b = self.backbone
+        return b.get_base_model() if hasattr(b, "get_base_model") else b
+
+    def add_lora(self, **kwargs: Any) -> None:
+        """Wrap the backbone with peft LoRA adapters (:func:`~t4dm.qwen.lora.lora_config` keyword arguments:
+        ``r=16, alpha=32, target_modules=("q_proj", "v_proj"), dropout=0.05``).
+
+        peft freezes every backbone weight except the adapters; the stack and the projections are not inside
+        the backbone and keep their ``requires_grad``. A 4-bit backbone first goes through peft's
+        ``prepare_model_for_kbit_training`` (norms in float32, input gradients on).
+        """
+        if self.lora is not None:
+            raise InvalidInput("lora", self.lora, "this model already has LoRA adapters")
+        config = lora_config(**kwargs)
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        backbone = self.backbone
+        if getattr(backbone, "is_loaded_in_4bit", False):
+            backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
+        self.backbone = get_peft_model(backbone, config)
+        self.lora = {
+            "r": config.r,
+            "alpha": config.lora_alpha,
+            "target_modules": sorted(config.target_modules),
+            "dropout": config.lora_dropout,
+        }
+
+    def attach_memory(
+        self, store: Any, *, k: int = 4, gate: WriteGate | None = None, kind: str = "episode"
+    ) -> ModelMemory:
+        """Read and write the T4DX ``store`` (its ``dim`` must be ``memory_dim``: else
+        :class:`~t4dm.errors.DimensionMismatch`); returns the :class:`~t4dm.qwen.memory.ModelMemory`."""
+        if self.memory_query is None:
+            raise InvalidInput("memory_dim", None, "this model was built without memory (pass memory_dim=)")
+        self.memory = ModelMemory(store, self.spec["memory_dim"], k=k, gate=gate, kind=kind)
+        return self.memory
+
+    def detach_memory(self) -> None:
+        self.memory = None
+
+    def trainable_parameters(self) -> dict[str, int]:
+        """Trainable parameter counts: ``lora``, ``stack``, ``projections`` (down, up, memory context)."""
+
+        def count(module: nn.Module | None) -> int:
+            return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+        return {
+            "lora": count(self.backbone),
+            "stack": count(self.stack),
+            "projections": count(self.down) + count(self.up) + count(self.memory_context),
+        }
+
+    # ------------------------------------------------------------------ forward
+    def _stack_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        # Outside forward() (e.g. calling the backbone directly) the stack sees the whole sequence, no state.
+        call = self._call if self._call is not None else _HookCall()
+        h = hidden.to(self.down.weight.dtype)
+        call.layer_mean = h.detach().float().mean(dim=1)
+        context = self._read_memory(call.layer_mean) if call.read_memory else call.context
+        call.used_context = context
+        out = self.stack(self.down(h), context, state=call.state, return_state=call.return_state)
+        call.output = out
+        new = hidden + self.up(out.hidden).to(hidden.dtype)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    def memory_key(self, layer_mean: torch.Tensor) -> np.ndarray:
+        """The memory vectors ``[B, memory_dim]`` float32 of layer states ``[B, hidden]``: queries and episodes
+        share this projection."""
+        if self.memory_query is None:
+            raise InvalidInput("memory_dim", None, "this model was built without memory (pass memory_dim=)")
+        with torch.no_grad():
+            weight = self.memory_query.weight
+            return self.memory_query(layer_mean.to(weight.device, weight.dtype)).float().cpu().numpy()
+
+    def _read_memory(self, layer_mean: torch.Tensor) -> torch.Tensor | None:
+        assert self.memory is not None and self.memory_context is not None
+        retrieved, found = self.memory.read(self.memory_key(layer_mean))
+        if not found.any():
+            return None
+        weight = self.memory_context.weight
+        return self.memory_context(torch.from_numpy(retrieved).to(weight.device, weight.dtype))
+
+    @staticmethod
+    def _check_ids(input_ids: Any, attention_mask: Any) -> None:
+        if (
+            not isinstance(input_ids, torch.Tensor)
+            or input_ids.dim() != 2
+            or input_ids.dtype not in (torch.int64, torch.int32)
+            or input_ids.shape[0] < 1
+            or input_ids.shape[1] < 1
+        ):
+            what = (
+                (tuple(input_ids.shape), str(input_ids.dtype))
+                if isinstance(input_ids, torch.Tensor)
+                else type(input_ids).__name__
+            )
+            raise InvalidInput("input_ids", what, "must be an integer tensor [B, T] with B, T >= 1")
+        if attention_mask is not None and not bool((attention_mask != 0).all()):
+            raise NotImplementedError(
+                "padded batches: the cortical stack has no padding mask yet; pass sequences of equal length"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool = False,
+        stack_state: StackState | None = None,
+        return_stack_state: bool = False,
+        context: torch.Tensor | None = None,
+        read_memory: bool = True,
+    ) -> UnifiedOutput:
+        """Run ``input_ids`` ``[B, T]`` through the backbone with the stack in layer ``layer``'s output.
+
+        A stream (decoding token by token) passes the previous call's ``cache`` and ``stack_state`` and
+        ``context``. The memory is read (one SEARCH per sequence, queried with the layer state averaged over
+        the chunk) when one is attached, ``read_memory`` is true and neither ``context`` nor ``stack_state``
+        is given: i.e. at the start of a stream. ``labels`` ``[B, T]`` give the backbone's next-token loss
+        (shifted inside; -100 ignored). ``attention_mask`` may only be all ones (no padding yet).
+        """
+        self._check_ids(input_ids, attention_mask)
+        call = _HookCall(
+            state=stack_state,
+            return_state=return_stack_state,
+            context=context,
+            read_memory=bool(
+                read_memory and self.memory is not None and context is None and stack_state is None
+            ),
+        )
+        kwargs: dict[str, Any] = {"use_cache": use_cache}
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        if labels is not None:
+            kwargs["labels"] = labels
+        self._call = call
+        try:
+            out = self.backbone(input_ids=input_ids, **kwargs)
+        finally:
+            self._call = None
+        if call.output is None or call.layer_mean is None:
+            raise RuntimeError(f"the stack's hook on decoder layer {self.layer} did not run")
+        new_cache = getattr(out, self._cache_kw, None) if use_cache else None
+        return UnifiedOutput(
+            logits=out.logits,
+            loss=getattr(out, "loss", None),
+            cache=new_cache,
+            stack_state=call.output.state,
+            signals=call.output.signals,
+            context=call.used_context,
+            layer_mean=call.layer_mean,
+        )
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 16,
+        *,
+        use_cache: bool = True,
+        eos_token_id: int | None = None,
+        read_memory: bool = True,
+        remember: bool = False,
+        reward: float = 0.0,
+    ) -> GenerationOutput:
+        """Greedy decoding, token by token, in eval mode.
+
+        With ``use_cache`` the prompt runs once and each new token runs alone with the KV cache and the
+        stack's stream state; without it every step recomputes the whole sequence (the reference the cached
+        path is tested against). The memory is read once, from the prompt, and its context is kept for every
+        new token. A row that produced ``eos_token_id`` keeps producing it. ``remember=True`` offers the whole
+        sequence to the memory afterwards (:meth:`remember`, with ``reward``).
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InvalidInput("max_new_tokens", max_new_tokens, "must be an int >= 1")
+        if remember and self.memory is None:
+            raise InvalidInput("remember", remember, "no memory attached (attach_memory first)")
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.forward(
+                input_ids, use_cache=use_cache, return_stack_state=use_cache, read_memory=read_memory
+            )
+            context = out.context
+            sequences = input_ids
+            finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            scores = []
+            for step in range(max_new_tokens):
+                logits = out.logits[:, -1].float()
+                scores.append(logits)
+                token = logits.argmax(dim=-1)
+                if eos_token_id is not None:
+                    token = torch.where(finished, torch.full_like(token, eos_token_id), token)
+                    finished |= token == eos_token_id
+                sequences = torch.cat([sequences, token[:, None].to(sequences.dtype)], dim=1)
+                if step == max_new_tokens - 1 or bool(finished.all()):
+                    break
+                if use_cache:
+                    out = self.forward(
+                        token[:, None].to(input_ids.dtype),
+                        cache=out.cache,
+                        use_cache=True,
+                        stack_state=out.stack_state,
+                        return_stack_state=True,
+                        context=context,
+                        read_memory=False,
+                    )
+                else:
+                    out = self.forward(sequences, context=context, read_memory=False)
+        finally:
+            self.train(was_training)
+        writes = self.remember(sequences, reward=reward) if remember else []
+        return GenerationOutput(sequences, torch.stack(scores, dim=1), context, writes)
+
+    # ------------------------------------------------------------------ memory writes
+    @torch.no_grad()
+    def remember(
+        self, input_ids: torch.Tensor, *, reward: float = 0.0, fields: dict[str, Any] | None = None
+    ) -> list[MemoryWrite]:
+        """Offer each sequence of ``input_ids`` ``[B, T]`` (T >= 2) to the memory as one episode.
+
+        The episode vector is the memory key of the hooked layer's state averaged over the sequence; the
+        gate's surprise ε is the sequence's mean next-token loss in nats under this model (memory read as
+        usual), novelty the cosine distance to the nearest stored episode. Stored items are INSERTed with
+        κ = 0 and the gate's inputs in their fields.
+        """
+        if self.memory is None:
+            raise InvalidInput("memory", None, "no memory attached (attach_memory first)")
+        self._check_ids(input_ids, None)
+        if input_ids.shape[1] < 2:
+            raise InvalidInput("input_ids", tuple(input_ids.shape), "an episode needs T >= 2 tokens (a loss)")
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.forward(input_ids)
+        finally:
+            self.train(was_training)
+        losses = nn.functional.cross_entropy(
+            out.logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none"
+        ).mean(dim=1)
+        keys = self.memory_key(out.layer_mean)
+        writes = []
+        for b in range(input_ids.shape[0]):
+            extra = {"tokens": int(input_ids.shape[1])}
+            extra.update(fields or {})
+            writes.append(self.memory.write(keys[b], surprise=float(losses[b]), reward=reward, fields=extra))
+        return writes

@@ -1,0 +1,71 @@
+"""Checkpoints round-trip the LoRA weights, the stack (neuromodulator state included) and the projections."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("safetensors")
+
+from t4dm.errors import InvalidInput  # noqa: E402
+from t4dm.qwen import load_backbone, load_checkpoint, save_checkpoint, tiny_qwen_config  # noqa: E402
+from tests.qwen.helpers import random_ids, tiny_base, tiny_unified  # noqa: E402
+
+
+def _trained(seed: int, **kwargs):
+    """A model whose every saved tensor is away from its initial value (as after training)."""
+    model = tiny_unified(seed, lora=True, up_std=0.3, **kwargs)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    model.stack.bus.set("acetylcholine", 0.8)
+    model.stack.bus.set("serotonin", 0.3, block=1)
+    model.stack.bus.observe(reward=1.0)
+    return model
+
+
+@pytest.mark.parametrize("memory_dim", [None, 16], ids=["no-memory", "memory"])
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path, memory_dim):
+    tiny_base(11).save_pretrained(tmp_path / "base")
+    model = _trained(11, base=load_backbone(tmp_path / "base", quantize="none").eval(), memory_dim=memory_dim)
+    ids = random_ids(2, 11, seed=11)
+    with torch.no_grad():
+        expected = model(ids).logits
+    save_checkpoint(model, tmp_path / "ckpt")
+    spec = json.loads((tmp_path / "ckpt" / "unified.json").read_text())
+    assert spec["lora"]["r"] == 16 and spec["model"]["memory_dim"] == memory_dim
+
+    fresh_base = load_backbone(tmp_path / "base", quantize="none").eval()
+    with torch.no_grad():
+        assert not torch.equal(fresh_base(input_ids=ids).logits, expected)  # the checkpoint has to matter
+    loaded = load_checkpoint(tmp_path / "ckpt", fresh_base).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected)
+    assert torch.equal(loaded.stack.bus.levels, model.stack.bus.levels)
+    assert torch.equal(loaded.stack.bus.expected_reward, model.stack.bus.expected_reward)
+    saved = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.") or ".lora_" in k}
+    reloaded = loaded.state_dict()
+    for key, value in saved.items():
+        assert torch.equal(reloaded[key], value), key
+    assert loaded.trainable_parameters() == model.trainable_parameters()
+
+
+def test_checkpoint_bad_path_and_wrong_backbone(tmp_path):
+    with pytest.raises(InvalidInput) as info:
+        load_checkpoint(tmp_path, tiny_base())
+    assert info.value.field == "path"
+    save_checkpoint(_trained(12), tmp_path / "ckpt")
+    from transformers import Qwen2ForCausalLM
+
+    wider = Qwen2ForCausalLM(tiny_qwen_config(hidden_size=96, num_attention_heads=4))
+    with pytest.raises(InvalidInput) as info:
+        load_checkpoint(tmp_path / "ckpt", wider)
+    assert info.value.field == "backbone"
+    with pytest.raises(InvalidInput) as info:
+        save_checkpoint(tiny_base(), tmp_path / "other")
+    assert info.value.field == "model"

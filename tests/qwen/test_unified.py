@@ -1,0 +1,167 @@
+"""The stack in the residual stream: zero-init equivalence, the hook, LoRA, gradients, bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from t4dm.errors import InvalidInput  # noqa: E402
+from t4dm.qwen import UnifiedModel, decoder_layers, qwen_config  # noqa: E402
+from tests.qwen.helpers import LAYER, STACK, VOCAB, random_ids, tiny_base, tiny_unified  # noqa: E402
+
+
+def _base_logits(model: UnifiedModel, ids: torch.Tensor) -> torch.Tensor:
+    """The backbone's logits with the hook taken out (the model keeps working afterwards)."""
+    model._hook.remove()
+    try:
+        with torch.no_grad():
+            return model.backbone(input_ids=ids).logits
+    finally:
+        model._hook = decoder_layers(model.backbone)[model.layer].register_forward_hook(model._stack_hook)
+
+
+@pytest.mark.parametrize("layer", [0, LAYER, 3], ids=lambda layer: f"layer{layer}")
+@pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
+def test_zero_up_projection_gives_the_base_logits_exactly(layer, lora):
+    base = tiny_base(1)
+    ids = random_ids(2, 13, seed=layer)
+    with torch.no_grad():
+        reference = base(input_ids=ids).logits.clone()
+    model = tiny_unified(1, base=tiny_base(1), layer=layer, lora=lora)
+    with torch.no_grad():
+        out = model(ids)
+    assert torch.equal(out.logits, reference)
+    # the stack did run: it has a state and signals, and the hook saw the layer
+    assert len(out.signals) == STACK["n_blocks"] and out.layer_mean.shape == (2, 64)
+    assert out.signals[0].firing_rate.shape == (2, 13)
+
+
+def test_nonzero_up_projection_changes_the_logits_through_the_hook():
+    model = tiny_unified(2, up_std=0.3, lora=True)
+    ids = random_ids(1, 10)
+    with torch.no_grad():
+        logits = model(ids).logits
+        direct = model.backbone(input_ids=ids).logits  # the hook also runs on a direct backbone call
+    base = _base_logits(model, ids)
+    assert not torch.allclose(logits, base, atol=1e-3)
+    assert torch.equal(direct, logits)
+
+
+def test_backbone_keys_are_unchanged_by_the_stack():
+    plain = set(tiny_base(0).state_dict())
+    model = tiny_unified(0)
+    assert {k.removeprefix("backbone.") for k in model.state_dict() if k.startswith("backbone.")} == plain
+    assert any(k.startswith("stack.bus.levels") for k in model.state_dict())
+
+
+@pytest.mark.parametrize("layer", [-1, 4, 17, True, 2.0], ids=["neg", "n", "17", "bool", "float"])
+def test_layer_outside_the_model(layer):
+    with pytest.raises(InvalidInput) as info:
+        UnifiedModel(tiny_base(), layer=layer, **STACK)
+    assert info.value.field == "layer" and info.value.value is layer
+
+
+def test_bad_input_ids_and_padding():
+    model = tiny_unified(0)
+    for bad in (
+        torch.zeros(2, 3),
+        torch.zeros(5, dtype=torch.long),
+        [[1, 2]],
+        torch.zeros(1, 0, dtype=torch.long),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            model(bad)
+        assert info.value.field == "input_ids"
+    ids = random_ids(2, 5)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    model(ids, attention_mask=mask)
+    mask[0, 0] = 0
+    with pytest.raises(NotImplementedError, match="padd"):
+        model(ids, attention_mask=mask)
+    with pytest.raises(InvalidInput) as info:
+        model.generate(ids, 0)
+    assert info.value.field == "max_new_tokens"
+
+
+def test_lora_keeps_stack_and_projections_trainable_and_freezes_the_rest():
+    model = tiny_unified(0, memory_dim=16)
+    model.add_lora()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    for name, p in model.named_parameters():
+        if name.startswith(("stack.", "down.", "up.", "memory_context.")) or ".lora_" in name:
+            assert p.requires_grad, name
+        else:  # the base weights and the fixed memory-query projection
+            assert not p.requires_grad, name
+    lora = [n for n in trainable if ".lora_" in n]
+    # A and B on q_proj and v_proj in each of the 4 layers
+    assert len(lora) == 4 * 2 * 2 and all(("q_proj" in n) or ("v_proj" in n) for n in lora)
+    with pytest.raises(InvalidInput):
+        model.add_lora()
+
+
+def test_trainable_parameter_counts_at_the_real_shape():
+    with torch.device("meta"):
+        from transformers import Qwen2ForCausalLM
+
+        base = Qwen2ForCausalLM(qwen_config())
+    model = UnifiedModel(base, memory_dim=256)
+    model.add_lora()
+    counts = model.trainable_parameters()
+    hidden, kv, r, layers = 2048, 2 * 128, 16, 36
+    assert counts["lora"] == layers * r * ((hidden + hidden) + (hidden + kv))  # q_proj, v_proj: A and B
+    assert counts["projections"] == 2 * hidden * 1024 + 256 * 1024  # down, up, memory context
+    assert counts["stack"] == sum(p.numel() for p in model.stack.parameters())
+    assert model.stack.config.d_model == 1024 and model.stack.config.n_heads == 16 and model.layer == 17
+
+
+def _next_token_loss(model: UnifiedModel, ids: torch.Tensor, context=None) -> torch.Tensor:
+    out = model(ids, labels=ids, context=context)
+    manual = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, manual)
+    return out.loss
+
+
+def test_gradients_reach_lora_projections_and_stack_and_nothing_frozen():
+    model = tiny_unified(4, lora=True, up_std=0.1).train()
+    # Away from their zero initialisation (as after some training), so that every trainable tensor is on
+    # a path with a non-zero gradient: LoRA A's gradient is B-weighted, and NE = 0.5 zeroes d/dβ_NE.
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(std=0.05)
+    model.stack.bus.set("norepinephrine", 0.7)
+    ids = random_ids(2, 12, seed=4)
+    context = torch.randn(2, STACK["d_stack"])  # a top-down context reaches the apical prediction weights
+    _next_token_loss(model, ids, context).backward()
+    checked = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+            assert p.grad.abs().sum() > 0, name
+            assert torch.isfinite(p.grad).all(), name
+            checked += 1
+        else:
+            assert p.grad is None, name
+    groups = ("lora_A", "lora_B", "stack.", "down.", "up.")
+    assert all(any(g in n for n, p in model.named_parameters() if p.grad is not None) for g in groups)
+    assert checked == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_at_initialisation_only_the_up_projection_and_lora_b_learn():
+    """With ``up`` at zero nothing flows back into the stack yet: the first step moves ``up`` (and LoRA's B),
+    after which the stack gets gradients."""
+    model = tiny_unified(5, lora=True).train()
+    ids = random_ids(1, 10, seed=5)
+    _next_token_loss(model, ids).backward()
+    assert model.up.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.stack.parameters())
+    assert model.down.weight.grad.abs().sum() == 0
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    optimizer.step()
+    optimizer.zero_grad()
+    _next_token_loss(model, ids).backward()
+    assert model.down.weight.grad.abs().sum() > 0
+    assert model.stack.blocks[0].out_proj.weight.grad.abs().sum() > 0
