@@ -12,7 +12,7 @@ keys). The frontier of the next hop is what the table did not hold yet.
 from __future__ import annotations
 
 import math
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, ValuesView
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,12 +29,14 @@ from .rows import FLAG_EDGE, FLAG_OVERLAY
 
 __all__ = [
     "ADJACENCY_COLUMNS",
+    "ADJACENCY_EXTRA",
     "Reached",
     "VisitedSet",
     "breadth_first",
     "build_adjacency",
     "expand",
     "graph_plan",
+    "mark_dirty",
     "neighbour_edges",
 ]
 
@@ -57,6 +59,8 @@ ADJACENCY_COLUMNS: dict[str, np.dtype] = {
     "valid_from": np.dtype(np.int64),
     "valid_to": np.dtype(np.int64),
 }
+# per entry, the far node's index in the node table (segments written before it have none)
+ADJACENCY_EXTRA: dict[str, np.dtype] = {"far_node": np.dtype(np.int64)}
 
 
 def build_adjacency(columns: Any, n: int, near: str) -> dict[str, np.ndarray]:
@@ -72,17 +76,28 @@ def build_adjacency(columns: Any, n: int, near: str) -> dict[str, np.ndarray]:
     near_hi, near_lo = col(f"{near}_hi")[rows], col(f"{near}_lo")[rows]
     order = np.lexsort((near_lo, near_hi))
     rows, near_hi, near_lo = rows[order], near_hi[order], near_lo[order]
-    first = np.ones(len(rows), dtype=bool)
-    if len(rows) > 1:
-        first[1:] = (near_hi[1:] != near_hi[:-1]) | (near_lo[1:] != near_lo[:-1])
-    starts = np.flatnonzero(first)
+    far_hi, far_lo = col(f"{far}_hi")[rows], col(f"{far}_lo")[rows]
+    # The node table holds every endpoint (near or far), sorted; nodes with no entries of their own have
+    # an empty range. Each entry also names its far node's index, so a walk inside one source can move
+    # from node to node by index, with no key lookups.
+    both_hi, both_lo = np.concatenate([near_hi, far_hi]), np.concatenate([near_lo, far_lo])
+    order = np.lexsort((both_lo, both_hi))
+    first = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        first[1:] = (both_hi[order][1:] != both_hi[order][:-1]) | (both_lo[order][1:] != both_lo[order][:-1])
+    node_of = np.empty(len(order), dtype=np.int64)
+    node_of[order] = np.cumsum(first) - 1
+    nodes = order[first]
+    near_node, far_node = node_of[: len(rows)], node_of[len(rows) :]
+    offsets = np.searchsorted(near_node, np.arange(len(nodes) + 1, dtype=np.int64)).astype(np.int64)
     return {
-        "node_hi": near_hi[starts],
-        "node_lo": near_lo[starts],
-        "offsets": np.append(starts, len(rows)).astype(np.int64),
+        "node_hi": both_hi[nodes],
+        "node_lo": both_lo[nodes],
+        "offsets": offsets,
         "rows": rows.astype(np.int64),
-        "far_hi": col(f"{far}_hi")[rows],
-        "far_lo": col(f"{far}_lo")[rows],
+        "far_hi": far_hi,
+        "far_lo": far_lo,
+        "far_node": far_node,
         "kind": col("kind")[rows],
         "flags": flags[rows],
         "seq": col("seq")[rows],
@@ -111,13 +126,13 @@ def _expand(
     f_hi, f_lo,  # frontier keys
     node_hi, node_lo, offsets, rows, far_hi, far_lo, kind, flags, seq, recorded_at, valid_from, valid_to,  # CSR
     next_seq, superseded_at, weight,  # mutable columns, indexed by row
-    snap_seq, check_seq, links_clean, known_us, valid_us, rel_ok, min_weight, need_weight, scale_all, rel_scale,
+    snap_seq, check_seq, dirty, known_us, valid_us, rel_ok, min_weight, need_weight, scale_all, rel_scale,
     out_hi, out_lo, out_w, out_row,
 ):  # fmt: skip
     """Append the far ends of the visible edges at each frontier key; returns the count written.
 
     An entry is followed when it is an edge version (not a tombstone or overlay) live in the snapshot
-    (``next_seq > snap_seq``, not even read when ``links_clean``: no row of the source is superseded;
+    (``next_seq > snap_seq``, not even read when the node is not ``dirty``: none of its rows superseded;
     rows newer than ``snap_seq`` skipped when ``check_seq``), or, with ``known_us >= 0``, the version
     known at that transaction time; and, with ``valid_us`` set, valid then. ``rel_ok[kind]`` filters
     relations; the effective weight ``weight · scale_all · rel_scale[kind]`` (read only when
@@ -128,6 +143,7 @@ def _expand(
         node = _find(node_hi, node_lo, f_hi[i], f_lo[i])
         if node < 0:
             continue
+        links_clean = dirty[node] == 0
         for e in range(offsets[node], offsets[node + 1]):
             if (flags[e] & 7) != 2:  # an edge version: not a tombstone (1), not an overlay (4)
                 continue
@@ -175,13 +191,92 @@ def expand(step: _Step, frontier: tuple[np.ndarray, np.ndarray]) -> tuple[np.nda
         count = _expand(
             frontier[0], frontier[1], *(adj[name] for name in ADJACENCY_COLUMNS),
             src.next_seq, src.superseded_at, src.weight,
-            np.uint64(step.snap_seq), step.check_seq, step.links_clean, np.int64(step.known_us),
+            np.uint64(step.snap_seq), step.check_seq, step.dirty, np.int64(step.known_us),
             np.int64(step.valid_us), step.rel_ok, float(step.min_weight), step.need_weight,
             float(step.scale_all), step.rel_scale, out_hi, out_lo, out_w, out_row,
         )  # fmt: skip
         if count >= 0:
             return out_hi[:count], out_lo[:count], out_w[:count], out_row[:count]
         cap *= 4
+
+
+@numba.njit(cache=True, nogil=True)
+def _bfs_nodes(
+    seeds, depth,  # seed node indices (distinct), hops to walk
+    offsets, far_node, rows, kind, flags, seq, recorded_at, valid_from, valid_to,  # CSR by node index
+    next_seq, superseded_at, weight,  # mutable columns, indexed by row
+    snap_seq, check_seq, dirty, known_us, valid_us, rel_ok, min_weight, need_weight, scale_all, rel_scale,
+    hops, best_w, via, order,  # per node: hops (-1: not reached), best weight, edge row; reach order
+):  # fmt: skip
+    """Breadth-first inside one source by node index (no key lookups, a visited array instead of a hash
+    set); the same edge filters as :func:`_expand`. Returns how many nodes ``order`` holds."""
+    count = 0
+    for s in seeds:
+        if hops[s] < 0:
+            hops[s] = 0
+            best_w[s] = np.inf
+            via[s] = -1
+            order[count] = s
+            count += 1
+    start = 0
+    for hop in range(1, depth + 1):
+        end = count
+        if start == end:
+            break
+        for q in range(start, end):
+            node = order[q]
+            links_clean = dirty[node] == 0
+            for e in range(offsets[node], offsets[node + 1]):
+                if (flags[e] & 7) != 2:
+                    continue
+                if check_seq and seq[e] > snap_seq:
+                    continue
+                k = kind[e]
+                if not rel_ok[k]:
+                    continue
+                if valid_us != -9223372036854775808 and (valid_from[e] > valid_us or valid_to[e] <= valid_us):
+                    continue
+                r = rows[e]
+                if known_us >= 0:
+                    if recorded_at[e] > known_us or (
+                        superseded_at[r] <= known_us and next_seq[r] <= snap_seq
+                    ):
+                        continue
+                elif not links_clean and next_seq[r] <= snap_seq:
+                    continue
+                w = 1.0
+                if need_weight:
+                    w = weight[r] * scale_all * rel_scale[k]
+                    if w < min_weight:
+                        continue
+                f = far_node[e]
+                h = hops[f]
+                if h < 0:
+                    hops[f] = hop
+                    best_w[f] = w
+                    via[f] = r
+                    order[count] = f
+                    count += 1
+                elif h == hop and w > best_w[f]:
+                    best_w[f] = w
+                    via[f] = r
+        start = end
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _find_many(node_hi, node_lo, hi, lo, out):
+    for i in range(hi.shape[0]):
+        out[i] = _find(node_hi, node_lo, hi[i], lo[i])
+
+
+def mark_dirty(
+    dirty: np.ndarray, adjacency: dict[str, np.ndarray], near_hi: np.ndarray, near_lo: np.ndarray
+) -> None:
+    """Mark the CSR nodes of these near keys (rows about to be superseded) as holding superseded rows."""
+    index = np.empty(len(near_hi), dtype=np.int64)
+    _find_many(adjacency["node_hi"], adjacency["node_lo"], near_hi, near_lo, index)
+    dirty[index[index >= 0]] = 1
 
 
 # ---------------------------------------------------------------------- visited set
@@ -287,7 +382,7 @@ class _Step:
     adjacency: dict[str, np.ndarray]
     snap_seq: int
     check_seq: bool
-    links_clean: bool
+    dirty: np.ndarray  # per node of the CSR: 1 when a row of its entries may be superseded
     known_us: int
     valid_us: int
     rel_ok: np.ndarray
@@ -328,17 +423,18 @@ def graph_plan(
         if n == 0:
             continue
         if isinstance(source, Memtable):
-            adjacency, check_seq, clean = _memtable_adjacency(source, n, near), True, False
+            adjacency, check_seq = _memtable_adjacency(source, n, near), True
+            dirty = np.ones(len(adjacency["node_hi"]), dtype=np.uint8)  # links change as rows arrive
         else:
             adjacency, check_seq = source.adjacency[near], False
-            clean = source.max_next_seq == 0  # nothing in it superseded, not even by later writes
+            dirty = source.dirty_nodes(near)
         if adjacency["rows"].size == 0:
             continue
         kinds = source.kinds
         rel_ok = np.array([rels is None or k in rels for k in kinds] + [False], dtype=np.bool_)
         rel_scale = np.array([snap.scales.get(k, 1.0) for k in kinds] + [1.0])
         steps.append(
-            _Step(source, n, near, adjacency, snap.seq, check_seq, clean, known_us, valid_us, rel_ok,
+            _Step(source, n, near, adjacency, snap.seq, check_seq, dirty, known_us, valid_us, rel_ok,
                   min_weight, need_weight, snap.scales.get("*", 1.0), rel_scale)
         )  # fmt: skip
     return steps
@@ -373,6 +469,9 @@ def breadth_first(
     ``(key_hi, key_lo, hops, weight, via)`` arrays instead of naming every key.
     """
     hi, lo = keys_of(seeds) if keys is None else keys
+    seed_names = dict(zip(zip(hi.tolist(), lo.tolist(), strict=True), seeds, strict=True))
+    if len(steps) == 1 and steps[0].adjacency.get("far_node") is not None:
+        return _breadth_first_nodes(steps[0], seed_names, hi, lo, depth, name, with_weights)
     degree = sum(len(s.adjacency["rows"]) / max(1, len(s.adjacency["node_hi"])) for s in steps)
     nodes = sum(len(s.adjacency["node_hi"]) for s in steps) + len(seeds)
     visited = VisitedSet(int(min(nodes, len(seeds) * sum(degree**h for h in range(depth + 1)))))
@@ -388,8 +487,69 @@ def breadth_first(
         )  # fmt: skip
     if not name:
         return visited.items()
-    seed_names = dict(zip(zip(hi.tolist(), lo.tolist(), strict=True), seeds, strict=True))
-    return Reached(visited, steps, seed_names, with_weights)
+    table = visited.table
+    return Reached(
+        *visited.items(), steps, seed_names, with_weights,
+        lookup=lambda key_hi, key_lo: int(_visited_index(table, key_hi, key_lo)),
+    )  # fmt: skip
+
+
+def _breadth_first_nodes(
+    step: _Step,
+    seed_names: dict[tuple[int, int], str],
+    hi: np.ndarray,
+    lo: np.ndarray,
+    depth: int,
+    name: bool,
+    with_weights: bool,
+) -> Any:
+    """:func:`breadth_first` inside one source whose CSR names far nodes by index (the fast path)."""
+    adj, src = step.adjacency, step.source
+    node_hi, node_lo = adj["node_hi"], adj["node_lo"]
+    n_nodes = len(node_hi)
+    index = np.empty(len(hi), dtype=np.int64)
+    _find_many(node_hi, node_lo, hi, lo, index)
+    hops = np.full(n_nodes, -1, dtype=np.int64)
+    best_w = np.empty(n_nodes, dtype=np.float64)
+    via = np.empty(n_nodes, dtype=np.int64)
+    order = np.empty(max(n_nodes, 1), dtype=np.int64)
+    count = _bfs_nodes(
+        index[index >= 0], depth, adj["offsets"], adj["far_node"], adj["rows"], adj["kind"], adj["flags"],
+        adj["seq"], adj["recorded_at"], adj["valid_from"], adj["valid_to"], src.next_seq, src.superseded_at,
+        src.weight, np.uint64(step.snap_seq), step.check_seq, step.dirty, np.int64(step.known_us),
+        np.int64(step.valid_us), step.rel_ok, float(step.min_weight), step.need_weight, float(step.scale_all),
+        step.rel_scale, hops, best_w, via, order,
+    )  # fmt: skip
+    order = order[:count]
+    # seeds with no edge in this source: reached at 0 hops, first, in the order given
+    isolated: dict[tuple[int, int], int] = {}
+    for key_hi, key_lo, i in zip(hi.tolist(), lo.tolist(), index.tolist(), strict=True):
+        if i < 0 and (key_hi, key_lo) not in isolated:
+            isolated[(key_hi, key_lo)] = len(isolated)
+    n_iso = len(isolated)
+    iso_hi = np.fromiter((k[0] for k in isolated), dtype=np.uint64, count=n_iso)
+    iso_lo = np.fromiter((k[1] for k in isolated), dtype=np.uint64, count=n_iso)
+    r_hops = np.concatenate([np.zeros(n_iso, dtype=np.int64), hops[order]])
+    r_via = np.concatenate([np.full(n_iso, -1, dtype=np.int64), np.where(hops[order] == 0, -1, via[order])])
+    r_w = np.concatenate([np.full(n_iso, math.inf), best_w[order]])
+    r_hi, r_lo = np.concatenate([iso_hi, node_hi[order]]), np.concatenate([iso_lo, node_lo[order]])
+    if not name:
+        return r_hi, r_lo, r_hops, r_w, r_via
+    position: list[np.ndarray] = []
+
+    def lookup(key_hi: np.uint64, key_lo: np.uint64) -> int:
+        i = int(_find(node_hi, node_lo, key_hi, key_lo))
+        if i >= 0:
+            if hops[i] < 0:
+                return -1
+            if not position:  # node index -> place in the result, made on the first lookup
+                where = np.full(n_nodes, -1, dtype=np.int64)
+                where[order] = np.arange(n_iso, n_iso + count)
+                position.append(where)
+            return int(position[0][i])
+        return isolated.get((int(key_hi), int(key_lo)), -1)
+
+    return Reached(r_hi, r_lo, r_hops, r_w, r_via, [step], seed_names, with_weights, lookup=lookup)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -411,13 +571,18 @@ class Reached(Mapping):
 
     def __init__(
         self,
-        visited: VisitedSet,
+        hi: np.ndarray,
+        lo: np.ndarray,
+        hops: np.ndarray,
+        weight: np.ndarray,
+        via: np.ndarray,
         steps: list[_Step],
         seed_names: dict[tuple[int, int], str],
         with_weights: bool,
+        lookup: Callable[[np.uint64, np.uint64], int],
     ) -> None:
-        self._hi, self._lo, self._hops, self._weight, self._via = visited.items()
-        self._table = visited.table
+        self._hi, self._lo, self._hops, self._weight, self._via = hi, lo, hops, weight, via
+        self._lookup = lookup  # key -> place in these arrays, or -1
         self._steps, self._seed_names, self._with_weights = steps, seed_names, with_weights
         self._names: list[str] | None = None
 
@@ -439,7 +604,7 @@ class Reached(Mapping):
         if not isinstance(id, str):
             return -1
         hi, lo = key_u64(id)
-        return int(_visited_index(self._table, hi, lo))
+        return self._lookup(hi, lo)
 
     def __contains__(self, id: object) -> bool:
         return self._index(id) >= 0

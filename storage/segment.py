@@ -33,7 +33,7 @@ from t4dm.errors import CorruptSegment
 
 from .bloom import BloomFilter, _bloom_contains_one
 from .fsutil import checksum, fsync_dir, io_errors
-from .graph import ADJACENCY_COLUMNS, build_adjacency
+from .graph import ADJACENCY_COLUMNS, ADJACENCY_EXTRA, build_adjacency, mark_dirty
 from .rows import NO_SEQ, ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
 
 __all__ = ["FORMAT", "Segment", "SegmentWriter", "segment_path", "write_segment"]
@@ -401,7 +401,10 @@ class Segment:
         self.inv_norm: np.ndarray = arrays["inv_norm"]
         # the edge CSR per direction (graph.ADJACENCY_COLUMNS), by source and by destination key
         self.adjacency = {
-            near: {name: arrays[f"{direction}_{name}"] for name in ADJACENCY_COLUMNS}
+            near: {
+                **{name: arrays[f"{direction}_{name}"] for name in ADJACENCY_COLUMNS},
+                **{name: arrays.get(f"{direction}_{name}") for name in ADJACENCY_EXTRA},
+            }
             for direction, near in (("out", "src"), ("in", "dst"))
         }
         self.index = None  # the HNSW index (vector_index), loaded or built by the store
@@ -410,6 +413,9 @@ class Segment:
         )
         self.mutations = 0  # bumped by the writer whenever next_seq / superseded_at change
         self.max_next_seq = int(self.next_seq[self.next_seq != NO_SEQ].max(initial=0))
+        # per CSR node and direction: 1 when one of its edge rows is superseded (TRAVERSE reads the
+        # version links of those nodes' entries only); made on first use, kept current by set_links
+        self._dirty: dict[str, np.ndarray] = {}
         self.bloom = BloomFilter(arrays["bloom"], meta["bloom_k"])
         self.nbytes = size
         self._id_base = meta["columns"]["id_bytes"][0]
@@ -420,11 +426,29 @@ class Segment:
     ) -> None:
         """Set the in-memory version links of ``rows`` (all rows when None); only the writer calls this."""
         where = slice(None) if rows is None else rows
+        marked = np.arange(self.n) if rows is None else np.asarray(rows)
+        for near, dirty in self._dirty.items():  # before the links change: a reader never sees a
+            keys = (self.src_hi, self.src_lo) if near == "src" else (self.dst_hi, self.dst_lo)  # clean node
+            mark_dirty(dirty, self.adjacency[near], keys[0][marked], keys[1][marked])  # with a closed row
         self.next_seq[where] = next_seq
         self.superseded_at[where] = superseded_at
         finite = np.asarray(next_seq)[np.asarray(next_seq) != NO_SEQ]
         self.max_next_seq = max(self.max_next_seq, int(finite.max(initial=0)))
         self.mutations += 1
+
+    def dirty_nodes(self, near: str) -> np.ndarray:
+        """Per node of the ``near`` CSR: 1 when one of its entries' rows has a successor (its version
+        links must be read), 0 when none has."""
+        dirty = self._dirty.get(near)
+        if dirty is None:
+            adjacency = self.adjacency[near]
+            dirty = np.zeros(len(adjacency["node_hi"]), dtype=np.uint8)
+            closed = np.flatnonzero(self.next_seq != NO_SEQ)
+            if closed.size:
+                keys = (self.src_hi, self.src_lo) if near == "src" else (self.dst_hi, self.dst_lo)
+                mark_dirty(dirty, adjacency, keys[0][closed], keys[1][closed])
+            self._dirty = {**self._dirty, near: dirty}
+        return dirty
 
     # -------------------------------------------------------------- rows
     def id_at(self, row: int) -> str:

@@ -274,3 +274,25 @@ def test_traverse_result_names_lazily_and_answers_lookups(store):
     assert db.traverse("n4", 3) == {"n4": 0, "n5": 1} and db.traverse("nothing-here", 2) == {
         "nothing-here": 0
     }
+
+
+def test_traverse_sees_edges_superseded_after_it_first_ran(tmp_path, clock):
+    """A segment's clean nodes skip the version links; superseding one of their edges later must still
+    hide it (from the next snapshot on), on the fast single-segment path and the general one."""
+    db = T4DX.open(tmp_path / "db", dim=DIM, durability="none", clock=clock)
+    _items(db, 4)
+    db.add_edges([Edge("n0", "n1"), Edge("n1", "n2"), Edge("n0", "n3")])
+    db.compact()
+    assert db.traverse("n0", 2) == {"n0": 0, "n1": 1, "n3": 1, "n2": 2}  # marks nothing dirty
+    before = clock.advance()  # after every write so far
+    clock.advance()
+    db.remove_edges("n0", "n1")  # closes the segment's row of n0 -> n1 (memtable tombstone)
+    assert db.traverse("n0", 2) == {"n0": 0, "n3": 1}
+    assert db.traverse("n0", 2, known_at=before) == {"n0": 0, "n1": 1, "n3": 1, "n2": 2}
+    db.add_edges(Edge("n0", "n1", weight=2.0))  # back, as a new version
+    db.flush()  # two segments: the general path
+    assert db.traverse("n0", 1, with_weights=True) == {"n0": (0, np.inf), "n1": (1, 2.0), "n3": (1, 1.0)}
+    db.remove_edges("n0", "n3")
+    db.compact()  # one segment again, with its history: the fast path reads the links of dirty nodes
+    assert db.traverse("n0", 2) == {"n0": 0, "n1": 1, "n2": 2}
+    db.close()
