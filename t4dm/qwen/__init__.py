@@ -16,6 +16,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import QWEN25_3B, TINY_QWEN, qwen_config, tiny_qwen_config
 from .lora import LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGETS, lora_config
 from .memory import DEFAULT_MODEL_GATE, MemoryWrite, ModelMemory
+from .train import PHASES, train
 from .unified import DEFAULT_LAYER, GenerationOutput, UnifiedModel, UnifiedOutput
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "LORA_DROPOUT",
     "LORA_R",
     "LORA_TARGETS",
+    "PHASES",
     "QUANTIZE_MODES",
     "QWEN25_3B",
     "TINY_QWEN",
@@ -41,4 +43,5 @@ __all__ = [
     "qwen_config",
     "save_checkpoint",
     "tiny_qwen_config",
+    "train",
 ]

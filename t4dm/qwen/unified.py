@@ -165,7 +165,8 @@ class UnifiedModel(nn.Module):
         self.memory: ModelMemory | None = None
         self._call: _HookCall | None = None
         self._cache_kw = _cache_keyword(backbone)
-        self._hook = layers[layer].register_forward_hook(self._stack_hook)
+        self._hooked = (layers[layer],)  # a tuple: not registered as a submodule a second time
+        self._hook = layers[layer].register_forward_hook(self._stack_hook, with_kwargs=True)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -228,10 +229,20 @@ class UnifiedModel(nn.Module):
         }
 
     # ------------------------------------------------------------------ forward
-    def _stack_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+    def _stack_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
-        # Outside forward() (e.g. calling the backbone directly) the stack sees the whole sequence, no state.
-        call = self._call if self._call is not None else _HookCall()
+        call = self._call
+        if call is None:
+            # Called outside forward() (the backbone directly, or recomputed by gradient checkpointing): the
+            # stack sees this call's tokens as a whole sequence with no state, which is only right when no
+            # earlier tokens sit in the KV cache.
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            if cache is not None and cache.get_seq_length() > hidden.shape[1]:
+                raise NotImplementedError(
+                    "decoding through the backbone directly (e.g. its own generate()): the stack's stream "
+                    "state lives in UnifiedModel.forward / UnifiedModel.generate; use those"
+                )
+            call = _HookCall()
         h = hidden.to(self.down.weight.dtype)
         call.layer_mean = h.detach().float().mean(dim=1)
         context = self._read_memory(call.layer_mean) if call.read_memory else call.context
@@ -300,6 +311,12 @@ class UnifiedModel(nn.Module):
         (shifted inside; -100 ignored). ``attention_mask`` may only be all ones (no padding yet).
         """
         self._check_ids(input_ids, attention_mask)
+        checkpointing = getattr(self._hooked[0], "gradient_checkpointing", False)
+        if self.training and torch.is_grad_enabled() and checkpointing:
+            raise NotImplementedError(
+                "activation (gradient) checkpointing: the recomputed decoder layer would run the stack again "
+                "without its state and context; disable it (activation_checkpointing_disable())"
+            )
         call = _HookCall(
             state=stack_state,
             return_state=return_stack_state,

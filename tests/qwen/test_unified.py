@@ -20,7 +20,8 @@ def _base_logits(model: UnifiedModel, ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return model.backbone(input_ids=ids).logits
     finally:
-        model._hook = decoder_layers(model.backbone)[model.layer].register_forward_hook(model._stack_hook)
+        layer = decoder_layers(model.backbone)[model.layer]
+        model._hook = layer.register_forward_hook(model._stack_hook, with_kwargs=True)
 
 
 @pytest.mark.parametrize("layer", [0, LAYER, 3], ids=lambda layer: f"layer{layer}")
@@ -165,3 +166,52 @@ def test_at_initialisation_only_the_up_projection_and_lora_b_learn():
     _next_token_loss(model, ids).backward()
     assert model.down.weight.grad.abs().sum() > 0
     assert model.stack.blocks[0].out_proj.weight.grad.abs().sum() > 0
+
+
+def test_backbone_decoding_outside_the_model_is_refused():
+    model = tiny_unified(13, up_std=0.3)
+    ids = random_ids(1, 5)
+    with pytest.raises(NotImplementedError, match="UnifiedModel"):
+        model.backbone.generate(ids, max_new_tokens=3, do_sample=False)
+    with torch.no_grad():
+        logits = model(ids).logits  # the model is still usable
+    assert logits.shape == (1, 5, VOCAB)
+
+
+def test_gradient_checkpointing_is_refused_in_training():
+    model = tiny_unified(14, up_std=0.3).train()
+    model.base_model.activation_checkpointing_enable()
+    with pytest.raises(NotImplementedError, match="checkpointing"):
+        model(random_ids(1, 4))
+    model.base_model.activation_checkpointing_disable()
+    model(random_ids(1, 4))
+
+
+def test_bfloat16_backbone_with_a_float32_stack():
+    base = tiny_base(15).to(torch.bfloat16)
+    ids = random_ids(2, 7, seed=15)
+    with torch.no_grad():
+        reference = base(input_ids=ids).logits.clone()
+    model = tiny_unified(15, base=base)
+    with torch.no_grad():
+        out = model(ids)
+    assert out.logits.dtype == torch.bfloat16 and torch.equal(out.logits, reference)
+    torch.nn.init.normal_(model.up.weight, std=0.3)
+    cached, full = model.generate(ids, 5), model.generate(ids, 5, use_cache=False)
+    assert torch.equal(cached.sequences, full.sequences)
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_training_is_not_implemented_yet(phase):
+    from t4dm.qwen import train
+
+    with pytest.raises(NotImplementedError, match=f"phase {phase}"):
+        train(tiny_unified(0), data=[], phase=phase)
+
+
+def test_training_phase_is_checked():
+    from t4dm.qwen import train
+
+    with pytest.raises(InvalidInput) as info:
+        train(None, data=[], phase=3)
+    assert info.value.field == "phase"
