@@ -91,10 +91,10 @@ def load_checkpoint(path: str | os.PathLike[str], backbone: nn.Module) -> Unifie
         dtype=getattr(torch, spec["dtype"]),
         stack_kwargs=shape["stack_kwargs"],
     )
-    if spec["lora"] is not None:
-        model.add_lora(**spec["lora"])
     tensors = load_file(tensor_file)
     try:
+        if spec["lora"] is not None:
+            model.add_lora(**spec["lora"])
         if model.lora is not None:
             from peft import set_peft_model_state_dict
 
@@ -110,7 +110,10 @@ def load_checkpoint(path: str | os.PathLike[str], backbone: nn.Module) -> Unifie
             prefix = f"own/{module_name}."
             own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
             module.load_state_dict(own, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
+        model.release()  # the caller's backbone as it was
+        if isinstance(exc, InvalidInput):
+            raise
         raise InvalidInput(
             "backbone", type(backbone).__name__, f"the checkpoint does not fit it: {exc}"
         ) from exc

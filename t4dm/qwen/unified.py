@@ -147,6 +147,7 @@ class UnifiedModel(nn.Module):
         }
         self.lora: dict[str, Any] | None = None
         self.backbone = backbone
+        self._requires_grad = [p.requires_grad for p in backbone.parameters()]
         if freeze_backbone:
             for p in backbone.parameters():
                 p.requires_grad_(False)
@@ -202,6 +203,19 @@ class UnifiedModel(nn.Module):
             "target_modules": sorted(config.target_modules),
             "dropout": config.lora_dropout,
         }
+
+    def release(self) -> nn.Module:
+        """Take the stack out of the backbone and return the backbone as it was: the hook removed, LoRA
+        adapters unloaded (peft's ``unload``: the base weights unchanged), ``requires_grad`` restored. This
+        model is unusable afterwards."""
+        self._hook.remove()
+        backbone = self.backbone
+        if self.lora is not None:
+            backbone = backbone.unload()
+            self.lora = None
+        for p, flag in zip(backbone.parameters(), self._requires_grad, strict=True):
+            p.requires_grad_(flag)
+        return backbone
 
     def attach_memory(
         self, store: Any, *, k: int = 4, gate: WriteGate | None = None, kind: str = "episode"

@@ -62,10 +62,34 @@ def test_checkpoint_bad_path_and_wrong_backbone(tmp_path):
     save_checkpoint(_trained(12), tmp_path / "ckpt")
     from transformers import Qwen2ForCausalLM
 
-    wider = Qwen2ForCausalLM(tiny_qwen_config(hidden_size=96, num_attention_heads=4))
+    wider = Qwen2ForCausalLM(tiny_qwen_config(hidden_size=96, num_attention_heads=4)).eval()
+    ids = random_ids(1, 6)
+    with torch.no_grad():
+        before = wider(input_ids=ids).logits
+    keys = set(wider.state_dict())
     with pytest.raises(InvalidInput) as info:
         load_checkpoint(tmp_path / "ckpt", wider)
     assert info.value.field == "backbone"
+    # the backbone is left as it was: no hook, no adapters, same weights and flags
+    assert all(not layer._forward_hooks for layer in wider.model.layers)
+    assert set(wider.state_dict()) == keys and all(p.requires_grad for p in wider.parameters())
+    with torch.no_grad():
+        assert torch.equal(wider(input_ids=ids).logits, before)
     with pytest.raises(InvalidInput) as info:
         save_checkpoint(tiny_base(), tmp_path / "other")
     assert info.value.field == "model"
+
+
+def test_release_gives_the_backbone_back():
+    base = tiny_base(13)
+    ids = random_ids(1, 6)
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+    model = tiny_unified(13, base=base, lora=True, up_std=0.3)
+    with torch.no_grad():
+        assert not torch.equal(base(input_ids=ids).logits, before)  # hook and adapters are in
+    released = model.release()
+    assert released is base and all(p.requires_grad for p in base.parameters())
+    assert not any(".lora_" in k for k in base.state_dict())
+    with torch.no_grad():
+        assert torch.equal(base(input_ids=ids).logits, before)
