@@ -1,8 +1,10 @@
-"""Shared test configuration: GPU tests skip without CUDA."""
+"""Shared test configuration: GPU tests skip without CUDA; without CUDA the Triton kernels run in the
+interpreter."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -13,6 +15,12 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when the first test module imports
+# t4dm.kernels (the spiking stack's tests do, before the kernels' own): choose it here, before any.
+if "TRITON_INTERPRET" not in os.environ and not _cuda_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
