@@ -448,7 +448,7 @@ class UnifiedModel(nn.Module):
         finally:
             self.train(was_training)
         losses = nn.functional.cross_entropy(
-            out.logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none"
+            out.logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:].long(), reduction="none"
         ).mean(dim=1)
         keys = self.memory_key(out.layer_mean)
         writes = []

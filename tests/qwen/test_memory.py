@@ -107,7 +107,7 @@ def test_remember_feeds_the_gate_the_model_loss_and_novelty(store):
     assert again.decision.novelty < 1e-5  # the same episode is known now ...
     assert not again.decision.store and again.id is None  # ... and the gate refuses it
     assert again.decision.tau == pytest.approx(gate.tau(again.decision.surprise, again.decision.novelty))
-    rewarded = model.remember(ids[:1], reward=1.0)[0]
+    rewarded = model.remember(ids[:1].int(), reward=1.0)[0]  # int32 token ids work too
     assert rewarded.decision.store  # a reward lets a known episode through
     expected = _loss(model, ids[1:])  # with the memory read, as remember() does
     other = model.remember(ids[1:])[0]
