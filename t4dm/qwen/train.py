@@ -1,35 +1,598 @@
-"""Training the unified model: not done yet.
+"""Training the unified model: phase 1 (backprop) and phase 2 (local three-factor rule).
 
-Phase 1 (surrogate-gradient backprop through the stack plus QLoRA on a next-token loss) and phase 2 (the
-three-factor local rules only, no backprop through Qwen) are specified in issue 7 and docs/qwen.md; the
-pieces they will use exist (``UnifiedModel.forward(labels=...)``, ``trainable_parameters``,
-``save_checkpoint``, ``t4dm.learning``), the loops do not. Calling :func:`train` says so.
+Phase 1 — surrogate-gradient backprop through the stack plus LoRA on a next-token loss: AdamW on the
+trainable tensors only (LoRA A/B, the stack, ``down``, ``up``, ``memory_context``), gradient clipping,
+bfloat16 autocast on a CUDA device that supports it (off on the CPU), a tqdm progress bar, checkpoints
+every ``checkpoint_every`` steps and at the end.
+
+Phase 2 — no backprop at all (everything runs under ``torch.no_grad``): each step runs a batch with a
+:class:`~t4dm.spiking.GlassBox` recording the spikes, turns the change of the batch's token loss into a
+reward for the neuromodulator bus (``bus.observe(reward=previous_loss − loss)``: dopamine is
+``tanh(r − V)``, the reward prediction error against the bus's expected reward ``V``) and applies the
+:class:`~t4dm.learning.ThreeFactor` rule (STDP eligibility × dopamine) to the chosen blocks' plastic weight
+(``attention.qk_proj``) with :func:`~t4dm.learning.apply_plasticity_`.
+
+Data are token ids: a 1-D integer array or tensor, a ``.npy`` file of one, or a text file with a
+``tokenizer`` (``"bytes"`` for UTF-8 bytes as ids 0‥255, an object with ``encode(text)``, or a callable).
+Each step takes ``batch_size`` windows of ``seq_len`` tokens at offsets drawn from ``(seed, step)``; the
+torch RNG (LoRA dropout) is seeded from ``(seed, step)`` too, inside ``torch.random.fork_rng`` (the caller's
+RNG is left alone). So a step depends only on the weights, the optimizer state and its number, and a run
+resumed from a checkpoint continues exactly as the uninterrupted run (tested on the CPU).
+
+A training checkpoint is a folder ``<out>/step-<8 digits>/`` holding what
+:func:`~t4dm.qwen.save_checkpoint` writes (LoRA, the stack with its neuromodulator levels, the
+projections), ``optimizer.pt`` (phase 1: AdamW's state and the parameter names it belongs to) and, written
+last, ``train.json`` (format, phase, step, the options, the loss of every step so far, the T4DX store the
+model read — its path and ``last_seq`` — when memory is attached). A folder without ``train.json`` is not a
+complete checkpoint; :func:`latest_checkpoint` skips it.
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import contextlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
 
 from t4dm.errors import InvalidInput
 
-__all__ = ["PHASES", "train"]
+from .checkpoint import _SPEC, _TENSORS, _own_modules, save_checkpoint
+from .unified import UnifiedModel
+
+__all__ = [
+    "PHASES",
+    "TRAIN_FORMAT",
+    "TrainResult",
+    "batch_at",
+    "latest_checkpoint",
+    "load_tokens",
+    "train",
+]
 
 PHASES = (1, 2)
+#: Version of ``train.json``.
+TRAIN_FORMAT = 1
+_TRAIN = "train.json"
+_OPTIMIZER = "optimizer.pt"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-def train(model: Any, data: Any, *, phase: int = 1, **options: Any) -> NoReturn:
-    """Train ``model`` on ``data`` (phase 1: backprop + QLoRA; phase 2: local three-factor rules).
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``losses[i]`` is the mean next-token loss (nats) of step ``i + 1``'s batch, for every step from the
+    first (a resumed run includes the steps before the checkpoint); phase 1 computes it before that step's
+    update, phase 2 likewise. ``grad_norms`` (phase 1: the total gradient norm before clipping) or
+    ``dopamine`` (phase 2: the bus's dopamine, averaged over the updated blocks) per step, aligned with
+    ``losses``. ``checkpoints``: the folders written by this call.
+    """
+
+    phase: int
+    step: int
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    dopamine: list[float] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InvalidInput(name, value, f"must be an int >= {low}")
+    return int(value)
+
+
+def _check_float(name: str, value: Any, low: float, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not np.isfinite(value)
+        or value < low
+    ):
+        raise InvalidInput(
+            name, value, f"must be a finite number >= {low}" + (" or None" if allow_none else "")
+        )
+    return float(value)
+
+
+def _encode_text(path: str, tokenizer: Any) -> np.ndarray:
+    if tokenizer is None:
+        raise InvalidInput(
+            "tokenizer",
+            None,
+            f"data {path!r} is a text file: pass a tokenizer ('bytes', .encode or a callable)",
+        )
+    if isinstance(tokenizer, str) and tokenizer == "bytes":
+        with open(path, "rb") as f:
+            return np.frombuffer(f.read(), dtype=np.uint8).astype(np.int64)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if callable(getattr(tokenizer, "encode", None)):
+        ids = tokenizer.encode(text)
+    elif callable(tokenizer):
+        ids = tokenizer(text)
+    else:
+        raise InvalidInput(
+            "tokenizer", type(tokenizer).__name__, "must be 'bytes', have encode(text), or be callable"
+        )
+    return np.asarray(ids)
+
+
+def load_tokens(
+    data: Any, *, tokenizer: Any = None, vocab_size: int | None = None, seq_len: int = 1
+) -> np.ndarray:
+    """The token ids of ``data``: a 1-D integer array (one stream) or a 2-D one ``[N, L]`` (N sequences);
+    a ``.npy`` file is memory-mapped.
+
+    ``data``: an integer ``np.ndarray`` or ``torch.Tensor``, a path to a ``.npy`` file of one, or a path to a
+    text file encoded with ``tokenizer``. Raises :class:`~t4dm.errors.InvalidInput` naming ``data`` for a
+    missing file, ids that are not a 1-D or 2-D integer array, ids outside ``[0, vocab_size)``, or fewer
+    than ``seq_len`` tokens (per row); naming ``tokenizer`` for a text file without a usable one.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        path = os.fspath(data)
+        if not os.path.isfile(path):
+            raise InvalidInput("data", path, "no such file")
+        if path.endswith(".npy"):
+            try:
+                ids = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as exc:
+                raise InvalidInput("data", path, f"not a readable .npy array: {exc}") from exc
+        else:
+            ids = _encode_text(path, tokenizer)
+        where: Any = path
+    elif isinstance(data, torch.Tensor):
+        ids, where = data.detach().cpu().numpy(), f"<tensor {tuple(data.shape)}>"
+    elif isinstance(data, np.ndarray):
+        ids, where = data, f"<array {data.shape}>"
+    else:
+        raise InvalidInput(
+            "data", type(data).__name__, "expected token ids (array, tensor, .npy) or a text file"
+        )
+    if ids.ndim not in (1, 2) or not np.issubdtype(ids.dtype, np.integer) or ids.size == 0:
+        raise InvalidInput(
+            "data",
+            where,
+            f"token ids must be a non-empty 1-D or 2-D integer array, got {ids.dtype} {ids.shape}",
+        )
+    if ids.shape[-1] < seq_len:
+        what = "tokens" if ids.ndim == 1 else "tokens per row"
+        raise InvalidInput(
+            "data", where, f"{ids.shape[-1]} {what}: shorter than one sequence (seq_len={seq_len})"
+        )
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        raise InvalidInput("data", where, f"token ids span [{low}, {high}], outside [0, {vocab_size})")
+    return ids
+
+
+def _step_seed(seed: int, step: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def batch_at(ids: np.ndarray, step: int, *, batch_size: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """Step ``step``'s batch ``[batch_size, seq_len]`` int64, drawn from ``(seed, step)`` alone (a resumed
+    run sees the same batches): windows of a 1-D stream ``ids`` at random offsets, or the first ``seq_len``
+    tokens of random rows of a 2-D ``ids`` ``[N, L]`` (one sequence per row)."""
+    rng = np.random.default_rng(_step_seed(seed, step, 0))
+    if ids.ndim == 2:
+        rows = rng.integers(0, ids.shape[0], size=batch_size)
+        return torch.from_numpy(np.asarray(ids[rows, :seq_len], dtype=np.int64))
+    starts = rng.integers(0, ids.shape[0] - seq_len + 1, size=batch_size)
+    return torch.from_numpy(np.stack([np.asarray(ids[s : s + seq_len], dtype=np.int64) for s in starts]))
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int, step: int, device: torch.device) -> Iterator[None]:
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_step_seed(seed, step, 1))
+        yield
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _is_complete(folder: str) -> bool:
+    return all(os.path.isfile(os.path.join(folder, name)) for name in (_TRAIN, _SPEC, _TENSORS))
+
+
+def latest_checkpoint(path: str | os.PathLike[str]) -> str:
+    """The checkpoint to resume from: ``path`` itself when it is a complete training checkpoint, else its
+    ``step-<n>`` subfolder with the highest ``n`` that is complete. :class:`~t4dm.errors.InvalidInput` naming
+    ``resume`` when there is none."""
+    folder = os.fspath(path)
+    if _is_complete(folder):
+        return folder
+    if os.path.isdir(folder):
+        steps = sorted((int(m.group(1)), name) for name in os.listdir(folder) if (m := _STEP_DIR.match(name)))
+        for _, name in reversed(steps):
+            if _is_complete(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+    raise InvalidInput("resume", folder, f"holds no complete training checkpoint ({_TRAIN} + model files)")
+
+
+def _json_normal(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _load_weights_into(model: UnifiedModel, folder: str) -> None:
+    """Copy the checkpoint's LoRA, stack and projection tensors into ``model`` in place (strict)."""
+    from safetensors.torch import load_file
+
+    with open(os.path.join(folder, _SPEC), encoding="utf-8") as f:
+        spec = json.load(f)
+    if spec.get("model") != _json_normal(model.spec) or spec.get("lora") != _json_normal(model.lora):
+        raise InvalidInput(
+            "resume",
+            folder,
+            f"saved for another model (shape {spec.get('model')}, LoRA {spec.get('lora')}; this model: "
+            f"{model.spec}, LoRA {model.lora})",
+        )
+    tensors = load_file(os.path.join(folder, _TENSORS))
+    with torch.no_grad():
+        if model.lora is not None:
+            from peft import set_peft_model_state_dict
+
+            lora = {k.removeprefix("lora/"): v for k, v in tensors.items() if k.startswith("lora/")}
+            result = set_peft_model_state_dict(model.backbone, lora)
+            if getattr(result, "unexpected_keys", None):
+                raise InvalidInput("resume", folder, f"unexpected LoRA keys {result.unexpected_keys[:3]}")
+        for module_name, module in _own_modules(model).items():
+            prefix = f"own/{module_name}."
+            own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+            module.load_state_dict(own, strict=True)
+
+
+def _memory_note(model: UnifiedModel) -> dict[str, Any] | None:
+    """The T4DX store the model reads: its path and ``last_seq`` (the snapshot it ran with)."""
+    if model.memory is None:
+        return None
+    store = model.memory.store
+    note: dict[str, Any] = {
+        "path": getattr(store, "path", None),
+        "kind": model.memory.kind,
+        "k": model.memory.k,
+    }
+    stats = getattr(store, "stats", None)
+    if callable(stats):
+        note["last_seq"] = int(stats()["last_seq"])
+    return note
+
+
+def _save(
+    model: UnifiedModel,
+    out: str,
+    step: int,
+    options: dict[str, Any],
+    result: TrainResult,
+    optimizer: torch.optim.Optimizer | None,
+    names: list[str],
+) -> str:
+    from t4dm.storage.fsutil import publish_bytes
+
+    folder = os.path.join(out, f"step-{step:08d}")
+    save_checkpoint(model, folder)
+    if optimizer is not None:
+        buffer = io.BytesIO()
+        torch.save({"optimizer": optimizer.state_dict(), "names": names}, buffer)
+        publish_bytes(os.path.join(folder, _OPTIMIZER), buffer.getvalue())
+    state = {
+        "format": TRAIN_FORMAT,
+        "phase": result.phase,
+        "step": step,
+        "options": options,
+        "losses": result.losses,
+        "grad_norms": result.grad_norms,
+        "dopamine": result.dopamine,
+        "memory": _memory_note(model),
+    }
+    publish_bytes(
+        os.path.join(folder, _TRAIN), json.dumps(state, indent=1).encode()
+    )  # last: marks it complete
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _check_blocks(model: UnifiedModel, blocks: Sequence[int] | None) -> tuple[int, ...]:
+    n = model.stack.n_blocks
+    if blocks is None:
+        return tuple(range(n))
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not blocks:
+        raise InvalidInput("blocks", blocks, f"must be a non-empty sequence of block indices in [0, {n})")
+    for b in blocks:
+        if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < n:
+            raise InvalidInput("blocks", list(blocks), f"block indices must be ints in [0, {n})")
+    if len(set(blocks)) != len(blocks):
+        raise InvalidInput("blocks", list(blocks), "repeats a block")
+    return tuple(blocks)
+
+
+def train(
+    model: UnifiedModel,
+    data: Any,
+    *,
+    phase: int = 1,
+    steps: int = 100,
+    seq_len: int = 64,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    mixed_precision: bool | None = None,
+    out: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    tokenizer: Any = None,
+    blocks: Sequence[int] | None = None,
+    rule: Any = None,
+    dopamine: float | None = None,
+    target: str = "attention.qk_proj",
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on the token ids of ``data`` until step ``steps`` (see the module docstring).
+
+    Args:
+        model: a :class:`~t4dm.qwen.UnifiedModel` (phase 1 trains whatever requires a gradient: call
+            :meth:`~t4dm.qwen.UnifiedModel.add_lora` first for LoRA).
+        data: token ids or a file (:func:`load_tokens`); ``tokenizer`` for a text file.
+        phase: 1 (backprop + LoRA) or 2 (three-factor rule, no backprop).
+        steps: the step to train up to (a resumed run continues from the checkpoint's step).
+        seq_len, batch_size: each step's batch ``[batch_size, seq_len]``.
+        lr, weight_decay, grad_clip: phase 1's AdamW and total-norm clipping (``None``: no clipping).
+        mixed_precision: bfloat16 autocast; ``None`` = on a CUDA device with bfloat16, off elsewhere.
+        out: checkpoint folder (``out/step-<n>``); written every ``checkpoint_every`` steps and at the end.
+        resume: a checkpoint folder (or an ``out`` folder: its latest complete checkpoint) to continue from:
+            the model's trained tensors and buffers, the optimizer and the loss history are restored.
+        seed: the data order and the per-step torch RNG derive from ``(seed, step)``.
+        blocks, rule, dopamine, target: phase 2: the stack blocks whose ``target`` weight learns (default
+            all), the :class:`~t4dm.learning.ThreeFactor` rule (default ``ThreeFactor()``), and a fixed
+            dopamine level instead of the reward signal (``None``: from the loss change through the bus).
+        progress: show a tqdm progress bar.
 
     Raises:
-        InvalidInput: ``phase`` is not 1 or 2.
-        NotImplementedError: always, for now: the training loops are not written yet.
+        InvalidInput: naming the field: ``phase`` not 1 or 2, ``steps`` / ``seq_len`` / ``batch_size`` /
+            ``checkpoint_every`` < 1, ``lr`` / ``weight_decay`` / ``grad_clip`` negative, ``data`` missing,
+            not integer ids, out of the vocabulary or shorter than ``seq_len``, ``mixed_precision=True``
+            without CUDA, ``checkpoint_every`` without ``out``, ``resume`` with no checkpoint, of another
+            phase or model, ``steps`` below the checkpoint's step, ``blocks`` / ``dopamine`` / ``rule`` bad.
     """
     if phase not in PHASES or isinstance(phase, bool):
         raise InvalidInput("phase", phase, f"expected one of {PHASES}")
-    what = (
-        "phase 1 (surrogate-gradient backprop through the stack + QLoRA, gradient clipping, mixed precision, "
-        "checkpoints, resume)"
-        if phase == 1
-        else "phase 2 (three-factor local rules only, no backprop through Qwen)"
+    if not isinstance(model, UnifiedModel):
+        raise InvalidInput("model", type(model).__name__, "expected a UnifiedModel")
+    steps = _check_int("steps", steps, 1)
+    seq_len = _check_int("seq_len", seq_len, 2)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    lr = _check_float("lr", lr, 0.0)
+    weight_decay = _check_float("weight_decay", weight_decay, 0.0)
+    grad_clip = _check_float("grad_clip", grad_clip, 0.0, allow_none=True)
+    if checkpoint_every is not None:
+        checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+        if out is None:
+            raise InvalidInput("checkpoint_every", checkpoint_every, "needs out= (a checkpoint folder)")
+    device = model.down.weight.device
+    if mixed_precision is None:
+        mixed_precision = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    elif mixed_precision is True and device.type != "cuda":
+        raise InvalidInput(
+            "mixed_precision", True, f"bfloat16 autocast needs a CUDA device (model on {device})"
+        )
+    elif not isinstance(mixed_precision, bool):
+        raise InvalidInput("mixed_precision", mixed_precision, "must be True, False or None (automatic)")
+    vocab = int(model.base_model.config.vocab_size)
+    ids = load_tokens(data, tokenizer=tokenizer, vocab_size=vocab, seq_len=seq_len)
+
+    rule_spec: dict[str, Any] | None = None
+    if phase == 2:
+        from t4dm.learning import PLASTIC_TARGETS, ThreeFactor
+
+        rule = ThreeFactor() if rule is None else rule
+        if not isinstance(rule, ThreeFactor):
+            raise InvalidInput("rule", type(rule).__name__, "phase 2 needs a t4dm.learning.ThreeFactor rule")
+        if target not in PLASTIC_TARGETS:
+            raise InvalidInput("target", target, f"must be one of {sorted(PLASTIC_TARGETS)}")
+        blocks = _check_blocks(model, blocks)
+        if dopamine is not None:
+            _check_float("dopamine", dopamine, -1.0)
+            if dopamine > 1.0:
+                raise InvalidInput("dopamine", dopamine, "must lie in [-1, 1]")
+        rule_spec = asdict(rule)
+
+    options: dict[str, Any] = {
+        "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "seed": seed, "lr": lr,
+        "weight_decay": weight_decay, "grad_clip": grad_clip, "mixed_precision": mixed_precision,
+        "blocks": None if blocks is None else list(blocks), "dopamine": dopamine, "target": target,
+        "rule": rule_spec, "data": data if isinstance(data, str) else (os.fspath(data) if isinstance(data, os.PathLike) else None),
+    }  # fmt: skip
+    result = TrainResult(phase=phase, step=0)
+
+    resume_from = None
+    if resume is not None:
+        resume_from = latest_checkpoint(resume)
+        with open(os.path.join(resume_from, _TRAIN), encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("format") != TRAIN_FORMAT:
+            raise InvalidInput(
+                "resume", resume_from, f"train.json format {state.get('format')!r}, expected {TRAIN_FORMAT}"
+            )
+        if state["phase"] != phase:
+            raise InvalidInput(
+                "resume", resume_from, f"a phase {state['phase']} checkpoint, not phase {phase}"
+            )
+        if state["step"] > steps:
+            raise InvalidInput("steps", steps, f"below the checkpoint's step {state['step']} ({resume_from})")
+        _load_weights_into(model, resume_from)
+        result.step = int(state["step"])
+        result.losses = [float(x) for x in state["losses"]]
+        result.grad_norms = [float(x) for x in state["grad_norms"]]
+        result.dopamine = [float(x) for x in state["dopamine"]]
+
+    out_dir = None if out is None else os.fspath(out)
+    if phase == 1:
+        _phase1(model, ids, result, options, out_dir, checkpoint_every, resume_from, device, progress)
+    else:
+        _phase2(model, ids, result, options, out_dir, checkpoint_every, rule, device, progress)
+    return result
+
+
+def _progress(result: TrainResult, total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=result.step, desc=f"phase {result.phase}", disable=not enabled, unit="step"
     )
-    raise NotImplementedError(f"t4dm.qwen training {what} is not implemented yet: see docs/qwen.md")
+
+
+def _checkpoint_due(step: int, total: int, every: int | None) -> bool:
+    return step == total or (every is not None and step % every == 0)
+
+
+def _phase1(
+    model: UnifiedModel,
+    ids: np.ndarray,
+    result: TrainResult,
+    options: dict[str, Any],
+    out: str | None,
+    every: int | None,
+    resume_from: str | None,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise InvalidInput("model", type(model).__name__, "has no trainable parameters (phase 1)")
+    names = [name for name, _ in named]
+    params = [p for _, p in named]
+    if out is not None or resume_from is not None:
+        saved = tuple(f"{module}." for module in _own_modules(model))
+        unsaved = [name for name in names if not name.startswith(saved) and ".lora_" not in name]
+        if unsaved:
+            raise InvalidInput(
+                "model",
+                unsaved[:3],
+                "trains tensors a checkpoint does not hold (only LoRA, stack, projections)",
+            )
+    optimizer = torch.optim.AdamW(params, lr=options["lr"], weight_decay=options["weight_decay"])
+    if resume_from is not None:
+        path = os.path.join(resume_from, _OPTIMIZER)
+        if not os.path.isfile(path):
+            raise InvalidInput("resume", resume_from, f"no {_OPTIMIZER} (not a phase 1 checkpoint)")
+        saved = torch.load(path, map_location=device, weights_only=True)
+        if saved["names"] != names:
+            raise InvalidInput(
+                "resume", resume_from, "the optimizer was saved for other trainable parameters"
+            )
+        optimizer.load_state_dict(saved["optimizer"])
+        for group in optimizer.param_groups:  # this call's settings win
+            group["lr"], group["weight_decay"] = options["lr"], options["weight_decay"]
+    total, seed, clip = options["steps"], options["seed"], options["grad_clip"]
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if options["mixed_precision"]
+        else contextlib.nullcontext()
+    )
+    was_training = model.training
+    model.train()
+    try:
+        with _progress(result, total, progress) as bar:
+            while result.step < total:
+                step = result.step + 1
+                batch = batch_at(
+                    ids, step, batch_size=options["batch_size"], seq_len=options["seq_len"], seed=seed
+                )
+                batch = batch.to(device)
+                with _seeded_rng(seed, step, device):
+                    with autocast:
+                        loss = model(batch, labels=batch).loss
+                    if not bool(torch.isfinite(loss)):
+                        raise FloatingPointError(f"phase 1 step {step}: the loss is {float(loss)}")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if clip is not None:
+                        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                    else:
+                        norm = torch.linalg.vector_norm(
+                            torch.stack(
+                                [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+                            )
+                        )
+                    optimizer.step()
+                result.step = step
+                result.losses.append(float(loss.detach()))
+                result.grad_norms.append(float(norm))
+                bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
+                bar.update(1)
+                if out is not None and _checkpoint_due(step, total, every):
+                    result.checkpoints.append(_save(model, out, step, options, result, optimizer, names))
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _phase2(
+    model: UnifiedModel,
+    ids: np.ndarray,
+    result: TrainResult,
+    options: dict[str, Any],
+    out: str | None,
+    every: int | None,
+    rule: Any,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    from t4dm.learning import apply_plasticity_
+    from t4dm.spiking import GlassBox
+
+    total, seed, fixed = options["steps"], options["seed"], options["dopamine"]
+    blocks, target = options["blocks"] or list(range(model.stack.n_blocks)), options["target"]
+    bus = model.stack.bus
+    box = GlassBox(("spikes", "qk_spikes"), to_cpu=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with _progress(result, total, progress) as bar:
+            while result.step < total:
+                step = result.step + 1
+                batch = batch_at(
+                    ids, step, batch_size=options["batch_size"], seq_len=options["seq_len"], seed=seed
+                )
+                batch = batch.to(device)
+                box.clear()
+                with _seeded_rng(seed, step, device), box.attach(model.stack):
+                    loss = float(model(batch, labels=batch).loss)
+                if fixed is None:
+                    # the reward: how much the token loss fell since the last step (0 at the first)
+                    reward = 0.0 if not result.losses else result.losses[-1] - loss
+                    bus.observe(reward=reward)
+                else:
+                    bus.set("dopamine", fixed)
+                levels = []
+                for i in blocks:
+                    da = bus.get("dopamine", i)
+                    levels.append(float(da))
+                    apply_plasticity_(model.stack.blocks[i], rule, box, target=target, dopamine=da)
+                result.step = step
+                result.losses.append(loss)
+                result.dopamine.append(float(np.mean(levels)))
+                bar.set_postfix(loss=f"{loss:.4f}", dopamine=f"{result.dopamine[-1]:+.3f}", refresh=False)
+                bar.update(1)
+                if out is not None and _checkpoint_due(step, total, every):
+                    result.checkpoints.append(_save(model, out, step, options, result, None, []))
+    finally:
+        model.train(was_training)

@@ -1,0 +1,297 @@
+"""Training the unified model: phase 1 (backprop + LoRA) resumes exactly from a checkpoint and trains only
+what it should; phase 2 (three-factor rule) changes only the chosen plastic weights, by exactly the rule's
+update, with nothing ever holding a gradient; the CLI; bad input; a slow toy task on which the loss falls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("tqdm")
+
+from t4dm.errors import InvalidInput  # noqa: E402
+from t4dm.learning import ThreeFactor  # noqa: E402
+from t4dm.qwen.cli import add_train_parser  # noqa: E402
+from t4dm.qwen.train import batch_at, latest_checkpoint, load_tokens, train  # noqa: E402
+from t4dm.spiking import GlassBox  # noqa: E402
+from tests.qwen.helpers import VOCAB, tiny_base, tiny_unified  # noqa: E402
+
+SMALL = {"seq_len": 16, "batch_size": 2, "progress": False}
+
+
+def _ids(n: int = 400, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, n)
+
+
+def _lora_model(seed: int = 3, dropout: float = 0.1):
+    model = tiny_unified(seed)
+    model.add_lora(dropout=dropout)  # dropout > 0: the per-step RNG has to be reproduced on resume
+    return model
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], skip: tuple[str, ...] = ()):
+    assert a.keys() == b.keys()
+    different = [k for k in a if k not in skip and not torch.equal(a[k], b[k])]
+    assert different == []
+
+
+# ---------------------------------------------------------------------------------------------- phase 1
+def test_phase1_resume_continues_exactly(tmp_path):
+    ids = _ids()
+    straight = _lora_model()
+    initial = _state(straight)
+    rng_before = torch.get_rng_state()
+    full = train(straight, ids, steps=6, out=tmp_path / "full", checkpoint_every=3, **SMALL)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+    assert full.step == 6 and len(full.losses) == 6 and len(full.grad_norms) == 6
+    assert [p.split("/")[-1] for p in full.checkpoints] == ["step-00000003", "step-00000006"]
+    assert all(math.isfinite(x) for x in full.losses + full.grad_norms)
+    moved = [k for k in initial if not torch.equal(initial[k], straight.state_dict()[k])]
+    assert (
+        any(".lora_B" in k for k in moved)
+        and "up.weight" in moved
+        and any(k.startswith("stack.") for k in moved)
+    )
+
+    half = train(_lora_model(), ids, steps=3, out=tmp_path / "half", **SMALL)
+    assert half.losses == full.losses[:3]
+    resumed_model = _lora_model()  # a fresh model, as in a new process
+    resumed = train(resumed_model, ids, steps=6, out=tmp_path / "half", resume=tmp_path / "half", **SMALL)
+    assert resumed.losses == full.losses and resumed.grad_norms == full.grad_norms
+    _assert_same_state(_state(resumed_model), _state(straight))
+    spec = json.loads((tmp_path / "half" / "step-00000006" / "train.json").read_text())
+    assert (
+        spec["phase"] == 1 and spec["step"] == 6 and spec["losses"] == full.losses and spec["memory"] is None
+    )
+    assert latest_checkpoint(tmp_path / "half").endswith("step-00000006")
+
+    (tmp_path / "half" / "step-00000006" / "train.json").unlink()  # step 6 incomplete: latest is step 3
+    assert latest_checkpoint(tmp_path / "half").endswith("step-00000003")
+    (tmp_path / "half" / "step-00000003" / "optimizer.pt").unlink()  # phase 1 cannot resume without AdamW
+    with pytest.raises(InvalidInput) as info:
+        train(_lora_model(), ids, steps=6, resume=tmp_path / "half", **SMALL)
+    assert info.value.field == "resume"
+
+
+def test_phase1_trains_only_the_trainable_tensors():
+    model = _lora_model(4, dropout=0.0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    before = _state(model)
+    result = train(model, _ids(seed=4), steps=3, **SMALL)
+    after = model.state_dict()
+    for name, value in before.items():
+        if name in trainable:
+            continue
+        assert torch.equal(after[name], value), name  # frozen backbone weights and buffers untouched
+    assert any(not torch.equal(after[n], before[n]) for n in trainable)
+    assert all(p.grad is None for p in model.parameters())  # gradients released after training
+    assert model.training is False  # the model's mode restored (tiny_unified gives it in eval mode)
+    assert len(result.losses) == 3
+
+
+def test_phase1_checkpoint_notes_the_memory_it_read(tmp_path):
+    from t4dm.storage import T4DX
+
+    model = tiny_unified(5, memory_dim=16)
+    model.add_lora(dropout=0.0)
+    with T4DX.open(tmp_path / "store", dim=16) as db:
+        model.attach_memory(db)
+        model.remember(torch.from_numpy(_ids(12, seed=5)).view(1, -1))
+        last_seq = db.stats()["last_seq"]
+        assert last_seq >= 1
+        result = train(model, _ids(seed=5), steps=2, out=tmp_path / "ckpt", **SMALL)
+        spec = json.loads((tmp_path / "ckpt" / "step-00000002" / "train.json").read_text())
+    assert spec["memory"] == {
+        "path": str(tmp_path / "store"),
+        "kind": "episode",
+        "k": 4,
+        "last_seq": last_seq,
+    }
+    assert result.step == 2
+
+
+def test_phase1_refuses_to_checkpoint_tensors_it_cannot_save(tmp_path):
+    model = _lora_model(6, dropout=0.0)
+    model.base_model.model.norm.weight.requires_grad_(True)
+    with pytest.raises(InvalidInput) as info:
+        train(model, _ids(), steps=1, out=tmp_path / "ckpt", **SMALL)
+    assert info.value.field == "model"
+    assert not (tmp_path / "ckpt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- phase 2
+@pytest.mark.parametrize("dopamine", [0.5, -0.5], ids=["da+", "da-"])
+def test_phase2_changes_only_the_chosen_block_by_the_rule(dopamine):
+    model = tiny_unified(7, up_std=0.3)
+    for p in model.parameters():
+        p.requires_grad_(True)  # even with everything trainable, phase 2 makes no gradient
+    ids = _ids(seed=7)
+    rule = ThreeFactor(max_delta=0.01)
+    before = _state(model)
+    # the rule's update, computed by hand from the same batch
+    batch = batch_at(ids, 1, batch_size=2, seq_len=16, seed=0)
+    box = GlassBox(("spikes", "qk_spikes"))
+    with torch.no_grad(), box.attach(model.stack):
+        model(batch, labels=batch)
+    expected, _ = rule.delta(box.get(1, "spikes"), box.get(1, "qk_spikes"), dopamine)
+    assert float(expected.abs().max()) > 0  # the block spiked: the test can fail
+
+    result = train(model, ids, phase=2, steps=1, blocks=[1], rule=rule, dopamine=dopamine, **SMALL)
+    after = _state(model)
+    key = "stack.blocks.1.attention.qk_proj.weight"
+    assert torch.equal(after[key], before[key] + expected)
+    _assert_same_state(after, before, skip=(key, "stack.bus.levels"))
+    levels = after["stack.bus.levels"]
+    assert torch.all(levels[:, 0] == dopamine) and torch.equal(
+        levels[:, 1:], before["stack.bus.levels"][:, 1:]
+    )
+    assert all(p.grad is None for p in model.parameters())
+    assert result.dopamine == [dopamine] and len(result.losses) == 1
+
+
+def test_phase2_zero_dopamine_changes_nothing_and_reward_drives_dopamine(tmp_path):
+    ids = _ids(seed=8)
+    model = tiny_unified(8, up_std=0.3)
+    before = _state(model)
+    result = train(model, ids, phase=2, steps=3, dopamine=0.0, **SMALL)
+    _assert_same_state(_state(model), before)
+    assert result.dopamine == [0.0, 0.0, 0.0]
+
+    # from the reward (the fall of the loss): no dopamine at the first step, then tanh(r − V)
+    result = train(model, ids, phase=2, steps=4, out=tmp_path / "p2", **SMALL)
+    assert result.dopamine[0] == 0.0 and all(d != 0.0 for d in result.dopamine[1:])
+    reward = result.losses[0] - result.losses[1]
+    assert result.dopamine[1] == pytest.approx(math.tanh(reward), rel=1e-5)
+    after = _state(model)
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    plastic = {f"stack.blocks.{i}.attention.qk_proj.weight" for i in range(2)}
+    assert changed == plastic | {"stack.bus.levels", "stack.bus.expected_reward"}
+
+
+def test_phase2_resume_continues_exactly(tmp_path):
+    ids = _ids(seed=9)
+    straight = tiny_unified(9, up_std=0.3)
+    full = train(straight, ids, phase=2, steps=4, **SMALL)
+    train(tiny_unified(9, up_std=0.3), ids, phase=2, steps=2, out=tmp_path / "p2", **SMALL)
+    resumed_model = tiny_unified(9, up_std=0.3)
+    resumed = train(resumed_model, ids, phase=2, steps=4, resume=tmp_path / "p2", **SMALL)
+    assert resumed.losses == full.losses and resumed.dopamine == full.dopamine
+    _assert_same_state(_state(resumed_model), _state(straight))
+    with pytest.raises(InvalidInput) as info:  # a phase 2 checkpoint does not resume phase 1
+        train(tiny_unified(9, up_std=0.3), ids, phase=1, steps=4, resume=tmp_path / "p2", **SMALL)
+    assert info.value.field == "resume"
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_token_files_and_tokenizers(tmp_path):
+    ids = _ids(50)
+    np.save(tmp_path / "ids.npy", ids)
+    assert np.array_equal(load_tokens(tmp_path / "ids.npy", vocab_size=VOCAB), ids)
+    text = "key 7 is blue; key 9 is red. " * 3
+    (tmp_path / "notes.txt").write_text(text, encoding="utf-8")
+    assert load_tokens(tmp_path / "notes.txt", tokenizer="bytes").tolist() == list(text.encode())
+
+    class Words:
+        def encode(self, s):
+            return [len(w) for w in s.split()]
+
+    assert load_tokens(tmp_path / "notes.txt", tokenizer=Words()).tolist() == [len(w) for w in text.split()]
+    rows = np.arange(60).reshape(6, 10)
+    for step in (1, 2):
+        batch = batch_at(rows, step, batch_size=4, seq_len=8, seed=1)
+        assert batch.shape == (4, 8) and all(int(r[0]) % 10 == 0 for r in batch)  # whole rows, from the start
+    assert torch.equal(batch_at(ids, 5, batch_size=3, seq_len=7), batch_at(ids, 5, batch_size=3, seq_len=7))
+    assert not torch.equal(
+        batch_at(ids, 5, batch_size=3, seq_len=7), batch_at(ids, 6, batch_size=3, seq_len=7)
+    )
+    result = train(_lora_model(dropout=0.0), tmp_path / "notes.txt", tokenizer="bytes", steps=1, **SMALL)
+    assert len(result.losses) == 1
+
+
+def _bad(tmp_path):
+    (tmp_path / "notes.txt").write_text("some text", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    return [
+        ({"phase": 3}, "phase"),
+        ({"phase": True}, "phase"),
+        ({"steps": 0}, "steps"),
+        ({"seq_len": 1}, "seq_len"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": -1.0}, "lr"),
+        ({"grad_clip": float("nan")}, "grad_clip"),
+        ({"data": tmp_path / "missing.npy"}, "data"),
+        ({"data": _ids(10)}, "data"),  # shorter than one sequence of 16
+        ({"data": np.full(40, VOCAB)}, "data"),  # outside the vocabulary
+        ({"data": np.zeros(40, dtype=np.float32)}, "data"),
+        ({"data": tmp_path / "notes.txt"}, "tokenizer"),
+        ({"mixed_precision": True}, "mixed_precision"),
+        ({"checkpoint_every": 2}, "checkpoint_every"),
+        ({"resume": tmp_path / "empty"}, "resume"),
+        ({"phase": 2, "blocks": [5]}, "blocks"),
+        ({"phase": 2, "dopamine": 2.0}, "dopamine"),
+        ({"phase": 2, "rule": "stdp"}, "rule"),
+    ]
+
+
+def test_bad_input_names_the_field_and_changes_nothing(tmp_path):
+    model = _lora_model(10, dropout=0.0)
+    before = _state(model)
+    for kwargs, field in _bad(tmp_path):
+        options = {"data": _ids(), "steps": 2, **SMALL, **kwargs}
+        with pytest.raises(InvalidInput) as info:
+            train(model, options.pop("data"), **options)
+        assert info.value.field == field, kwargs
+    _assert_same_state(_state(model), before)
+    assert all(p.grad is None for p in model.parameters())
+    # a checkpoint further on than the steps asked for
+    train(model, _ids(), steps=2, out=tmp_path / "ckpt", **SMALL)
+    with pytest.raises(InvalidInput) as info:
+        train(_lora_model(10, dropout=0.0), _ids(), steps=1, resume=tmp_path / "ckpt", **SMALL)
+    assert info.value.field == "steps"
+    with pytest.raises(InvalidInput) as info:  # a model of another shape
+        train(tiny_unified(10, lora=True, d_stack=16), _ids(), steps=3, resume=tmp_path / "ckpt", **SMALL)
+    assert info.value.field == "resume"
+    with pytest.raises(InvalidInput) as info:
+        train(tiny_base(), _ids(), steps=1, **SMALL)
+    assert info.value.field == "model"
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="t4dm")
+    add_train_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_trains_resumes_and_reports_bad_input(tmp_path, capsys):
+    np.save(tmp_path / "ids.npy", _ids(300))
+    common = ["train", "--tiny", "--data", str(tmp_path / "ids.npy"), "--out", str(tmp_path / "run"),
+              "--seq-len", "16", "--batch-size", "2", "--no-progress"]  # fmt: skip
+    assert _cli([*common, "--phase", "1", "--steps", "2"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["step"] == 2 and first["checkpoint"].endswith("step-00000002")
+    assert _cli([*common, "--phase", "1", "--steps", "3", "--resume", str(tmp_path / "run")]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["step"] == 3 and second["first_loss"] == first["first_loss"]
+    spec = json.loads((tmp_path / "run" / "step-00000003" / "train.json").read_text())
+    assert len(spec["losses"]) == 3 and spec["losses"][1] == first["last_loss"]
+
+    assert _cli([*common, "--phase", "3", "--steps", "2"]) == 2
+    assert "phase=3" in capsys.readouterr().err
+    assert _cli([*common, "--phase", "1", "--steps", "0"]) == 2
+    assert "steps=0" in capsys.readouterr().err
+    bad_data = ["--data", str(tmp_path / "nope.npy")]
+    assert _cli([*common, *bad_data, "--phase", "2", "--steps", "1"]) == 2
+    assert "data=" in capsys.readouterr().err
