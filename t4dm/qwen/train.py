@@ -519,18 +519,14 @@ def _phase1(
                 with _seeded_rng(seed, step, device):
                     with autocast:
                         loss = model(batch, labels=batch).loss
-                    if not bool(torch.isfinite(loss)):
-                        raise FloatingPointError(f"phase 1 step {step}: the loss is {float(loss)}")
+                    if not bool(torch.isfinite(loss.detach())):
+                        raise FloatingPointError(f"phase 1 step {step}: the loss is {float(loss.detach())}")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    if clip is not None:
-                        norm = torch.nn.utils.clip_grad_norm_(params, clip)
-                    else:
-                        norm = torch.linalg.vector_norm(
-                            torch.stack(
-                                [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
-                            )
-                        )
+                    max_norm = float("inf") if clip is None else clip
+                    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                    if not bool(torch.isfinite(norm)):  # stop before the update spoils the weights
+                        raise FloatingPointError(f"phase 1 step {step}: the gradient norm is {float(norm)}")
                     optimizer.step()
                 result.step = step
                 result.losses.append(float(loss.detach()))
