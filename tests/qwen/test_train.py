@@ -130,6 +130,18 @@ def test_phase1_refuses_to_checkpoint_tensors_it_cannot_save(tmp_path):
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_phase1_stops_on_a_non_finite_loss_before_updating(tmp_path):
+    model = _lora_model(11, dropout=0.0)
+    with torch.no_grad():
+        model.up.weight.fill_(float("nan"))
+    before = _state(model)
+    with pytest.raises(FloatingPointError, match="step 1"):
+        train(model, _ids(), steps=2, out=tmp_path / "ckpt", **SMALL)
+    _assert_same_state(_state(model), before, skip=("up.weight",))  # NaN != NaN: checked on its own
+    assert bool(torch.isnan(model.up.weight).all())
+    assert not (tmp_path / "ckpt").exists()
+
+
 # ---------------------------------------------------------------------------------------------- phase 2
 @pytest.mark.parametrize("dopamine", [0.5, -0.5], ids=["da+", "da-"])
 def test_phase2_changes_only_the_chosen_block_by_the_rule(dopamine):
