@@ -420,10 +420,13 @@ def train(
         "rule": rule_spec, "data": data if isinstance(data, str) else (os.fspath(data) if isinstance(data, os.PathLike) else None),
     }  # fmt: skip
     result = TrainResult(phase=phase, step=0)
+    out_dir = None if out is None else os.fspath(out)
 
-    resume_from = None
-    if resume is not None:
-        resume_from = latest_checkpoint(resume)
+    resume_from = None if resume is None else latest_checkpoint(resume)
+    trainable, saved_optimizer = [], None
+    if phase == 1:
+        trainable, saved_optimizer = _phase1_tensors(model, out_dir, resume_from, device)
+    if resume_from is not None:
         with open(os.path.join(resume_from, _TRAIN), encoding="utf-8") as f:
             state = json.load(f)
         if state.get("format") != TRAIN_FORMAT:
@@ -442,9 +445,19 @@ def train(
         result.grad_norms = [float(x) for x in state["grad_norms"]]
         result.dopamine = [float(x) for x in state["dopamine"]]
 
-    out_dir = None if out is None else os.fspath(out)
     if phase == 1:
-        _phase1(model, ids, result, options, out_dir, checkpoint_every, resume_from, device, progress)
+        _phase1(
+            model,
+            ids,
+            result,
+            options,
+            out_dir,
+            checkpoint_every,
+            trainable,
+            saved_optimizer,
+            device,
+            progress,
+        )
     else:
         _phase2(model, ids, result, options, out_dir, checkpoint_every, rule, device, progress)
     return result
@@ -462,6 +475,35 @@ def _checkpoint_due(step: int, total: int, every: int | None) -> bool:
     return step == total or (every is not None and step % every == 0)
 
 
+def _phase1_tensors(
+    model: UnifiedModel, out: str | None, resume_from: str | None, device: torch.device
+) -> tuple[list[tuple[str, torch.nn.Parameter]], dict[str, Any] | None]:
+    """Phase 1's trainable ``(name, tensor)`` pairs and, when resuming, AdamW's saved state: checked before
+    anything in the model changes."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise InvalidInput("model", type(model).__name__, "has no trainable parameters (phase 1)")
+    names = [name for name, _ in trainable]
+    if out is not None or resume_from is not None:
+        kept = tuple(f"{module}." for module in _own_modules(model))
+        unsaved = [name for name in names if not name.startswith(kept) and ".lora_" not in name]
+        if unsaved:
+            raise InvalidInput(
+                "model",
+                unsaved[:3],
+                "trains tensors a checkpoint does not hold (only LoRA, stack, projections)",
+            )
+    if resume_from is None:
+        return trainable, None
+    path = os.path.join(resume_from, _OPTIMIZER)
+    if not os.path.isfile(path):
+        raise InvalidInput("resume", resume_from, f"no {_OPTIMIZER} (not a phase 1 checkpoint)")
+    saved = torch.load(path, map_location=device, weights_only=True)
+    if saved["names"] != names:
+        raise InvalidInput("resume", resume_from, "the optimizer was saved for other trainable parameters")
+    return trainable, saved["optimizer"]
+
+
 def _phase1(
     model: UnifiedModel,
     ids: np.ndarray,
@@ -469,35 +511,16 @@ def _phase1(
     options: dict[str, Any],
     out: str | None,
     every: int | None,
-    resume_from: str | None,
+    trainable: list[tuple[str, torch.nn.Parameter]],
+    saved_optimizer: dict[str, Any] | None,
     device: torch.device,
     progress: bool,
 ) -> None:
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise InvalidInput("model", type(model).__name__, "has no trainable parameters (phase 1)")
-    names = [name for name, _ in named]
-    params = [p for _, p in named]
-    if out is not None or resume_from is not None:
-        saved = tuple(f"{module}." for module in _own_modules(model))
-        unsaved = [name for name in names if not name.startswith(saved) and ".lora_" not in name]
-        if unsaved:
-            raise InvalidInput(
-                "model",
-                unsaved[:3],
-                "trains tensors a checkpoint does not hold (only LoRA, stack, projections)",
-            )
+    names = [name for name, _ in trainable]
+    params = [p for _, p in trainable]
     optimizer = torch.optim.AdamW(params, lr=options["lr"], weight_decay=options["weight_decay"])
-    if resume_from is not None:
-        path = os.path.join(resume_from, _OPTIMIZER)
-        if not os.path.isfile(path):
-            raise InvalidInput("resume", resume_from, f"no {_OPTIMIZER} (not a phase 1 checkpoint)")
-        saved = torch.load(path, map_location=device, weights_only=True)
-        if saved["names"] != names:
-            raise InvalidInput(
-                "resume", resume_from, "the optimizer was saved for other trainable parameters"
-            )
-        optimizer.load_state_dict(saved["optimizer"])
+    if saved_optimizer is not None:
+        optimizer.load_state_dict(saved_optimizer)
         for group in optimizer.param_groups:  # this call's settings win
             group["lr"], group["weight_decay"] = options["lr"], options["weight_decay"]
     total, seed, clip = options["steps"], options["seed"], options["grad_clip"]

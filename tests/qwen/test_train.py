@@ -79,9 +79,11 @@ def test_phase1_resume_continues_exactly(tmp_path):
     (tmp_path / "half" / "step-00000006" / "train.json").unlink()  # step 6 incomplete: latest is step 3
     assert latest_checkpoint(tmp_path / "half").endswith("step-00000003")
     (tmp_path / "half" / "step-00000003" / "optimizer.pt").unlink()  # phase 1 cannot resume without AdamW
+    model = _lora_model()
     with pytest.raises(InvalidInput) as info:
-        train(_lora_model(), ids, steps=6, resume=tmp_path / "half", **SMALL)
+        train(model, ids, steps=6, resume=tmp_path / "half", **SMALL)
     assert info.value.field == "resume"
+    _assert_same_state(_state(model), initial)  # refused before any weight was copied in
 
 
 def test_phase1_trains_only_the_trainable_tensors():
