@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a store's statistics")
     info.add_argument("path")
     info.set_defaults(func=_info)
+
+    try:  # the unified model's extras (torch, transformers, peft) are imported only when it runs
+        from t4dm.qwen.cli import add_train_parser
+    except ImportError:
+        pass
+    else:
+        add_train_parser(sub)
     return parser
 
 

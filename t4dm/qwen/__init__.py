@@ -11,37 +11,54 @@ See docs/qwen.md.
 
 from __future__ import annotations
 
-from .backbone import QUANTIZE_MODES, decoder_layers, load_backbone, nf4_quantization_config
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import QWEN25_3B, TINY_QWEN, qwen_config, tiny_qwen_config
-from .lora import LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGETS, lora_config
-from .memory import DEFAULT_MODEL_GATE, MemoryWrite, ModelMemory
-from .train import PHASES, train
-from .unified import DEFAULT_LAYER, GenerationOutput, UnifiedModel, UnifiedOutput
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_LAYER",
-    "DEFAULT_MODEL_GATE",
-    "LORA_ALPHA",
-    "LORA_DROPOUT",
-    "LORA_R",
-    "LORA_TARGETS",
-    "PHASES",
-    "QUANTIZE_MODES",
-    "QWEN25_3B",
-    "TINY_QWEN",
-    "GenerationOutput",
-    "MemoryWrite",
-    "ModelMemory",
-    "UnifiedModel",
-    "UnifiedOutput",
-    "decoder_layers",
-    "load_backbone",
-    "load_checkpoint",
-    "lora_config",
-    "nf4_quantization_config",
-    "qwen_config",
-    "save_checkpoint",
-    "tiny_qwen_config",
-    "train",
-]
+# Submodules are imported on first use (PEP 562), so that ``t4dm train --help`` and every other ``t4dm``
+# command do not pay for importing torch, transformers and peft.
+_EXPORTS = {
+    "QUANTIZE_MODES": "backbone",
+    "decoder_layers": "backbone",
+    "load_backbone": "backbone",
+    "nf4_quantization_config": "backbone",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "QWEN25_3B": "config",
+    "TINY_QWEN": "config",
+    "qwen_config": "config",
+    "tiny_qwen_config": "config",
+    "LORA_ALPHA": "lora",
+    "LORA_DROPOUT": "lora",
+    "LORA_R": "lora",
+    "LORA_TARGETS": "lora",
+    "lora_config": "lora",
+    "DEFAULT_MODEL_GATE": "memory",
+    "MemoryWrite": "memory",
+    "ModelMemory": "memory",
+    "PHASES": "training",
+    "TrainResult": "training",
+    "batch_at": "training",
+    "latest_checkpoint": "training",
+    "load_tokens": "training",
+    "train": "training",
+    "DEFAULT_LAYER": "unified",
+    "GenerationOutput": "unified",
+    "UnifiedModel": "unified",
+    "UnifiedOutput": "unified",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

@@ -3,7 +3,7 @@
 Wire it into ``t4dm/cli.py`` with ``add_train_parser(sub)`` inside ``build_parser()``. The handler builds the
 model (a local Qwen2 folder through :func:`~t4dm.qwen.load_backbone`, or ``--tiny`` for a random tiny
 model), or reloads it from ``--resume`` (the checkpoint's shape and LoRA), and calls
-:func:`~t4dm.qwen.train.train`. Bad input prints ``t4dm train: <field>=<value>: <reason>`` and exits 2.
+:func:`~t4dm.qwen.training.train`. Bad input prints ``t4dm train: <field>=<value>: <reason>`` and exits 2.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
     """The ``train`` command: prints a JSON summary (phase, step, first and last loss, last checkpoint)."""
     from t4dm.errors import InvalidInput
 
-    from .train import latest_checkpoint, train
+    from .training import latest_checkpoint, train
 
     try:
         if args.phase not in (1, 2):

@@ -19,7 +19,7 @@ pytest.importorskip("tqdm")
 from t4dm.errors import InvalidInput  # noqa: E402
 from t4dm.learning import ThreeFactor  # noqa: E402
 from t4dm.qwen.cli import add_train_parser  # noqa: E402
-from t4dm.qwen.train import batch_at, latest_checkpoint, load_tokens, train  # noqa: E402
+from t4dm.qwen.training import batch_at, latest_checkpoint, load_tokens, train  # noqa: E402
 from t4dm.spiking import GlassBox  # noqa: E402
 from tests.qwen.helpers import VOCAB, tiny_base, tiny_unified  # noqa: E402
 
@@ -283,10 +283,26 @@ def test_bad_input_names_the_field_and_changes_nothing(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _cli(argv: list[str]) -> int:
+    from t4dm.cli import main
+
+    return main(argv)  # the real entry point: `t4dm train` is wired into it
+
+
+def test_train_parser_is_added_to_any_subparsers():
     parser = argparse.ArgumentParser(prog="t4dm")
     add_train_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = parser.parse_args(["train", "--tiny", "--phase", "2", "--data", "x.npy", "--steps", "1",
+                              "--out", "o", "--blocks", "0,1"])  # fmt: skip
+    assert args.phase == 2 and args.blocks == [0, 1] and args.func.__name__ == "run_train"
+
+
+def test_importing_t4dm_qwen_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, t4dm.cli, t4dm.qwen; t4dm.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_cli_trains_resumes_and_reports_bad_input(tmp_path, capsys):

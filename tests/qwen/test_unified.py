@@ -201,14 +201,6 @@ def test_bfloat16_backbone_with_a_float32_stack():
     assert torch.equal(cached.sequences, full.sequences)
 
 
-@pytest.mark.parametrize("phase", [1, 2])
-def test_training_is_not_implemented_yet(phase):
-    from t4dm.qwen import train
-
-    with pytest.raises(NotImplementedError, match=f"phase {phase}"):
-        train(tiny_unified(0), data=[], phase=phase)
-
-
 def test_training_phase_is_checked():
     from t4dm.qwen import train
 
