@@ -12,6 +12,8 @@ backbone itself never sees them.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,7 +23,7 @@ from torch import nn
 
 from t4dm.errors import InvalidInput
 from t4dm.gate import WriteGate
-from t4dm.spiking import CorticalStack, StackOutput, StackState
+from t4dm.spiking import DEFAULT_KINDS, CorticalStack, GlassBox, StackOutput, StackState
 
 from .backbone import decoder_layers
 from .lora import lora_config
@@ -71,6 +73,7 @@ class _HookCall:
     return_state: bool = False
     context: torch.Tensor | None = None
     read_memory: bool = False
+    mask: torch.Tensor | None = None  # [B, T] bool of a right-padded batch (True: a token)
     output: StackOutput | None = None
     used_context: torch.Tensor | None = None
     layer_mean: torch.Tensor | None = None
@@ -81,6 +84,24 @@ def _cache_keyword(backbone: nn.Module) -> str:
     base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
     parameters = inspect.signature(type(base).forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _per_position(spans: list[tuple[int, torch.Tensor | None]], length: int) -> torch.Tensor | None:
+    """The context of each position ``[B, length, D]`` from ``(first position, context [B, D])`` spans; the
+    single context itself when there is one span; None when no span has one (zeros stand for a None span
+    beside others)."""
+    if len(spans) == 1:
+        return spans[0][1]
+    found = [c for _, c in spans if c is not None]
+    if not found:
+        return None
+    like = found[0]
+    out = like.new_zeros(like.shape[0], length, like.shape[-1])
+    bounds = [start for start, _ in spans[1:]] + [length]
+    for (start, context), end in zip(spans, bounds, strict=True):
+        if context is not None:
+            out[:, start:end] = context[:, None] if context.dim() == 2 else context
+    return out
 
 
 class UnifiedModel(nn.Module):
@@ -230,6 +251,53 @@ class UnifiedModel(nn.Module):
     def detach_memory(self) -> None:
         self.memory = None
 
+    @contextmanager
+    def record(
+        self,
+        kinds: Iterable[str] = DEFAULT_KINDS,
+        *,
+        layers: Iterable[int] | None = None,
+        to_cpu: bool = True,
+    ) -> Iterator[GlassBox]:
+        """Glass-box recording for the ``with`` body: the stack's blocks (spikes, gates, neuromodulator levels
+        … see :mod:`t4dm.spiking.glassbox`) and, per decoder layer, the residual stream's per-token norm
+        (``residual_norm``), the stream itself when ``"residual"`` is asked, and the norm of what the stack
+        added (``stack_delta_norm``). ``layers`` limits the layers recorded (default: all). Records of the
+        hooked layer are taken after the stack's contribution. Off (no hook) outside the ``with``::
+
+            with model.record() as box:
+                model.generate(ids, 8)
+            box.get_layer(17, "residual_norm")      # [B, T + 8]
+            box.save("run.npz")                     # for t4dm.viz.plot_glassbox
+        """
+        n_layers = len(decoder_layers(self.backbone))
+        chosen = range(n_layers) if layers is None else list(layers)
+        for i in chosen:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_layers:
+                raise InvalidInput("layers", i, f"must be decoder layer indices in [0, {n_layers - 1}]")
+        box = GlassBox(kinds, to_cpu=to_cpu)
+        want_norm, want_full = box.wants("residual_norm"), box.wants("residual")
+        handles = []
+        if want_norm or want_full:
+            modules = decoder_layers(self.backbone)
+            for i in sorted(set(chosen)):
+
+                def hook(module: nn.Module, args: Any, output: Any, i: int = i) -> None:
+                    hidden = (output[0] if isinstance(output, tuple) else output).detach()
+                    if want_norm:
+                        box.put_layer(i, "residual_norm", hidden.float().norm(dim=-1))
+                    if want_full:
+                        box.put_layer(i, "residual", hidden)
+
+                # registered after the stack's hook: the hooked layer is recorded with the stack's Δ added
+                handles.append(modules[i].register_forward_hook(hook))
+        try:
+            with box.attach(self.stack):
+                yield box
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def trainable_parameters(self) -> dict[str, int]:
         """Trainable parameter counts: ``lora``, ``stack``, ``projections`` (down, up, memory context)."""
 
@@ -258,12 +326,20 @@ class UnifiedModel(nn.Module):
                 )
             call = _HookCall()
         h = hidden.to(self.down.weight.dtype)
-        call.layer_mean = h.detach().float().mean(dim=1)
+        if call.mask is None:
+            call.layer_mean = h.detach().float().mean(dim=1)
+        else:  # a right-padded batch: each row's real tokens only
+            weights = call.mask[:, :, None].float()
+            call.layer_mean = (h.detach().float() * weights).sum(dim=1) / weights.sum(dim=1)
         context = self._read_memory(call.layer_mean) if call.read_memory else call.context
         call.used_context = context
         out = self.stack(self.down(h), context, state=call.state, return_state=call.return_state)
         call.output = out
-        new = hidden + self.up(out.hidden).to(hidden.dtype)
+        delta = self.up(out.hidden).to(hidden.dtype)
+        rec = self.stack.recorder
+        if rec is not None and rec.wants("stack_delta_norm"):
+            rec.put_layer(self.layer, "stack_delta_norm", delta.detach().float().norm(dim=-1))
+        new = hidden + delta
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def memory_key(self, layer_mean: torch.Tensor) -> np.ndarray:
@@ -284,7 +360,9 @@ class UnifiedModel(nn.Module):
         return self.memory_context(torch.from_numpy(retrieved).to(weight.device, weight.dtype))
 
     @staticmethod
-    def _check_ids(input_ids: Any, attention_mask: Any) -> None:
+    def _check_ids(input_ids: Any, attention_mask: Any) -> torch.Tensor | None:
+        """Check ``input_ids`` and ``attention_mask``; returns the padding mask ``[B, T]`` bool (True: a
+        token) of a right-padded batch, or None when there is no padding."""
         if (
             not isinstance(input_ids, torch.Tensor)
             or input_ids.dim() != 2
@@ -298,10 +376,38 @@ class UnifiedModel(nn.Module):
                 else type(input_ids).__name__
             )
             raise InvalidInput("input_ids", what, "must be an integer tensor [B, T] with B, T >= 1")
-        if attention_mask is not None and not bool((attention_mask != 0).all()):
-            raise NotImplementedError(
-                "padded batches: the cortical stack has no padding mask yet; pass sequences of equal length"
+        if attention_mask is None:
+            return None
+        if (
+            not isinstance(attention_mask, torch.Tensor)
+            or tuple(attention_mask.shape) != tuple(input_ids.shape)
+            or attention_mask.is_floating_point()
+            or attention_mask.is_complex()
+            or not bool(((attention_mask == 0) | (attention_mask == 1)).all())
+        ):
+            what = (
+                (tuple(attention_mask.shape), str(attention_mask.dtype))
+                if isinstance(attention_mask, torch.Tensor)
+                else type(attention_mask).__name__
             )
+            raise InvalidInput(
+                "attention_mask",
+                what,
+                f"must be a 0/1 integer or bool tensor of the ids' shape {tuple(input_ids.shape)}",
+            )
+        mask = attention_mask.to(torch.bool)
+        if bool(mask.all()):
+            return None
+        lengths = mask.sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise InvalidInput("attention_mask", tuple(mask.shape), "every row needs at least one token")
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        if not torch.equal(mask, positions[None] < lengths[:, None]):
+            raise NotImplementedError(
+                "left padding or gaps in attention_mask: the cortical stack runs through time, so only right "
+                "padding (each row's tokens first, then padding) is supported; pad on the right"
+            )
+        return mask
 
     def forward(
         self,
@@ -322,9 +428,22 @@ class UnifiedModel(nn.Module):
         ``context``. The memory is read (one SEARCH per sequence, queried with the layer state averaged over
         the chunk) when one is attached, ``read_memory`` is true and neither ``context`` nor ``stack_state``
         is given: i.e. at the start of a stream. ``labels`` ``[B, T]`` give the backbone's next-token loss
-        (shifted inside; -100 ignored). ``attention_mask`` may only be all ones (no padding yet).
+        (shifted inside; -100 ignored).
+
+        ``attention_mask`` ``[B, T]`` (1: token, 0: padding) may pad rows on the right: every stage of the
+        stack is causal, so each row's real positions get the logits (and loss) they get alone; padded
+        positions' labels are ignored, the memory query averages real tokens only. A padded batch cannot
+        continue a stream (no ``cache``, ``use_cache``, ``stack_state`` or ``return_stack_state``), and left
+        padding raises ``NotImplementedError``.
         """
-        self._check_ids(input_ids, attention_mask)
+        mask = self._check_ids(input_ids, attention_mask)
+        if mask is not None and (
+            use_cache or cache is not None or stack_state is not None or return_stack_state
+        ):
+            raise NotImplementedError(
+                "a padded batch as part of a stream (cache / stack state): the padding would enter the stack's "
+                "state; run padded batches whole (training, scoring) or pass rows of equal length"
+            )
         checkpointing = getattr(self._hooked[0], "gradient_checkpointing", False)
         if self.training and torch.is_grad_enabled() and checkpointing:
             raise NotImplementedError(
@@ -338,10 +457,15 @@ class UnifiedModel(nn.Module):
             read_memory=bool(
                 read_memory and self.memory is not None and context is None and stack_state is None
             ),
+            mask=mask,
         )
         kwargs: dict[str, Any] = {"use_cache": use_cache}
         if cache is not None:
             kwargs[self._cache_kw] = cache
+        if mask is not None:
+            kwargs["attention_mask"] = mask.long()
+            if labels is not None:
+                labels = labels.masked_fill(~mask.to(labels.device), -100)
         if labels is not None:
             kwargs["labels"] = labels
         self._call = call
@@ -372,6 +496,7 @@ class UnifiedModel(nn.Module):
         use_cache: bool = True,
         eos_token_id: int | None = None,
         read_memory: bool = True,
+        reread_every: int | None = None,
         remember: bool = False,
         reward: float = 0.0,
     ) -> GenerationOutput:
@@ -379,12 +504,21 @@ class UnifiedModel(nn.Module):
 
         With ``use_cache`` the prompt runs once and each new token runs alone with the KV cache and the
         stack's stream state; without it every step recomputes the whole sequence (the reference the cached
-        path is tested against). The memory is read once, from the prompt, and its context is kept for every
-        new token. A row that produced ``eos_token_id`` keeps producing it. ``remember=True`` offers the whole
-        sequence to the memory afterwards (:meth:`remember`, with ``reward``).
+        path is tested against). The memory is read from the prompt and its context kept for the new tokens;
+        with ``reread_every=n`` it is read again after every ``n`` new tokens, queried with the hooked layer's
+        state averaged over the whole sequence so far, and the new context applies from the next token on
+        (earlier tokens keep theirs: the uncached path gets the same contexts per position). When one read
+        finds memories and another finds none, the uncached path stands a zero context for "none".
+        A row that produced ``eos_token_id`` keeps producing it. ``remember=True`` offers the whole sequence
+        to the memory afterwards (:meth:`remember`, with ``reward``).
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidInput("max_new_tokens", max_new_tokens, "must be an int >= 1")
+        if reread_every is not None and (
+            isinstance(reread_every, bool) or not isinstance(reread_every, int) or reread_every < 1
+        ):
+            raise InvalidInput("reread_every", reread_every, "must be an int >= 1 or None")
+        rereading = reread_every is not None and read_memory and self.memory is not None
         if remember and self.memory is None:
             raise InvalidInput("remember", remember, "no memory attached (attach_memory first)")
         was_training = self.training
@@ -394,6 +528,9 @@ class UnifiedModel(nn.Module):
                 input_ids, use_cache=use_cache, return_stack_state=use_cache, read_memory=read_memory
             )
             context = out.context
+            # contexts in force, as (first position, context): the uncached path rebuilds them per position
+            spans: list[tuple[int, torch.Tensor | None]] = [(0, context)]
+            state_sum = out.layer_mean * input_ids.shape[1]  # the hooked layer's state summed over tokens
             sequences = input_ids
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             scores = []
@@ -407,6 +544,10 @@ class UnifiedModel(nn.Module):
                 sequences = torch.cat([sequences, token[:, None].to(sequences.dtype)], dim=1)
                 if step == max_new_tokens - 1 or bool(finished.all()):
                     break
+                if rereading and (step + 1) % reread_every == 0:  # type: ignore[operator]
+                    seen = sequences.shape[1] - 1  # tokens whose layer state the model has computed
+                    context = self._read_memory(state_sum / seen)
+                    spans.append((sequences.shape[1] - 1, context))
                 if use_cache:
                     out = self.forward(
                         token[:, None].to(input_ids.dtype),
@@ -417,8 +558,12 @@ class UnifiedModel(nn.Module):
                         context=context,
                         read_memory=False,
                     )
+                    state_sum = state_sum + out.layer_mean
                 else:
-                    out = self.forward(sequences, context=context, read_memory=False)
+                    out = self.forward(
+                        sequences, context=_per_position(spans, sequences.shape[1]), read_memory=False
+                    )
+                    state_sum = out.layer_mean * sequences.shape[1]
         finally:
             self.train(was_training)
         writes = self.remember(sequences, reward=reward) if remember else []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .block import BlockSignals, BlockState, CorticalBlock
 from .config import CorticalConfig
-from .glassbox import KINDS, GlassBox, membrane_trace
+from .glassbox import DEFAULT_KINDS, KINDS, LAYER_KINDS, GlassBox, membrane_trace
 from .neuromod import MODULATORS, NeuromodBus
 from .ops import KERNEL_OPS, SpikingOps
 from .oscillator import BANDS, OscillatorBias
@@ -30,8 +30,10 @@ from .stages import (
 
 __all__ = [
     "BANDS",
+    "DEFAULT_KINDS",
     "KERNEL_OPS",
     "KINDS",
+    "LAYER_KINDS",
     "MODULATORS",
     "ApicalModulation",
     "BlockSignals",

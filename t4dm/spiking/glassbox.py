@@ -14,15 +14,25 @@ the spikes: it costs a step-by-step loop, only when asked), ``current`` (stage â
 ``gate`` (stage â‘  ``[B, T, D]``), ``levels`` (the block's DA, NE, ACh, 5-HT ``[4]`` per call, stacked
 ``[calls, 4]``), ``novelty``, ``prediction_error``, ``goodness``, ``firing_rate`` (``[B, T]``), and on the
 stack ``oscillator`` (the threshold bias ``[T]``).
+
+Per decoder layer of a language model (recorded by :meth:`t4dm.qwen.UnifiedModel.record`, kept apart from
+the blocks: :meth:`GlassBox.get_layer`): ``residual_norm`` (the L2 norm of each token's residual stream after
+the layer ``[B, T]``), ``residual`` (the stream itself ``[B, T, hidden]``: large, only when asked) and
+``stack_delta_norm`` (the norm of what the cortical stack added ``[B, T]``, on the layer it follows).
+
+:meth:`GlassBox.save` writes every record to one ``.npz`` file that :meth:`GlassBox.load` (and
+:func:`t4dm.viz.plot_glassbox`) read back without torch models.
 """
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from t4dm.errors import InvalidInput
@@ -30,7 +40,7 @@ from t4dm.errors import InvalidInput
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["KINDS", "GlassBox", "membrane_trace"]
+__all__ = ["DEFAULT_KINDS", "KINDS", "LAYER_KINDS", "GlassBox", "membrane_trace"]
 
 KINDS = (
     "spikes",
@@ -45,9 +55,12 @@ KINDS = (
     "firing_rate",
     "oscillator",
 )
-#: Recorded by default: everything but the membrane replay and the currents.
-DEFAULT_KINDS = tuple(k for k in KINDS if k not in ("membrane", "current"))
+#: Recorded per decoder layer of a language model (see the module docstring).
+LAYER_KINDS = ("residual_norm", "residual", "stack_delta_norm")
+#: Recorded by default: everything but the membrane replay and the currents (and the full residual stream).
+DEFAULT_KINDS = (*(k for k in KINDS if k not in ("membrane", "current")), "residual_norm", "stack_delta_norm")
 STACK = -1  # block index under which stack-level records (the oscillator) are kept
+_LAYER = "layer"  # site tag of per-layer records
 
 
 def membrane_trace(
@@ -85,13 +98,16 @@ class GlassBox:
     """
 
     def __init__(self, record: Iterable[str] = DEFAULT_KINDS, *, to_cpu: bool = True) -> None:
-        kinds = tuple(record)
+        kinds = (record,) if isinstance(record, str) else tuple(record)
         for kind in kinds:
-            if kind not in KINDS:
-                raise InvalidInput("record", kind, f"unknown glass-box kind (known: {list(KINDS)})")
+            if kind not in KINDS and kind not in LAYER_KINDS:
+                raise InvalidInput(
+                    "record", kind, f"unknown glass-box kind (known: {list(KINDS) + list(LAYER_KINDS)})"
+                )
         self.kinds = frozenset(kinds)
         self.to_cpu = to_cpu
-        self._data: dict[tuple[int, str], list[torch.Tensor]] = defaultdict(list)
+        self._data: dict[tuple[Any, str], list[torch.Tensor]] = defaultdict(list)
+        self._saved: dict[tuple[Any, str], np.ndarray] | None = None  # records read back by load()
 
     def wants(self, kind: str) -> bool:
         return kind in self.kinds
@@ -100,25 +116,104 @@ class GlassBox:
         value = value.detach()
         self._data[(block, kind)].append(value.cpu() if self.to_cpu else value.clone())
 
-    def get(self, block: int, kind: str) -> torch.Tensor:
-        """The recordings of ``kind`` for ``block`` (``-1`` for the stack), all calls concatenated along the
-        time axis (``levels``: stacked, ``[calls, 4]``)."""
+    def put_layer(self, layer: int, kind: str, value: torch.Tensor) -> None:
+        """Record ``value`` of decoder layer ``layer`` (a per-layer kind)."""
+        self.put((_LAYER, layer), kind, value)  # type: ignore[arg-type]
+
+    def _joined(self, site: Any, kind: str, what: str, index: int) -> torch.Tensor:
         if kind not in self.kinds:
             raise InvalidInput("kind", kind, f"not recorded (recording: {sorted(self.kinds)})")
-        chunks = self._data.get((block, kind))
+        if self._saved is not None and (site, kind) in self._saved:
+            return torch.from_numpy(self._saved[(site, kind)])
+        chunks = self._data.get((site, kind))
         if not chunks:
             raise InvalidInput(
-                "block", block, f"has no {kind!r} recording (was the stack run with the box attached?)"
+                what, index, f"has no {kind!r} recording (was the model run with the box attached?)"
             )
         if kind == "levels":
             return torch.stack(chunks)
         return torch.cat(chunks, dim=0 if kind == "oscillator" else 1)
 
+    def get(self, block: int, kind: str) -> torch.Tensor:
+        """The recordings of ``kind`` for ``block`` (``-1`` for the stack), all calls concatenated along the
+        time axis (``levels``: stacked, ``[calls, 4]``)."""
+        return self._joined(block, kind, "block", block)
+
+    def get_layer(self, layer: int, kind: str) -> torch.Tensor:
+        """The recordings of ``kind`` for decoder layer ``layer``, all calls concatenated along time."""
+        return self._joined((_LAYER, layer), kind, "layer", layer)
+
+    def _sites(self) -> set[Any]:
+        sites = {site for site, _ in self._data}
+        if self._saved is not None:
+            sites |= {site for site, _ in self._saved}
+        return sites
+
     def blocks(self) -> list[int]:
-        return sorted({block for block, _ in self._data if block != STACK})
+        return sorted(s for s in self._sites() if isinstance(s, int) and s != STACK)
+
+    def layers(self) -> list[int]:
+        """The decoder layers that have records."""
+        return sorted(s[1] for s in self._sites() if isinstance(s, tuple))
 
     def clear(self) -> None:
         self._data.clear()
+        self._saved = None
+
+    # ------------------------------------------------------------------ files
+    @staticmethod
+    def _key(site: Any, kind: str) -> str:
+        if isinstance(site, tuple):
+            return f"layer{site[1]}/{kind}"
+        return f"stack/{kind}" if site == STACK else f"block{site}/{kind}"
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write every record (float32 or the recorded dtype, on the CPU) to ``path`` (``.npz``, keys like
+        ``block0/spikes``, ``layer17/residual_norm``, ``stack/oscillator``); returns the path written.
+        Written to a temporary file and renamed, so a crash leaves no half-written file."""
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            raise InvalidInput("path", path, "must end with .npz")
+        arrays = {"kinds": np.array(sorted(self.kinds))}
+        for site, kind in sorted({*self._data, *(self._saved or {})}, key=lambda k: self._key(*k)):
+            value = self.get_layer(site[1], kind) if isinstance(site, tuple) else self.get(site, kind)
+            arrays[self._key(site, kind)] = value.detach().cpu().numpy()
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        try:
+            np.savez_compressed(tmp, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> GlassBox:
+        """A box holding the records :meth:`save` wrote (read-only use: ``get``, ``get_layer``, ``blocks``,
+        ``layers``)."""
+        path = os.fspath(path)
+        try:
+            files = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput("path", path, f"not a glass-box .npz file: {exc}") from exc
+        with files:
+            if "kinds" not in files.files:
+                raise InvalidInput("path", path, "not a glass-box .npz file (no 'kinds')")
+            box = cls([str(k) for k in files["kinds"]])
+            saved: dict[tuple[Any, str], np.ndarray] = {}
+            for key in files.files:
+                if key == "kinds":
+                    continue
+                site_name, kind = key.split("/", 1)
+                if site_name == "stack":
+                    site: Any = STACK
+                elif site_name.startswith("layer"):
+                    site = (_LAYER, int(site_name[5:]))
+                else:
+                    site = int(site_name[5:])
+                saved[(site, kind)] = files[key]
+        box._saved = saved
+        return box
 
     @contextmanager
     def attach(self, module: nn.Module) -> Iterator[GlassBox]:

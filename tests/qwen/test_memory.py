@@ -173,3 +173,40 @@ def test_memory_bad_input(store):
     assert info.value.field == "store"
     with pytest.raises(InvalidInput):
         tiny_unified(24, memory_dim=0)
+
+
+def test_generation_rereads_the_memory_every_n_tokens(store):
+    rng = np.random.default_rng(40)
+    store.insert_batch(rng.normal(size=(60, DIM)).astype(np.float32), [{"n": i} for i in range(60)])
+    counting = CountingStore(store)
+    model = tiny_unified(40, up_std=0.3, memory_dim=DIM)
+    model.attach_memory(counting, k=1)
+    prompt = random_ids(2, 6, seed=40)
+    out = model.generate(prompt, 12, reread_every=3)
+    # one SEARCH per row for the prompt, then after new tokens 3, 6 and 9 (token 12 is not run again)
+    assert counting.calls == ["search"] * 2 * 4
+    # the last read was queried with the hooked layer's state averaged over the 6 + 8 tokens run by then
+    with torch.no_grad():
+        seen = model(out.sequences[:, : 6 + 8], read_memory=False)
+        retrieved, found = model.memory.read(model.memory_key(seen.layer_mean))
+        expected = model.memory_context(torch.from_numpy(retrieved))
+    assert found.all()
+    torch.testing.assert_close(out.context, expected)
+    first = model.generate(prompt, 1).context  # the prompt's context (fixed seeds: the reads moved on)
+    assert not torch.equal(out.context, first)
+    # the uncached path gives each position the context in force when the cached path ran it
+    full = model.generate(prompt, 12, reread_every=3, use_cache=False)
+    assert torch.equal(full.sequences, out.sequences) and _rel(full.scores, out.scores) < 1e-5
+    # and without re-reads the whole generation keeps the prompt's context
+    counting.calls.clear()
+    model.generate(prompt, 12)
+    assert counting.calls == ["search"] * 2
+
+
+def test_rereading_bad_input(store):
+    model = tiny_unified(41, memory_dim=DIM)
+    model.attach_memory(store)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(InvalidInput) as info:
+            model.generate(random_ids(1, 4), 3, reread_every=bad)
+        assert info.value.field == "reread_every" and info.value.value is bad

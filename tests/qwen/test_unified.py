@@ -79,9 +79,20 @@ def test_bad_input_ids_and_padding():
     ids = random_ids(2, 5)
     mask = torch.ones(2, 5, dtype=torch.long)
     model(ids, attention_mask=mask)
-    mask[0, 0] = 0
-    with pytest.raises(NotImplementedError, match="padd"):
+    mask[0, 0] = 0  # left padding
+    with pytest.raises(NotImplementedError, match="right"):
         model(ids, attention_mask=mask)
+    mask[0] = torch.tensor([1, 1, 0, 1, 1])  # a gap
+    with pytest.raises(NotImplementedError, match="right"):
+        model(ids, attention_mask=mask)
+    for bad in (torch.ones(2, 4, dtype=torch.long), torch.ones(2, 5), torch.full((2, 5), 2), [[1] * 5] * 2):
+        with pytest.raises(InvalidInput) as info:
+            model(ids, attention_mask=bad)
+        assert info.value.field == "attention_mask"
+    empty_row = torch.ones(2, 5, dtype=torch.long)
+    empty_row[1] = 0
+    with pytest.raises(InvalidInput, match="at least one token"):
+        model(ids, attention_mask=empty_row)
     with pytest.raises(InvalidInput) as info:
         model.generate(ids, 0)
     assert info.value.field == "max_new_tokens"
@@ -207,3 +218,35 @@ def test_training_phase_is_checked():
     with pytest.raises(InvalidInput) as info:
         train(None, data=[], phase=3)
     assert info.value.field == "phase"
+
+
+def test_right_padded_rows_get_what_they_get_alone():
+    model = tiny_unified(16, lora=True, up_std=0.3, memory_dim=16).train()
+    lengths = [7, 4, 1]
+    rows = [random_ids(1, n, seed=160 + n) for n in lengths]
+    ids = torch.zeros(3, 7, dtype=torch.long)
+    mask = torch.zeros(3, 7, dtype=torch.long)
+    for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        ids[b, :n], mask[b, :n] = row[0], 1
+        ids[b, n:] = 5  # padding tokens: they must change nothing
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.eval()
+        padded = model(ids, attention_mask=mask, labels=ids)
+        for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+            alone = model(row, labels=row)
+            torch.testing.assert_close(padded.logits[b, :n], alone.logits[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(padded.layer_mean[b], alone.layer_mean[0], rtol=1e-5, atol=1e-5)
+    # the loss is over real next tokens only: 6 + 3 + 0 targets
+    logits = torch.cat([padded.logits[b, : n - 1] for b, n in enumerate(lengths)])
+    targets = torch.cat([ids[b, 1:n] for b, n in enumerate(lengths)])
+    torch.testing.assert_close(padded.loss, torch.nn.functional.cross_entropy(logits, targets))
+    # gradients flow through a padded batch
+    model.train()
+    model(ids, attention_mask=mask, labels=ids).loss.backward()
+    assert model.up.weight.grad is not None and float(model.up.weight.grad.abs().sum()) > 0
+    # a padded batch cannot continue a stream
+    with pytest.raises(NotImplementedError, match="stream"):
+        model(ids, attention_mask=mask, use_cache=True)
+    with pytest.raises(NotImplementedError, match="stream"):
+        model(ids, attention_mask=mask, return_stack_state=True)
