@@ -63,6 +63,7 @@ format: install
 # network: run(command="bash scripts/gpu_check.sh lif", carry=[".wheels"]).
 gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps -d .wheels fla-core==0.6.0 spikingjelly==2.0.0 loguru
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d .wheels-bnb bitsandbytes==0.50.2
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .asv

@@ -6,8 +6,8 @@
 #   run(command="bash scripts/gpu_check.sh lif", carry=[".wheels"], timeout_s=600)
 #
 # Parts: lif (scripts/gpu_lif.sh: ~9 min), attention (scripts/gpu_attention.sh: ~9 min), stack
-# (scripts/gpu_stack.sh: ~9 min), all (the three; more than one session's 15 device-minutes, so pick one
-# part per session unless the budget allows).
+# (scripts/gpu_stack.sh: ~9 min), qwen (scripts/gpu_qwen.sh, carry=[".wheels-bnb"]: ~5 min), all (the four;
+# more than one session's 15 device-minutes, so pick one part per session unless the budget allows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/gpu-out}"
@@ -25,5 +25,9 @@ fi
 if [[ $part == stack || $part == all ]]; then
     echo "== spiking cortical stack (issue 6)"
     bash scripts/gpu_stack.sh || status=1
+fi
+if [[ $part == qwen || $part == all ]]; then
+    echo "== unified model: Qwen2.5-3B NF4 + stack (issue 7)"
+    bash scripts/gpu_qwen.sh || status=1
 fi
 exit $status
