@@ -428,6 +428,11 @@ class T4DX:
             sync_interval,
         )
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
     def close(self) -> None:
         """fsync the log and release the store. Unflushed rows are replayed from the log at next open."""
         with self._write_lock:

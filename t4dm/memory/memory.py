@@ -208,10 +208,64 @@ class Memory:
         self._last_in_run: dict[tuple[str | None, ...], str] = {}
         self.retrievals: dict[str, int] = {}  # id -> times returned by search, not yet replayed (NREM)
         self.co_retrievals: list[tuple[str, ...]] = []  # the hits of each search, not yet replayed
+        self._unsaved = 0  # searches since the retrieval state was last saved
+        self._load_state()
 
     # ------------------------------------------------------------------ life cycle
     def close(self) -> None:
-        self.db.close()
+        if self.db.closed:
+            return
+        try:
+            self.save_state()
+        finally:
+            self.db.close()
+
+    @property
+    def _state_path(self) -> str:
+        return os.path.join(self.path, STATE_FILE)
+
+    def save_state(self) -> None:
+        """Write what NREM and PRUNE will read — the retrieval counts and the co-retrieved hit lists not yet
+        replayed — to ``STATE_FILE`` in the store's folder (checksummed, replaced atomically). Called by
+        :meth:`close`, after :meth:`consolidate`, and every ``SAVE_EVERY`` searches; a crash loses at most
+        the searches since."""
+        import msgpack
+
+        from t4dm.storage.fsutil import write_framed
+
+        with self._lock:
+            body = msgpack.packb(
+                {"retrievals": self.retrievals, "co_retrievals": [list(c) for c in self.co_retrievals]}
+            )
+            write_framed(self._state_path, _STATE_MAGIC, _STATE_FORMAT, body)
+            self._unsaved = 0
+
+    def _load_state(self) -> None:
+        """Read the state :meth:`save_state` wrote; a damaged file is reported (a warning) and ignored: the
+        counts only steer consolidation, and the memories themselves are in the store."""
+        import warnings
+
+        import msgpack
+
+        from t4dm.storage.fsutil import read_framed
+
+        if not os.path.exists(self._state_path):
+            return
+        got = read_framed(self._state_path, _STATE_MAGIC, _STATE_FORMAT)
+        problem = got if isinstance(got, str) else None
+        if problem is None:
+            try:
+                state = msgpack.unpackb(got[1], strict_map_key=False)  # type: ignore[index]
+                retrievals = {str(k): int(v) for k, v in state["retrievals"].items()}
+                co = [tuple(str(i) for i in hits) for hits in state["co_retrievals"]]
+            except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
+                problem = f"unreadable body: {exc}"
+        if problem is not None:
+            warnings.warn(
+                f"{self._state_path}: {problem}; retrieval counts start empty", RuntimeWarning, stacklevel=3
+            )
+            return
+        self.retrievals, self.co_retrievals = retrievals, co[-MAX_CO_RETRIEVALS:]
 
     def __enter__(self) -> Memory:
         return self
@@ -598,6 +652,9 @@ class Memory:
             memory = MemoryItem.of(items[id])
             hits.append(MemoryHit(id, memory.text, fused[id], signals[id], memory))
             self.retrievals[id] = self.retrievals.get(id, 0) + 1
+        self._unsaved += 1
+        if self._unsaved >= SAVE_EVERY:
+            self.save_state()
         return hits
 
     def _visible(self, id: str, scope: dict[str, str], filters: dict[str, Any]) -> Item | None:
@@ -649,9 +706,15 @@ class Memory:
     ) -> ConsolidationReport:
         """Sleep: NREM replay, REM prototypes, PRUNE, as one compaction of the store (see
         :mod:`t4dm.memory.consolidation`). Returns what moved between κ bands."""
-        return consolidate(self, phases, config=config, now=now, progress=progress)
+        report = consolidate(self, phases, config=config, now=now, progress=progress)
+        self.save_state()  # the replayed searches are spent: a restart must not replay them again
+        return report
 
 
 DENSE_WEIGHT = 0.5  # dense and BM25 weigh the same in the fused score
 GRAPH_SHARE = 0.25  # share of a hit's fused score its neighbouring turns gain
 MAX_CO_RETRIEVALS = 10_000  # searches remembered for NREM's co-retrieval edges
+STATE_FILE = "memory-state"  # in the store's folder: retrieval counts and co-retrievals (Memory.save_state)
+SAVE_EVERY = 256  # searches between saves of that state
+_STATE_MAGIC = b"T4DMSDK\x00"
+_STATE_FORMAT = 1

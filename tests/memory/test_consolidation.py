@@ -123,3 +123,45 @@ def test_all_phases_report_and_bad_config(memory):
     with pytest.raises(errors.InvalidTime):
         memory.consolidate(now=datetime(2026, 1, 1))
     assert np.isfinite(report.seconds)
+
+
+def test_retrieval_counts_survive_a_restart(tmp_path):
+    config = ConsolidationConfig(replay_tau=0.999)
+    with Memory(tmp_path / "m", embedder=bag_of_words) as m:
+        a, b, c = (
+            r.id for r in m.add(["apples are red", "bananas are yellow", "cherries are dark"], user_id="u")
+        )
+        for _ in range(2):
+            m.search("apples bananas", user_id="u", k=2)
+    with Memory(tmp_path / "m", embedder=bag_of_words) as m:  # a new process, as far as the SDK knows
+        assert m.retrievals == {a: 2, b: 2} and [set(hits) for hits in m.co_retrievals] == [{a, b}] * 2
+        report = m.consolidate(phases=("nrem",), progress=False, now=NOW, config=config)
+        assert report.replayed == 2 and m.get(a).kappa == pytest.approx(0.3) and m.get(c).kappa == 0.0
+    with Memory(tmp_path / "m", embedder=bag_of_words) as m:  # the replayed searches are spent
+        assert m.retrievals == {} and m.co_retrievals == []
+        assert m.consolidate(phases=("nrem",), progress=False, now=NOW, config=config).replayed == 0
+
+
+def test_state_is_saved_every_so_many_searches_and_a_damaged_file_is_ignored(tmp_path, monkeypatch):
+    import t4dm.memory.memory as module
+
+    monkeypatch.setattr(module, "SAVE_EVERY", 3)
+    m = Memory(tmp_path / "m", embedder=bag_of_words)
+    [a] = m.add("apples are red", user_id="u")
+    state = tmp_path / "m" / module.STATE_FILE
+    for _ in range(2):
+        m.search("apples", user_id="u", k=1)
+    assert not state.exists()
+    m.search("apples", user_id="u", k=1)
+    saved = state.read_bytes()
+    m.search("apples", user_id="u", k=1)  # the fourth is not saved yet: a crash would lose it alone
+    assert state.read_bytes() == saved
+    m.db.close()  # a crash: the SDK's close() never ran
+    with Memory(tmp_path / "m", embedder=bag_of_words) as again:
+        assert again.retrievals == {a.id: 3}
+    state.write_bytes(saved[:-3] + b"xyz")  # damaged: checksum mismatch
+    with (
+        pytest.warns(RuntimeWarning, match="checksum"),
+        Memory(tmp_path / "m", embedder=bag_of_words) as again,
+    ):
+        assert again.retrievals == {} and again.get(a.id) is not None
