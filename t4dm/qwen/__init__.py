@@ -21,6 +21,7 @@ _EXPORTS = {
     "decoder_layers": "backbone",
     "load_backbone": "backbone",
     "nf4_quantization_config": "backbone",
+    "checkpoint_memory": "checkpoint",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "QWEN25_3B": "config",

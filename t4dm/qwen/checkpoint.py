@@ -1,9 +1,11 @@
 """Checkpoints of the unified model's own weights: LoRA adapters, the stack (with its neuromodulator state)
 and the projections. The backbone is not copied: it loads from its own local path.
 
-A checkpoint is a folder with ``unified.json`` (format, the model's shape, the LoRA settings) and
-``unified.safetensors`` (``lora/<peft key>`` and ``own/<module>.<name>`` tensors), each published atomically
-(write a temporary file, fsync, rename, fsync the folder).
+A checkpoint is a folder with ``unified.json`` (format, the model's shape, the LoRA settings, the memory's
+settings) and ``unified.safetensors`` (``lora/<peft key>`` and ``own/<module>.<name>`` tensors), each
+published atomically (write a temporary file, fsync, rename, fsync the folder), and — when the model has a
+memory attached — ``memory/``: a :meth:`T4DX.backup <t4dm.storage.T4DX.backup>` of the store it ran with
+(open it with :func:`checkpoint_memory`).
 """
 
 from __future__ import annotations
@@ -19,21 +21,65 @@ from t4dm.errors import InvalidInput
 
 from .unified import UnifiedModel
 
-__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "MEMORY_FOLDER", "checkpoint_memory", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 _SPEC = "unified.json"
 _TENSORS = "unified.safetensors"
 _OWN = ("stack", "down", "up", "memory_query", "memory_context")
+MEMORY_FOLDER = "memory"  # the store snapshot inside a checkpoint
 
 
 def _own_modules(model: UnifiedModel) -> dict[str, nn.Module]:
     return {name: getattr(model, name) for name in _OWN if getattr(model, name) is not None}
 
 
+def _snapshot_memory(model: UnifiedModel, folder: str) -> dict[str, Any] | None:
+    """Back the attached store up into ``folder/memory`` (replacing an older snapshot there only once the new
+    one is complete); returns the memory's settings for the spec, or None without a memory."""
+    import shutil
+
+    memory = model.memory
+    if memory is None:
+        return None
+    note: dict[str, Any] = {"kind": memory.kind, "k": memory.k, "dim": memory.dim, "snapshot": None}
+    backup = getattr(memory.store, "backup", None)
+    if callable(backup):
+        target = os.path.join(folder, MEMORY_FOLDER)
+        fresh = target + ".new"
+        if os.path.lexists(fresh):
+            shutil.rmtree(fresh)
+        backup(fresh)
+        if os.path.lexists(target):
+            old = target + ".old"
+            os.rename(target, old)
+            os.rename(fresh, target)
+            shutil.rmtree(old)
+        else:
+            os.rename(fresh, target)
+        note["snapshot"] = MEMORY_FOLDER
+        note["last_seq"] = int(memory.store.stats()["last_seq"])
+    return note
+
+
+def checkpoint_memory(path: str | os.PathLike[str], **options: Any) -> Any:
+    """Open the T4DX store snapshot saved in the checkpoint at ``path`` (``T4DX.open`` ``options``); attach it
+    with ``model.attach_memory(store)`` to run as the checkpoint did. Opening writes to the snapshot; open a
+    :meth:`~t4dm.storage.T4DX.backup` of it to keep it as it was.
+
+    Raises :class:`~t4dm.errors.InvalidInput` naming ``path`` when the checkpoint holds no snapshot."""
+    from t4dm.storage import T4DX
+
+    folder = os.path.join(os.fspath(path), MEMORY_FOLDER)
+    if not os.path.isdir(folder):
+        raise InvalidInput("path", os.fspath(path), "this checkpoint holds no memory snapshot")
+    return T4DX.open(folder, **options)
+
+
 def save_checkpoint(model: UnifiedModel, path: str | os.PathLike[str]) -> None:
     """Write ``model``'s LoRA weights, stack (parameters and buffers: the neuromodulator levels and expected
-    reward) and projections to the folder ``path`` (created if needed)."""
+    reward) and projections to the folder ``path`` (created if needed), and a backup of the T4DX store
+    attached to it (``memory/``: the snapshot it ran with)."""
     from safetensors.torch import save
 
     from t4dm.storage.fsutil import publish_bytes
@@ -52,7 +98,14 @@ def save_checkpoint(model: UnifiedModel, path: str | os.PathLike[str]) -> None:
         for key, value in module.state_dict().items():
             tensors[f"own/{module_name}.{key}"] = value.detach().cpu().contiguous()
     dtype = str(model.down.weight.dtype).removeprefix("torch.")
-    spec = {"format": CHECKPOINT_FORMAT, "model": model.spec, "lora": model.lora, "dtype": dtype}
+    memory = _snapshot_memory(model, folder)
+    spec = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.spec,
+        "lora": model.lora,
+        "dtype": dtype,
+        "memory": memory,
+    }
     publish_bytes(os.path.join(folder, _TENSORS), save(tensors))
     publish_bytes(os.path.join(folder, _SPEC), json.dumps(spec, indent=2, sort_keys=True).encode())
 

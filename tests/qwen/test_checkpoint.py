@@ -12,7 +12,14 @@ pytest.importorskip("peft")
 pytest.importorskip("safetensors")
 
 from t4dm.errors import InvalidInput  # noqa: E402
-from t4dm.qwen import load_backbone, load_checkpoint, save_checkpoint, tiny_qwen_config  # noqa: E402
+from t4dm.qwen import (  # noqa: E402
+    checkpoint_memory,
+    load_backbone,
+    load_checkpoint,
+    save_checkpoint,
+    tiny_qwen_config,
+)
+from t4dm.storage import T4DX  # noqa: E402
 from tests.qwen.helpers import random_ids, tiny_base, tiny_unified  # noqa: E402
 
 
@@ -93,3 +100,40 @@ def test_release_gives_the_backbone_back():
     assert not any(".lora_" in k for k in base.state_dict())
     with torch.no_grad():
         assert torch.equal(base(input_ids=ids).logits, before)
+
+
+def test_checkpoint_holds_a_snapshot_of_the_memory_it_ran_with(tmp_path):
+    model = _trained(12, memory_dim=16)
+    with pytest.raises(InvalidInput) as info:  # no memory attached: no snapshot
+        save_checkpoint(model, tmp_path / "bare")
+        checkpoint_memory(tmp_path / "bare")
+    assert info.value.field == "path"
+    assert json.loads((tmp_path / "bare" / "unified.json").read_text())["memory"] is None
+    with T4DX.open(tmp_path / "store", dim=16, durability="none") as store:
+        model.attach_memory(store, k=2)
+        [first] = model.remember(random_ids(1, 8, seed=12))
+        save_checkpoint(model, tmp_path / "ckpt")
+        [second] = model.remember(random_ids(1, 8, seed=13))  # after the checkpoint: not in its snapshot
+        assert first.id and second.id and len(store) == 2
+        prompt = random_ids(1, 8, seed=12)
+        with torch.no_grad():
+            context = model(prompt).context
+    spec = json.loads((tmp_path / "ckpt" / "unified.json").read_text())
+    assert spec["memory"]["snapshot"] == "memory" and spec["memory"]["k"] == 2 and spec["memory"]["dim"] == 16
+    with checkpoint_memory(tmp_path / "ckpt") as snapshot:
+        assert len(snapshot) == 1 and snapshot.get(second.id) is None
+        assert (snapshot.get(first.id).vector == first.vector).all()
+        model.attach_memory(snapshot, k=2)
+        with torch.no_grad():
+            assert not torch.equal(model(prompt).context, context)  # the second episode is not there
+    with T4DX.open(tmp_path / "store") as store:
+        model.attach_memory(store, k=2)
+        model.remember(random_ids(1, 8, seed=14))
+        save_checkpoint(model, tmp_path / "ckpt")  # a newer snapshot replaces the older one
+    with checkpoint_memory(tmp_path / "ckpt") as snapshot:
+        assert len(snapshot) == 3
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "memory",
+        "unified.json",
+        "unified.safetensors",
+    ]
