@@ -59,7 +59,8 @@ ADJACENCY_COLUMNS: dict[str, np.dtype] = {
     "valid_from": np.dtype(np.int64),
     "valid_to": np.dtype(np.int64),
 }
-# per entry, the far node's index in the node table (segments written before it have none)
+# per entry, the far node's index in the node table (segments written before it have none); int32 when the
+# table has fewer than 2**31 nodes (segments written before that hold int64: both are read)
 ADJACENCY_EXTRA: dict[str, np.dtype] = {"far_node": np.dtype(np.int64)}
 
 
@@ -89,6 +90,8 @@ def build_adjacency(columns: Any, n: int, near: str) -> dict[str, np.ndarray]:
     node_of[order] = np.cumsum(first) - 1
     nodes = order[first]
     near_node, far_node = node_of[: len(rows)], node_of[len(rows) :]
+    if len(nodes) < 2**31:  # half the bytes per entry for the walk's one random read per edge
+        far_node = far_node.astype(np.int32)
     offsets = np.searchsorted(near_node, np.arange(len(nodes) + 1, dtype=np.int64)).astype(np.int64)
     return {
         "node_hi": both_hi[nodes],
@@ -206,17 +209,24 @@ def _bfs_nodes(
     offsets, far_node, rows, kind, flags, seq, recorded_at, valid_from, valid_to,  # CSR by node index
     next_seq, superseded_at, weight,  # mutable columns, indexed by row
     snap_seq, check_seq, dirty, known_us, valid_us, rel_ok, min_weight, need_weight, scale_all, rel_scale,
-    hops, best_w, via, order,  # per node: hops (-1: not reached), best weight, edge row; reach order
-):  # fmt: skip
+    hops, place, order, best_w, via,  # per node: hops (-1: not reached), place in the reach order (with
+):  # weights only); per place: the node, its best weight and the edge row that reached it  # fmt: skip
     """Breadth-first inside one source by node index (no key lookups, a visited array instead of a hash
-    set); the same edge filters as :func:`_expand`. Returns how many nodes ``order`` holds."""
+    set); the same edge filters as :func:`_expand`. Returns how many nodes ``order`` holds.
+
+    The walk is bound by random reads: ``hops`` is the only per-node array read for every edge, so it is
+    kept small (int8 for depth < 127: a million nodes fit in the cache); what is written per reached node
+    (``order``, ``best_w``, ``via``) goes to consecutive places; ``place`` (a node's place, to keep the
+    heaviest of several edges reaching it at the same hop) is touched only when weights are read."""
     count = 0
     for s in seeds:
         if hops[s] < 0:
             hops[s] = 0
-            best_w[s] = np.inf
-            via[s] = -1
+            if need_weight:
+                place[s] = count
             order[count] = s
+            best_w[count] = np.inf
+            via[count] = -1
             count += 1
     start = 0
     for hop in range(1, depth + 1):
@@ -236,30 +246,34 @@ def _bfs_nodes(
                     continue
                 if valid_us != -9223372036854775808 and (valid_from[e] > valid_us or valid_to[e] <= valid_us):
                     continue
-                r = rows[e]
                 if known_us >= 0:
+                    r = rows[e]
                     if recorded_at[e] > known_us or (
                         superseded_at[r] <= known_us and next_seq[r] <= snap_seq
                     ):
                         continue
-                elif not links_clean and next_seq[r] <= snap_seq:
+                elif not links_clean and next_seq[rows[e]] <= snap_seq:
                     continue
-                w = 1.0
-                if need_weight:
-                    w = weight[r] * scale_all * rel_scale[k]
-                    if w < min_weight:
-                        continue
                 f = far_node[e]
                 h = hops[f]
+                if h >= 0 and (h != hop or not need_weight):
+                    continue  # reached before (the usual case: decided by the one small array)
+                w = 1.0
+                if need_weight:
+                    w = weight[rows[e]] * scale_all * rel_scale[k]
+                    if w < min_weight:
+                        continue
                 if h < 0:
                     hops[f] = hop
-                    best_w[f] = w
-                    via[f] = r
+                    if need_weight:
+                        place[f] = count
                     order[count] = f
+                    best_w[count] = w
+                    via[count] = rows[e]
                     count += 1
-                elif h == hop and w > best_w[f]:
-                    best_w[f] = w
-                    via[f] = r
+                elif w > best_w[place[f]]:
+                    best_w[place[f]] = w
+                    via[place[f]] = rows[e]
         start = end
     return count
 
@@ -509,18 +523,20 @@ def _breadth_first_nodes(
     n_nodes = len(node_hi)
     index = np.empty(len(hi), dtype=np.int64)
     _find_many(node_hi, node_lo, hi, lo, index)
-    hops = np.full(n_nodes, -1, dtype=np.int64)
-    best_w = np.empty(n_nodes, dtype=np.float64)
-    via = np.empty(n_nodes, dtype=np.int64)
+    hops = np.full(n_nodes, -1, dtype=np.int8 if depth < 127 else np.int32)
+    place = np.full(n_nodes if step.need_weight else 0, -1, dtype=np.int64)
+    # written only up to the count reached: untouched pages of these cost nothing
     order = np.empty(max(n_nodes, 1), dtype=np.int64)
+    best_w = np.empty(max(n_nodes, 1), dtype=np.float64)
+    via = np.empty(max(n_nodes, 1), dtype=np.int64)
     count = _bfs_nodes(
         index[index >= 0], depth, adj["offsets"], adj["far_node"], adj["rows"], adj["kind"], adj["flags"],
         adj["seq"], adj["recorded_at"], adj["valid_from"], adj["valid_to"], src.next_seq, src.superseded_at,
         src.weight, np.uint64(step.snap_seq), step.check_seq, step.dirty, np.int64(step.known_us),
         np.int64(step.valid_us), step.rel_ok, float(step.min_weight), step.need_weight, float(step.scale_all),
-        step.rel_scale, hops, best_w, via, order,
+        step.rel_scale, hops, place, order, best_w, via,
     )  # fmt: skip
-    order = order[:count]
+    order, best_w, via = order[:count], best_w[:count], via[:count]
     # seeds with no edge in this source: reached at 0 hops, first, in the order given
     isolated: dict[tuple[int, int], int] = {}
     for key_hi, key_lo, i in zip(hi.tolist(), lo.tolist(), index.tolist(), strict=True):
@@ -529,12 +545,15 @@ def _breadth_first_nodes(
     n_iso = len(isolated)
     iso_hi = np.fromiter((k[0] for k in isolated), dtype=np.uint64, count=n_iso)
     iso_lo = np.fromiter((k[1] for k in isolated), dtype=np.uint64, count=n_iso)
-    r_hops = np.concatenate([np.zeros(n_iso, dtype=np.int64), hops[order]])
-    r_via = np.concatenate([np.full(n_iso, -1, dtype=np.int64), np.where(hops[order] == 0, -1, via[order])])
-    r_w = np.concatenate([np.full(n_iso, math.inf), best_w[order]])
-    r_hi, r_lo = np.concatenate([iso_hi, node_hi[order]]), np.concatenate([iso_lo, node_lo[order]])
+    r_hops = np.concatenate([np.zeros(n_iso, dtype=np.int64), hops[order].astype(np.int64)])
+    r_via = np.concatenate([np.full(n_iso, -1, dtype=np.int64), via])
+    r_w = np.concatenate([np.full(n_iso, math.inf), best_w])
+
+    def keys() -> tuple[np.ndarray, np.ndarray]:  # random reads of the node table: made when asked
+        return np.concatenate([iso_hi, node_hi[order]]), np.concatenate([iso_lo, node_lo[order]])
+
     if not name:
-        return r_hi, r_lo, r_hops, r_w, r_via
+        return (*keys(), r_hops, r_w, r_via)
     position: list[np.ndarray] = []
 
     def lookup(key_hi: np.uint64, key_lo: np.uint64) -> int:
@@ -549,7 +568,7 @@ def _breadth_first_nodes(
             return int(position[0][i])
         return isolated.get((int(key_hi), int(key_lo)), -1)
 
-    return Reached(r_hi, r_lo, r_hops, r_w, r_via, [step], seed_names, with_weights, lookup=lookup)
+    return Reached(keys, None, r_hops, r_w, r_via, [step], seed_names, with_weights, lookup=lookup)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -571,8 +590,8 @@ class Reached(Mapping):
 
     def __init__(
         self,
-        hi: np.ndarray,
-        lo: np.ndarray,
+        hi: np.ndarray | Callable[[], tuple[np.ndarray, np.ndarray]],
+        lo: np.ndarray | None,
         hops: np.ndarray,
         weight: np.ndarray,
         via: np.ndarray,
@@ -581,7 +600,11 @@ class Reached(Mapping):
         with_weights: bool,
         lookup: Callable[[np.uint64, np.uint64], int],
     ) -> None:
-        self._hi, self._lo, self._hops, self._weight, self._via = hi, lo, hops, weight, via
+        # the keys, or a function making them on first use (the walk by node index needs none itself)
+        self._keys: tuple[np.ndarray, np.ndarray] | Callable[[], tuple[np.ndarray, np.ndarray]] = (
+            (hi, lo) if lo is not None else hi
+        )
+        self._hops, self._weight, self._via = hops, weight, via
         self._lookup = lookup  # key -> place in these arrays, or -1
         self._steps, self._seed_names, self._with_weights = steps, seed_names, with_weights
         self._names: list[str] | None = None
@@ -595,7 +618,9 @@ class Reached(Mapping):
         return self._weight
 
     def keys_u64(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._hi, self._lo
+        if callable(self._keys):
+            self._keys = self._keys()
+        return self._keys
 
     def __len__(self) -> int:
         return len(self._hops)
@@ -624,7 +649,7 @@ class Reached(Mapping):
             n_seeds = int(np.count_nonzero(hops == 0))  # the seeds come first, in visiting order
             names[:n_seeds] = [
                 self._seed_names[key]
-                for key in zip(self._hi[:n_seeds].tolist(), self._lo[:n_seeds].tolist(), strict=True)
+                for key in zip(*(k[:n_seeds].tolist() for k in self.keys_u64()), strict=True)
             ]
             reached = np.arange(n_seeds, len(hops))
             step_of = via[reached] % max(1, len(steps))

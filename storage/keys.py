@@ -67,10 +67,24 @@ def key_u64(id: str) -> tuple[np.uint64, np.uint64]:
     return np.uint64(hi), np.uint64(lo)
 
 
+def _key_bytes(id: str) -> bytes:
+    """The 16 big-endian bytes of :func:`key_of`'s 128-bit key."""
+    if len(id) == 36 and _UUID.fullmatch(id):
+        return bytes.fromhex(id.replace("-", ""))
+    try:
+        raw = id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput("id", id, "an id must be encodable as UTF-8") from exc
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
 def keys_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Keys of many ids: two ``uint64`` arrays ``(key_hi, key_lo)`` of length ``len(ids)``."""
-    pairs = [key_of(i) for i in ids]
-    return np.array([p[0] for p in pairs], dtype=np.uint64), np.array([p[1] for p in pairs], dtype=np.uint64)
+    """Keys of many ids: two ``uint64`` arrays ``(key_hi, key_lo)`` of length ``len(ids)`` (the same as
+    :func:`key_of`, made from the keys' bytes without Python integers)."""
+    if not ids:
+        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)
+    pairs = np.frombuffer(b"".join([_key_bytes(i) for i in ids]), dtype=">u8").reshape(-1, 2)
+    return pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
 
 
 def new_ids(n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
