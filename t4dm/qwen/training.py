@@ -504,6 +504,13 @@ def _phase1_tensors(
     return trainable, saved["optimizer"]
 
 
+def _batch(ids: np.ndarray, step: int, options: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """The batch of ``step`` (:func:`batch_at` with the run's options) on ``device``."""
+    return batch_at(
+        ids, step, batch_size=options["batch_size"], seq_len=options["seq_len"], seed=options["seed"]
+    ).to(device)
+
+
 def _phase1(
     model: UnifiedModel,
     ids: np.ndarray,
@@ -535,10 +542,7 @@ def _phase1(
         with _progress(result, total, progress) as bar:
             while result.step < total:
                 step = result.step + 1
-                batch = batch_at(
-                    ids, step, batch_size=options["batch_size"], seq_len=options["seq_len"], seed=seed
-                )
-                batch = batch.to(device)
+                batch = _batch(ids, step, options, device)
                 with _seeded_rng(seed, step, device):
                     with autocast:
                         loss = model(batch, labels=batch).loss
@@ -588,10 +592,7 @@ def _phase2(
         with _progress(result, total, progress) as bar:
             while result.step < total:
                 step = result.step + 1
-                batch = batch_at(
-                    ids, step, batch_size=options["batch_size"], seq_len=options["seq_len"], seed=seed
-                )
-                batch = batch.to(device)
+                batch = _batch(ids, step, options, device)
                 box.clear()
                 with _seeded_rng(seed, step, device), box.attach(model.stack):
                     loss = float(model(batch, labels=batch).loss)
