@@ -45,7 +45,7 @@ except AttributeError:  # triton < 3.4
     INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 AUTOTUNE = os.environ.get("T4DM_AUTOTUNE", "1") != "0"
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: compiled kernels read no other globals
 # Chunk length of the forward/backward kernels: the pairwise decay factor costs BT^2 * K exponentials
 # per chunk, the state products 2 * BT * K * V multiply-adds.
 DEFAULT_CHUNK_SIZE = 32

@@ -1,0 +1,256 @@
+"""Compile Triton kernels to Hopper machine code without a GPU (ptxas ships with triton).
+
+The interpreter (``TRITON_INTERPRET=1``) lets through what the real compiler rejects (dot shapes under 16,
+layouts, dtype mixes), so each kernel module's tests also compile its kernels for sm_90 in a fresh process
+without ``TRITON_INTERPRET``. ``python -m tests.kernels.sm90 MODULE`` compiles the cases that ``MODULE``'s
+``sm90_cases()`` (in this file) lists and prints ``compiled NAME`` for each.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# kernel, argument types, constexpr values (and optionally compile options beside num_warps = 4, num_stages = 2)
+Case = tuple[Any, dict[str, str], dict[str, Any]] | tuple[Any, dict[str, str], dict[str, Any], dict[str, Any]]
+
+
+def _jit_function(kernel: Any) -> Any:
+    """The ``JITFunction`` under ``autotune`` / ``heuristics`` wrappers."""
+    import triton
+
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = kernel.fn
+    return kernel
+
+
+def compile_cases(cases: list[Case]) -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    for kernel, signature, constexprs, *extra in cases:
+        start = time.perf_counter()
+        fn = _jit_function(kernel)
+        missing = set(fn.arg_names) - set(signature) - set(constexprs)
+        assert not missing, f"{fn.__name__}: no type for {sorted(missing)}"
+        src = ASTSource(
+            fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")}, constexprs=constexprs
+        )
+        compiled = triton.compile(
+            src,
+            target=GPUTarget("cuda", 90, 32),
+            options=dict(num_warps=4, num_stages=2, **(extra[0] if extra else {})),
+        )
+        assert compiled.asm["cubin"], fn.__name__
+        print("compiled", fn.__name__, f"{time.perf_counter() - start:.1f} s", flush=True)
+
+
+def run_compile_check(module: str) -> subprocess.CompletedProcess[str]:
+    """Compile ``module``'s cases in a fresh process without ``TRITON_INTERPRET``."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(
+        [sys.executable, "-m", "tests.kernels.sm90", module],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the cases: the benchmark's shapes (K = D = V = 64, chunk 64), 16-bit and float32 inputs, every optional part on
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _lif_cases() -> list[Case]:
+    from t4dm.kernels.lif import fused
+
+    f32 = "*fp32"
+    sizes = dict(T="i32", Q="i32", n_sub="i32", n_qblocks="i32", n_neurons="i32")
+    lif = dict(tau="fp32", v_th="fp32", v_reset="fp32")
+    exact = dict(enable_fp_fusion=False)  # as the kernels are launched: no fused multiply-adds
+    return [
+        (fused._lif_fwd_kernel,
+         dict(x="*bf16", v0=f32, spikes="*bf16", ckpt=f32, v_start=f32, v_end=f32, **sizes, **lif),
+         dict(HAS_V0=True, SAVE_CKPT=True, DECAY_INPUT=True, SOFT_RESET=False, CHUNK=64, SUB=8, WARMUP=3,
+              BLOCK=512), exact),
+        (fused._lif_fwd_fixup_kernel,
+         dict(x=f32, spikes=f32, ckpt=f32, v_start=f32, v_end=f32, v_final=f32, **sizes, n_chunks="i32", **lif),
+         dict(SAVE_CKPT=True, DECAY_INPUT=False, SOFT_RESET=True, CHUNK=64, SUB=8, BLOCK=512), exact),
+        (fused._lif_bwd_kernel,
+         dict(x=f32, ckpt=f32, grad_spikes=f32, carry_end=f32, grad_x=f32, carry_start=f32, phi=f32, **sizes, **lif,
+              alpha="fp32", decay="fp32"),
+         dict(HAS_CARRY_IN=True, WRITE_GRAD_X=True, DECAY_INPUT=True, SOFT_RESET=False, DETACH_RESET=False,
+              SURROGATE=0, CHUNK=64, SUB=8, BLOCK=512), exact),
+        (fused._lif_bwd_carry_kernel,
+         dict(carry_local=f32, phi=f32, grad_v_final=f32, carry_end=f32, n_neurons="i32", n_chunks="i32"),
+         dict(HAS_GRAD_V=True, BLOCK=1024), exact),
+    ]  # fmt: skip
+
+
+def _rwkv_cases() -> list[Case]:
+    import torch
+
+    from t4dm.kernels.rwkv import chunk, fused_recurrent
+
+    cases: list[Case] = []
+    for dt, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        precision = chunk._dot_precision(dtype)
+        p, f32 = f"*{dt}", "*fp32"
+        shape = dict(H=16, K=64)
+        cases += [
+            (
+                chunk._rwkv6_fwd_intra_kernel,
+                dict(r=p, k=p, w=p, u=p, A=p, T="i32"),
+                dict(**shape, BT=chunk.DEFAULT_CHUNK_SIZE, BK=64),
+            ),
+            (
+                chunk._rwkv6_fwd_kernel,
+                dict(r=p, k=p, v=p, w=p, A=p, o=p, h0=f32, ht=f32, hc=f32, scale="fp32", T="i32"),
+                dict(
+                    **shape,
+                    V=64,
+                    BT=chunk.DEFAULT_CHUNK_SIZE,
+                    BK=64,
+                    BV=64,
+                    DOT_PRECISION=precision,
+                    USE_INITIAL_STATE=True,
+                    STORE_FINAL_STATE=True,
+                    STORE_CHUNK_STATES=True,
+                ),
+            ),
+            (
+                chunk._rwkv6_bwd_intra_kernel,
+                dict(r=p, k=p, v=p, w=p, u=p, do=p, dr=f32, dk=f32, dd=f32, scale="fp32", T="i32"),
+                dict(**shape, V=64, BT=chunk.DEFAULT_CHUNK_SIZE, BK=64, BV=64, DOT_PRECISION=precision),
+            ),
+            (
+                chunk._rwkv6_bwd_kernel,
+                dict(
+                    r=p,
+                    k=p,
+                    v=p,
+                    w=p,
+                    A=p,
+                    hc=f32,
+                    do=p,
+                    dht=f32,
+                    dr=f32,
+                    dk=f32,
+                    dv=p,
+                    dh0=f32,
+                    scale="fp32",
+                    T="i32",
+                ),
+                dict(
+                    **shape,
+                    V=64,
+                    BT=chunk.DEFAULT_CHUNK_SIZE,
+                    BK=64,
+                    BV=64,
+                    DOT_PRECISION=precision,
+                    USE_FINAL_STATE_GRADIENT=True,
+                    STORE_INITIAL_STATE_GRADIENT=True,
+                ),
+            ),
+            (
+                chunk._rwkv6_bwd_dw_kernel,
+                dict(
+                    r=p,
+                    k=p,
+                    u=p,
+                    dr_intra=f32,
+                    dk_intra=f32,
+                    dd=f32,
+                    dr_inter=f32,
+                    dk_inter=f32,
+                    c=f32,
+                    dr=p,
+                    dk=p,
+                    dw=p,
+                    du_part=f32,
+                    T="i32",
+                ),
+                dict(**shape, NV=1, BT=chunk.DEFAULT_CHUNK_SIZE, BK=64, USE_FINAL_STATE_GRADIENT=True),
+            ),
+            (
+                fused_recurrent._rwkv6_fused_recurrent_fwd_kernel,
+                dict(r=p, k=p, v=p, w=p, u=p, o=p, h0=f32, ht=f32, scale="fp32", T="i32"),
+                dict(**shape, V=64, BK=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True),
+            ),
+        ]
+    return cases
+
+
+def _spike_attention_cases() -> list[Case]:
+    import torch
+
+    from t4dm.kernels.spike_attention import chunk, fused_recurrent
+
+    cases: list[Case] = []
+    for dt, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        precision = chunk._dot_precision(dtype)
+        p, f32 = f"*{dt}", "*fp32"
+        shape = dict(H=16, D=64, V=64)
+        cases += [
+            (
+                chunk._spike_attention_fwd_kernel,
+                dict(q=p, k=p, v=p, log_decay=f32, o=p, h0=f32, ht=f32, hc=f32, scale="fp32", T="i32"),
+                dict(
+                    **shape,
+                    BT=chunk.DEFAULT_CHUNK_SIZE,
+                    BD=64,
+                    BV=64,
+                    DOT_PRECISION=precision,
+                    USE_INITIAL_STATE=True,
+                    STORE_FINAL_STATE=True,
+                    STORE_CHUNK_STATES=True,
+                ),
+            ),
+            (
+                chunk._spike_attention_bwd_kernel,
+                dict(
+                    q=p,
+                    k=p,
+                    v=p,
+                    log_decay=f32,
+                    hc=f32,
+                    do=p,
+                    dht=f32,
+                    dq=f32,
+                    dk=f32,
+                    dv=p,
+                    dh0=f32,
+                    dld=f32,
+                    scale="fp32",
+                    T="i32",
+                ),
+                dict(
+                    **shape,
+                    BT=chunk.DEFAULT_CHUNK_SIZE,
+                    BD=64,
+                    BV=64,
+                    DOT_PRECISION=precision,
+                    USE_FINAL_STATE_GRADIENT=True,
+                    STORE_INITIAL_STATE_GRADIENT=True,
+                ),
+            ),
+            (
+                fused_recurrent._spike_attention_fused_recurrent_fwd_kernel,
+                dict(q=p, k=p, v=p, log_decay=f32, o=p, h0=f32, ht=f32, scale="fp32", T="i32"),
+                dict(**shape, BD=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True),
+            ),
+        ]
+    return cases
+
+
+CASES = {"lif": _lif_cases, "rwkv": _rwkv_cases, "spike_attention": _spike_attention_cases}
+
+if __name__ == "__main__":
+    compile_cases(CASES[sys.argv[1]]())
