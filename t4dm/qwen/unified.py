@@ -73,7 +73,8 @@ class _HookCall:
     return_state: bool = False
     context: torch.Tensor | None = None
     read_memory: bool = False
-    mask: torch.Tensor | None = None  # [B, T] bool of a right-padded batch (True: a token)
+    mask: torch.Tensor | None = None  # [B, T] bool of this call's tokens in a padded batch (True: a token)
+    left_prefill: bool = False  # a left-padded prompt starting a stream: each row's tokens run alone
     output: StackOutput | None = None
     used_context: torch.Tensor | None = None
     layer_mean: torch.Tensor | None = None
@@ -333,7 +334,11 @@ class UnifiedModel(nn.Module):
             call.layer_mean = (h.detach().float() * weights).sum(dim=1) / weights.sum(dim=1)
         context = self._read_memory(call.layer_mean) if call.read_memory else call.context
         call.used_context = context
-        out = self.stack(self.down(h), context, state=call.state, return_state=call.return_state)
+        if call.left_prefill:
+            assert call.mask is not None
+            out = self._stack_by_length(self.down(h), context, call.mask, call.return_state)
+        else:
+            out = self.stack(self.down(h), context, state=call.state, return_state=call.return_state)
         call.output = out
         delta = self.up(out.hidden).to(hidden.dtype)
         rec = self.stack.recorder
@@ -341,6 +346,52 @@ class UnifiedModel(nn.Module):
             rec.put_layer(self.layer, "stack_delta_norm", delta.detach().float().norm(dim=-1))
         new = hidden + delta
         return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    def _stack_by_length(
+        self, x: torch.Tensor, context: torch.Tensor | None, mask: torch.Tensor, return_state: bool
+    ) -> StackOutput:
+        """The stack on a left-padded batch ``x`` ``[B, T, d]`` at the start of a stream: the rows of each real
+        length ``n`` run together on their last ``n`` positions, from no state, so every row gets what it gets
+        alone (the padding never enters the stack). Padded positions get zeros (hidden and signals); the state
+        has a clock per row (its real length)."""
+        if self.stack.recorder is not None:
+            raise NotImplementedError(
+                "recording a left-padded prompt: its rows run through the stack in groups of equal length; "
+                "record rows alone or without padding"
+            )
+        B, T, _ = x.shape
+        lengths = mask.sum(dim=1).tolist()
+        groups: dict[int, list[int]] = {}
+        for b, n in enumerate(lengths):
+            groups.setdefault(int(n), []).append(b)
+        hidden = x.new_zeros(x.shape)
+        signals: list[list[torch.Tensor]] | None = None
+        states: list[StackState] = []
+        order: list[int] = []
+        for n, rows in groups.items():
+            index = torch.tensor(rows, device=x.device)
+            ctx = None if context is None else context.index_select(0, index.to(context.device))
+            if ctx is not None and ctx.dim() == 3 and ctx.shape[1] == T:
+                ctx = ctx[:, T - n :]
+            out = self.stack(x.index_select(0, index)[:, T - n :], ctx, return_state=return_state)
+            where = (index[:, None], torch.arange(T - n, T, device=x.device)[None, :])
+            hidden = hidden.index_put(where, out.hidden)
+            if signals is None:
+                signals = [[x.new_zeros(B, T, dtype=torch.float32) for _ in s] for s in out.signals]
+            for block, block_signals in enumerate(out.signals):
+                for i, value in enumerate(block_signals):
+                    signals[block][i] = signals[block][i].index_put(where, value.float())
+            if out.state is not None:
+                states.append(out.state)
+            order += rows
+        assert signals is not None
+        state = None
+        if return_state:
+            inverse = torch.empty(B, dtype=torch.long, device=x.device)
+            inverse[torch.tensor(order, device=x.device)] = torch.arange(B, device=x.device)
+            state = StackState.cat(states).rows(inverse)
+        block_signals = tuple(type(out.signals[0])(*values) for values in signals)
+        return StackOutput(hidden, state, block_signals)
 
     def memory_key(self, layer_mean: torch.Tensor) -> np.ndarray:
         """The memory vectors ``[B, memory_dim]`` float32 of layer states ``[B, hidden]``: queries and episodes
@@ -360,9 +411,12 @@ class UnifiedModel(nn.Module):
         return self.memory_context(torch.from_numpy(retrieved).to(weight.device, weight.dtype))
 
     @staticmethod
-    def _check_ids(input_ids: Any, attention_mask: Any) -> torch.Tensor | None:
-        """Check ``input_ids`` and ``attention_mask``; returns the padding mask ``[B, T]`` bool (True: a
-        token) of a right-padded batch, or None when there is no padding."""
+    def _check_ids(
+        input_ids: Any, attention_mask: Any, past: int = 0
+    ) -> tuple[torch.Tensor | None, str | None]:
+        """Check ``input_ids`` ``[B, T]`` and ``attention_mask`` ``[B, past + T]`` (``past``: tokens already in
+        the KV cache). Returns the mask as bool (True: a token) and its padding side, ``"left"`` or
+        ``"right"``; ``(None, None)`` when nothing is padded."""
         if (
             not isinstance(input_ids, torch.Tensor)
             or input_ids.dim() != 2
@@ -377,10 +431,11 @@ class UnifiedModel(nn.Module):
             )
             raise InvalidInput("input_ids", what, "must be an integer tensor [B, T] with B, T >= 1")
         if attention_mask is None:
-            return None
+            return None, None
+        expected = (input_ids.shape[0], past + input_ids.shape[1])
         if (
             not isinstance(attention_mask, torch.Tensor)
-            or tuple(attention_mask.shape) != tuple(input_ids.shape)
+            or tuple(attention_mask.shape) != expected
             or attention_mask.is_floating_point()
             or attention_mask.is_complex()
             or not bool(((attention_mask == 0) | (attention_mask == 1)).all())
@@ -390,24 +445,25 @@ class UnifiedModel(nn.Module):
                 if isinstance(attention_mask, torch.Tensor)
                 else type(attention_mask).__name__
             )
+            where = f" (the {past} cached tokens and the ids)" if past else " (the ids' shape)"
             raise InvalidInput(
-                "attention_mask",
-                what,
-                f"must be a 0/1 integer or bool tensor of the ids' shape {tuple(input_ids.shape)}",
+                "attention_mask", what, f"must be a 0/1 integer or bool tensor of shape {expected}{where}"
             )
         mask = attention_mask.to(torch.bool)
         if bool(mask.all()):
-            return None
+            return None, None
         lengths = mask.sum(dim=1)
-        if bool((lengths == 0).any()):
+        if bool((mask[:, past:].sum(dim=1) == 0).any()):
             raise InvalidInput("attention_mask", tuple(mask.shape), "every row needs at least one token")
         positions = torch.arange(mask.shape[1], device=mask.device)
-        if not torch.equal(mask, positions[None] < lengths[:, None]):
-            raise NotImplementedError(
-                "left padding or gaps in attention_mask: the cortical stack runs through time, so only right "
-                "padding (each row's tokens first, then padding) is supported; pad on the right"
-            )
-        return mask
+        if torch.equal(mask, positions[None] >= mask.shape[1] - lengths[:, None]):
+            return mask, "left"
+        if torch.equal(mask, positions[None] < lengths[:, None]):
+            return mask, "right"
+        raise NotImplementedError(
+            "gaps in attention_mask: the cortical stack runs through time, so each row's tokens must be "
+            "contiguous, padded on the left (generation, streams) or on the right (whole sequences)"
+        )
 
     def forward(
         self,
@@ -430,20 +486,34 @@ class UnifiedModel(nn.Module):
         is given: i.e. at the start of a stream. ``labels`` ``[B, T]`` give the backbone's next-token loss
         (shifted inside; -100 ignored).
 
-        ``attention_mask`` ``[B, T]`` (1: token, 0: padding) may pad rows on the right: every stage of the
-        stack is causal, so each row's real positions get the logits (and loss) they get alone; padded
-        positions' labels are ignored, the memory query averages real tokens only. A padded batch cannot
-        continue a stream (no ``cache``, ``use_cache``, ``stack_state`` or ``return_stack_state``), and left
-        padding raises ``NotImplementedError``.
+        ``attention_mask`` (1: token, 0: padding) covers the cached tokens and the ids, ``[B, past + T]``, and
+        may pad rows of unequal length; every row's real positions get the logits (and loss) they get alone,
+        padded positions' labels are ignored and the memory query averages real tokens only.
+
+        - Right padding (each row's tokens, then padding): whole sequences (training, scoring), not streams.
+        - Left padding (padding, then each row's tokens): also streams, as in generation. At the start of a
+          stream the rows of each real length run through the stack together, from no state; the returned
+          state keeps a clock per row, and later calls pass the growing mask with only real new tokens.
         """
-        mask = self._check_ids(input_ids, attention_mask)
-        if mask is not None and (
-            use_cache or cache is not None or stack_state is not None or return_stack_state
-        ):
+        past = 0 if cache is None else int(cache.get_seq_length())
+        full_mask, side = self._check_ids(input_ids, attention_mask, past)
+        mask = None if full_mask is None else full_mask[:, past:]  # this call's tokens
+        stream = use_cache or cache is not None or stack_state is not None or return_stack_state
+        left_prefill = False
+        if side == "right" and stream:
             raise NotImplementedError(
-                "a padded batch as part of a stream (cache / stack state): the padding would enter the stack's "
-                "state; run padded batches whole (training, scoring) or pass rows of equal length"
+                "a right-padded batch as part of a stream (cache / stack state): the padding would enter the "
+                "stack's state; pad streams on the left, or run padded batches whole (training, scoring)"
             )
+        if side == "left" and mask is not None and not bool(mask.all()):
+            if past or stack_state is not None:
+                raise NotImplementedError(
+                    "padding inside a stream: only the start of a stream (no cache, no stack state) may be "
+                    "padded, on the left; later calls pass real tokens and the grown mask"
+                )
+            left_prefill = True
+        if mask is not None and bool(mask.all()):
+            mask = None  # this call's tokens are all real: the stack runs as usual (the cache holds the pads)
         checkpointing = getattr(self._hooked[0], "gradient_checkpointing", False)
         if self.training and torch.is_grad_enabled() and checkpointing:
             raise NotImplementedError(
@@ -458,14 +528,21 @@ class UnifiedModel(nn.Module):
                 read_memory and self.memory is not None and context is None and stack_state is None
             ),
             mask=mask,
+            left_prefill=left_prefill,
         )
         kwargs: dict[str, Any] = {"use_cache": use_cache}
         if cache is not None:
             kwargs[self._cache_kw] = cache
-        if mask is not None:
-            kwargs["attention_mask"] = mask.long()
-            if labels is not None:
-                labels = labels.masked_fill(~mask.to(labels.device), -100)
+        if full_mask is not None:
+            kwargs["attention_mask"] = full_mask.long()
+            if side == "left":  # each row's positions count its own tokens (rotary positions as alone)
+                kwargs["position_ids"] = (full_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]
+        if mask is not None and labels is not None:
+            # a target counts when it and the token it is predicted from are real (left padding: the first
+            # real token is predicted from a pad)
+            keep = mask.clone()
+            keep[:, 1:] &= mask[:, :-1]
+            labels = labels.masked_fill(~keep.to(labels.device), -100)
         if labels is not None:
             kwargs["labels"] = labels
         self._call = call
@@ -499,6 +576,7 @@ class UnifiedModel(nn.Module):
         reread_every: int | None = None,
         remember: bool = False,
         reward: float = 0.0,
+        attention_mask: torch.Tensor | None = None,
     ) -> GenerationOutput:
         """Greedy decoding, token by token, in eval mode.
 
@@ -511,6 +589,9 @@ class UnifiedModel(nn.Module):
         finds memories and another finds none, the uncached path stands a zero context for "none".
         A row that produced ``eos_token_id`` keeps producing it. ``remember=True`` offers the whole sequence
         to the memory afterwards (:meth:`remember`, with ``reward``).
+
+        Prompts of unequal length are padded on the left with ``attention_mask`` ``[B, T]`` (1: token): each
+        row generates what it generates alone (its memory query, positions and oscillator clock are its own).
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidInput("max_new_tokens", max_new_tokens, "must be an int >= 1")
@@ -521,16 +602,33 @@ class UnifiedModel(nn.Module):
         rereading = reread_every is not None and read_memory and self.memory is not None
         if remember and self.memory is None:
             raise InvalidInput("remember", remember, "no memory attached (attach_memory first)")
+        mask, side = self._check_ids(input_ids, attention_mask)
+        if side == "right":
+            raise NotImplementedError(
+                "right-padded prompts: generation appends tokens after the padding; pad prompts on the left"
+            )
+        B = input_ids.shape[0]
+        # real tokens per row (its own count of tokens whose layer state the model computed)
+        real = (
+            mask.sum(dim=1, keepdim=True).float()
+            if mask is not None
+            else torch.full((B, 1), float(input_ids.shape[1]), device=input_ids.device)
+        )
         was_training = self.training
         self.eval()
         try:
             out = self.forward(
-                input_ids, use_cache=use_cache, return_stack_state=use_cache, read_memory=read_memory
+                input_ids,
+                attention_mask=mask,
+                use_cache=use_cache,
+                return_stack_state=use_cache,
+                read_memory=read_memory,
             )
             context = out.context
             # contexts in force, as (first position, context): the uncached path rebuilds them per position
             spans: list[tuple[int, torch.Tensor | None]] = [(0, context)]
-            state_sum = out.layer_mean * input_ids.shape[1]  # the hooked layer's state summed over tokens
+            # the hooked layer's state summed over each row's tokens
+            state_sum = out.layer_mean * real.to(out.layer_mean.device)
             sequences = input_ids
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             scores = []
@@ -542,15 +640,18 @@ class UnifiedModel(nn.Module):
                     token = torch.where(finished, torch.full_like(token, eos_token_id), token)
                     finished |= token == eos_token_id
                 sequences = torch.cat([sequences, token[:, None].to(sequences.dtype)], dim=1)
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
                 if step == max_new_tokens - 1 or bool(finished.all()):
                     break
                 if rereading and (step + 1) % reread_every == 0:  # type: ignore[operator]
-                    seen = sequences.shape[1] - 1  # tokens whose layer state the model has computed
+                    seen = (real + step).to(state_sum.device)  # tokens whose layer state the model computed
                     context = self._read_memory(state_sum / seen)
                     spans.append((sequences.shape[1] - 1, context))
                 if use_cache:
                     out = self.forward(
                         token[:, None].to(input_ids.dtype),
+                        attention_mask=mask,
                         cache=out.cache,
                         use_cache=True,
                         stack_state=out.stack_state,
@@ -561,44 +662,58 @@ class UnifiedModel(nn.Module):
                     state_sum = state_sum + out.layer_mean
                 else:
                     out = self.forward(
-                        sequences, context=_per_position(spans, sequences.shape[1]), read_memory=False
+                        sequences,
+                        attention_mask=mask,
+                        context=_per_position(spans, sequences.shape[1]),
+                        read_memory=False,
                     )
-                    state_sum = out.layer_mean * sequences.shape[1]
+                    state_sum = out.layer_mean * (real + step + 1).to(out.layer_mean.device)
         finally:
             self.train(was_training)
-        writes = self.remember(sequences, reward=reward) if remember else []
+        writes = self.remember(sequences, reward=reward, attention_mask=mask) if remember else []
         return GenerationOutput(sequences, torch.stack(scores, dim=1), context, writes)
 
     # ------------------------------------------------------------------ memory writes
     @torch.no_grad()
     def remember(
-        self, input_ids: torch.Tensor, *, reward: float = 0.0, fields: dict[str, Any] | None = None
+        self,
+        input_ids: torch.Tensor,
+        *,
+        reward: float = 0.0,
+        fields: dict[str, Any] | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> list[MemoryWrite]:
-        """Offer each sequence of ``input_ids`` ``[B, T]`` (T >= 2) to the memory as one episode.
+        """Offer each sequence of ``input_ids`` ``[B, T]`` (at least 2 tokens) to the memory as one episode.
 
         The episode vector is the memory key of the hooked layer's state averaged over the sequence; the
         gate's surprise ε is the sequence's mean next-token loss in nats under this model (memory read as
         usual), novelty the cosine distance to the nearest stored episode. Stored items are INSERTed with
-        κ = 0 and the gate's inputs in their fields.
+        κ = 0 and the gate's inputs in their fields. ``attention_mask`` pads rows of unequal length (left
+        or right, as :meth:`forward`): each row's episode is its real tokens'.
         """
         if self.memory is None:
             raise InvalidInput("memory", None, "no memory attached (attach_memory first)")
-        self._check_ids(input_ids, None)
-        if input_ids.shape[1] < 2:
+        mask, _ = self._check_ids(input_ids, attention_mask)
+        if mask is None:
+            mask = torch.ones_like(input_ids, dtype=torch.bool)
+        lengths = mask.sum(dim=1)
+        if bool((lengths < 2).any()):
             raise InvalidInput("input_ids", tuple(input_ids.shape), "an episode needs T >= 2 tokens (a loss)")
         was_training = self.training
         self.eval()
         try:
-            out = self.forward(input_ids)
+            out = self.forward(input_ids, attention_mask=None if bool(mask.all()) else mask)
         finally:
             self.train(was_training)
-        losses = nn.functional.cross_entropy(
+        token_losses = nn.functional.cross_entropy(
             out.logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:].long(), reduction="none"
-        ).mean(dim=1)
+        )
+        targets = (mask[:, 1:] & mask[:, :-1]).to(token_losses.device)  # real tokens predicted from real ones
+        losses = (token_losses * targets).sum(dim=1) / targets.sum(dim=1)
         keys = self.memory_key(out.layer_mean)
         writes = []
         for b in range(input_ids.shape[0]):
-            extra = {"tokens": int(input_ids.shape[1])}
+            extra = {"tokens": int(lengths[b])}
             extra.update(fields or {})
             writes.append(self.memory.write(keys[b], surprise=float(losses[b]), reward=reward, fields=extra))
         return writes

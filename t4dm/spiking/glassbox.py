@@ -13,7 +13,7 @@ Kinds (per block): ``spikes`` (stage ② ``[B, T, D]``), ``qk_spikes`` (stage �
 the spikes: it costs a step-by-step loop, only when asked), ``current`` (stage ②'s input current),
 ``gate`` (stage ① ``[B, T, D]``), ``levels`` (the block's DA, NE, ACh, 5-HT ``[4]`` per call, stacked
 ``[calls, 4]``), ``novelty``, ``prediction_error``, ``goodness``, ``firing_rate`` (``[B, T]``), and on the
-stack ``oscillator`` (the threshold bias ``[T]``).
+stack ``oscillator`` (the threshold bias ``[T]``; ``[B, T]`` once rows keep their own clocks).
 
 Per decoder layer of a language model (recorded by :meth:`t4dm.qwen.UnifiedModel.record`, kept apart from
 the blocks: :meth:`GlassBox.get_layer`): ``residual_norm`` (the L2 norm of each token's residual stream after
@@ -132,7 +132,13 @@ class GlassBox:
             )
         if kind == "levels":
             return torch.stack(chunks)
-        return torch.cat(chunks, dim=0 if kind == "oscillator" else 1)
+        if kind == "oscillator":
+            rows = max((c.shape[0] for c in chunks if c.dim() == 2), default=None)
+            if rows is None:
+                return torch.cat(chunks)
+            # a clock per row (a left-padded batch): [B, T], shared-clock calls repeated over the rows
+            return torch.cat([c.expand(rows, -1) if c.dim() == 1 else c for c in chunks], dim=1)
+        return torch.cat(chunks, dim=1)
 
     def get(self, block: int, kind: str) -> torch.Tensor:
         """The recordings of ``kind`` for ``block`` (``-1`` for the stack), all calls concatenated along the

@@ -91,10 +91,10 @@ class OscillatorBias(nn.Module):
         return self
 
     def forward(self, clock: torch.Tensor, T: int) -> torch.Tensor:
-        """The bias ``[T]`` float32 of tokens ``clock, …, clock + T − 1`` (``clock`` a 0-dim int64 tensor on the
-        module's device)."""
-        n = clock.to(torch.float64) + torch.arange(T, device=clock.device, dtype=torch.float64)
-        angle = n[:, None] * self._omegas + self._phases  # [T, 3], float64
+        """The bias float32 of tokens ``clock, …, clock + T − 1``: ``[T]`` for a 0-dim int64 ``clock``, ``[B, T]``
+        for a clock per row ``[B]`` (rows of a left-padded batch have seen different numbers of tokens)."""
+        n = clock.to(torch.float64)[..., None] + torch.arange(T, device=clock.device, dtype=torch.float64)
+        angle = n[..., None] * self._omegas + self._phases  # [T, 3] or [B, T, 3], float64
         return (torch.cos(angle).float() * self._amplitudes).sum(-1)
 
     def phase(self, clock: torch.Tensor | int) -> dict[str, float]:

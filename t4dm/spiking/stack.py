@@ -22,10 +22,34 @@ __all__ = ["CorticalStack", "StackOutput", "StackState", "parameter_count"]
 
 class StackState(NamedTuple):
     """The stream state of a stack: one :class:`~t4dm.spiking.block.BlockState` per block and the oscillator
-    clock (tokens seen, a 0-dim int64 tensor)."""
+    clock (tokens seen: a 0-dim int64 tensor, or ``[B]`` when rows have seen different numbers of tokens)."""
 
     blocks: tuple[BlockState, ...]
     clock: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.blocks[0].membrane.shape[0])
+
+    def rows(self, index: torch.Tensor) -> StackState:
+        """The state of rows ``index`` (a 1-D index tensor), in that order."""
+        blocks = tuple(BlockState(*(t.index_select(0, index) for t in b)) for b in self.blocks)
+        clock = (
+            self.clock if self.clock.dim() == 0 else self.clock.index_select(0, index.to(self.clock.device))
+        )
+        return StackState(blocks, clock)
+
+    @classmethod
+    def cat(cls, states: list[StackState]) -> StackState:
+        """The states of several batches as one batch, rows in order; the clock becomes one per row."""
+        if not states:
+            raise InvalidInput("states", 0, "need at least one state to concatenate")
+        blocks = tuple(
+            BlockState(*(torch.cat(parts) for parts in zip(*per_block, strict=True)))
+            for per_block in zip(*(s.blocks for s in states), strict=True)
+        )
+        clock = torch.cat([s.clock.expand(s.batch_size) for s in states])
+        return cls(blocks, clock)
 
 
 class StackOutput(NamedTuple):
@@ -112,6 +136,14 @@ class CorticalStack(nn.Module):
                     tuple(state.blocks[0].membrane.shape),
                     f"was made for another batch size (x has B={B})",
                 )
+            clock = state.clock
+            if (
+                not isinstance(clock, torch.Tensor)
+                or clock.dtype != torch.int64
+                or clock.shape not in ((), (B,))
+            ):
+                what = (tuple(clock.shape), str(clock.dtype)) if isinstance(clock, torch.Tensor) else clock
+                raise InvalidInput("state.clock", what, f"must be an int64 tensor of shape () or ({B},)")
         if novelty is not None and (not isinstance(novelty, torch.Tensor) or tuple(novelty.shape) != (B, T)):
             what = tuple(novelty.shape) if isinstance(novelty, torch.Tensor) else type(novelty).__name__
             raise InvalidInput("novelty", what, f"must be a tensor [B, T] = [{B}, {T}] in [0, 1]")

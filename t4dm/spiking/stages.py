@@ -105,7 +105,7 @@ class ThalamicGate(nn.Module):
 class LIFNeurons(nn.Module):
     """Stage ②: the fused multi-step LIF kernel on ``[B, T, N]`` currents, state the membrane ``[B, N]``.
 
-    The oscillator bias ``b`` ``[T]`` enters as the current ``−b`` (see
+    The oscillator bias ``b`` (``[T]``, or ``[B, T]`` with a clock per row) enters as the current ``−b`` (see
     :class:`~t4dm.spiking.oscillator.OscillatorBias`). No parameters: the kernel's constants come from the
     config (``tau_m``, ``v_threshold``, ``v_reset``, surrogate).
     """
@@ -126,7 +126,8 @@ class LIFNeurons(nn.Module):
         """Returns ``(spikes [B, T, N] in current's dtype, exactly 0/1; final membrane [B, N] float32;
         the current the neurons received [B, T, N])``."""
         if bias is not None:
-            current = current - bias.to(current.dtype)[None, :, None]
+            bias = bias.to(current.dtype)
+            current = current - (bias[None, :, None] if bias.dim() == 1 else bias[:, :, None])
         spikes, v_final = self.ops.lif(
             current,
             tau=self.tau,

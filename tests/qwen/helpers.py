@@ -39,3 +39,13 @@ def tiny_unified(seed: int = 0, *, base=None, lora: bool = False, up_std: float 
 def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, length), generator=generator)
+
+
+def left_padded(rows: list[torch.Tensor], pad_id: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` (each ``[1, n]``) as one left-padded batch: ids and attention mask ``[B, max n]``."""
+    width = max(row.shape[1] for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, width - row.shape[1] :], mask[b, width - row.shape[1] :] = row[0], 1
+    return ids, mask

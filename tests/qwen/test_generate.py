@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from tests.qwen.helpers import STACK, random_ids, tiny_unified  # noqa: E402
+from tests.qwen.helpers import STACK, left_padded, random_ids, tiny_unified  # noqa: E402
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -81,3 +81,24 @@ def test_generate_restores_training_mode():
     model = tiny_unified(0).train()
     model.generate(random_ids(1, 3), 2)
     assert model.training
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cached", "recomputed"])
+def test_left_padded_prompts_generate_what_each_generates_alone(use_cache):
+    model = tiny_unified(10, lora=True, up_std=0.3)
+    lengths = [9, 3, 6, 3]
+    rows = [random_ids(1, n, seed=100 + b) for b, n in enumerate(lengths)]
+    ids, mask = left_padded(rows)
+    out = model.generate(ids, 8, attention_mask=mask, use_cache=use_cache)
+    assert out.sequences.shape == (4, 9 + 8) and torch.equal(out.sequences[:, :9], ids)
+    for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        alone = model.generate(row, 8, use_cache=use_cache)
+        assert torch.equal(out.sequences[b, 9:], alone.sequences[0, n:]), b
+        assert _rel(out.scores[b], alone.scores[0]) < 1e-5, b
+    # a mask of ones is no padding; right padding cannot be continued
+    assert torch.equal(
+        model.generate(ids, 3, attention_mask=torch.ones_like(ids)).sequences,
+        model.generate(ids, 3).sequences,
+    )
+    with pytest.raises(NotImplementedError, match="left"):
+        model.generate(ids, 3, attention_mask=torch.flip(mask, dims=[1]))

@@ -14,7 +14,7 @@ from t4dm.errors import DimensionMismatch, InvalidInput  # noqa: E402
 from t4dm.gate import WriteGate  # noqa: E402
 from t4dm.qwen import ModelMemory  # noqa: E402
 from t4dm.storage import T4DX  # noqa: E402
-from tests.qwen.helpers import VOCAB, random_ids, tiny_unified  # noqa: E402
+from tests.qwen.helpers import VOCAB, left_padded, random_ids, tiny_unified  # noqa: E402
 
 DIM = 16
 
@@ -210,3 +210,35 @@ def test_rereading_bad_input(store):
         with pytest.raises(InvalidInput) as info:
             model.generate(random_ids(1, 4), 3, reread_every=bad)
         assert info.value.field == "reread_every" and info.value.value is bad
+
+
+def test_left_padded_generation_reads_and_remembers_per_row(store):
+    """Each row of a left-padded batch queries the memory with its own tokens (prompt and re-reads), generates
+    what it generates alone, and is remembered as its own tokens' episode."""
+    rng = np.random.default_rng(42)
+    store.insert_batch(rng.normal(size=(40, DIM)).astype(np.float32), [{"n": i} for i in range(40)])
+    model = tiny_unified(42, up_std=0.3, memory_dim=DIM)
+    model.attach_memory(store, k=1)
+    lengths = [8, 3, 5]
+    rows = [random_ids(1, n, seed=420 + b) for b, n in enumerate(lengths)]
+    ids, mask = left_padded(rows)
+    out = model.generate(ids, 7, attention_mask=mask, reread_every=2)
+    full = model.generate(ids, 7, attention_mask=mask, reread_every=2, use_cache=False)
+    assert torch.equal(full.sequences, out.sequences) and _rel(full.scores, out.scores) < 1e-5
+    for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        alone = model.generate(row, 7, reread_every=2)
+        assert torch.equal(out.sequences[b, 8:], alone.sequences[0, n:]), b
+        assert _rel(out.scores[b], alone.scores[0]) < 1e-5, b
+        torch.testing.assert_close(out.context[b], alone.context[0], rtol=1e-5, atol=1e-6)
+    # remember(): each row's surprise is its own tokens' loss (memory read, as alone), its length its own
+    expected = [
+        _loss(model, torch.cat([row, out.sequences[b : b + 1, 8:]], dim=1)) for b, row in enumerate(rows)
+    ]
+    grown = torch.cat([mask, torch.ones(3, 7, dtype=torch.long)], dim=1)
+    writes = model.remember(out.sequences, attention_mask=grown)
+    assert [w.decision.surprise for w in writes] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(InvalidInput) as info:
+        model.remember(
+            ids, attention_mask=torch.cat([torch.zeros(3, 7, dtype=torch.long), mask[:, 7:]], dim=1)
+        )
+    assert info.value.field == "input_ids"  # rows of one token have no loss

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from t4dm.spiking import BlockSignals, CorticalStack, GlassBox, StackState, parameter_count
+from t4dm.errors import InvalidInput
+from t4dm.spiking import BlockSignals, BlockState, CorticalStack, GlassBox, StackState, parameter_count
 from tests.spiking.helpers import SPIKE_KINDS, rel_err, run_in_chunks, small_stack, spike_mismatches
 
 B, T, D, H = 2, 24, 32, 4
@@ -246,3 +247,36 @@ def test_external_novelty_drives_the_gate():
     gates, novelty = box.get(0, "gate"), box.get(0, "novelty")
     assert torch.equal(novelty[:, :T], torch.zeros(B, T)) and torch.equal(novelty[:, T:], torch.ones(B, T))
     assert bool((gates[:, T:] > gates[:, :T]).all())
+
+
+def test_rows_with_their_own_clocks_continue_as_alone():
+    """States of rows that have seen different numbers of tokens, joined into one batch (a clock per row),
+    continue each row as it continues alone; the oscillator record becomes ``[B, T]``."""
+    stack = small_stack(2, D, H, seed=5)
+    prompts = [torch.randn(1, n, D) for n in (5, 9, 2)]
+    more = torch.randn(3, 4, D)
+    with torch.no_grad():
+        states = [stack(p, return_state=True).state for p in prompts]
+        joined = StackState.cat(states)
+        assert joined.clock.tolist() == [5, 9, 2] and joined.batch_size == 3
+        with GlassBox(("oscillator",)).attach(stack) as box:
+            together = stack(more, state=joined, return_state=True)
+        for b, state in enumerate(states):
+            alone = stack(more[b : b + 1], state=state, return_state=True)
+            assert rel_err(together.hidden[b : b + 1], alone.hidden) <= 1e-5
+            assert int(together.state.clock[b]) == int(alone.state.clock)
+            for i, (row_block, alone_block) in enumerate(
+                zip(together.state.blocks, alone.state.blocks, strict=True)
+            ):
+                for name in BlockState._fields:
+                    got, want = getattr(row_block, name)[b], getattr(alone_block, name)[0]
+                    assert rel_err(got, want) <= 1e-5, (i, name)
+        reordered = together.state.rows(torch.tensor([2, 0]))
+        assert reordered.clock.tolist() == [2 + 4, 5 + 4] and reordered.batch_size == 2
+    bias = box.get(-1, "oscillator")
+    assert bias.shape == (3, 4)
+    torch.testing.assert_close(bias[1], stack.oscillator(torch.tensor(9), 4))
+    bad = StackState(joined.blocks, torch.tensor([1, 2]))
+    with pytest.raises(InvalidInput) as info:
+        stack(more, state=bad)
+    assert info.value.field == "state.clock"
