@@ -58,6 +58,7 @@ def _configs() -> list[triton.Config]:
     return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2)]
 
 
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
 @triton.autotune(configs=_configs(), key=["K", "BT", "BK"])
 @triton.jit(do_not_specialize=["T"])
 def _rwkv6_fwd_intra_kernel(
@@ -65,22 +66,33 @@ def _rwkv6_fwd_intra_kernel(
     k,  # key [B, T, H, K]
     w,  # log decay [B, T, H, K], <= 0
     u,  # bonus [H, K]
-    A,  # intra-chunk scores [B, H, NT, BT, BT] (input dtype)
-    T,  # sequence length
+    A,  # intra-chunk scores [chunks, H, BT, BT] (input dtype)
+    cu_seqlens,  # sequence starts and end [N + 1] in the packed tokens, or None
+    chunk_indices,  # (sequence, chunk) of each chunk [chunks, 2], or None
+    T,  # sequence length (unused with cu_seqlens)
     H: tl.constexpr,  # heads
     K: tl.constexpr,  # key width
     BT: tl.constexpr,  # chunk length
     BK: tl.constexpr,  # key block (>= K: one block)
+    IS_VARLEN: tl.constexpr,
 ):
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    NT = tl.cdiv(T, BT)
+    if IS_VARLEN:  # one program per (chunk of any sequence, head)
+        i_c, i_h = tl.program_id(0), tl.program_id(1)
+        i_n = tl.load(chunk_indices + i_c * 2).to(tl.int32)
+        i_t = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int32)
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        i_t, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = i_bh // H, i_bh % H
+        i_c = i_b * tl.cdiv(T, BT) + i_t
+        bos = i_b.to(tl.int64) * T
     o_i = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     o_t = i_t * BT + o_i
     m_tk = (o_t < T)[:, None] & m_k[None, :]
-    p_rk = ((i_b * T + o_t).to(tl.int64) * H + i_h)[:, None] * K + o_k[None, :]
+    p_rk = ((bos + o_t) * H + i_h)[:, None] * K + o_k[None, :]
     b_r = tl.load(r + p_rk, mask=m_tk, other=0.0).to(tl.float32)
     b_k = tl.load(k + p_rk, mask=m_tk, other=0.0).to(tl.float32)
     # padded rows get w = 0: the cumulative decay stays flat past the end of the sequence
@@ -92,14 +104,14 @@ def _rwkv6_fwd_intra_kernel(
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     b_gs = tl.zeros([BK], dtype=tl.float32)
     for s in range(0, BT):
-        o_s = (i_b * T + i_t * BT + s).to(tl.int64) * H * K + i_h * K + o_k
+        o_s = (bos + i_t * BT + s) * H * K + i_h * K + o_k
         m_s = m_k & (i_t * BT + s < T)
         b_ks = tl.load(k + o_s, mask=m_s, other=0.0).to(tl.float32)
         b_gs += tl.load(w + o_s, mask=m_s, other=0.0).to(tl.float32) * LOG2E
         b_e = tl.exp2(tl.where(o_i[:, None] > s, b_ge - b_gs[None, :], float("-inf")))
         b_A += tl.where(o_i[None, :] == s, tl.sum(b_r * b_ks[None, :] * b_e, axis=1)[:, None], 0.0)
     b_A += tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None], 0.0)
-    p_A = A + (i_bh.to(tl.int64) * NT + i_t) * BT * BT + o_i[:, None] * BT + o_i[None, :]
+    p_A = A + (i_c.to(tl.int64) * H + i_h) * BT * BT + o_i[:, None] * BT + o_i[None, :]
     tl.store(p_A, b_A.to(A.dtype.element_ty))
 
 
@@ -108,6 +120,7 @@ def _rwkv6_fwd_intra_kernel(
         "USE_INITIAL_STATE": lambda args: args["h0"] is not None,
         "STORE_FINAL_STATE": lambda args: args["ht"] is not None,
         "STORE_CHUNK_STATES": lambda args: args["hc"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
     }
 )
 @triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV", "DOT_PRECISION"])
@@ -117,13 +130,15 @@ def _rwkv6_fwd_kernel(
     k,  # key [B, T, H, K]
     v,  # value [B, T, H, V]
     w,  # log decay [B, T, H, K], <= 0
-    A,  # intra-chunk scores [B, H, NT, BT, BT], from _rwkv6_fwd_intra_kernel
+    A,  # intra-chunk scores [chunks, H, BT, BT], from _rwkv6_fwd_intra_kernel
     o,  # output [B, T, H, V]
-    h0,  # initial state [B, H, K, V], or None
-    ht,  # final state [B, H, K, V] float32, or None
-    hc,  # state at each chunk start [B, H, NT, K, V] float32 (saved for the backward), or None
+    h0,  # initial state [N, H, K, V], or None
+    ht,  # final state [N, H, K, V] float32, or None
+    hc,  # state at each chunk start [chunks, H, K, V] float32 (saved for the backward), or None
+    cu_seqlens,  # sequence starts and end [N + 1] in the packed tokens, or None
+    chunk_offsets,  # first chunk of each sequence [N + 1], or None
     scale,  # output scale
-    T,  # sequence length
+    T,  # sequence length (unused with cu_seqlens)
     H: tl.constexpr,  # heads
     K: tl.constexpr,  # key width
     V: tl.constexpr,  # value width
@@ -134,9 +149,17 @@ def _rwkv6_fwd_kernel(
     USE_INITIAL_STATE: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
     STORE_CHUNK_STATES: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_n, i_h = i_bh // H, i_bh % H
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+        c0 = tl.load(chunk_offsets + i_n).to(tl.int64)  # the sequence's first chunk
+    else:
+        bos = i_n.to(tl.int64) * T
+        c0 = i_n.to(tl.int64) * tl.cdiv(T, BT)
     NT = tl.cdiv(T, BT)
     DT = o.dtype.element_ty  # matrix products take the input dtype, accumulate in float32
 
@@ -155,11 +178,11 @@ def _rwkv6_fwd_kernel(
 
     for i_t in range(0, NT):
         if STORE_CHUNK_STATES:
-            p_hc = hc + (i_bh.to(tl.int64) * NT + i_t) * K * V + o_state
+            p_hc = hc + ((c0 + i_t) * H + i_h) * K * V + o_state
             tl.store(p_hc, b_h, mask=m_kv)
         o_t = i_t * BT + o_i
         m_t = o_t < T
-        o_row = (i_b * T + o_t).to(tl.int64) * H + i_h
+        o_row = (bos + o_t) * H + i_h
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         p_rk = o_row[:, None] * K + o_k[None, :]
@@ -168,7 +191,7 @@ def _rwkv6_fwd_kernel(
         b_k = tl.load(k + p_rk, mask=m_tk, other=0.0).to(tl.float32)
         b_w = tl.load(w + p_rk, mask=m_tk, other=0.0).to(tl.float32) * LOG2E
         b_v = tl.load(v + p_vo, mask=m_tv, other=0.0).to(DT)
-        b_A = tl.load(A + (i_bh.to(tl.int64) * NT + i_t) * BT * BT + o_A)
+        b_A = tl.load(A + ((c0 + i_t) * H + i_h) * BT * BT + o_A)
         b_gi = tl.cumsum(b_w, axis=0)
         b_gl = tl.sum(b_w, axis=0)
 
@@ -184,6 +207,7 @@ def _rwkv6_fwd_kernel(
         tl.store(ht + i_bh.to(tl.int64) * K * V + o_state, b_h, mask=m_kv)
 
 
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
 @triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV", "DOT_PRECISION"])
 @triton.jit(do_not_specialize=["T"])
 def _rwkv6_bwd_intra_kernel(
@@ -196,8 +220,10 @@ def _rwkv6_bwd_intra_kernel(
     dr,  # intra-chunk and bonus part of dr [B, T, H, K] float32
     dk,  # intra-chunk and bonus part of dk [B, T, H, K] float32
     dd,  # scale * (v_t . do_t) [B, T, H] float32
+    cu_seqlens,  # sequence starts and end [N + 1] in the packed tokens, or None
+    chunk_indices,  # (sequence, chunk) of each chunk [chunks, 2], or None
     scale,  # output scale
-    T,  # sequence length
+    T,  # sequence length (unused with cu_seqlens)
     H: tl.constexpr,  # heads
     K: tl.constexpr,  # key width
     V: tl.constexpr,  # value width
@@ -205,16 +231,26 @@ def _rwkv6_bwd_intra_kernel(
     BK: tl.constexpr,  # key block (>= K)
     BV: tl.constexpr,  # value block of the dA loop
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs, else "tf32" (unused for 16-bit)
+    IS_VARLEN: tl.constexpr,
 ):
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    if IS_VARLEN:  # one program per (chunk of any sequence, head)
+        i_c, i_h = tl.program_id(0), tl.program_id(1)
+        i_n = tl.load(chunk_indices + i_c * 2).to(tl.int32)
+        i_t = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int32)
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        i_t, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = i_bh // H, i_bh % H
+        i_c = i_b * tl.cdiv(T, BT) + i_t
+        bos = i_b.to(tl.int64) * T
     DT = do.dtype.element_ty
     o_i = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     o_t = i_t * BT + o_i
     m_t = o_t < T
-    o_row = (i_b * T + o_t).to(tl.int64) * H + i_h
+    o_row = (bos + o_t) * H + i_h
     m_tk = m_t[:, None] & m_k[None, :]
     p_rk = o_row[:, None] * K + o_k[None, :]
     b_r = tl.load(r + p_rk, mask=m_tk, other=0.0).to(tl.float32)
@@ -241,7 +277,7 @@ def _rwkv6_bwd_intra_kernel(
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_gs = tl.zeros([BK], dtype=tl.float32)
     for s in range(0, BT):
-        o_s = (i_b * T + i_t * BT + s).to(tl.int64) * H * K + i_h * K + o_k
+        o_s = (bos + i_t * BT + s) * H * K + i_h * K + o_k
         m_s = m_k & (i_t * BT + s < T)
         b_ks = tl.load(k + o_s, mask=m_s, other=0.0).to(tl.float32)
         b_gs += tl.load(w + o_s, mask=m_s, other=0.0).to(tl.float32) * LOG2E
@@ -262,25 +298,29 @@ def _rwkv6_bwd_intra_kernel(
     {
         "USE_FINAL_STATE_GRADIENT": lambda args: args["dht"] is not None,
         "STORE_INITIAL_STATE_GRADIENT": lambda args: args["dh0"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
     }
 )
 @triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV", "DOT_PRECISION"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "total"])
 def _rwkv6_bwd_kernel(
     r,  # receptance [B, T, H, K]
     k,  # key [B, T, H, K]
     v,  # value [B, T, H, V]
     w,  # log decay [B, T, H, K]
-    A,  # intra-chunk scores [B, H, NT, BT, BT], from the forward
-    hc,  # state at each chunk start [B, H, NT, K, V] float32, from the forward
+    A,  # intra-chunk scores [chunks, H, BT, BT], from the forward
+    hc,  # state at each chunk start [chunks, H, K, V] float32, from the forward
     do,  # output gradient [B, T, H, V]
-    dht,  # final-state gradient [B, H, K, V], or None
+    dht,  # final-state gradient [N, H, K, V], or None
     dr,  # inter-chunk dr of this value block [NV, B, T, H, K] float32
     dk,  # inter-chunk dk of this value block [NV, B, T, H, K] float32
     dv,  # value gradient [B, T, H, V]
-    dh0,  # initial-state gradient [B, H, K, V] float32, or None
+    dh0,  # initial-state gradient [N, H, K, V] float32, or None
+    cu_seqlens,  # sequence starts and end [N + 1] in the packed tokens, or None
+    chunk_offsets,  # first chunk of each sequence [N + 1], or None
     scale,  # output scale
-    T,  # sequence length
+    T,  # sequence length (unused with cu_seqlens)
+    total,  # B * T: tokens in the batch
     H: tl.constexpr,  # heads
     K: tl.constexpr,  # key width
     V: tl.constexpr,  # value width
@@ -290,10 +330,17 @@ def _rwkv6_bwd_kernel(
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs, else "tf32" (unused for 16-bit)
     USE_FINAL_STATE_GRADIENT: tl.constexpr,
     STORE_INITIAL_STATE_GRADIENT: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    B = tl.num_programs(1) // H
+    i_n, i_h = i_bh // H, i_bh % H
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+        c0 = tl.load(chunk_offsets + i_n).to(tl.int64)  # the sequence's first chunk
+    else:
+        bos = i_n.to(tl.int64) * T
+        c0 = i_n.to(tl.int64) * tl.cdiv(T, BT)
     NT = tl.cdiv(T, BT)
     DT = dv.dtype.element_ty  # matrix products take the input dtype, accumulate in float32
 
@@ -314,7 +361,7 @@ def _rwkv6_bwd_kernel(
         i_t = NT - 1 - i_n
         o_t = i_t * BT + o_i
         m_t = o_t < T
-        o_row = (i_b * T + o_t).to(tl.int64) * H + i_h
+        o_row = (bos + o_t) * H + i_h
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         p_rk = o_row[:, None] * K + o_k[None, :]
@@ -324,8 +371,8 @@ def _rwkv6_bwd_kernel(
         b_w = tl.load(w + p_rk, mask=m_tk, other=0.0).to(tl.float32) * LOG2E
         b_v = tl.load(v + p_vo, mask=m_tv, other=0.0).to(DT)
         b_do = tl.load(do + p_vo, mask=m_tv, other=0.0).to(DT)
-        b_A = tl.load(A + (i_bh.to(tl.int64) * NT + i_t) * BT * BT + o_A)
-        b_h = tl.load(hc + (i_bh.to(tl.int64) * NT + i_t) * K * V + o_state, mask=m_kv, other=0.0)
+        b_A = tl.load(A + ((c0 + i_t) * H + i_h) * BT * BT + o_A)
+        b_h = tl.load(hc + ((c0 + i_t) * H + i_h) * K * V + o_state, mask=m_kv, other=0.0)
         b_gi = tl.cumsum(b_w, axis=0)
         b_gl = tl.sum(b_w, axis=0)
         b_decay_k = tl.exp2(b_gl[None, :] - b_gi)  # [BT, BK]: from each key to the chunk end
@@ -336,7 +383,7 @@ def _rwkv6_bwd_kernel(
         b_dr = tl.dot(b_do, tl.trans(b_h).to(DT), input_precision=DOT_PRECISION) * b_decay_q * scale
         b_dk = tl.dot(b_v, tl.trans(b_dh).to(DT), input_precision=DOT_PRECISION) * b_decay_k
 
-        o_part = i_v.to(tl.int64) * B * T * H * K
+        o_part = i_v.to(tl.int64) * total * H * K
         tl.store(dr + o_part + p_rk, b_dr, mask=m_tk)
         tl.store(dk + o_part + p_rk, b_dk, mask=m_tk)
         tl.store(dv + p_vo, b_dv.to(dv.dtype.element_ty), mask=m_tv)
@@ -348,9 +395,14 @@ def _rwkv6_bwd_kernel(
         tl.store(dh0 + i_bh.to(tl.int64) * K * V + o_state, b_dh, mask=m_kv)
 
 
-@triton.heuristics({"USE_FINAL_STATE_GRADIENT": lambda args: args["c"] is not None})
+@triton.heuristics(
+    {
+        "USE_FINAL_STATE_GRADIENT": lambda args: args["c"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+    }
+)
 @triton.autotune(configs=_configs(), key=["K", "BT", "BK", "NV"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "total"])
 def _rwkv6_bwd_dw_kernel(
     r,  # receptance [B, T, H, K]
     k,  # key [B, T, H, K]
@@ -364,18 +416,25 @@ def _rwkv6_bwd_dw_kernel(
     dr,  # receptance gradient [B, T, H, K]
     dk,  # key gradient [B, T, H, K]
     dw,  # log-decay gradient [B, T, H, K]
-    du_part,  # bonus gradient of this batch row [B, H, K] float32
-    T,  # sequence length
+    du_part,  # bonus gradient of this sequence [N, H, K] float32
+    cu_seqlens,  # sequence starts and end [N + 1] in the packed tokens, or None
+    T,  # sequence length (unused with cu_seqlens)
+    total,  # B * T: tokens in the batch
     NV: tl.constexpr,  # value blocks to sum
     H: tl.constexpr,  # heads
     K: tl.constexpr,  # key width
     BT: tl.constexpr,  # rows per step
     BK: tl.constexpr,  # key block of this program
     USE_FINAL_STATE_GRADIENT: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_k, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    B = tl.num_programs(1) // H
+    i_n, i_h = i_bh // H, i_bh % H
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        bos = i_n.to(tl.int64) * T
     NT = tl.cdiv(T, BT)
     o_i = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -392,7 +451,7 @@ def _rwkv6_bwd_dw_kernel(
         i_t = NT - 1 - i_n
         o_t = i_t * BT + o_i
         m_t = o_t < T
-        o_row = (i_b * T + o_t).to(tl.int64) * H + i_h
+        o_row = (bos + o_t) * H + i_h
         m_tk = m_t[:, None] & m_k[None, :]
         p_rk = o_row[:, None] * K + o_k[None, :]
         b_r = tl.load(r + p_rk, mask=m_tk, other=0.0).to(tl.float32)
@@ -401,7 +460,7 @@ def _rwkv6_bwd_dw_kernel(
         b_dr = tl.load(dr_intra + p_rk, mask=m_tk, other=0.0)
         b_dk = tl.load(dk_intra + p_rk, mask=m_tk, other=0.0)
         for i_v in range(0, NV):
-            o_part = i_v * B * T * H * K
+            o_part = i_v * total * H * K
             b_dr += tl.load(dr_inter + o_part + p_rk, mask=m_tk, other=0.0)
             b_dk += tl.load(dk_inter + o_part + p_rk, mask=m_tk, other=0.0)
         # dw_j = sum_{t >= j} (r dr - k dk)_t - r_j dr_j + (bonus of j) + c, from the full dr and dk
@@ -428,6 +487,35 @@ def _blocks(K: int, V: int, block_v: int | None) -> tuple[int, int]:
     return BK, BV
 
 
+class _Chunks:
+    """How the tokens split into chunks of ``BT``: per batch row, or per sequence of a packed batch.
+
+    ``n_seq`` sequences (batch rows, or ``len(cu_seqlens) - 1``), ``n_chunks`` chunks in all; with
+    ``cu_seqlens``, ``chunk_indices`` ``[n_chunks, 2]`` (sequence, chunk within it) and ``chunk_offsets``
+    ``[n_seq + 1]`` (each sequence's first chunk), int32 on the tokens' device.
+    """
+
+    def __init__(self, B: int, T: int, BT: int, cu_seqlens: torch.Tensor | None) -> None:
+        self.cu_seqlens = cu_seqlens
+        if cu_seqlens is None:
+            self.n_seq, nt = B, triton.cdiv(T, BT)
+            self.n_chunks = B * nt
+            self.chunk_indices = self.chunk_offsets = None
+            self.intra_grid = (nt, B)  # x H heads
+            return
+        self.cu_seqlens = cu_seqlens.to(torch.int32)
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        per_seq = (lengths + BT - 1) // BT
+        offsets = torch.zeros(len(per_seq) + 1, dtype=torch.int64, device=cu_seqlens.device)
+        offsets[1:] = per_seq.cumsum(0)
+        self.n_seq, self.n_chunks = len(per_seq), int(offsets[-1])  # one host sync
+        seq = torch.repeat_interleave(torch.arange(self.n_seq, device=cu_seqlens.device), per_seq)
+        within = torch.arange(self.n_chunks, device=cu_seqlens.device) - offsets[seq]
+        self.chunk_indices = torch.stack([seq, within], dim=1).to(torch.int32).contiguous()
+        self.chunk_offsets = offsets.to(torch.int32)
+        self.intra_grid = (self.n_chunks, 1)
+
+
 def rwkv6_fwd(
     r: torch.Tensor,
     k: torch.Tensor,
@@ -440,6 +528,7 @@ def rwkv6_fwd(
     save_states: bool,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """Launch the forward. Returns ``o``, the final state (or None), the intra-chunk scores ``A`` and
     the chunk-start states (or None); ``A`` and the states are what the backward needs."""
@@ -447,14 +536,17 @@ def rwkv6_fwd(
     V = v.shape[-1]
     BT = chunk_size
     BK, BV = _blocks(K, V, block_v)
-    NT, NV = triton.cdiv(T, BT), triton.cdiv(V, BV)
-    A = r.new_empty(B, H, NT, BT, BT)
-    _rwkv6_fwd_intra_kernel[(NT, B * H)](r, k, w, u, A, T, H=H, K=K, BT=BT, BK=BK)
+    NV = triton.cdiv(V, BV)
+    c = _Chunks(B, T, BT, cu_seqlens)
+    A = r.new_empty(c.n_chunks, H, BT, BT)
+    _rwkv6_fwd_intra_kernel[(c.intra_grid[0], c.intra_grid[1] * H)](
+        r, k, w, u, A, c.cu_seqlens, c.chunk_indices, T, H=H, K=K, BT=BT, BK=BK
+    )
     o = torch.empty(B, T, H, V, dtype=r.dtype, device=r.device)
-    ht = r.new_empty(B, H, K, V, dtype=torch.float32) if output_final_state else None
-    hc = r.new_empty(B, H, NT, K, V, dtype=torch.float32) if save_states else None
-    _rwkv6_fwd_kernel[(NV, B * H)](
-        r, k, v, w, A, o, initial_state, ht, hc, scale, T,
+    ht = r.new_empty(c.n_seq, H, K, V, dtype=torch.float32) if output_final_state else None
+    hc = r.new_empty(c.n_chunks, H, K, V, dtype=torch.float32) if save_states else None
+    _rwkv6_fwd_kernel[(NV, c.n_seq * H)](
+        r, k, v, w, A, o, initial_state, ht, hc, c.cu_seqlens, c.chunk_offsets, scale, T,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DOT_PRECISION=_dot_precision(r.dtype),
     )  # fmt: skip
     return o, ht, A, hc
@@ -475,35 +567,38 @@ def rwkv6_bwd(
     need_dh0: bool,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the backward. Returns ``dr, dk, dv, dw, du, dh0`` (``dh0`` float32 or None)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     BT = chunk_size
     BK, BV = _blocks(K, V, block_v)
-    NT, NV = triton.cdiv(T, BT), triton.cdiv(V, BV)
+    NV = triton.cdiv(V, BV)
+    chunks = _Chunks(B, T, BT, cu_seqlens)
+    cu, offsets = chunks.cu_seqlens, chunks.chunk_offsets
     precision = _dot_precision(r.dtype)
     dr_intra = r.new_empty(B, T, H, K, dtype=torch.float32)
     dk_intra = r.new_empty(B, T, H, K, dtype=torch.float32)
     dd = r.new_empty(B, T, H, dtype=torch.float32)
-    _rwkv6_bwd_intra_kernel[(NT, B * H)](
-        r, k, v, w, u, do, dr_intra, dk_intra, dd, scale, T,
+    _rwkv6_bwd_intra_kernel[(chunks.intra_grid[0], chunks.intra_grid[1] * H)](
+        r, k, v, w, u, do, dr_intra, dk_intra, dd, cu, chunks.chunk_indices, scale, T,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DOT_PRECISION=precision,
     )  # fmt: skip
     dr_inter = r.new_empty(NV, B, T, H, K, dtype=torch.float32)
     dk_inter = r.new_empty(NV, B, T, H, K, dtype=torch.float32)
     dv = torch.empty_like(v)
-    dh0 = r.new_empty(B, H, K, V, dtype=torch.float32) if need_dh0 else None
-    _rwkv6_bwd_kernel[(NV, B * H)](
-        r, k, v, w, A, hc, do, dht, dr_inter, dk_inter, dv, dh0, scale, T,
+    dh0 = r.new_empty(chunks.n_seq, H, K, V, dtype=torch.float32) if need_dh0 else None
+    _rwkv6_bwd_kernel[(NV, chunks.n_seq * H)](
+        r, k, v, w, A, hc, do, dht, dr_inter, dk_inter, dv, dh0, cu, offsets, scale, T, B * T,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DOT_PRECISION=precision,
     )  # fmt: skip
     c = (dht.float() * ht).sum(-1) if dht is not None and ht is not None else None
     dr, dk, dw = torch.empty_like(r), torch.empty_like(k), torch.empty_like(w)
-    du_part = r.new_empty(B, H, K, dtype=torch.float32)
+    du_part = r.new_empty(chunks.n_seq, H, K, dtype=torch.float32)
     BK_DW = min(BK, 64)
-    _rwkv6_bwd_dw_kernel[(triton.cdiv(K, BK_DW), B * H)](
-        r, k, u, dr_intra, dk_intra, dd, dr_inter, dk_inter, c, dr, dk, dw, du_part, T,
+    _rwkv6_bwd_dw_kernel[(triton.cdiv(K, BK_DW), chunks.n_seq * H)](
+        r, k, u, dr_intra, dk_intra, dd, dr_inter, dk_inter, c, dr, dk, dw, du_part, cu, T, B * T,
         NV=NV, H=H, K=K, BT=BT, BK=BK_DW,
     )  # fmt: skip
     du = du_part.sum(0).to(u.dtype)
@@ -512,15 +607,29 @@ def rwkv6_bwd(
 
 class ChunkRWKV6Function(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, scale, initial_state, output_final_state, chunk_size, block_v):
+    def forward(
+        ctx, r, k, v, w, u, scale, initial_state, output_final_state, chunk_size, block_v, cu_seqlens
+    ):
         r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
         if initial_state is not None:
             initial_state = initial_state.contiguous()
         save_states = any(ctx.needs_input_grad[:5]) or ctx.needs_input_grad[6]
         o, ht, A, hc = rwkv6_fwd(
-            r, k, v, w, u, scale, initial_state, output_final_state, save_states, chunk_size, block_v
+            r,
+            k,
+            v,
+            w,
+            u,
+            scale,
+            initial_state,
+            output_final_state,
+            save_states,
+            chunk_size,
+            block_v,
+            cu_seqlens,
         )
         ctx.save_for_backward(r, k, v, w, u, A, hc, ht)
+        ctx.cu_seqlens = cu_seqlens
         ctx.scale = scale
         ctx.chunk_size = chunk_size
         ctx.block_v = block_v
@@ -536,11 +645,12 @@ class ChunkRWKV6Function(torch.autograd.Function):
         if dht is not None:
             dht = dht.contiguous()
         dr, dk, dv, dw, du, dh0 = rwkv6_bwd(
-            r, k, v, w, u, ctx.scale, A, hc, ht, do, dht, ctx.has_initial_state, ctx.chunk_size, ctx.block_v
-        )
+            r, k, v, w, u, ctx.scale, A, hc, ht, do, dht, ctx.has_initial_state, ctx.chunk_size, ctx.block_v,
+            ctx.cu_seqlens,
+        )  # fmt: skip
         if dh0 is not None:
             dh0 = dh0.to(ctx.initial_state_dtype)
-        return dr, dk, dv, dw, du, None, dh0, None, None, None
+        return dr, dk, dv, dw, du, None, dh0, None, None, None, None
 
 
 def chunk_rwkv6(
@@ -553,16 +663,18 @@ def chunk_rwkv6(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     *,
+    cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
     check_inputs: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``rwkv6`` through the chunked Triton kernels (CUDA tensors, or any device under
-    ``TRITON_INTERPRET=1``). Same arguments and results as :func:`t4dm.kernels.rwkv.rwkv6`;
+    ``TRITON_INTERPRET=1``). Same arguments and results as :func:`t4dm.kernels.rwkv.rwkv6`, including
+    ``cu_seqlens`` (sequences packed into one batch row; chunks never cross a sequence boundary);
     ``chunk_size`` (a power of two >= 16) and ``block_v`` (value columns per program, a power of two
     >= 16; default min(64, V)) are tuning knobs."""
     if check_inputs:
-        scale = check_rwkv6_inputs(r, k, v, w, u, scale, initial_state)
+        scale = check_rwkv6_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens=cu_seqlens)
     elif scale is None:
         scale = r.shape[-1] ** -0.5
     if r.dtype == torch.float64:
@@ -578,5 +690,5 @@ def chunk_rwkv6(
             "before importing t4dm.kernels.rwkv.chunk, or call t4dm.kernels.rwkv6"
         )
     return ChunkRWKV6Function.apply(
-        r, k, v, w, u, scale, initial_state, output_final_state, chunk_size, block_v
+        r, k, v, w, u, scale, initial_state, output_final_state, chunk_size, block_v, cu_seqlens
     )

@@ -6,13 +6,14 @@ session can set ``TRITON_INTERPRET=1`` before the kernels are built.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 
 from .naive import naive_chunk_rwkv6, naive_rwkv6_step
 
-__all__ = ["check_rwkv6_inputs", "check_rwkv6_step_inputs", "rwkv6", "rwkv6_step"]
+__all__ = ["check_cu_seqlens", "check_rwkv6_inputs", "check_rwkv6_step_inputs", "rwkv6", "rwkv6_step"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The Triton kernels keep one [K, BV] state tile per program in registers.
@@ -62,6 +63,7 @@ def check_rwkv6_inputs(
     scale: float | None,
     initial_state: torch.Tensor | None,
     check_decay: bool = True,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> float:
     """Raise ``ValueError`` naming the argument for any input ``rwkv6`` cannot take; return the scale."""
     layout = "[B, T, H, K]"
@@ -80,15 +82,41 @@ def check_rwkv6_inputs(
             raise ValueError(f"{name}.dtype must equal r.dtype ({r.dtype}), got {x.dtype}")
     _check_tensor("u", u, 2, "[H, K]")
     _check_shape("u", u, (H, K), "[H, K]")
+    N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T, r.device)
     if initial_state is not None:
-        _check_tensor("initial_state", initial_state, 4, "[B, H, K, V]")
-        _check_shape("initial_state", initial_state, (B, H, K, V), "[B, H, K, V]")
+        layout = "[B, H, K, V]" if cu_seqlens is None else "[N, H, K, V] (one per sequence)"
+        _check_tensor("initial_state", initial_state, 4, layout)
+        _check_shape("initial_state", initial_state, (N, H, K, V), layout)
     for name, x in (("k", k), ("v", v), ("w", w), ("u", u), ("initial_state", initial_state)):
         if x is not None and x.device != r.device:
             raise ValueError(f"{name} is on {x.device} but r is on {r.device}")
     if check_decay:
         _check_decay_sign("w", w)
     return _check_scale(scale, K)
+
+
+def check_cu_seqlens(cu_seqlens: object, B: int, T: int, device: torch.device) -> int:
+    """Check ``cu_seqlens`` (sequences packed into one batch row of ``T`` tokens); return the number of
+    sequences."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise ValueError(
+            f"cu_seqlens must be a torch.Tensor [N + 1] or None, got {type(cu_seqlens).__name__}"
+        )
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"cu_seqlens must be a 1-D int32/int64 tensor [N + 1] with N >= 1, got shape "
+            f"{tuple(cu_seqlens.shape)} and {cu_seqlens.dtype}"
+        )
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but r is on {device}")
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the sequences are packed into one batch row: B must be 1, got {B}")
+    bounds = cu_seqlens.tolist()  # one host sync
+    if bounds[0] != 0 or bounds[-1] != T or any(b <= a for a, b in itertools.pairwise(bounds)):
+        raise ValueError(
+            f"cu_seqlens must rise strictly from 0 to T={T} (every sequence at least one token), got {bounds}"
+        )
+    return len(bounds) - 1
 
 
 def check_rwkv6_step_inputs(
@@ -140,6 +168,7 @@ def rwkv6(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     *,
+    cu_seqlens: torch.Tensor | None = None,
     check_decay: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RWKV-6 linear attention with data-dependent per-channel decay (flash-linear-attention's
@@ -155,6 +184,10 @@ def rwkv6(
         scale: output scale, ``K ** -0.5`` by default.
         initial_state: ``[B, H, K, V]`` state before the first token (zeros when ``None``).
         output_final_state: also return the state after the last token, ``[B, H, K, V]`` float32.
+        cu_seqlens: variable-length batches: ``N`` sequences packed into one row (``B = 1``), sequence ``n``
+            at tokens ``cu_seqlens[n]:cu_seqlens[n + 1]`` (``[N + 1]`` int32/int64, rising strictly from 0
+            to T). Each sequence starts from its own initial state and ends with its own final state
+            (``[N, H, K, V]``); no state crosses a boundary.
         check_decay: check ``w <= 0`` (reads ``w``: one reduction and, on CUDA, a host sync).
 
     Returns:
@@ -164,12 +197,14 @@ def rwkv6(
     backward; elsewhere the chunked PyTorch form, differentiated by autograd. Gradients flow to
     r, k, v, w, u and the initial state.
     """
-    scale = check_rwkv6_inputs(r, k, v, w, u, scale, initial_state, check_decay)
+    scale = check_rwkv6_inputs(r, k, v, w, u, scale, initial_state, check_decay, cu_seqlens)
     if _use_triton(r):
         from .chunk import chunk_rwkv6
 
-        return chunk_rwkv6(r, k, v, w, u, scale, initial_state, output_final_state, check_inputs=False)
-    return naive_chunk_rwkv6(r, k, v, w, u, scale, initial_state, output_final_state)
+        return chunk_rwkv6(
+            r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens, check_inputs=False
+        )
+    return naive_chunk_rwkv6(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens)
 
 
 def rwkv6_step(

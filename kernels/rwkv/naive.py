@@ -14,6 +14,8 @@ autograd, and works on any device; it is slow and meant for tests and the CPU pa
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 __all__ = ["naive_chunk_rwkv6", "naive_recurrent_rwkv6", "naive_rwkv6_step"]
@@ -21,6 +23,20 @@ __all__ = ["naive_chunk_rwkv6", "naive_recurrent_rwkv6", "naive_rwkv6_step"]
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
+
+
+def _per_sequence(fn, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, **options):
+    """``fn`` on each sequence of a packed batch (``B = 1``, sequence ``n`` at tokens
+    ``cu_seqlens[n]:cu_seqlens[n + 1]``, its state row ``n``); outputs concatenated, states stacked."""
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    outputs, states = [], []
+    for n, (bos, eos) in enumerate(itertools.pairwise(bounds)):
+        h0 = None if initial_state is None else initial_state[n : n + 1]
+        o, ht = fn(*(x[:, bos:eos] for x in (r, k, v, w)), u, scale, h0, output_final_state, **options)
+        outputs.append(o)
+        states.append(ht)
+    o = torch.cat(outputs, dim=1)
+    return o, (torch.cat(states) if output_final_state else None)
 
 
 def naive_recurrent_rwkv6(
@@ -32,6 +48,7 @@ def naive_recurrent_rwkv6(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The recurrence token by token.
 
@@ -42,10 +59,16 @@ def naive_recurrent_rwkv6(
         scale: multiplies the output; ``K ** -0.5`` by default.
         initial_state: ``[B, H, K, V]`` state before the first token, zeros when ``None``.
         output_final_state: also return the state after the last token.
+        cu_seqlens: ``[N + 1]`` starts and end of ``N`` sequences packed into one row (``B = 1``); each
+            runs from its own initial state (``[N, H, K, V]``) and has its own final state.
 
     Returns:
         ``o`` ``[B, T, H, V]`` in ``r.dtype`` and the final state ``[B, H, K, V]`` (float32) or ``None``.
     """
+    if cu_seqlens is not None:
+        return _per_sequence(
+            naive_recurrent_rwkv6, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens
+        )
     B, T, H, K = r.shape
     V = v.shape[-1]
     dtype, acc = r.dtype, _compute_dtype(r.dtype)
@@ -97,6 +120,7 @@ def naive_chunk_rwkv6(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 16,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The same function in chunked form, vectorised in PyTorch (the CPU path of ``rwkv6``).
 
@@ -109,8 +133,14 @@ def naive_chunk_rwkv6(
         h'  = exp(gi_last) * h + sum_s (k_s * exp(gi_last - gi_s)) v_s^T
 
     Every exponent is a sum of log decays over a run of steps, so it is <= 0: nothing overflows however
-    strong the decay. The pairwise factor costs ``O(T * C * K)`` memory.
+    strong the decay. The pairwise factor costs ``O(T * C * K)`` memory. ``cu_seqlens`` as in
+    :func:`naive_recurrent_rwkv6`.
     """
+    if cu_seqlens is not None:
+        return _per_sequence(
+            naive_chunk_rwkv6, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens,
+            chunk_size=chunk_size,
+        )  # fmt: skip
     B, T, H, K = r.shape
     V = v.shape[-1]
     acc = _compute_dtype(r.dtype)

@@ -100,91 +100,56 @@ def _rwkv_cases() -> list[Case]:
     from t4dm.kernels.rwkv import chunk, fused_recurrent
 
     cases: list[Case] = []
-    for dt, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    BT = chunk.DEFAULT_CHUNK_SIZE
+    i32 = "*i32"
+    # bf16 and float32 for one batch of rows, and bf16 for packed sequences (cu_seqlens)
+    for dt, dtype, varlen in (("bf16", torch.bfloat16, False), ("fp32", torch.float32, False),
+                              ("bf16", torch.bfloat16, True)):  # fmt: skip
         precision = chunk._dot_precision(dtype)
         p, f32 = f"*{dt}", "*fp32"
         shape = dict(H=16, K=64)
+        flags = dict(IS_VARLEN=varlen)
         cases += [
             (
                 chunk._rwkv6_fwd_intra_kernel,
-                dict(r=p, k=p, w=p, u=p, A=p, T="i32"),
-                dict(**shape, BT=chunk.DEFAULT_CHUNK_SIZE, BK=64),
+                dict(r=p, k=p, w=p, u=p, A=p, cu_seqlens=i32, chunk_indices=i32, T="i32"),
+                dict(**shape, BT=BT, BK=64, **flags),
             ),
             (
                 chunk._rwkv6_fwd_kernel,
-                dict(r=p, k=p, v=p, w=p, A=p, o=p, h0=f32, ht=f32, hc=f32, scale="fp32", T="i32"),
-                dict(
-                    **shape,
-                    V=64,
-                    BT=chunk.DEFAULT_CHUNK_SIZE,
-                    BK=64,
-                    BV=64,
-                    DOT_PRECISION=precision,
-                    USE_INITIAL_STATE=True,
-                    STORE_FINAL_STATE=True,
-                    STORE_CHUNK_STATES=True,
-                ),
+                dict(r=p, k=p, v=p, w=p, A=p, o=p, h0=f32, ht=f32, hc=f32, cu_seqlens=i32, chunk_offsets=i32,
+                     scale="fp32", T="i32"),
+                dict(**shape, V=64, BT=BT, BK=64, BV=64, DOT_PRECISION=precision, USE_INITIAL_STATE=True,
+                     STORE_FINAL_STATE=True, STORE_CHUNK_STATES=True, **flags),
             ),
             (
                 chunk._rwkv6_bwd_intra_kernel,
-                dict(r=p, k=p, v=p, w=p, u=p, do=p, dr=f32, dk=f32, dd=f32, scale="fp32", T="i32"),
-                dict(**shape, V=64, BT=chunk.DEFAULT_CHUNK_SIZE, BK=64, BV=64, DOT_PRECISION=precision),
+                dict(r=p, k=p, v=p, w=p, u=p, do=p, dr=f32, dk=f32, dd=f32, cu_seqlens=i32, chunk_indices=i32,
+                     scale="fp32", T="i32"),
+                dict(**shape, V=64, BT=BT, BK=64, BV=64, DOT_PRECISION=precision, **flags),
             ),
             (
                 chunk._rwkv6_bwd_kernel,
-                dict(
-                    r=p,
-                    k=p,
-                    v=p,
-                    w=p,
-                    A=p,
-                    hc=f32,
-                    do=p,
-                    dht=f32,
-                    dr=f32,
-                    dk=f32,
-                    dv=p,
-                    dh0=f32,
-                    scale="fp32",
-                    T="i32",
-                ),
-                dict(
-                    **shape,
-                    V=64,
-                    BT=chunk.DEFAULT_CHUNK_SIZE,
-                    BK=64,
-                    BV=64,
-                    DOT_PRECISION=precision,
-                    USE_FINAL_STATE_GRADIENT=True,
-                    STORE_INITIAL_STATE_GRADIENT=True,
-                ),
+                dict(r=p, k=p, v=p, w=p, A=p, hc=f32, do=p, dht=f32, dr=f32, dk=f32, dv=p, dh0=f32,
+                     cu_seqlens=i32, chunk_offsets=i32, scale="fp32", T="i32", total="i32"),
+                dict(**shape, V=64, BT=BT, BK=64, BV=64, DOT_PRECISION=precision, USE_FINAL_STATE_GRADIENT=True,
+                     STORE_INITIAL_STATE_GRADIENT=True, **flags),
             ),
             (
                 chunk._rwkv6_bwd_dw_kernel,
-                dict(
-                    r=p,
-                    k=p,
-                    u=p,
-                    dr_intra=f32,
-                    dk_intra=f32,
-                    dd=f32,
-                    dr_inter=f32,
-                    dk_inter=f32,
-                    c=f32,
-                    dr=p,
-                    dk=p,
-                    dw=p,
-                    du_part=f32,
-                    T="i32",
-                ),
-                dict(**shape, NV=1, BT=chunk.DEFAULT_CHUNK_SIZE, BK=64, USE_FINAL_STATE_GRADIENT=True),
+                dict(r=p, k=p, u=p, dr_intra=f32, dk_intra=f32, dd=f32, dr_inter=f32, dk_inter=f32, c=f32,
+                     dr=p, dk=p, dw=p, du_part=f32, cu_seqlens=i32, T="i32", total="i32"),
+                dict(**shape, NV=1, BT=BT, BK=64, USE_FINAL_STATE_GRADIENT=True, **flags),
             ),
-            (
-                fused_recurrent._rwkv6_fused_recurrent_fwd_kernel,
-                dict(r=p, k=p, v=p, w=p, u=p, o=p, h0=f32, ht=f32, scale="fp32", T="i32"),
-                dict(**shape, V=64, BK=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True),
-            ),
-        ]
+        ]  # fmt: skip
+        if not varlen:
+            cases.append(
+                (
+                    fused_recurrent._rwkv6_fused_recurrent_fwd_kernel,
+                    dict(r=p, k=p, v=p, w=p, u=p, o=p, h0=f32, ht=f32, scale="fp32", T="i32"),
+                    dict(**shape, V=64, BK=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True),
+                )
+            )
     return cases
 
 

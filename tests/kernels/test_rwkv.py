@@ -9,6 +9,7 @@ backward). Without CUDA the Triton kernels run under ``TRITON_INTERPRET=1`` in f
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 from types import ModuleType
 
@@ -215,6 +216,98 @@ def test_chunk_kernel_matches_naive(chunk, nan_empty, B, T, H, K, V, decay, chun
         assert_close(name, grad, ref_grad, 1e-4)
 
 
+def _separate_reference(inputs, do, dht, lengths):
+    """The reference run on each packed sequence alone (float64, token by token): outputs concatenated,
+    final states and initial-state gradients stacked, other gradients concatenated or summed (u)."""
+    r, k, v, w, u, h0 = inputs
+    bounds = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    outs, states, grads = [], [], []
+    for n, (bos, eos) in enumerate(itertools.pairwise(bounds)):
+        part = [x[:, bos:eos] for x in (r, k, v, w)] + [u, h0[n : n + 1]]
+        o, ht, g = reference(part, do[:, bos:eos], dht[n : n + 1])
+        outs.append(o), states.append(ht), grads.append(g)
+    cat = lambda i: torch.cat([g[i] for g in grads], dim=1)  # noqa: E731
+    ref_grads = [cat(0), cat(1), cat(2), cat(3), sum(g[4] for g in grads), torch.cat([g[5] for g in grads])]
+    return torch.cat(outs, dim=1), torch.cat(states), ref_grads
+
+
+@pytest.mark.parametrize(
+    ("lengths", "V", "chunk_size"),
+    [
+        pytest.param([1, 15, 40, 33], 24, 16, id="N4-lengths-1-15-40-33-V24-C16"),
+        pytest.param([20, 1, 7], 80, 16, id="N3-lengths-20-1-7-V80-two-value-blocks-C16"),
+        pytest.param([64, 50], 16, 32, id="N2-lengths-64-50-C32"),
+    ],
+)
+def test_chunk_kernel_variable_length(chunk, nan_empty, lengths, V, chunk_size):
+    """Sequences packed into one row with ``cu_seqlens`` (boundaries inside chunks) give what each gives
+    alone: outputs, final states and every gradient."""
+    T, H, K = sum(lengths), 2, 16
+    r, k, v, w, u, _ = make_inputs(1, T, H, K, V, "typical")
+    h0 = make_inputs(len(lengths), 1, H, K, V, seed=3)[5]
+    inputs = [r, k, v, w, u, h0]
+    gen = torch.Generator().manual_seed(2)
+    do = torch.randn(1, T, H, V, generator=gen).to(DEVICE)
+    dht = torch.randn(len(lengths), H, K, V, generator=gen).to(DEVICE)
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=DEVICE)
+    ref_o, ref_ht, ref_grads = _separate_reference(inputs, do, dht, lengths)
+    o, ht, grads = run_with_grads(
+        lambda r, k, v, w, u, h0: chunk.chunk_rwkv6(
+            r, k, v, w, u, None, h0, True, cu_seqlens=cu_seqlens, chunk_size=chunk_size
+        ),
+        inputs,
+        do,
+        dht,
+    )
+    assert ht.shape == (len(lengths), H, K, V)
+    assert_close("o", o, ref_o, 1e-4)
+    assert_close("ht", ht, ref_ht, 1e-4)
+    for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):
+        assert_close(name, grad, ref_grad, 1e-4)
+
+
+def test_public_rwkv6_variable_length_on_cpu():
+    """The CPU path with ``cu_seqlens``: each sequence as alone, gradients included."""
+    lengths, H, K, V = [5, 1, 12], 2, 8, 6
+    T = sum(lengths)
+    r, k, v, w, u, _ = make_inputs(1, T, H, K, V, device="cpu")
+    h0 = make_inputs(3, 1, H, K, V, device="cpu", seed=4)[5]
+    gen = torch.Generator().manual_seed(5)
+    do, dht = torch.randn(1, T, H, V, generator=gen), torch.randn(3, H, K, V, generator=gen)
+    inputs = [r, k, v, w, u, h0]
+    ref_o, ref_ht, ref_grads = _separate_reference(inputs, do, dht, lengths)
+    cu_seqlens = torch.tensor([0, 5, 6, 18])
+    o, ht, grads = run_with_grads(
+        lambda r, k, v, w, u, h0: rwkv6(r, k, v, w, u, None, h0, True, cu_seqlens=cu_seqlens), inputs, do, dht
+    )
+    assert_close("o", o, ref_o, 1e-5)
+    assert_close("ht", ht, ref_ht, 1e-5)
+    for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):
+        assert_close(name, grad, ref_grad, 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cu_seqlens", "B", "h0_rows", "message"),
+    [
+        pytest.param(torch.tensor([0, 3, 6]), 2, 2, "B must be 1", id="two-rows"),
+        pytest.param(torch.tensor([1, 3, 6]), 1, 2, "rise strictly from 0", id="not-from-0"),
+        pytest.param(torch.tensor([0, 3, 5]), 1, 2, "rise strictly from 0 to T=6", id="not-to-T"),
+        pytest.param(torch.tensor([0, 3, 3, 6]), 1, 3, "at least one token", id="empty-sequence"),
+        pytest.param(torch.tensor([0.0, 6.0]), 1, 1, "int32/int64", id="float"),
+        pytest.param(torch.tensor([[0, 6]]), 1, 1, "1-D", id="2-D"),
+        pytest.param([0, 6], 1, 1, "torch.Tensor", id="list"),
+        pytest.param(
+            torch.tensor([0, 3, 6]), 1, 3, r"initial_state must have shape \[N, H, K, V\]", id="h0-rows"
+        ),
+    ],
+)
+def test_rwkv6_rejects_bad_cu_seqlens(cu_seqlens, B, h0_rows, message):
+    r, k, v, w, u, _ = make_inputs(B, 6, 2, 4, 3, device="cpu")
+    h0 = torch.zeros(h0_rows, 2, 4, 3)
+    with pytest.raises(ValueError, match=message):
+        rwkv6(r, k, v, w, u, initial_state=h0, cu_seqlens=cu_seqlens)
+
+
 def test_chunk_kernel_without_states(chunk, nan_empty):
     """No initial state, final state not requested: gradients come from ``o`` alone."""
     B, T, H, K, V = 1, 33, 2, 16, 16
@@ -369,12 +462,15 @@ GPU_DTYPES = [
 
 
 def test_kernels_compile_for_sm90() -> None:
-    """Every kernel compiles to Hopper machine code for 16-bit and float32 inputs at the benchmark's sizes (ptxas
-    ships with triton; no GPU needed): the interpreter lets through what the compiler rejects."""
+    """Every kernel compiles to Hopper machine code for 16-bit and float32 inputs at the benchmark's sizes, and for
+    packed sequences (ptxas ships with triton; no GPU needed): the interpreter lets through what the compiler
+    rejects."""
     pytest.importorskip("triton.backends.compiler")
     result = run_compile_check("rwkv")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("compiled") == 12
+    assert (
+        result.stdout.count("compiled") == 17
+    )  # 6 kernels x (bf16, float32) + 5 chunk kernels packed (bf16)
 
 
 @pytest.mark.gpu
@@ -389,6 +485,28 @@ def test_gpu_chunk_matches_naive(chunk, nan_empty, B, T, H, K, V, dtype, tol):
         lambda r, k, v, w, u, h0: rwkv6(r, k, v, w, u, None, h0, True), inputs, do, dht
     )
     assert o.dtype == dtype
+    assert_close("o", o, ref_o, tol)
+    assert_close("ht", ht, ref_ht, tol)
+    for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):
+        assert_close(name, grad, ref_grad, tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("dtype", "tol"), GPU_DTYPES)
+def test_gpu_chunk_variable_length(chunk, nan_empty, dtype, tol):
+    """Packed sequences of 700, 1, 333 and 1000 tokens (``cu_seqlens``) at the model's head size."""
+    lengths, H, K, V = [700, 1, 333, 1000], 4, 64, 64
+    T = sum(lengths)
+    r, k, v, w, u, _ = make_inputs(1, T, H, K, V, "typical", dtype=dtype, device="cuda")
+    h0 = make_inputs(len(lengths), 1, H, K, V, device="cuda", seed=3)[5]
+    inputs = [r, k, v, w, u, h0]
+    do = torch.randn(1, T, H, V, device="cuda").to(dtype)
+    dht = torch.randn(len(lengths), H, K, V, device="cuda")
+    ref_o, ref_ht, ref_grads = _separate_reference(inputs, do, dht, lengths)
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], device="cuda")
+    o, ht, grads = run_with_grads(
+        lambda r, k, v, w, u, h0: rwkv6(r, k, v, w, u, None, h0, True, cu_seqlens=cu_seqlens), inputs, do, dht
+    )
     assert_close("o", o, ref_o, tol)
     assert_close("ht", ht, ref_ht, tol)
     for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):
