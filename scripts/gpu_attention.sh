@@ -48,10 +48,13 @@ else
     echo "no .wheels/fla_core-*.whl: fla rows will be skipped (pip download --no-deps -d .wheels fla-core)"
 fi
 
+# test processes: pytest-xdist (in the image) compiles the many kernel variants on several cores at once
+WORKERS=()
+"$PY" -c "import xdist" 2>/dev/null && WORKERS=(-n "${TEST_WORKERS:-8}")
 status=0
 if [[ $PHASE == all || $PHASE == gpu-tests ]]; then
     # one autotune config per kernel: the tests check numbers, not speed, and compile 3 dtypes x shapes
-    T4DM_AUTOTUNE=0 timeout "${TESTS_TIMEOUT:-300}" $PY -m pytest -q -m gpu -p no:cacheprovider \
+    T4DM_AUTOTUNE=0 timeout "${TESTS_TIMEOUT:-300}" $PY -m pytest "${WORKERS[@]}" -q -m gpu -p no:cacheprovider \
         tests/kernels/test_rwkv.py tests/kernels/test_spike_attention.py \
         --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log"
     status=$(( status || PIPESTATUS[0] ))
@@ -65,7 +68,7 @@ if [[ $PHASE == all || $PHASE == bench ]]; then
     status=$(( status || PIPESTATUS[0] ))
 fi
 if [[ $PHASE == cpu-tests ]]; then
-    T4DM_AUTOTUNE=0 timeout "${TESTS_TIMEOUT:-300}" $PY -m pytest -q -m "not gpu" -p no:cacheprovider \
+    T4DM_AUTOTUNE=0 timeout "${TESTS_TIMEOUT:-300}" $PY -m pytest "${WORKERS[@]}" -q -m "not gpu" -p no:cacheprovider \
         tests/kernels/test_rwkv.py tests/kernels/test_spike_attention.py 2>&1 | tee "$OUT/cuda_small_tests.log"
     status=$(( status || PIPESTATUS[0] ))
 fi

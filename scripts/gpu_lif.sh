@@ -30,14 +30,17 @@ fi
     | tee "$OUT/gpu_lif_env.txt"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv >>"$OUT/gpu_lif_env.txt" 2>&1 || true
 
-timeout 240 "$PY" -u -m pytest tests/kernels/test_lif.py -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_lif_tests.log"
+# test processes: pytest-xdist (in the image) compiles the many kernel variants on several cores at once
+WORKERS=()
+"$PY" -c "import xdist" 2>/dev/null && WORKERS=(-n "${TEST_WORKERS:-8}")
+timeout 240 "$PY" -u -m pytest "${WORKERS[@]}" tests/kernels/test_lif.py -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_lif_tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 timeout 200 "$PY" -u -m t4dm.bench.lif --device cuda --json "$OUT/bench_lif.json" ${LIF_SWEEP:+--sweep} 2>&1 \
     | tee "$OUT/bench_lif.log"
 bench_rc=${PIPESTATUS[0]}
 
-timeout 240 "$PY" -u -m pytest tests/kernels/test_lif.py -m "not gpu" -q -p no:cacheprovider 2>&1 \
+timeout 240 "$PY" -u -m pytest "${WORKERS[@]}" tests/kernels/test_lif.py -m "not gpu" -q -p no:cacheprovider 2>&1 \
     | tee "$OUT/gpu_lif_small_tests.log"
 small_rc=${PIPESTATUS[0]}
 

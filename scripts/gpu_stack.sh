@@ -45,10 +45,13 @@ PYEOF
     "$PY" -c "import t4dm.kernels, t4dm.spiking, t4dm.learning" || exit 1
 fi
 
+# test processes: pytest-xdist (in the image) compiles the many kernel variants on several cores at once
+WORKERS=()
+"$PY" -c "import xdist" 2>/dev/null && WORKERS=(-n "${TEST_WORKERS:-8}")
 tests_rc=0
 bench_rc=0
 if [[ $PHASE == all || $PHASE == gpu-tests ]]; then
-    T4DM_AUTOTUNE=0 timeout "${TESTS_TIMEOUT:-240}" "$PY" -u -m pytest tests/spiking/test_gpu.py -m gpu -q -rA \
+    T4DM_AUTOTUNE=0 timeout "${TESTS_TIMEOUT:-240}" "$PY" -u -m pytest "${WORKERS[@]}" tests/spiking/test_gpu.py -m gpu -q -rA \
         -p no:cacheprovider --junitxml="$OUT/gpu_stack_tests.xml" 2>&1 | tee "$OUT/gpu_stack_tests.log"
     tests_rc=${PIPESTATUS[0]}
 fi

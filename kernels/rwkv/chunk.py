@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..varlen import Chunks
 from .interface import MAX_TRITON_K, check_rwkv6_inputs
 
 __all__ = ["ChunkRWKV6Function", "chunk_rwkv6", "rwkv6_bwd", "rwkv6_fwd"]
@@ -78,10 +79,10 @@ def _rwkv6_fwd_intra_kernel(
 ):
     if IS_VARLEN:  # one program per (chunk of any sequence, head)
         i_c, i_h = tl.program_id(0), tl.program_id(1)
-        i_n = tl.load(chunk_indices + i_c * 2).to(tl.int32)
+        i_seq = tl.load(chunk_indices + i_c * 2).to(tl.int32)
         i_t = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int32)
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
     else:
         i_t, i_bh = tl.program_id(0), tl.program_id(1)
         i_b, i_h = i_bh // H, i_bh % H
@@ -152,14 +153,14 @@ def _rwkv6_fwd_kernel(
     IS_VARLEN: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_bh // H, i_bh % H
+    i_seq, i_h = i_bh // H, i_bh % H
     if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-        c0 = tl.load(chunk_offsets + i_n).to(tl.int64)  # the sequence's first chunk
+        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
+        c0 = tl.load(chunk_offsets + i_seq).to(tl.int64)  # the sequence's first chunk
     else:
-        bos = i_n.to(tl.int64) * T
-        c0 = i_n.to(tl.int64) * tl.cdiv(T, BT)
+        bos = i_seq.to(tl.int64) * T
+        c0 = i_seq.to(tl.int64) * tl.cdiv(T, BT)
     NT = tl.cdiv(T, BT)
     DT = o.dtype.element_ty  # matrix products take the input dtype, accumulate in float32
 
@@ -235,10 +236,10 @@ def _rwkv6_bwd_intra_kernel(
 ):
     if IS_VARLEN:  # one program per (chunk of any sequence, head)
         i_c, i_h = tl.program_id(0), tl.program_id(1)
-        i_n = tl.load(chunk_indices + i_c * 2).to(tl.int32)
+        i_seq = tl.load(chunk_indices + i_c * 2).to(tl.int32)
         i_t = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int32)
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
     else:
         i_t, i_bh = tl.program_id(0), tl.program_id(1)
         i_b, i_h = i_bh // H, i_bh % H
@@ -333,14 +334,14 @@ def _rwkv6_bwd_kernel(
     IS_VARLEN: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_bh // H, i_bh % H
+    i_seq, i_h = i_bh // H, i_bh % H
     if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-        c0 = tl.load(chunk_offsets + i_n).to(tl.int64)  # the sequence's first chunk
+        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
+        c0 = tl.load(chunk_offsets + i_seq).to(tl.int64)  # the sequence's first chunk
     else:
-        bos = i_n.to(tl.int64) * T
-        c0 = i_n.to(tl.int64) * tl.cdiv(T, BT)
+        bos = i_seq.to(tl.int64) * T
+        c0 = i_seq.to(tl.int64) * tl.cdiv(T, BT)
     NT = tl.cdiv(T, BT)
     DT = dv.dtype.element_ty  # matrix products take the input dtype, accumulate in float32
 
@@ -429,12 +430,12 @@ def _rwkv6_bwd_dw_kernel(
     IS_VARLEN: tl.constexpr,
 ):
     i_k, i_bh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_bh // H, i_bh % H
+    i_seq, i_h = i_bh // H, i_bh % H
     if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
     else:
-        bos = i_n.to(tl.int64) * T
+        bos = i_seq.to(tl.int64) * T
     NT = tl.cdiv(T, BT)
     o_i = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -487,35 +488,6 @@ def _blocks(K: int, V: int, block_v: int | None) -> tuple[int, int]:
     return BK, BV
 
 
-class _Chunks:
-    """How the tokens split into chunks of ``BT``: per batch row, or per sequence of a packed batch.
-
-    ``n_seq`` sequences (batch rows, or ``len(cu_seqlens) - 1``), ``n_chunks`` chunks in all; with
-    ``cu_seqlens``, ``chunk_indices`` ``[n_chunks, 2]`` (sequence, chunk within it) and ``chunk_offsets``
-    ``[n_seq + 1]`` (each sequence's first chunk), int32 on the tokens' device.
-    """
-
-    def __init__(self, B: int, T: int, BT: int, cu_seqlens: torch.Tensor | None) -> None:
-        self.cu_seqlens = cu_seqlens
-        if cu_seqlens is None:
-            self.n_seq, nt = B, triton.cdiv(T, BT)
-            self.n_chunks = B * nt
-            self.chunk_indices = self.chunk_offsets = None
-            self.intra_grid = (nt, B)  # x H heads
-            return
-        self.cu_seqlens = cu_seqlens.to(torch.int32)
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        per_seq = (lengths + BT - 1) // BT
-        offsets = torch.zeros(len(per_seq) + 1, dtype=torch.int64, device=cu_seqlens.device)
-        offsets[1:] = per_seq.cumsum(0)
-        self.n_seq, self.n_chunks = len(per_seq), int(offsets[-1])  # one host sync
-        seq = torch.repeat_interleave(torch.arange(self.n_seq, device=cu_seqlens.device), per_seq)
-        within = torch.arange(self.n_chunks, device=cu_seqlens.device) - offsets[seq]
-        self.chunk_indices = torch.stack([seq, within], dim=1).to(torch.int32).contiguous()
-        self.chunk_offsets = offsets.to(torch.int32)
-        self.intra_grid = (self.n_chunks, 1)
-
-
 def rwkv6_fwd(
     r: torch.Tensor,
     k: torch.Tensor,
@@ -537,7 +509,7 @@ def rwkv6_fwd(
     BT = chunk_size
     BK, BV = _blocks(K, V, block_v)
     NV = triton.cdiv(V, BV)
-    c = _Chunks(B, T, BT, cu_seqlens)
+    c = Chunks(B, T, BT, cu_seqlens)
     A = r.new_empty(c.n_chunks, H, BT, BT)
     _rwkv6_fwd_intra_kernel[(c.intra_grid[0], c.intra_grid[1] * H)](
         r, k, w, u, A, c.cu_seqlens, c.chunk_indices, T, H=H, K=K, BT=BT, BK=BK
@@ -575,7 +547,7 @@ def rwkv6_bwd(
     BT = chunk_size
     BK, BV = _blocks(K, V, block_v)
     NV = triton.cdiv(V, BV)
-    chunks = _Chunks(B, T, BT, cu_seqlens)
+    chunks = Chunks(B, T, BT, cu_seqlens)
     cu, offsets = chunks.cu_seqlens, chunks.chunk_offsets
     precision = _dot_precision(r.dtype)
     dr_intra = r.new_empty(B, T, H, K, dtype=torch.float32)

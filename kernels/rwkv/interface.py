@@ -6,14 +6,14 @@ session can set ``TRITON_INTERPRET=1`` before the kernels are built.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 
+from ..varlen import check_cu_seqlens
 from .naive import naive_chunk_rwkv6, naive_rwkv6_step
 
-__all__ = ["check_cu_seqlens", "check_rwkv6_inputs", "check_rwkv6_step_inputs", "rwkv6", "rwkv6_step"]
+__all__ = ["check_rwkv6_inputs", "check_rwkv6_step_inputs", "rwkv6", "rwkv6_step"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The Triton kernels keep one [K, BV] state tile per program in registers.
@@ -93,30 +93,6 @@ def check_rwkv6_inputs(
     if check_decay:
         _check_decay_sign("w", w)
     return _check_scale(scale, K)
-
-
-def check_cu_seqlens(cu_seqlens: object, B: int, T: int, device: torch.device) -> int:
-    """Check ``cu_seqlens`` (sequences packed into one batch row of ``T`` tokens); return the number of
-    sequences."""
-    if not isinstance(cu_seqlens, torch.Tensor):
-        raise ValueError(
-            f"cu_seqlens must be a torch.Tensor [N + 1] or None, got {type(cu_seqlens).__name__}"
-        )
-    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise ValueError(
-            f"cu_seqlens must be a 1-D int32/int64 tensor [N + 1] with N >= 1, got shape "
-            f"{tuple(cu_seqlens.shape)} and {cu_seqlens.dtype}"
-        )
-    if cu_seqlens.device != device:
-        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but r is on {device}")
-    if B != 1:
-        raise ValueError(f"with cu_seqlens the sequences are packed into one batch row: B must be 1, got {B}")
-    bounds = cu_seqlens.tolist()  # one host sync
-    if bounds[0] != 0 or bounds[-1] != T or any(b <= a for a, b in itertools.pairwise(bounds)):
-        raise ValueError(
-            f"cu_seqlens must rise strictly from 0 to T={T} (every sequence at least one token), got {bounds}"
-        )
-    return len(bounds) - 1
 
 
 def check_rwkv6_step_inputs(

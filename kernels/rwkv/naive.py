@@ -14,29 +14,15 @@ autograd, and works on any device; it is slow and meant for tests and the CPU pa
 
 from __future__ import annotations
 
-import itertools
-
 import torch
+
+from ..varlen import per_sequence
 
 __all__ = ["naive_chunk_rwkv6", "naive_recurrent_rwkv6", "naive_rwkv6_step"]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
-
-
-def _per_sequence(fn, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, **options):
-    """``fn`` on each sequence of a packed batch (``B = 1``, sequence ``n`` at tokens
-    ``cu_seqlens[n]:cu_seqlens[n + 1]``, its state row ``n``); outputs concatenated, states stacked."""
-    bounds = [int(b) for b in cu_seqlens.tolist()]
-    outputs, states = [], []
-    for n, (bos, eos) in enumerate(itertools.pairwise(bounds)):
-        h0 = None if initial_state is None else initial_state[n : n + 1]
-        o, ht = fn(*(x[:, bos:eos] for x in (r, k, v, w)), u, scale, h0, output_final_state, **options)
-        outputs.append(o)
-        states.append(ht)
-    o = torch.cat(outputs, dim=1)
-    return o, (torch.cat(states) if output_final_state else None)
 
 
 def naive_recurrent_rwkv6(
@@ -66,8 +52,8 @@ def naive_recurrent_rwkv6(
         ``o`` ``[B, T, H, V]`` in ``r.dtype`` and the final state ``[B, H, K, V]`` (float32) or ``None``.
     """
     if cu_seqlens is not None:
-        return _per_sequence(
-            naive_recurrent_rwkv6, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens
+        return per_sequence(
+            naive_recurrent_rwkv6, (r, k, v, w), (u, scale), initial_state, output_final_state, cu_seqlens
         )
     B, T, H, K = r.shape
     V = v.shape[-1]
@@ -137,8 +123,8 @@ def naive_chunk_rwkv6(
     :func:`naive_recurrent_rwkv6`.
     """
     if cu_seqlens is not None:
-        return _per_sequence(
-            naive_chunk_rwkv6, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens,
+        return per_sequence(
+            naive_chunk_rwkv6, (r, k, v, w), (u, scale), initial_state, output_final_state, cu_seqlens,
             chunk_size=chunk_size,
         )  # fmt: skip
     B, T, H, K = r.shape

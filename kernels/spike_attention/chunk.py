@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..varlen import Chunks
 from .interface import MAX_TRITON_D, check_spike_attention_inputs
 
 __all__ = [
@@ -63,6 +64,7 @@ def _configs() -> list[triton.Config]:
         "USE_INITIAL_STATE": lambda args: args["h0"] is not None,
         "STORE_FINAL_STATE": lambda args: args["ht"] is not None,
         "STORE_CHUNK_STATES": lambda args: args["hc"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
     }
 )
 @triton.autotune(configs=_configs(), key=["D", "V", "BT", "BD", "BV", "DOT_PRECISION"])
@@ -73,11 +75,13 @@ def _spike_attention_fwd_kernel(
     v,  # value [B, T, H, V]
     log_decay,  # per-head log decay [H], < 0
     o,  # output [B, T, H, V]
-    h0,  # initial state [B, H, D, V], or None
-    ht,  # final state [B, H, D, V] float32, or None
-    hc,  # state at each chunk start [B, H, NT, D, V] float32 (saved for the backward), or None
+    h0,  # initial state [N, H, D, V], or None
+    ht,  # final state [N, H, D, V] float32, or None
+    hc,  # state at each chunk start [chunks, H, D, V] float32 (saved for the backward), or None
+    cu_seqlens,  # sequence starts and end [N + 1] in the packed tokens, or None
+    chunk_offsets,  # first chunk of each sequence [N + 1], or None
     scale,  # output scale
-    T,  # sequence length
+    T,  # sequence length (unused with cu_seqlens)
     H: tl.constexpr,  # heads
     D: tl.constexpr,  # query/key width
     V: tl.constexpr,  # value width
@@ -88,9 +92,17 @@ def _spike_attention_fwd_kernel(
     USE_INITIAL_STATE: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
     STORE_CHUNK_STATES: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_seq, i_h = i_bh // H, i_bh % H
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
+        c0 = tl.load(chunk_offsets + i_seq).to(tl.int64)  # the sequence's first chunk
+    else:
+        bos = i_seq.to(tl.int64) * T
+        c0 = i_seq.to(tl.int64) * tl.cdiv(T, BT)
     NT = tl.cdiv(T, BT)
     DT = o.dtype.element_ty  # matrix products take the input dtype, accumulate in float32
 
@@ -113,10 +125,10 @@ def _spike_attention_fwd_kernel(
 
     for i_t in range(0, NT):
         if STORE_CHUNK_STATES:
-            tl.store(hc + (i_bh.to(tl.int64) * NT + i_t) * D * V + o_state, b_h, mask=m_dv)
+            tl.store(hc + ((c0 + i_t) * H + i_h) * D * V + o_state, b_h, mask=m_dv)
         o_t = i_t * BT + o_i
         m_t = o_t < T
-        o_row = (i_b * T + o_t).to(tl.int64) * H + i_h
+        o_row = (bos + o_t) * H + i_h
         m_td = m_t[:, None] & m_d[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         p_qk = o_row[:, None] * D + o_d[None, :]
@@ -145,25 +157,29 @@ def _spike_attention_fwd_kernel(
     {
         "USE_FINAL_STATE_GRADIENT": lambda args: args["dht"] is not None,
         "STORE_INITIAL_STATE_GRADIENT": lambda args: args["dh0"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
     }
 )
 @triton.autotune(configs=_configs(), key=["D", "V", "BT", "BD", "BV", "DOT_PRECISION"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "total"])
 def _spike_attention_bwd_kernel(
     q,  # query [B, T, H, D]
     k,  # key [B, T, H, D]
     v,  # value [B, T, H, V]
     log_decay,  # per-head log decay [H]
-    hc,  # state at each chunk start [B, H, NT, D, V] float32, from the forward
+    hc,  # state at each chunk start [chunks, H, D, V] float32, from the forward
     do,  # output gradient [B, T, H, V]
-    dht,  # final-state gradient [B, H, D, V], or None
+    dht,  # final-state gradient [N, H, D, V], or None
     dq,  # query gradient of this value block [NV, B, T, H, D] (float32 when NV > 1)
     dk,  # key gradient of this value block [NV, B, T, H, D] (float32 when NV > 1)
     dv,  # value gradient [B, T, H, V]
-    dh0,  # initial-state gradient [B, H, D, V] float32, or None
-    dld,  # log-decay gradient of this value block and batch row [NV, B, H] float32
+    dh0,  # initial-state gradient [N, H, D, V] float32, or None
+    dld,  # log-decay gradient of this value block and sequence [NV, N, H] float32
+    cu_seqlens,  # sequence starts and end [N + 1] in the packed tokens, or None
+    chunk_offsets,  # first chunk of each sequence [N + 1], or None
     scale,  # output scale
-    T,  # sequence length
+    T,  # sequence length (unused with cu_seqlens)
+    total,  # B * T: tokens in the batch
     H: tl.constexpr,  # heads
     D: tl.constexpr,  # query/key width
     V: tl.constexpr,  # value width
@@ -173,10 +189,18 @@ def _spike_attention_bwd_kernel(
     DOT_PRECISION: tl.constexpr,  # "tf32x3" for float32 inputs, else "tf32" (unused for 16-bit)
     USE_FINAL_STATE_GRADIENT: tl.constexpr,
     STORE_INITIAL_STATE_GRADIENT: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    B = tl.num_programs(1) // H
+    N = tl.num_programs(1) // H
+    i_seq, i_h = i_bh // H, i_bh % H
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
+        c0 = tl.load(chunk_offsets + i_seq).to(tl.int64)  # the sequence's first chunk
+    else:
+        bos = i_seq.to(tl.int64) * T
+        c0 = i_seq.to(tl.int64) * tl.cdiv(T, BT)
     NT = tl.cdiv(T, BT)
     DT = dv.dtype.element_ty
 
@@ -205,7 +229,7 @@ def _spike_attention_bwd_kernel(
         i_t = NT - 1 - i_n
         o_t = i_t * BT + o_i
         m_t = o_t < T
-        o_row = (i_b * T + o_t).to(tl.int64) * H + i_h
+        o_row = (bos + o_t) * H + i_h
         m_td = m_t[:, None] & m_d[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         p_qk = o_row[:, None] * D + o_d[None, :]
@@ -214,7 +238,7 @@ def _spike_attention_bwd_kernel(
         b_k = tl.load(k + p_qk, mask=m_td, other=0.0)
         b_v = tl.load(v + p_vo, mask=m_tv, other=0.0)
         b_do = tl.load(do + p_vo, mask=m_tv, other=0.0)
-        b_h = tl.load(hc + (i_bh.to(tl.int64) * NT + i_t) * D * V + o_state, mask=m_dv, other=0.0)
+        b_h = tl.load(hc + ((c0 + i_t) * H + i_h) * D * V + o_state, mask=m_dv, other=0.0)
         n = tl.minimum(T - i_t * BT, BT)
         b_key_distance = (n - 1 - o_i).to(tl.float32)  # from each key to the chunk end
         b_decay_k = tl.exp2(tl.where(o_i < n, b_key_distance * b_ld, float("-inf")))
@@ -240,7 +264,7 @@ def _spike_attention_bwd_kernel(
         b_kf = b_k.to(tl.float32)
         b_dld += b_decay_k * (b_key_distance * tl.sum(b_kf * b_vdh, axis=1) + tl.sum(b_kf * b_vdhd, axis=1))
 
-        o_part = i_v.to(tl.int64) * B * T * H * D
+        o_part = i_v.to(tl.int64) * total * H * D
         tl.store(dq + o_part + p_qk, b_dq.to(dq.dtype.element_ty), mask=m_td)
         tl.store(dk + o_part + p_qk, b_dk.to(dk.dtype.element_ty), mask=m_td)
         tl.store(dv + p_vo, b_dv.to(dv.dtype.element_ty), mask=m_tv)
@@ -254,8 +278,8 @@ def _spike_attention_bwd_kernel(
         b_dh = b_gamma_n * b_dh + tl.dot(tl.trans(b_qf.to(DT)), b_do, input_precision=DOT_PRECISION)
 
     # the initial state sits one step before token 0 (zeros when there is none)
-    b_h0 = tl.load(hc + i_bh.to(tl.int64) * NT * D * V + o_state, mask=m_dv, other=0.0)
-    tl.store(dld + (i_v * B + i_b) * H + i_h, tl.sum(b_dld, axis=0) + tl.sum(b_h0 * b_dhd))
+    b_h0 = tl.load(hc + (c0 * H + i_h) * D * V + o_state, mask=m_dv, other=0.0)
+    tl.store(dld + (i_v * N + i_seq) * H + i_h, tl.sum(b_dld, axis=0) + tl.sum(b_h0 * b_dhd))
     if STORE_INITIAL_STATE_GRADIENT:
         tl.store(dh0 + i_bh.to(tl.int64) * D * V + o_state, b_dh, mask=m_dv)
 
@@ -283,18 +307,20 @@ def spike_attention_fwd(
     save_states: bool,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the forward. Returns ``o``, the final state (or None) and the chunk-start states (or None)."""
     B, T, H, D = q.shape
     V = v.shape[-1]
     BT = chunk_size
     BD, BV = _blocks(D, V, block_v)
-    NT, NV = triton.cdiv(T, BT), triton.cdiv(V, BV)
+    NV = triton.cdiv(V, BV)
+    c = Chunks(B, T, BT, cu_seqlens)
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
-    ht = q.new_empty(B, H, D, V, dtype=torch.float32) if output_final_state else None
-    hc = q.new_empty(B, H, NT, D, V, dtype=torch.float32) if save_states else None
-    _spike_attention_fwd_kernel[(NV, B * H)](
-        q, k, v, log_decay, o, initial_state, ht, hc, scale, T,
+    ht = q.new_empty(c.n_seq, H, D, V, dtype=torch.float32) if output_final_state else None
+    hc = q.new_empty(c.n_chunks, H, D, V, dtype=torch.float32) if save_states else None
+    _spike_attention_fwd_kernel[(NV, c.n_seq * H)](
+        q, k, v, log_decay, o, initial_state, ht, hc, c.cu_seqlens, c.chunk_offsets, scale, T,
         H=H, D=D, V=V, BT=BT, BD=BD, BV=BV, DOT_PRECISION=_dot_precision(q.dtype),
     )  # fmt: skip
     return o, ht, hc
@@ -312,6 +338,7 @@ def spike_attention_bwd(
     need_dh0: bool,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the backward. Returns ``dq, dk, dv, d_log_decay, dh0`` (``dh0`` float32 or None)."""
     B, T, H, D = q.shape
@@ -319,14 +346,15 @@ def spike_attention_bwd(
     BT = chunk_size
     BD, BV = _blocks(D, V, block_v)
     NV = triton.cdiv(V, BV)
+    c = Chunks(B, T, BT, cu_seqlens)
     part_dtype = q.dtype if NV == 1 else torch.float32
     dq = q.new_empty(NV, B, T, H, D, dtype=part_dtype)
     dk = q.new_empty(NV, B, T, H, D, dtype=part_dtype)
     dv = torch.empty_like(v)
-    dh0 = q.new_empty(B, H, D, V, dtype=torch.float32) if need_dh0 else None
-    dld = q.new_empty(NV, B, H, dtype=torch.float32)
-    _spike_attention_bwd_kernel[(NV, B * H)](
-        q, k, v, log_decay, hc, do, dht, dq, dk, dv, dh0, dld, scale, T,
+    dh0 = q.new_empty(c.n_seq, H, D, V, dtype=torch.float32) if need_dh0 else None
+    dld = q.new_empty(NV, c.n_seq, H, dtype=torch.float32)
+    _spike_attention_bwd_kernel[(NV, c.n_seq * H)](
+        q, k, v, log_decay, hc, do, dht, dq, dk, dv, dh0, dld, c.cu_seqlens, c.chunk_offsets, scale, T, B * T,
         H=H, D=D, V=V, BT=BT, BD=BD, BV=BV, DOT_PRECISION=_dot_precision(q.dtype),
     )  # fmt: skip
     dq = dq[0] if NV == 1 else dq.sum(0).to(q.dtype)
@@ -336,15 +364,19 @@ def spike_attention_bwd(
 
 class ChunkSpikeAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, scale, initial_state, output_final_state, chunk_size, block_v):
+    def forward(
+        ctx, q, k, v, log_decay, scale, initial_state, output_final_state, chunk_size, block_v, cu_seqlens
+    ):
         q, k, v, log_decay = (x.contiguous() for x in (q, k, v, log_decay))
         if initial_state is not None:
             initial_state = initial_state.contiguous()
         save_states = any(ctx.needs_input_grad[:4]) or ctx.needs_input_grad[5]
         o, ht, hc = spike_attention_fwd(
-            q, k, v, log_decay, scale, initial_state, output_final_state, save_states, chunk_size, block_v
-        )
+            q, k, v, log_decay, scale, initial_state, output_final_state, save_states, chunk_size, block_v,
+            cu_seqlens,
+        )  # fmt: skip
         ctx.save_for_backward(q, k, v, log_decay, hc)
+        ctx.cu_seqlens = cu_seqlens
         ctx.scale = scale
         ctx.chunk_size = chunk_size
         ctx.block_v = block_v
@@ -370,10 +402,11 @@ class ChunkSpikeAttentionFunction(torch.autograd.Function):
             ctx.initial_state_dtype is not None,
             ctx.chunk_size,
             ctx.block_v,
+            ctx.cu_seqlens,
         )
         if dh0 is not None:
             dh0 = dh0.to(ctx.initial_state_dtype)
-        return dq, dk, dv, dld, None, dh0, None, None, None
+        return dq, dk, dv, dld, None, dh0, None, None, None, None
 
 
 def chunk_spike_attention(
@@ -385,16 +418,18 @@ def chunk_spike_attention(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     *,
+    cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
     check_inputs: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Spike attention through the chunked Triton kernels (CUDA tensors, or any device under
-    ``TRITON_INTERPRET=1``). Returns ``(o, final_state or None)``; ``chunk_size`` (a power of two
+    ``TRITON_INTERPRET=1``), also for packed sequences (``cu_seqlens``: chunks never cross a sequence
+    boundary). Returns ``(o, final_state or None)``; ``chunk_size`` (a power of two
     >= 16) and ``block_v`` (value columns per program, a power of two >= 16; default min(64, V)) are
     tuning knobs. See :func:`t4dm.kernels.spike_attention.spike_attention`."""
     if check_inputs:
-        scale = check_spike_attention_inputs(q, k, v, log_decay, scale, initial_state)
+        scale = check_spike_attention_inputs(q, k, v, log_decay, scale, initial_state, cu_seqlens=cu_seqlens)
     elif scale is None:
         scale = q.shape[-1] ** -0.5
     if q.dtype == torch.float64:
@@ -410,5 +445,5 @@ def chunk_spike_attention(
             "before importing t4dm.kernels.spike_attention.chunk, or call t4dm.kernels.spike_attention"
         )
     return ChunkSpikeAttentionFunction.apply(
-        q, k, v, log_decay, scale, initial_state, output_final_state, chunk_size, block_v
+        q, k, v, log_decay, scale, initial_state, output_final_state, chunk_size, block_v, cu_seqlens
     )

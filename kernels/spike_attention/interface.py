@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..varlen import check_cu_seqlens
 from .naive import naive_chunk_spike_attention, naive_spike_attention_step
 
 __all__ = [
@@ -70,6 +71,7 @@ def check_spike_attention_inputs(
     scale: float | None,
     initial_state: torch.Tensor | None,
     check_decay: bool = True,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> float:
     """Raise ``ValueError`` naming the argument for any input ``spike_attention`` cannot take; return
     the scale."""
@@ -90,9 +92,11 @@ def check_spike_attention_inputs(
             raise ValueError(f"{name}.dtype must equal q.dtype ({q.dtype}), got {x.dtype}")
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
+    N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T, q.device)
     if initial_state is not None:
-        _check_tensor("initial_state", initial_state, 4, "[B, H, D, V]")
-        _check_shape("initial_state", initial_state, (B, H, D, V), "[B, H, D, V]")
+        layout = "[B, H, D, V]" if cu_seqlens is None else "[N, H, D, V] (one per sequence)"
+        _check_tensor("initial_state", initial_state, 4, layout)
+        _check_shape("initial_state", initial_state, (N, H, D, V), layout)
         if initial_state.device != q.device:
             raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}")
     _check_log_decay(log_decay, H, q.device, check_decay)
@@ -141,6 +145,7 @@ def spike_attention(
     *,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     check_decay: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Causal spike attention with an exponential STDP window, no softmax::
@@ -155,6 +160,10 @@ def spike_attention(
         scale: ``D ** -0.5`` by default.
         initial_state: ``[B, H, D, V]`` state of earlier tokens (``S_{-1}`` below), zeros when ``None``.
         output_final_state: also return the state after the last token, for ``spike_attention_step``.
+        cu_seqlens: variable-length batches: ``N`` sequences packed into one row (``B = 1``), sequence
+            ``n`` at tokens ``cu_seqlens[n]:cu_seqlens[n + 1]`` (``[N + 1]`` int32/int64, rising strictly
+            from 0 to T), each with its own initial and final state (``[N, H, D, V]``); no token attends
+            across a boundary.
         check_decay: check ``log_decay < 0`` (on CUDA a host sync).
 
     Returns:
@@ -166,16 +175,17 @@ def spike_attention(
     backward; elsewhere the chunked PyTorch form under autograd. Gradients flow to q, k, v,
     log_decay and the initial state.
     """
-    scale = check_spike_attention_inputs(q, k, v, log_decay, scale, initial_state, check_decay)
+    scale = check_spike_attention_inputs(q, k, v, log_decay, scale, initial_state, check_decay, cu_seqlens)
     if _use_triton(q):
         from .chunk import chunk_spike_attention
 
         o, final_state = chunk_spike_attention(
-            q, k, v, log_decay, scale, initial_state, output_final_state, check_inputs=False
-        )
+            q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens,
+            check_inputs=False,
+        )  # fmt: skip
     else:
         o, final_state = naive_chunk_spike_attention(
-            q, k, v, log_decay, scale, initial_state, output_final_state
+            q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens
         )
     return (o, final_state) if output_final_state else o
 

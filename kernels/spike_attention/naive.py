@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from ..varlen import per_sequence
+
 __all__ = [
     "naive_chunk_spike_attention",
     "naive_recurrent_spike_attention",
@@ -106,8 +108,15 @@ def naive_recurrent_spike_attention(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The recurrent form, one ``naive_spike_attention_step`` per token."""
+    """The recurrent form, one ``naive_spike_attention_step`` per token (``cu_seqlens``: packed sequences, each
+    from its own initial state, as in :func:`naive_chunk_spike_attention`)."""
+    if cu_seqlens is not None:
+        return per_sequence(
+            naive_recurrent_spike_attention, (q, k, v), (log_decay, scale), initial_state, output_final_state,
+            cu_seqlens,
+        )  # fmt: skip
     B, T, H, D = q.shape
     V = v.shape[-1]
     acc = _compute_dtype(q.dtype)
@@ -128,6 +137,7 @@ def naive_chunk_spike_attention(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The chunked linear form in PyTorch, ``O(T * C * D)`` (the CPU path of ``spike_attention``).
 
@@ -135,7 +145,15 @@ def naive_chunk_spike_attention(
 
         o_i = scale * [ sum_{j <= i} gamma^(i-j) (q_i . k_j) v_j + gamma^(i+1) q_i^T h ]
         h'  = gamma^n h + sum_j gamma^(n-1-j) k_j v_j^T
+
+    ``cu_seqlens`` ``[N + 1]``: ``N`` sequences packed into one row (``B = 1``), each from its own initial
+    state (``[N, H, D, V]``) to its own final state.
     """
+    if cu_seqlens is not None:
+        return per_sequence(
+            naive_chunk_spike_attention, (q, k, v), (log_decay, scale), initial_state, output_final_state,
+            cu_seqlens, chunk_size=chunk_size,
+        )  # fmt: skip
     B, T, H, D = q.shape
     V = v.shape[-1]
     acc = _compute_dtype(q.dtype)

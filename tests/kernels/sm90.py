@@ -159,59 +159,36 @@ def _spike_attention_cases() -> list[Case]:
     from t4dm.kernels.spike_attention import chunk, fused_recurrent
 
     cases: list[Case] = []
-    for dt, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    BT, i32 = chunk.DEFAULT_CHUNK_SIZE, "*i32"
+    for dt, dtype, varlen in (("bf16", torch.bfloat16, False), ("fp32", torch.float32, False),
+                              ("bf16", torch.bfloat16, True)):  # fmt: skip
         precision = chunk._dot_precision(dtype)
         p, f32 = f"*{dt}", "*fp32"
         shape = dict(H=16, D=64, V=64)
         cases += [
             (
                 chunk._spike_attention_fwd_kernel,
-                dict(q=p, k=p, v=p, log_decay=f32, o=p, h0=f32, ht=f32, hc=f32, scale="fp32", T="i32"),
-                dict(
-                    **shape,
-                    BT=chunk.DEFAULT_CHUNK_SIZE,
-                    BD=64,
-                    BV=64,
-                    DOT_PRECISION=precision,
-                    USE_INITIAL_STATE=True,
-                    STORE_FINAL_STATE=True,
-                    STORE_CHUNK_STATES=True,
-                ),
+                dict(q=p, k=p, v=p, log_decay=f32, o=p, h0=f32, ht=f32, hc=f32, cu_seqlens=i32, chunk_offsets=i32,
+                     scale="fp32", T="i32"),
+                dict(**shape, BT=BT, BD=64, BV=64, DOT_PRECISION=precision, USE_INITIAL_STATE=True,
+                     STORE_FINAL_STATE=True, STORE_CHUNK_STATES=True, IS_VARLEN=varlen),
             ),
             (
                 chunk._spike_attention_bwd_kernel,
-                dict(
-                    q=p,
-                    k=p,
-                    v=p,
-                    log_decay=f32,
-                    hc=f32,
-                    do=p,
-                    dht=f32,
-                    dq=f32,
-                    dk=f32,
-                    dv=p,
-                    dh0=f32,
-                    dld=f32,
-                    scale="fp32",
-                    T="i32",
-                ),
-                dict(
-                    **shape,
-                    BT=chunk.DEFAULT_CHUNK_SIZE,
-                    BD=64,
-                    BV=64,
-                    DOT_PRECISION=precision,
-                    USE_FINAL_STATE_GRADIENT=True,
-                    STORE_INITIAL_STATE_GRADIENT=True,
-                ),
+                dict(q=p, k=p, v=p, log_decay=f32, hc=f32, do=p, dht=f32, dq=f32, dk=f32, dv=p, dh0=f32,
+                     dld=f32, cu_seqlens=i32, chunk_offsets=i32, scale="fp32", T="i32", total="i32"),
+                dict(**shape, BT=BT, BD=64, BV=64, DOT_PRECISION=precision, USE_FINAL_STATE_GRADIENT=True,
+                     STORE_INITIAL_STATE_GRADIENT=True, IS_VARLEN=varlen),
             ),
-            (
-                fused_recurrent._spike_attention_fused_recurrent_fwd_kernel,
-                dict(q=p, k=p, v=p, log_decay=f32, o=p, h0=f32, ht=f32, scale="fp32", T="i32"),
-                dict(**shape, BD=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True),
-            ),
-        ]
+        ]  # fmt: skip
+        if not varlen:
+            cases.append(
+                (
+                    fused_recurrent._spike_attention_fused_recurrent_fwd_kernel,
+                    dict(q=p, k=p, v=p, log_decay=f32, o=p, h0=f32, ht=f32, scale="fp32", T="i32"),
+                    dict(**shape, BD=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True),
+                )
+            )
     return cases
 
 

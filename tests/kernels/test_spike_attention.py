@@ -10,6 +10,7 @@ model sizes in float32, float16 and bfloat16.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 from types import ModuleType
 
@@ -225,6 +226,86 @@ def test_step_loop_equals_parallel_form():
 # Triton kernels (interpreter on CPU)
 
 
+def _separate_reference(inputs, do, dht, lengths):
+    """The quadratic reference on each packed sequence alone (float64): outputs concatenated, final states and
+    initial-state gradients stacked, dq/dk/dv concatenated, d log_decay summed."""
+    q, k, v, ld, h0 = inputs
+    bounds = [0, *itertools.accumulate(lengths)]
+    outs, states, grads = [], [], []
+    for n, (bos, eos) in enumerate(itertools.pairwise(bounds)):
+        part = [x[:, bos:eos] for x in (q, k, v)] + [ld, h0[n : n + 1]]
+        o, ht, g = reference(part, do[:, bos:eos], dht[n : n + 1])
+        outs.append(o), states.append(ht), grads.append(g)
+    cat = lambda i: torch.cat([g[i] for g in grads], dim=1)  # noqa: E731
+    ref_grads = [cat(0), cat(1), cat(2), sum(g[3] for g in grads), torch.cat([g[4] for g in grads])]
+    return torch.cat(outs, dim=1), torch.cat(states), ref_grads
+
+
+@pytest.mark.parametrize(
+    ("lengths", "kind", "V", "chunk_size"),
+    [
+        pytest.param([1, 15, 40, 33], "spikes", 16, 16, id="N4-lengths-1-15-40-33-spikes-C16"),
+        pytest.param([20, 1, 7], "gaussian", 80, 16, id="N3-lengths-20-1-7-gaussian-V80-C16"),
+        pytest.param([64, 50], "spikes", 24, 32, id="N2-lengths-64-50-V24-C32"),
+    ],
+)
+def test_chunk_kernel_variable_length(chunk, nan_empty, lengths, kind, V, chunk_size):
+    """Sequences packed into one row with ``cu_seqlens`` (boundaries inside chunks) give what each gives
+    alone: outputs, final states and every gradient (d log_decay summed over the sequences)."""
+    T, H, D = sum(lengths), 2, 16
+    q, k, v, ld, _ = make_inputs(1, T, H, D, V, kind)
+    h0 = make_inputs(len(lengths), 1, H, D, V, seed=3)[4]
+    inputs = [q, k, v, ld, h0]
+    gen = torch.Generator().manual_seed(2)
+    do = torch.randn(1, T, H, V, generator=gen).to(DEVICE)
+    dht = torch.randn(len(lengths), H, D, V, generator=gen).to(DEVICE)
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=DEVICE)
+    ref_o, ref_ht, ref_grads = _separate_reference(inputs, do, dht, lengths)
+    o, ht, grads = run_with_grads(
+        lambda q, k, v, ld, h0: chunk.chunk_spike_attention(
+            q, k, v, ld, None, h0, True, cu_seqlens=cu_seqlens, chunk_size=chunk_size
+        ),
+        inputs,
+        do,
+        dht,
+    )
+    assert ht.shape == (len(lengths), H, D, V)
+    assert_close("o", o, ref_o, 1e-4)
+    assert_close("ht", ht, ref_ht, 1e-4)
+    for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):
+        assert_close(name, grad, ref_grad, 1e-4)
+
+
+def test_public_spike_attention_variable_length_on_cpu():
+    lengths, H, D, V = [5, 1, 12], 2, 8, 6
+    T = sum(lengths)
+    q, k, v, ld, _ = make_inputs(1, T, H, D, V, "gaussian", device="cpu")
+    h0 = make_inputs(3, 1, H, D, V, device="cpu", seed=4)[4]
+    gen = torch.Generator().manual_seed(5)
+    do, dht = torch.randn(1, T, H, V, generator=gen), torch.randn(3, H, D, V, generator=gen)
+    inputs = [q, k, v, ld, h0]
+    ref_o, ref_ht, ref_grads = _separate_reference(inputs, do, dht, lengths)
+    cu_seqlens = torch.tensor([0, 5, 6, 18])
+    o, ht, grads = run_with_grads(
+        lambda q, k, v, ld, h0: spike_attention(
+            q, k, v, ld, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens
+        ),
+        inputs,
+        do,
+        dht,
+    )
+    assert_close("o", o, ref_o, 1e-5)
+    assert_close("ht", ht, ref_ht, 1e-5)
+    for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):
+        assert_close(name, grad, ref_grad, 1e-5)
+    with pytest.raises(ValueError, match="B must be 1"):
+        spike_attention(*(torch.cat([x, x]) for x in (q, k, v)), ld, cu_seqlens=cu_seqlens)
+    with pytest.raises(ValueError, match=r"initial_state must have shape \[N, H, D, V\]"):
+        spike_attention(q, k, v, ld, initial_state=h0[:2], cu_seqlens=cu_seqlens)
+    with pytest.raises(ValueError, match="rise strictly"):
+        spike_attention(q, k, v, ld, cu_seqlens=torch.tensor([0, 6, 6, 18]))
+
+
 @pytest.mark.parametrize(("B", "T", "H", "D", "V", "kind", "chunk_size"), CHUNK_CASES)
 def test_chunk_kernel_matches_naive(chunk, nan_empty, B, T, H, D, V, kind, chunk_size):
     inputs = make_inputs(B, T, H, D, V, kind)
@@ -383,7 +464,7 @@ def test_kernels_compile_for_sm90() -> None:
     pytest.importorskip("triton.backends.compiler")
     result = run_compile_check("spike_attention")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("compiled") == 6
+    assert result.stdout.count("compiled") == 8  # 3 kernels x (bf16, float32) + 2 chunk kernels packed (bf16)
 
 
 @pytest.mark.gpu
@@ -401,6 +482,33 @@ def test_gpu_chunk_matches_naive(chunk, nan_empty, B, T, H, D, V, kind, dtype, t
         dht,
     )
     assert o.dtype == dtype
+    assert_close("o", o, ref_o, tol)
+    assert_close("ht", ht, ref_ht, tol)
+    for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):
+        assert_close(name, grad, ref_grad, tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("dtype", "tol"), GPU_DTYPES)
+def test_gpu_chunk_variable_length(chunk, nan_empty, dtype, tol):
+    """Packed sequences of 700, 1, 333 and 1000 tokens (``cu_seqlens``) at the model's head size."""
+    lengths, H, D = [700, 1, 333, 1000], 4, 64
+    T = sum(lengths)
+    q, k, v, ld, _ = make_inputs(1, T, H, D, D, "spikes", dtype=dtype, device="cuda")
+    h0 = make_inputs(len(lengths), 1, H, D, D, device="cuda", seed=3)[4]
+    inputs = [q, k, v, ld, h0]
+    do = torch.randn(1, T, H, D, device="cuda").to(dtype)
+    dht = torch.randn(len(lengths), H, D, D, device="cuda")
+    ref_o, ref_ht, ref_grads = _separate_reference(inputs, do, dht, lengths)
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], device="cuda")
+    o, ht, grads = run_with_grads(
+        lambda q, k, v, ld, h0: spike_attention(
+            q, k, v, ld, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens
+        ),
+        inputs,
+        do,
+        dht,
+    )
     assert_close("o", o, ref_o, tol)
     assert_close("ht", ht, ref_ht, tol)
     for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):

@@ -1,0 +1,77 @@
+"""Variable-length batches shared by the linear-attention kernels: ``N`` sequences packed into one batch row,
+sequence ``n`` at tokens ``cu_seqlens[n]:cu_seqlens[n + 1]`` (flash-linear-attention's convention).
+Plain PyTorch (no Triton import): the public interfaces check their inputs with it."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+__all__ = ["Chunks", "check_cu_seqlens", "per_sequence"]
+
+
+def check_cu_seqlens(cu_seqlens: object, B: int, T: int, device: torch.device) -> int:
+    """Check ``cu_seqlens`` (sequences packed into one batch row of ``T`` tokens); return the number of
+    sequences."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise ValueError(
+            f"cu_seqlens must be a torch.Tensor [N + 1] or None, got {type(cu_seqlens).__name__}"
+        )
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"cu_seqlens must be a 1-D int32/int64 tensor [N + 1] with N >= 1, got shape "
+            f"{tuple(cu_seqlens.shape)} and {cu_seqlens.dtype}"
+        )
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but the inputs are on {device}")
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the sequences are packed into one batch row: B must be 1, got {B}")
+    bounds = cu_seqlens.tolist()  # one host sync
+    if bounds[0] != 0 or bounds[-1] != T or any(b <= a for a, b in itertools.pairwise(bounds)):
+        raise ValueError(
+            f"cu_seqlens must rise strictly from 0 to T={T} (every sequence at least one token), got {bounds}"
+        )
+    return len(bounds) - 1
+
+
+class Chunks:
+    """How the tokens split into chunks of ``BT``: per batch row, or per sequence of a packed batch.
+
+    ``n_seq`` sequences (batch rows, or ``len(cu_seqlens) - 1``), ``n_chunks`` chunks in all; with
+    ``cu_seqlens``, ``chunk_indices`` ``[n_chunks, 2]`` (sequence, chunk within it) and ``chunk_offsets``
+    ``[n_seq + 1]`` (each sequence's first chunk), int32 on the tokens' device.
+    """
+
+    def __init__(self, B: int, T: int, BT: int, cu_seqlens: torch.Tensor | None) -> None:
+        self.cu_seqlens = cu_seqlens
+        if cu_seqlens is None:
+            self.n_seq, nt = B, -(-T // BT)
+            self.n_chunks = B * nt
+            self.chunk_indices = self.chunk_offsets = None
+            self.intra_grid = (nt, B)  # x H heads
+            return
+        self.cu_seqlens = cu_seqlens.to(torch.int32)
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        per_seq = (lengths + BT - 1) // BT
+        offsets = torch.zeros(len(per_seq) + 1, dtype=torch.int64, device=cu_seqlens.device)
+        offsets[1:] = per_seq.cumsum(0)
+        self.n_seq, self.n_chunks = len(per_seq), int(offsets[-1])  # one host sync
+        seq = torch.repeat_interleave(torch.arange(self.n_seq, device=cu_seqlens.device), per_seq)
+        within = torch.arange(self.n_chunks, device=cu_seqlens.device) - offsets[seq]
+        self.chunk_indices = torch.stack([seq, within], dim=1).to(torch.int32).contiguous()
+        self.chunk_offsets = offsets.to(torch.int32)
+        self.intra_grid = (self.n_chunks, 1)
+
+
+def per_sequence(fn, tokens, shared, initial_state, output_final_state, cu_seqlens, **options):  # type: ignore[no-untyped-def]
+    """The PyTorch path of a packed batch: ``fn(*token_slices, *shared, initial_state_n, output_final_state,
+    **options)`` on each sequence (``tokens`` ``[1, T, ...]`` sliced along time, the state row ``n``);
+    outputs concatenated along time, final states stacked ``[N, ...]``."""
+    outputs, states = [], []
+    for n, (bos, eos) in enumerate(itertools.pairwise(int(b) for b in cu_seqlens.tolist())):
+        h0 = None if initial_state is None else initial_state[n : n + 1]
+        o, ht = fn(*(x[:, bos:eos] for x in tokens), *shared, h0, output_final_state, **options)
+        outputs.append(o)
+        states.append(ht)
+    return torch.cat(outputs, dim=1), (torch.cat(states) if output_final_state else None)
