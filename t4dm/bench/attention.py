@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .timing import wall_times
+
 __all__ = ["run_attention_bench"]
 
 
@@ -311,14 +313,7 @@ def _cuda_bench(report: Report, fla_max_configs: int, scaling_T: tuple[int, ...]
 
 
 def _cpu_timer(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, float]:
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    first, times = wall_times(fn, repeat)
     return 1e3 * statistics.median(times), first
 
 

@@ -22,21 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from .timing import median_ms
+
 __all__ = ["run_graph_bench"]
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
-
-
-def _median_ms(fn, repeat: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
 
 
 def run_graph_bench(
@@ -111,9 +103,9 @@ def run_graph_bench(
     if not np.array_equal(scipy_rows(), expected) or not np.array_equal(scipy_loop(), expected):
         raise AssertionError("the scipy forms reached different nodes")
     results["reached"] = int(expected.size)
-    results["scipy_product_ms"] = _median_ms(scipy_product)
-    results["scipy_rows_ms"] = _median_ms(scipy_rows)
-    results["scipy_loop_ms"] = _median_ms(scipy_loop)
+    results["scipy_product_ms"] = median_ms(scipy_product)
+    results["scipy_rows_ms"] = median_ms(scipy_rows)
+    results["scipy_loop_ms"] = median_ms(scipy_loop)
     results["scipy_best_ms"] = min(results[f"scipy_{k}_ms"] for k in ("product", "rows", "loop"))
     _say(f"scipy sparse product: {results['scipy_product_ms']:.1f} ms; row slices: {results['scipy_rows_ms']:.1f} ms; "
          f"loop over indptr: {results['scipy_loop_ms']:.1f} ms ({expected.size:,} nodes reached)")  # fmt: skip
@@ -136,15 +128,15 @@ def run_graph_bench(
             got = db.traverse(seed_ids, depth)
             if len(got) != expected.size or any(names[j] not in got for j in expected[:1000]):
                 raise AssertionError("T4DX and scipy reached different nodes")
-            results["t4dx_traverse_ms"] = _median_ms(lambda: db.traverse(seed_ids, depth))
+            results["t4dx_traverse_ms"] = median_ms(lambda: db.traverse(seed_ids, depth))
             # ... and with every reached node named (the result iterated into a dict)
-            results["t4dx_traverse_named_ms"] = _median_ms(lambda: db.traverse(seed_ids, depth).to_dict())
+            results["t4dx_traverse_named_ms"] = median_ms(lambda: db.traverse(seed_ids, depth).to_dict())
             snap = db._snap
             plan = graph_plan(
                 [(s, s.n) for s in snap.segments], snap, "out", None, -np.inf, None, None, False
             )
             hi, lo = keys_of(seed_ids)
-            results["t4dx_walk_ms"] = _median_ms(
+            results["t4dx_walk_ms"] = median_ms(
                 lambda: breadth_first(plan, seed_ids, depth, keys=(hi, lo), name=False)
             )
     finally:

@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .timing import wall_times
+
 __all__ = ["run_qwen_bench"]
 
 GIB = 1 << 30
@@ -69,18 +71,7 @@ def _peak_gib(device: Any) -> float | None:
 
 def _timed(fn: Callable[[], Any], device: Any, repeat: int) -> tuple[float, list[float]]:
     """``(first call s, [later calls s])``, synchronised."""
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return first, times
+    return wall_times(fn, repeat, sync=lambda: _sync(device))
 
 
 def _write_random_checkpoint(folder: str, shape: str, device: Any, seed: int) -> int:
