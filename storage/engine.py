@@ -1667,8 +1667,10 @@ class T4DX:
     ) -> None:
         """BATCH_SCALE_WEIGHTS: multiply the weight of every edge (of relation ``rel``) by ``factor``.
 
-        O(1): a factor recorded once and applied when weights are read (decay); full compactions fold
-        it into the edges. ``where`` (a filter on the edges' items) is not implemented yet.
+        Without ``where``: O(1), a factor recorded once and applied when weights are read (decay); full
+        compactions fold it into the edges. With ``where`` (field equality, as in :meth:`scan`): only the
+        edges leaving the live items that match, each rewritten by one weight overlay in a single
+        transaction (O(matching items + their edges)); edges added later are not scaled.
         """
         self._check_open()
         if (
@@ -1677,12 +1679,21 @@ class T4DX:
             or not (math.isfinite(factor) and factor > 0)
         ):
             raise InvalidInput("factor", factor, "expected a finite number > 0")
-        if where is not None:
-            raise NotImplementedError(
-                "batch_scale_weights(where=...) is not implemented yet: scale by rel, or update edges one by one"
-            )
         if rel is not None and (not isinstance(rel, str) or not rel):
             raise InvalidInput("rel", rel, "expected a relation name or None")
+        if where is not None:
+            f = parse_filter(None, None, where, None, None, None)
+            with self._write_lock:  # re-entrant: the read and the overlays see no write in between
+                self._check_open()
+                sources = [item.id for item in self._scan(self._snap, f, None)]
+                if not sources:
+                    return
+                edges = self.edges(sources, direction="out", rel=rel)
+                if edges:
+                    self.update_edge_weights(
+                        [(e.src, e.dst, e.rel, e.weight * float(factor)) for e in edges], absolute=True
+                    )
+            return
         with self._write_lock:
             self._check_open()
             key = "*" if rel is None else rel

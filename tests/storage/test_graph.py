@@ -245,10 +245,51 @@ def test_bad_graph_input_writes_nothing(db):
         db.update_edge_weight("n0", "n1", delta=float("inf"))
     with pytest.raises(errors.InvalidInput, match="factor"):
         db.batch_scale_weights(0.0)
-    with pytest.raises(NotImplementedError, match="where"):
-        db.batch_scale_weights(0.5, where={"user_id": "u"})
+    with pytest.raises(errors.InvalidInput) as info:
+        db.batch_scale_weights(0.5, where="user_id")
+    assert info.value.field == "where"
+    with pytest.raises(errors.InvalidInput) as info:
+        db.batch_scale_weights(0.5, rel="", where={"user_id": "u"})
+    assert info.value.field == "rel"
     with pytest.raises(errors.InvalidInput, match="reserved"):
         db.insert(Item(vector=vec(0), id="\x1eedge-like"))
+
+
+def test_batch_scale_weights_where_scales_the_edges_of_matching_items(store):
+    db = store.db
+    db.insert([Item(vector=vec(i), id=f"n{i}", fields={"user_id": "a" if i < 2 else "b"}) for i in range(4)])
+    db.add_edges(
+        [
+            Edge("n0", "n2", weight=1.0),
+            Edge("n0", "n3", "follows", 2.0),
+            Edge("n1", "n0", weight=4.0),
+            Edge("n2", "n0", weight=8.0),
+            Edge("n3", "n1", "follows", 16.0),
+        ]
+    )
+    db = store.settle()
+    db.batch_scale_weights(0.9)  # a lazy scale first: the filtered scale multiplies the effective weight
+    db.batch_scale_weights(0.5, where={"user_id": "a"})  # the edges leaving n0 and n1
+    db = store.settle()
+    db.batch_scale_weights(0.25, rel="follows", where={"user_id": "b"})  # n3 -follows-> n1 only
+    db.batch_scale_weights(3.0, where={"user_id": "nobody"})  # no match: nothing changes
+    db = store.settle()
+    got = {(e.src, e.dst): e.weight for src in ("n0", "n1", "n2", "n3") for e in db.edges(src)}
+    expected = {
+        ("n0", "n2"): 0.45,
+        ("n0", "n3"): 0.9,
+        ("n1", "n0"): 1.8,
+        ("n2", "n0"): 7.2,
+        ("n3", "n1"): 3.6,
+    }
+    assert got == pytest.approx(expected)
+    db.add_edges(Edge("n1", "n3", weight=1.0))  # added later: not scaled
+    db = store.settle()
+    assert {e.dst: e.weight for e in db.edges("n1")} == pytest.approx({"n0": 1.8, "n3": 1.0})
+    db.compact()
+    db = store.settle()
+    got = {(e.src, e.dst): e.weight for src in ("n0", "n2", "n3") for e in db.edges(src)}
+    assert got == pytest.approx({k: v for k, v in expected.items() if k[0] != "n1"})
 
 
 def test_traverse_result_names_lazily_and_answers_lookups(store):
