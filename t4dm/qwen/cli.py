@@ -62,6 +62,21 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--blocks", type=_blocks, default=None, help="phase 2: comma-separated stack blocks")
     p.add_argument("--dopamine", type=float, default=None, help="phase 2: fixed dopamine instead of reward")
+    p.add_argument(
+        "--rule",
+        choices=("three-factor", "perturbation"),
+        default="three-factor",
+        help="phase 2: STDP eligibility x dopamine on the blocks' qk_proj (default), or node perturbation "
+        "on one layer (--target)",
+    )
+    p.add_argument(
+        "--target", default=None, help="phase 2 perturbation: the layer to train (default 'up'; e.g. "
+        "'stack.blocks.0.out_proj')",
+    )  # fmt: skip
+    p.add_argument("--sigma", type=float, default=0.05, help="phase 2 perturbation: noise std (default 0.05)")
+    p.add_argument(
+        "--plastic-lr", type=float, default=1e-3, help="phase 2 perturbation: learning rate (default 1e-3)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
     return p
@@ -120,6 +135,11 @@ def run_train(args: argparse.Namespace) -> int:
         if not os.path.isfile(args.data):
             raise InvalidInput("data", args.data, "no such file")
         resume_from = None if args.resume is None else latest_checkpoint(args.resume)
+        rule = None
+        if args.rule == "perturbation":
+            from t4dm.learning import NodePerturbation
+
+            rule = NodePerturbation(sigma=args.sigma, learning_rate=args.plastic_lr)
         model = build_model(args, resume_from)
         result = train(
             model,
@@ -137,6 +157,8 @@ def run_train(args: argparse.Namespace) -> int:
             tokenizer=_tokenizer(args),
             blocks=args.blocks,
             dopamine=args.dopamine,
+            rule=rule,
+            target=args.target,
             progress=not args.no_progress,
         )
     except InvalidInput as exc:

@@ -10,7 +10,12 @@ Phase 2 — no backprop at all (everything runs under ``torch.no_grad``): each s
 reward for the neuromodulator bus (``bus.observe(reward=previous_loss − loss)``: dopamine is
 ``tanh(r − V)``, the reward prediction error against the bus's expected reward ``V``) and applies the
 :class:`~t4dm.learning.ThreeFactor` rule (STDP eligibility × dopamine) to the chosen blocks' plastic weight
-(``attention.qk_proj``) with :func:`~t4dm.learning.apply_plasticity_`.
+(``attention.qk_proj``) with :func:`~t4dm.learning.apply_plasticity_`. Or, with
+``rule=NodePerturbation(...)``, node perturbation on one linear layer outside the backbone (``target``: a
+module path such as ``"up"`` or ``"stack.blocks.1.out_proj"``; default ``"up"``): each step runs the batch
+twice with opposite noise on the layer's output and moves its weight along noise × input × the loss
+difference, a three-factor rule whose expected update is the negative gradient (the recorded loss is the
+mean of the two passes, the recorded dopamine the reward prediction error).
 
 Data are token ids: a 1-D integer array or tensor, a ``.npy`` file of one, or a text file with a
 ``tokenizer`` (``"bytes"`` for UTF-8 bytes as ids 0‥255, an object with ``encode(text)``, or a callable).
@@ -40,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from t4dm.errors import InvalidInput
 
@@ -306,6 +312,22 @@ def _save(
 
 
 # ---------------------------------------------------------------------------------------------- train
+def _perturbed_layer(model: UnifiedModel, target: Any) -> nn.Linear:
+    """The linear layer ``target`` (a module path) of the stack or the projections, for node perturbation."""
+    if not isinstance(target, str) or target.split(".")[0] not in ("up", "down", "memory_context", "stack"):
+        raise InvalidInput(
+            "target", target, "node perturbation needs a linear layer outside the backbone: 'up', 'down', "
+            "'memory_context' or one inside 'stack' (e.g. 'stack.blocks.0.out_proj')"
+        )  # fmt: skip
+    try:
+        layer = model.get_submodule(target)
+    except AttributeError as exc:
+        raise InvalidInput("target", target, f"no such module ({exc})") from exc
+    if not isinstance(layer, nn.Linear):
+        raise InvalidInput("target", target, f"is a {type(layer).__name__}, not a torch.nn.Linear")
+    return layer
+
+
 def _check_blocks(model: UnifiedModel, blocks: Sequence[int] | None) -> tuple[int, ...]:
     n = model.stack.n_blocks
     if blocks is None:
@@ -340,7 +362,7 @@ def train(
     blocks: Sequence[int] | None = None,
     rule: Any = None,
     dopamine: float | None = None,
-    target: str = "attention.qk_proj",
+    target: str | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` on the token ids of ``data`` until step ``steps`` (see the module docstring).
@@ -359,8 +381,10 @@ def train(
             the model's trained tensors and buffers, the optimizer and the loss history are restored.
         seed: the data order and the per-step torch RNG derive from ``(seed, step)``.
         blocks, rule, dopamine, target: phase 2: the stack blocks whose ``target`` weight learns (default
-            all), the :class:`~t4dm.learning.ThreeFactor` rule (default ``ThreeFactor()``), and a fixed
-            dopamine level instead of the reward signal (``None``: from the loss change through the bus).
+            all; default target ``attention.qk_proj``), the rule (default ``ThreeFactor()``; or a
+            :class:`~t4dm.learning.NodePerturbation` on the layer ``target``, default ``"up"``, without
+            ``blocks``), and a fixed dopamine level instead of the reward signal (``None``: from the loss
+            change through the bus; for node perturbation a gain on the update, default 1).
         progress: show a tqdm progress bar.
 
     Raises:
@@ -399,19 +423,32 @@ def train(
 
     rule_spec: dict[str, Any] | None = None
     if phase == 2:
-        from t4dm.learning import PLASTIC_TARGETS, ThreeFactor
+        from t4dm.learning import PLASTIC_TARGETS, NodePerturbation, ThreeFactor
 
         rule = ThreeFactor() if rule is None else rule
-        if not isinstance(rule, ThreeFactor):
-            raise InvalidInput("rule", type(rule).__name__, "phase 2 needs a t4dm.learning.ThreeFactor rule")
-        if target not in PLASTIC_TARGETS:
-            raise InvalidInput("target", target, f"must be one of {sorted(PLASTIC_TARGETS)}")
-        blocks = _check_blocks(model, blocks)
+        if isinstance(rule, NodePerturbation):
+            target = "up" if target is None else target
+            _perturbed_layer(model, target)
+            if blocks is not None:
+                raise InvalidInput(
+                    "blocks", blocks, "node perturbation trains one layer (target=), not blocks"
+                )
+        elif isinstance(rule, ThreeFactor):
+            target = "attention.qk_proj" if target is None else target
+            if target not in PLASTIC_TARGETS:
+                raise InvalidInput("target", target, f"must be one of {sorted(PLASTIC_TARGETS)}")
+            blocks = _check_blocks(model, blocks)
+        else:
+            raise InvalidInput(
+                "rule",
+                type(rule).__name__,
+                "phase 2 needs a t4dm.learning.ThreeFactor or NodePerturbation rule",
+            )
         if dopamine is not None:
             _check_float("dopamine", dopamine, -1.0)
             if dopamine > 1.0:
                 raise InvalidInput("dopamine", dopamine, "must lie in [-1, 1]")
-        rule_spec = asdict(rule)
+        rule_spec = {"kind": type(rule).__name__, **asdict(rule)}
 
     options: dict[str, Any] = {
         "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "seed": seed, "lr": lr,
@@ -568,6 +605,42 @@ def _phase1(
 
 
 @torch.no_grad()
+def _phase2_perturbation(
+    model: UnifiedModel,
+    ids: np.ndarray,
+    result: TrainResult,
+    options: dict[str, Any],
+    out: str | None,
+    every: int | None,
+    rule: Any,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    total, seed, fixed = options["steps"], options["seed"], options["dopamine"]
+    layer = _perturbed_layer(model, options["target"])
+    gain = 1.0 if fixed is None else float(fixed)
+    was_training = model.training
+    model.eval()
+    try:
+        with _progress(result, total, progress) as bar:
+            while result.step < total:
+                step = result.step + 1
+                batch = _batch(ids, step, options, device)
+                with _seeded_rng(seed, step, device):  # the noise is a function of (seed, step)
+                    update = rule.step(layer, lambda: model(batch, labels=batch).loss, gain=gain)  # noqa: B023
+                model.stack.bus.observe(reward=update.rpe)  # the glass box sees the reward signal
+                result.step = step
+                result.losses.append((update.loss_plus + update.loss_minus) / 2.0)
+                result.dopamine.append(update.rpe)
+                bar.set_postfix(loss=f"{result.losses[-1]:.4f}", rpe=f"{update.rpe:+.4f}", refresh=False)
+                bar.update(1)
+                if out is not None and _checkpoint_due(step, total, every):
+                    result.checkpoints.append(_save(model, out, step, options, result, None, []))
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def _phase2(
     model: UnifiedModel,
     ids: np.ndarray,
@@ -579,12 +652,15 @@ def _phase2(
     device: torch.device,
     progress: bool,
 ) -> None:
-    from t4dm.learning import apply_plasticity_
+    from t4dm.learning import NodePerturbation, apply_plasticity_
     from t4dm.spiking import GlassBox
 
     total, seed, fixed = options["steps"], options["seed"], options["dopamine"]
     blocks, target = options["blocks"] or list(range(model.stack.n_blocks)), options["target"]
     bus = model.stack.bus
+    if isinstance(rule, NodePerturbation):
+        _phase2_perturbation(model, ids, result, options, out, every, rule, device, progress)
+        return
     box = GlassBox(("spikes", "qk_spikes"), to_cpu=False)
     was_training = model.training
     model.eval()

@@ -11,6 +11,7 @@ from t4dm.learning import (
     STDP,
     EdgeWeightSink,
     Hebbian,
+    NodePerturbation,
     ThreeFactor,
     apply_plasticity_,
     edge_updates,
@@ -195,3 +196,64 @@ def test_apply_plasticity_to_block_weights(rule_kind):
         apply_plasticity_(block, ThreeFactor(), box)  # no dopamine
     with pytest.raises(InvalidInput):
         apply_plasticity_(block, rule, box, target="rwkv.r_proj")
+
+
+# ---------------------------------------------------------------------------------------------- node perturbation
+def _regression(seed: int = 0):
+    """A linear layer to fit ``y = W* x`` by mean squared error, and its loss."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 16, 12, generator=gen)  # [B, T, in]
+    target = x @ torch.randn(12, 6, generator=gen)  # [B, T, out]
+    layer = torch.nn.Linear(12, 6, bias=False)
+    torch.nn.init.zeros_(layer.weight)
+    return layer, (lambda: torch.nn.functional.mse_loss(layer(x), target))
+
+
+def test_node_perturbation_follows_the_negative_gradient_on_average():
+    layer, loss = _regression()
+    weight = layer.weight.detach().clone()
+    loss().backward()
+    gradient = layer.weight.grad.clone()
+    rule = NodePerturbation(sigma=0.01, learning_rate=1.0, max_delta=1e9)
+    gen = torch.Generator().manual_seed(1)
+    total = torch.zeros_like(weight)
+    for _ in range(400):
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        total += rule.step(layer, loss, generator=gen).delta
+    cosine = torch.nn.functional.cosine_similarity(total.flatten(), -gradient.flatten(), dim=0)
+    assert cosine > 0.9  # one step alone is mostly noise (checked below); 400 average out
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    one = rule.step(layer, loss, generator=gen).delta
+    assert torch.nn.functional.cosine_similarity(one.flatten(), -gradient.flatten(), dim=0) < cosine
+
+
+def test_node_perturbation_lowers_the_loss_without_gradients():
+    layer, loss = _regression()
+    rule = NodePerturbation(sigma=0.01, learning_rate=0.02, max_delta=0.05)
+    gen = torch.Generator().manual_seed(2)
+    start = loss().item()
+    for _ in range(300):
+        step = rule.step(layer, loss, generator=gen)
+        assert (step.delta.abs() <= 0.05).all()
+    assert loss().item() < 0.2 * start
+    assert layer.weight.grad is None
+
+
+def test_node_perturbation_bad_input():
+    for field, kwargs in (("sigma", {"sigma": 0.0}), ("learning_rate", {"learning_rate": -1.0}),
+                          ("max_delta", {"max_delta": 0.0})):  # fmt: skip
+        with pytest.raises(InvalidInput) as info:
+            NodePerturbation(**kwargs)
+        assert info.value.field == field
+    layer, loss = _regression()
+    with pytest.raises(InvalidInput) as info:
+        NodePerturbation().step(torch.nn.ReLU(), loss)
+    assert info.value.field == "layer"
+    with pytest.raises(RuntimeError, match="never ran"):
+        NodePerturbation().step(torch.nn.Linear(2, 2), loss)
+    weight = layer.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="non-finite"):
+        NodePerturbation().step(layer, lambda: float("nan") * loss())
+    assert torch.equal(layer.weight, weight)  # nothing applied
