@@ -87,6 +87,30 @@ def _cache_keyword(backbone: nn.Module) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def _scatter_records(
+    recorder: GlassBox, groups: list[tuple[torch.Tensor, int, GlassBox]], B: int, T: int
+) -> None:
+    """Put the records of row groups (rows ``index`` on their last ``n`` of ``T`` positions) into ``recorder`` as
+    one batch: ``[B, T, …]`` with zeros at padded positions; the oscillator's bias becomes ``[B, T]`` (each row's
+    own clock); the levels, the same for every group, once."""
+    merged: dict[tuple[int, str], torch.Tensor] = {}
+    for index, n, box in groups:
+        for site, kind, value in box.records():
+            if kind == "levels":
+                merged.setdefault((site, kind), value[0])
+                continue
+            if kind == "oscillator":  # [n] for the group's shared clock
+                value = value.expand(index.numel(), -1)
+            full = merged.get((site, kind))
+            if full is None:
+                full = value.new_zeros((B, T, *value.shape[2:]))
+                merged[(site, kind)] = full
+            rows = index.to(full.device)
+            full[rows[:, None], torch.arange(T - n, T, device=full.device)[None, :]] = value
+    for (site, kind), value in merged.items():
+        recorder.put(site, kind, value)
+
+
 def _per_position(spans: list[tuple[int, torch.Tensor | None]], length: int) -> torch.Tensor | None:
     """The context of each position ``[B, length, D]`` from ``(first position, context [B, D])`` spans; the
     single context itself when there is one span; None when no span has one (zeros stand for a None span
@@ -352,13 +376,11 @@ class UnifiedModel(nn.Module):
     ) -> StackOutput:
         """The stack on a left-padded batch ``x`` ``[B, T, d]`` at the start of a stream: the rows of each real
         length ``n`` run together on their last ``n`` positions, from no state, so every row gets what it gets
-        alone (the padding never enters the stack). Padded positions get zeros (hidden and signals); the state
-        has a clock per row (its real length)."""
-        if self.stack.recorder is not None:
-            raise NotImplementedError(
-                "recording a left-padded prompt: its rows run through the stack in groups of equal length; "
-                "record rows alone or without padding"
-            )
+        alone (the padding never enters the stack). Padded positions get zeros (hidden, signals and glass-box
+        records: each group records into its own box, scattered back into ``[B, T, …]`` rows); the state has
+        a clock per row (its real length)."""
+        recorder = self.stack.recorder
+        recorded: list[tuple[torch.Tensor, int, GlassBox]] = []
         B, T, _ = x.shape
         lengths = mask.sum(dim=1).tolist()
         groups: dict[int, list[int]] = {}
@@ -373,7 +395,13 @@ class UnifiedModel(nn.Module):
             ctx = None if context is None else context.index_select(0, index.to(context.device))
             if ctx is not None and ctx.dim() == 3 and ctx.shape[1] == T:
                 ctx = ctx[:, T - n :]
-            out = self.stack(x.index_select(0, index)[:, T - n :], ctx, return_state=return_state)
+            if recorder is None:
+                out = self.stack(x.index_select(0, index)[:, T - n :], ctx, return_state=return_state)
+            else:
+                box = GlassBox(recorder.kinds, to_cpu=recorder.to_cpu)
+                with box.attach(self.stack):
+                    out = self.stack(x.index_select(0, index)[:, T - n :], ctx, return_state=return_state)
+                recorded.append((index, n, box))
             where = (index[:, None], torch.arange(T - n, T, device=x.device)[None, :])
             hidden = hidden.index_put(where, out.hidden)
             if signals is None:
@@ -385,6 +413,8 @@ class UnifiedModel(nn.Module):
                 states.append(out.state)
             order += rows
         assert signals is not None
+        if recorder is not None:
+            _scatter_records(recorder, recorded, B, T)
         state = None
         if return_state:
             inverse = torch.empty(B, dtype=torch.long, device=x.device)

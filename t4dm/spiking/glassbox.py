@@ -155,6 +155,12 @@ class GlassBox:
             sites |= {site for site, _ in self._saved}
         return sites
 
+    def records(self) -> list[tuple[int, str, torch.Tensor]]:
+        """Every block and stack record as ``(block or -1, kind, tensor)`` (calls joined as :meth:`get`)."""
+        sites = sorted(s for s in self._sites() if isinstance(s, int))
+        return [(site, kind, self.get(site, kind)) for site in sites for kind in sorted(self.kinds)
+                if (site, kind) in self._data or (self._saved is not None and (site, kind) in self._saved)]  # fmt: skip
+
     def blocks(self) -> list[int]:
         return sorted(s for s in self._sites() if isinstance(s, int) and s != STACK)
 

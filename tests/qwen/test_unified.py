@@ -333,6 +333,31 @@ def test_padding_and_streams():
             model(ids, attention_mask=right, use_cache=True)
         with pytest.raises(NotImplementedError, match="right-padded"):
             model(ids, attention_mask=right, return_stack_state=True)
-        # a left-padded prompt's rows run through the stack in groups: recording them is not supported
-        with pytest.raises(NotImplementedError, match="recording"), model.record():
-            model(ids, attention_mask=mask)
+
+
+def test_recording_a_left_padded_batch_gives_each_row_its_own_records():
+    """The glass box of a left-padded generation: each row's records are its records alone at its positions,
+    zeros at the padding; the oscillator's bias follows each row's clock."""
+    model = tiny_unified(19, up_std=0.3)
+    rows = [random_ids(1, 6, seed=1), random_ids(1, 2, seed=2), random_ids(1, 6, seed=3)]
+    ids, mask = left_padded(rows)
+    kinds = ("spikes", "firing_rate", "levels", "oscillator", "stack_delta_norm")
+    with model.record(kinds) as box:
+        model.generate(ids, 3, attention_mask=mask)
+    assert box.get(0, "spikes").shape == (3, 6 + 2, STACK["d_stack"])  # prompt, then the 2 decoded inputs
+    assert box.get(-1, "oscillator").shape == (3, 8)
+    for b, row in enumerate(rows):
+        n = row.shape[1]
+        with model.record(kinds) as alone:
+            model.generate(row, 3)
+        for block in range(STACK["n_blocks"]):
+            for kind in ("spikes", "firing_rate"):
+                got, want = box.get(block, kind)[b], alone.get(block, kind)[0]
+                torch.testing.assert_close(got[6 - n :], want, rtol=1e-5, atol=1e-6)
+                assert float(got[: 6 - n].abs().sum()) == 0.0
+            torch.testing.assert_close(box.get(block, "levels"), alone.get(block, "levels"))
+        torch.testing.assert_close(box.get(-1, "oscillator")[b, 6 - n :], alone.get(-1, "oscillator"))
+        torch.testing.assert_close(
+            box.get_layer(LAYER, "stack_delta_norm")[b, 6 - n :], alone.get_layer(LAYER, "stack_delta_norm")[0],
+            rtol=1e-5, atol=1e-6,
+        )  # fmt: skip
