@@ -59,7 +59,7 @@ from .item import OPEN, UTC, Edge, Hit, Item, from_us, to_us
 from .keys import check_id, edge_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
 from .memtable import Memtable
-from .query import Filter, check_payloads, live_rows, match_rows, parse_filter, search_source, unpack
+from .query import Filter, check_payloads, live_rows, match_rows, parse_filter, same, search_source, unpack
 from .rows import (
     FLAG_EDGE,
     FLAG_OVERLAY,
@@ -990,6 +990,74 @@ class T4DX:
             return None
         found = self._locate(id, snap)
         return None if found is None else self._item(found[0], found[1], snap.seq, id)
+
+    def matching(
+        self,
+        ids: Iterable[str],
+        *,
+        kappa: tuple[float, float] | None = None,
+        kind: str | Iterable[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        valid_at: datetime | None = None,
+        known_at: datetime | None = None,
+        valid_from: tuple[datetime, datetime] | None = None,
+    ) -> list[str]:
+        """The ids among ``ids`` (in their order) whose item passes every filter of :meth:`scan`: the check of
+        a SEARCH or SCAN applied to named items, on the columns (a payload is decoded only for a ``where``
+        field that is not an indexed column), without building the items. Absent and deleted ids fail."""
+        self._check_open()
+        f = parse_filter(kappa, kind, where, valid_at, known_at, valid_from)
+        keys = [check_id(key) for key in ids]
+        if f.known_us is not None:  # the version of that time, found by walking the versions
+            return [
+                key
+                for key in keys
+                if self._passes(self.get(key, as_of=known_at), kappa, kind, where, valid_at, valid_from)
+            ]
+        snap = self._snap
+        sizes = {id(source): n for source, n in _sources(snap)}
+        groups: dict[int, tuple[Any, list[int], list[int]]] = {}  # per source: rows and their positions
+        for position, key in enumerate(keys):
+            found = self._locate(key, snap)
+            if found is not None:
+                group = groups.setdefault(id(found[0]), (found[0], [], []))
+                group[1].append(found[1])
+                group[2].append(position)
+        passed = [False] * len(keys)
+        for source, rows, positions in groups.values():
+            within = np.asarray(rows, dtype=np.int64)
+            selected, checks = match_rows(source, sizes[id(source)], snap.seq, f, within=within)
+            good = set(check_payloads(source, selected, checks).tolist())
+            for row, position in zip(rows, positions, strict=True):
+                passed[position] = row in good
+        return [key for key, ok in zip(keys, passed, strict=True) if ok]
+
+    @staticmethod
+    def _passes(
+        item: Item | None,
+        kappa: tuple[float, float] | None,
+        kind: str | Iterable[str] | None,
+        where: Mapping[str, Any] | None,
+        valid_at: datetime | None,
+        valid_from: tuple[datetime, datetime] | None,
+    ) -> bool:
+        """The filters of :meth:`scan` on one item (the ``known_at`` path of :meth:`matching`)."""
+        if item is None:
+            return False
+        if kappa is not None and not kappa[0] <= item.kappa <= kappa[1]:
+            return False
+        if kind is not None and item.kind not in ({kind} if isinstance(kind, str) else set(kind)):
+            return False
+        if where is not None and not all(
+            name in item.fields and same(item.fields[name], value) for name, value in where.items()
+        ):
+            return False
+        start, end = item.valid_from, item.valid_to
+        if valid_at is not None and not (
+            (start is None or start <= valid_at) and (end is None or valid_at < end)
+        ):
+            return False
+        return valid_from is None or (start is not None and valid_from[0] <= start < valid_from[1])
 
     def history(self, id: str) -> list[Item]:
         """Every stored version of ``id`` (deletions excluded), oldest first; ``superseded_at`` tells

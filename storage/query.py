@@ -124,9 +124,12 @@ def _empty() -> np.ndarray:
     return np.empty(0, dtype=np.int64)
 
 
-def match_rows(source: Any, n: int, snap_seq: int, f: Filter) -> tuple[np.ndarray, list[tuple[str, Any]]]:
-    """Rows of ``source[:n]`` (unordered) passing every column predicate of ``f`` in the snapshot
-    ``snap_seq``, and the field conditions left to check on decoded payloads."""
+def match_rows(
+    source: Any, n: int, snap_seq: int, f: Filter, within: np.ndarray | None = None
+) -> tuple[np.ndarray, list[tuple[str, Any]]]:
+    """Rows of ``source[:n]`` (unordered; only among ``within``, int64 row numbers, when given) passing every
+    column predicate of ``f`` in the snapshot ``snap_seq``, and the field conditions left to check on
+    decoded payloads."""
     if n == 0:
         return _empty(), []
     payload_checks: list[tuple[str, Any]] = []
@@ -143,7 +146,10 @@ def match_rows(source: Any, n: int, snap_seq: int, f: Filter) -> tuple[np.ndarra
         else:
             payload_checks.append((name, value))
 
-    rows, covered = _candidates(source, f, tag_codes) if isinstance(source, Segment) else (None, ())
+    if within is not None:
+        rows, covered = within, ()
+    else:
+        rows, covered = _candidates(source, f, tag_codes) if isinstance(source, Segment) else (None, ())
 
     def col(name: str) -> np.ndarray:
         values = getattr(source, name)[:n]

@@ -597,6 +597,9 @@ class Memory:
                 query, n, any_user="user_id" not in scope, **{s: scope.get(s) for s in SCOPES}
             )
         items: dict[str, Item] = {h.id: h.item for h in dense}
+        # candidates the filtered dense search did not return are checked on the store's columns in one
+        # call (no item is built for them: only the hits are fetched, at the end)
+        seen = set(items).union(self.db.matching([id for id, _ in lexical if id not in items], **filters))
         signals: dict[str, dict[str, float]] = {}
         fused: dict[str, float] = {}
         # convex combination of min-max normalised scores (Bruch et al. 2023: better than rank fusion
@@ -609,11 +612,8 @@ class Memory:
                 continue
             lo, hi = min(v for _, v in pairs), max(v for _, v in pairs)
             for rank, (id, value) in enumerate(pairs):
-                if id not in items:
-                    item = self._visible(id, scope, filters)
-                    if item is None:
-                        continue
-                    items[id] = item
+                if id not in seen:
+                    continue
                 norm = (value - lo) / (hi - lo) if hi > lo else 1.0
                 signals.setdefault(id, {}).update({name: value, f"{name}_rank": rank + 1})
                 fused[id] = fused.get(id, 0.0) + weight * norm
@@ -622,20 +622,25 @@ class Memory:
             # score plus GRAPH_SHARE x the best neighbour's), so the reply to a matching question rises
             base = dict(fused)
             seeds = sorted(base, key=lambda id: -base[id])[: max(2 * int(k), 20)]
+            unseen: set[str] = set()  # neighbours outside the candidates: checked together afterwards
             for direction in ("out", "in"):
                 for edge in self.db.edges(seeds, direction=direction, rel=NEXT, known_at=as_of):
                     id, other = (edge.src, edge.dst) if direction == "out" else (edge.dst, edge.src)
                     lifted = base.get(other, 0.0) + GRAPH_SHARE * base[id]
                     if lifted <= fused.get(other, 0.0):
                         continue
-                    if other not in items:
-                        item = self._visible(other, scope, filters)
-                        if item is None:
-                            continue
-                        items[other] = item
+                    if other not in seen:
+                        unseen.add(other)
                     signals.setdefault(other, {})["graph"] = GRAPH_SHARE * base[id]
                     fused[other] = lifted
+            if unseen:
+                passed = set(self.db.matching(sorted(unseen), **filters))
+                seen |= passed
+                for other in unseen - passed:  # outside the scope or the filters: no score
+                    del fused[other], signals[other]
         if recency_half_life is not None:
+            for id in set(fused).difference(self._fetch(items, list(fused), as_of)):
+                del fused[id]  # deleted since it was checked
             reference = now or valid_at or datetime.now(UTC)
             for id in fused:
                 start = items[id].valid_from or reference
@@ -643,7 +648,7 @@ class Memory:
                 factor = 0.5 ** (age / recency_half_life.total_seconds())
                 signals[id]["recency"] = factor
                 fused[id] *= factor
-        best = sorted(fused, key=lambda i: (-fused[i], i))[: int(k)]
+        best = self._fetch(items, sorted(fused, key=lambda i: (-fused[i], i))[: int(k)], as_of)
         if best:
             self.co_retrievals.append(tuple(best))
             del self.co_retrievals[:-MAX_CO_RETRIEVALS]
@@ -657,23 +662,15 @@ class Memory:
             self.save_state()
         return hits
 
-    def _visible(self, id: str, scope: dict[str, str], filters: dict[str, Any]) -> Item | None:
-        """Item ``id`` if it passes the search's scope and filters (for candidates that did not come from
-        the filtered dense search)."""
-        item = self.db.get(id, as_of=filters["known_at"])
-        if item is None or any(item.fields.get(name) != value for name, value in scope.items()):
-            return None
-        kappa, kind, valid_at = filters["kappa"], filters["kind"], filters["valid_at"]
-        if kappa is not None and not kappa[0] <= item.kappa <= kappa[1]:
-            return None
-        if kind is not None and item.kind not in ({kind} if isinstance(kind, str) else set(kind)):
-            return None
-        if valid_at is not None:
-            if item.valid_from is not None and item.valid_from > valid_at:
-                return None
-            if item.valid_to is not None and item.valid_to <= valid_at:
-                return None
-        return item
+    def _fetch(self, items: dict[str, Item], ids: list[str], as_of: datetime | None) -> list[str]:
+        """GET into ``items`` the ones among ``ids`` (checked visible already) it lacks; returns ``ids`` less
+        any deleted since the check (by another thread)."""
+        for id in ids:
+            if id not in items:
+                item = self.db.get(id, as_of=as_of)
+                if item is not None:
+                    items[id] = item
+        return [id for id in ids if id in items]
 
     def stats(self) -> dict[str, Any]:
         """Counts: memories, per kind, per κ band, per user; and the store's own statistics."""
