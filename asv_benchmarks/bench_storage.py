@@ -85,6 +85,9 @@ class Read:
         for id in self.sample:
             get(id)
 
+    def time_matching_1000(self, n: int) -> None:
+        self.db.matching(self.sample, where={"user_id": "user3"}, kappa=(0.0, 0.5))
+
     def time_scan_kappa_10pct(self, n: int) -> None:
         for _ in self.db.scan(kappa=(0.0, 0.1)):
             pass

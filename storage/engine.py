@@ -1017,8 +1017,7 @@ class T4DX:
         snap = self._snap
         sizes = {id(source): n for source, n in _sources(snap)}
         groups: dict[int, tuple[Any, list[int], list[int]]] = {}  # per source: rows and their positions
-        for position, key in enumerate(keys):
-            found = self._locate(key, snap)
+        for position, found in enumerate(self._locate_many(keys, snap)):
             if found is not None:
                 group = groups.setdefault(id(found[0]), (found[0], [], []))
                 group[1].append(found[1])
@@ -1085,6 +1084,35 @@ class T4DX:
             if row >= 0:
                 return None if segment.flags.item(row) & FLAG_TOMBSTONE else (segment, row)
         return None
+
+    def _locate_many(self, keys: list[str], snap: _Snapshot) -> list[tuple[Any, int] | None]:
+        """:meth:`_locate` for many ids: the memtable by its dict, then each segment, newest first, in one
+        batched Bloom probe and binary search for every id still unresolved."""
+        out: list[tuple[Any, int] | None] = [None] * len(keys)
+        pending = []
+        mem, cols = snap.mem, snap.mem.cols
+        for position, key in enumerate(keys):
+            row = mem.latest.get(key, -1)
+            while row >= 0 and cols.seq[row] > snap.seq:
+                row = int(cols.prev_row[row])
+            if row >= 0:
+                out[position] = None if cols.flags[row] & FLAG_TOMBSTONE else (mem, row)
+            else:
+                pending.append(position)
+        if not pending or not snap.segments:
+            return out
+        key_hi, key_lo = keys_of([keys[i] for i in pending])
+        left = np.asarray(pending, dtype=np.int64)
+        for segment in reversed(snap.segments):
+            rows = segment.latest_rows(key_hi, key_lo)
+            hit = rows >= 0
+            if hit.any():
+                for position, row in zip(left[hit].tolist(), rows[hit].tolist(), strict=True):
+                    out[position] = None if segment.flags.item(row) & FLAG_TOMBSTONE else (segment, row)
+                left, key_hi, key_lo = left[~hit], key_hi[~hit], key_lo[~hit]
+                if not left.size:
+                    break
+        return out
 
     def _versions(self, id: str, snap: _Snapshot) -> Iterator[tuple[Any, int]]:
         """Every version of ``id`` visible in ``snap``, newest first (tombstones included)."""
