@@ -42,6 +42,7 @@ __all__ = ["PHASES", "ConsolidationConfig", "ConsolidationReport", "band_of", "c
 PHASES = ("nrem", "rem", "prune")
 BANDS = ("episodic", "transitional", "semantic")  # κ < 0.4, 0.4 ≤ κ < 0.85, κ ≥ 0.85
 CO_RETRIEVED = "co_retrieved"
+REM_RESTARTS = 8  # k-means initialisations per user; the run with the lowest objective is kept
 
 
 def band_of(kappa: float) -> str:
@@ -195,8 +196,10 @@ class _Policy:
             vectors = rows.vectors(members)
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             k = max(1, len(members) // c.rem_cluster_size)
-            kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=1234, spherical=True, verbose=False,
-                                  min_points_per_centroid=1, max_points_per_centroid=1 << 20)  # fmt: skip
+            # the best of REM_RESTARTS initialisations: one k-means run from a poor start can merge two
+            # topics (the members' order, hence the initial centroids, follows their random ids)
+            kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, nredo=REM_RESTARTS, seed=1234, spherical=True,
+                                  verbose=False, min_points_per_centroid=1, max_points_per_centroid=1 << 20)  # fmt: skip
             kmeans.train(vectors)
             _, assign = kmeans.index.search(vectors, 1)
             for cluster in range(k):
