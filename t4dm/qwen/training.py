@@ -39,7 +39,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -604,40 +604,51 @@ def _phase1(
         model.train(was_training)
 
 
-@torch.no_grad()
-def _phase2_perturbation(
-    model: UnifiedModel,
-    ids: np.ndarray,
-    result: TrainResult,
-    options: dict[str, Any],
-    out: str | None,
-    every: int | None,
-    rule: Any,
-    device: torch.device,
-    progress: bool,
-) -> None:
-    total, seed, fixed = options["steps"], options["seed"], options["dopamine"]
+def _perturbation_step(
+    model: UnifiedModel, rule: Any, options: dict[str, Any]
+) -> Callable[[torch.Tensor], tuple[float, float]]:
+    """Phase 2 by node perturbation, one batch: ``(loss, dopamine)`` = the two perturbed passes' mean loss
+    and the reward prediction error (also given to the bus, for the glass box)."""
     layer = _perturbed_layer(model, options["target"])
-    gain = 1.0 if fixed is None else float(fixed)
-    was_training = model.training
-    model.eval()
-    try:
-        with _progress(result, total, progress) as bar:
-            while result.step < total:
-                step = result.step + 1
-                batch = _batch(ids, step, options, device)
-                with _seeded_rng(seed, step, device):  # the noise is a function of (seed, step)
-                    update = rule.step(layer, lambda: model(batch, labels=batch).loss, gain=gain)  # noqa: B023
-                model.stack.bus.observe(reward=update.rpe)  # the glass box sees the reward signal
-                result.step = step
-                result.losses.append((update.loss_plus + update.loss_minus) / 2.0)
-                result.dopamine.append(update.rpe)
-                bar.set_postfix(loss=f"{result.losses[-1]:.4f}", rpe=f"{update.rpe:+.4f}", refresh=False)
-                bar.update(1)
-                if out is not None and _checkpoint_due(step, total, every):
-                    result.checkpoints.append(_save(model, out, step, options, result, None, []))
-    finally:
-        model.train(was_training)
+    gain = 1.0 if options["dopamine"] is None else float(options["dopamine"])
+
+    def step(batch: torch.Tensor) -> tuple[float, float]:
+        update = rule.step(layer, lambda: model(batch, labels=batch).loss, gain=gain)
+        model.stack.bus.observe(reward=update.rpe)
+        return (update.loss_plus + update.loss_minus) / 2.0, update.rpe
+
+    return step
+
+
+def _three_factor_step(
+    model: UnifiedModel, rule: Any, options: dict[str, Any], result: TrainResult
+) -> Callable[[torch.Tensor], tuple[float, float]]:
+    """Phase 2 by the three-factor rule, one batch: ``(loss, the updated blocks' mean dopamine)``."""
+    from t4dm.learning import apply_plasticity_
+    from t4dm.spiking import GlassBox
+
+    fixed, target = options["dopamine"], options["target"]
+    blocks = options["blocks"] or list(range(model.stack.n_blocks))
+    bus = model.stack.bus
+    box = GlassBox(("spikes", "qk_spikes"), to_cpu=False)
+
+    def step(batch: torch.Tensor) -> tuple[float, float]:
+        box.clear()
+        with box.attach(model.stack):
+            loss = float(model(batch, labels=batch).loss)
+        if fixed is None:
+            # the reward: how much the token loss fell since the last step (0 at the first)
+            bus.observe(reward=0.0 if not result.losses else result.losses[-1] - loss)
+        else:
+            bus.set("dopamine", fixed)
+        levels = []
+        for i in blocks:
+            da = bus.get("dopamine", i)
+            levels.append(float(da))
+            apply_plasticity_(model.stack.blocks[i], rule, box, target=target, dopamine=da)
+        return loss, float(np.mean(levels))
+
+    return step
 
 
 @torch.no_grad()
@@ -652,16 +663,13 @@ def _phase2(
     device: torch.device,
     progress: bool,
 ) -> None:
-    from t4dm.learning import NodePerturbation, apply_plasticity_
-    from t4dm.spiking import GlassBox
+    from t4dm.learning import NodePerturbation
 
-    total, seed, fixed = options["steps"], options["seed"], options["dopamine"]
-    blocks, target = options["blocks"] or list(range(model.stack.n_blocks)), options["target"]
-    bus = model.stack.bus
     if isinstance(rule, NodePerturbation):
-        _phase2_perturbation(model, ids, result, options, out, every, rule, device, progress)
-        return
-    box = GlassBox(("spikes", "qk_spikes"), to_cpu=False)
+        one_step = _perturbation_step(model, rule, options)
+    else:
+        one_step = _three_factor_step(model, rule, options, result)
+    total, seed = options["steps"], options["seed"]
     was_training = model.training
     model.eval()
     try:
@@ -669,24 +677,12 @@ def _phase2(
             while result.step < total:
                 step = result.step + 1
                 batch = _batch(ids, step, options, device)
-                box.clear()
-                with _seeded_rng(seed, step, device), box.attach(model.stack):
-                    loss = float(model(batch, labels=batch).loss)
-                if fixed is None:
-                    # the reward: how much the token loss fell since the last step (0 at the first)
-                    reward = 0.0 if not result.losses else result.losses[-1] - loss
-                    bus.observe(reward=reward)
-                else:
-                    bus.set("dopamine", fixed)
-                levels = []
-                for i in blocks:
-                    da = bus.get("dopamine", i)
-                    levels.append(float(da))
-                    apply_plasticity_(model.stack.blocks[i], rule, box, target=target, dopamine=da)
+                with _seeded_rng(seed, step, device):  # any noise is a function of (seed, step)
+                    loss, dopamine = one_step(batch)
                 result.step = step
                 result.losses.append(loss)
-                result.dopamine.append(float(np.mean(levels)))
-                bar.set_postfix(loss=f"{loss:.4f}", dopamine=f"{result.dopamine[-1]:+.3f}", refresh=False)
+                result.dopamine.append(dopamine)
+                bar.set_postfix(loss=f"{loss:.4f}", dopamine=f"{dopamine:+.4f}", refresh=False)
                 bar.update(1)
                 if out is not None and _checkpoint_due(step, total, every):
                     result.checkpoints.append(_save(model, out, step, options, result, None, []))
