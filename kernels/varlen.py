@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 __all__ = ["Chunks", "check_cu_seqlens", "per_sequence"]
@@ -40,7 +41,8 @@ class Chunks:
 
     ``n_seq`` sequences (batch rows, or ``len(cu_seqlens) - 1``), ``n_chunks`` chunks in all; with
     ``cu_seqlens``, ``chunk_indices`` ``[n_chunks, 2]`` (sequence, chunk within it) and ``chunk_offsets``
-    ``[n_seq + 1]`` (each sequence's first chunk), int32 on the tokens' device.
+    ``[n_seq + 1]`` (each sequence's first chunk), int32 on the tokens' device, built on the host from one
+    read of ``cu_seqlens`` (the autograd functions build it once per call, for forward and backward).
     """
 
     def __init__(self, B: int, T: int, BT: int, cu_seqlens: torch.Tensor | None) -> None:
@@ -51,16 +53,16 @@ class Chunks:
             self.chunk_indices = self.chunk_offsets = None
             self.intra_grid = (nt, B)  # x H heads
             return
+        bounds = np.asarray(cu_seqlens.tolist(), dtype=np.int64)  # one host sync
+        per_seq = (bounds[1:] - bounds[:-1] + BT - 1) // BT
+        offsets = np.concatenate([[0], np.cumsum(per_seq)])
+        self.n_seq, self.n_chunks = len(per_seq), int(offsets[-1])
+        seq = np.repeat(np.arange(self.n_seq), per_seq)
+        within = np.arange(self.n_chunks) - offsets[seq]
+        device = cu_seqlens.device
         self.cu_seqlens = cu_seqlens.to(torch.int32)
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        per_seq = (lengths + BT - 1) // BT
-        offsets = torch.zeros(len(per_seq) + 1, dtype=torch.int64, device=cu_seqlens.device)
-        offsets[1:] = per_seq.cumsum(0)
-        self.n_seq, self.n_chunks = len(per_seq), int(offsets[-1])  # one host sync
-        seq = torch.repeat_interleave(torch.arange(self.n_seq, device=cu_seqlens.device), per_seq)
-        within = torch.arange(self.n_chunks, device=cu_seqlens.device) - offsets[seq]
-        self.chunk_indices = torch.stack([seq, within], dim=1).to(torch.int32).contiguous()
-        self.chunk_offsets = offsets.to(torch.int32)
+        self.chunk_indices = torch.as_tensor(np.stack([seq, within], axis=1).astype(np.int32), device=device)
+        self.chunk_offsets = torch.as_tensor(offsets.astype(np.int32), device=device)
         self.intra_grid = (self.n_chunks, 1)
 
 

@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..spans import chunk_span, sequence_span
 from ..varlen import Chunks
 from .interface import MAX_TRITON_K, check_rwkv6_inputs
 
@@ -77,17 +78,7 @@ def _rwkv6_fwd_intra_kernel(
     BK: tl.constexpr,  # key block (>= K: one block)
     IS_VARLEN: tl.constexpr,
 ):
-    if IS_VARLEN:  # one program per (chunk of any sequence, head)
-        i_c, i_h = tl.program_id(0), tl.program_id(1)
-        i_seq = tl.load(chunk_indices + i_c * 2).to(tl.int32)
-        i_t = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int32)
-        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
-    else:
-        i_t, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
-        i_c = i_b * tl.cdiv(T, BT) + i_t
-        bos = i_b.to(tl.int64) * T
+    i_c, i_t, i_h, bos, T = chunk_span(cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
     o_i = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
@@ -154,13 +145,7 @@ def _rwkv6_fwd_kernel(
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_seq, i_h = i_bh // H, i_bh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
-        c0 = tl.load(chunk_offsets + i_seq).to(tl.int64)  # the sequence's first chunk
-    else:
-        bos = i_seq.to(tl.int64) * T
-        c0 = i_seq.to(tl.int64) * tl.cdiv(T, BT)
+    bos, T, c0 = sequence_span(cu_seqlens, chunk_offsets, i_seq, T, BT, IS_VARLEN)
     NT = tl.cdiv(T, BT)
     DT = o.dtype.element_ty  # matrix products take the input dtype, accumulate in float32
 
@@ -234,17 +219,7 @@ def _rwkv6_bwd_intra_kernel(
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs, else "tf32" (unused for 16-bit)
     IS_VARLEN: tl.constexpr,
 ):
-    if IS_VARLEN:  # one program per (chunk of any sequence, head)
-        i_c, i_h = tl.program_id(0), tl.program_id(1)
-        i_seq = tl.load(chunk_indices + i_c * 2).to(tl.int32)
-        i_t = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int32)
-        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
-    else:
-        i_t, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
-        i_c = i_b * tl.cdiv(T, BT) + i_t
-        bos = i_b.to(tl.int64) * T
+    _, i_t, i_h, bos, T = chunk_span(cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
     DT = do.dtype.element_ty
     o_i = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
@@ -335,13 +310,7 @@ def _rwkv6_bwd_kernel(
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_seq, i_h = i_bh // H, i_bh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
-        c0 = tl.load(chunk_offsets + i_seq).to(tl.int64)  # the sequence's first chunk
-    else:
-        bos = i_seq.to(tl.int64) * T
-        c0 = i_seq.to(tl.int64) * tl.cdiv(T, BT)
+    bos, T, c0 = sequence_span(cu_seqlens, chunk_offsets, i_seq, T, BT, IS_VARLEN)
     NT = tl.cdiv(T, BT)
     DT = dv.dtype.element_ty  # matrix products take the input dtype, accumulate in float32
 
@@ -419,6 +388,7 @@ def _rwkv6_bwd_dw_kernel(
     dw,  # log-decay gradient [B, T, H, K]
     du_part,  # bonus gradient of this sequence [N, H, K] float32
     cu_seqlens,  # sequence starts and end [N + 1] in the packed tokens, or None
+    chunk_offsets,  # first chunk of each sequence [N + 1], or None
     T,  # sequence length (unused with cu_seqlens)
     total,  # B * T: tokens in the batch
     NV: tl.constexpr,  # value blocks to sum
@@ -431,11 +401,7 @@ def _rwkv6_bwd_dw_kernel(
 ):
     i_k, i_bh = tl.program_id(0), tl.program_id(1)
     i_seq, i_h = i_bh // H, i_bh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
-    else:
-        bos = i_seq.to(tl.int64) * T
+    bos, T, _ = sequence_span(cu_seqlens, chunk_offsets, i_seq, T, BT, IS_VARLEN)
     NT = tl.cdiv(T, BT)
     o_i = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -500,7 +466,7 @@ def rwkv6_fwd(
     save_states: bool,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
-    cu_seqlens: torch.Tensor | None = None,
+    chunks: Chunks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """Launch the forward. Returns ``o``, the final state (or None), the intra-chunk scores ``A`` and
     the chunk-start states (or None); ``A`` and the states are what the backward needs."""
@@ -509,7 +475,7 @@ def rwkv6_fwd(
     BT = chunk_size
     BK, BV = _blocks(K, V, block_v)
     NV = triton.cdiv(V, BV)
-    c = Chunks(B, T, BT, cu_seqlens)
+    c = Chunks(B, T, BT, None) if chunks is None else chunks
     A = r.new_empty(c.n_chunks, H, BT, BT)
     _rwkv6_fwd_intra_kernel[(c.intra_grid[0], c.intra_grid[1] * H)](
         r, k, w, u, A, c.cu_seqlens, c.chunk_indices, T, H=H, K=K, BT=BT, BK=BK
@@ -539,7 +505,7 @@ def rwkv6_bwd(
     need_dh0: bool,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
-    cu_seqlens: torch.Tensor | None = None,
+    chunks: Chunks | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the backward. Returns ``dr, dk, dv, dw, du, dh0`` (``dh0`` float32 or None)."""
     B, T, H, K = r.shape
@@ -547,7 +513,7 @@ def rwkv6_bwd(
     BT = chunk_size
     BK, BV = _blocks(K, V, block_v)
     NV = triton.cdiv(V, BV)
-    chunks = Chunks(B, T, BT, cu_seqlens)
+    chunks = Chunks(B, T, BT, None) if chunks is None else chunks
     cu, offsets = chunks.cu_seqlens, chunks.chunk_offsets
     precision = _dot_precision(r.dtype)
     dr_intra = r.new_empty(B, T, H, K, dtype=torch.float32)
@@ -570,7 +536,7 @@ def rwkv6_bwd(
     du_part = r.new_empty(chunks.n_seq, H, K, dtype=torch.float32)
     BK_DW = min(BK, 64)
     _rwkv6_bwd_dw_kernel[(triton.cdiv(K, BK_DW), chunks.n_seq * H)](
-        r, k, u, dr_intra, dk_intra, dd, dr_inter, dk_inter, c, dr, dk, dw, du_part, cu, T, B * T,
+        r, k, u, dr_intra, dk_intra, dd, dr_inter, dk_inter, c, dr, dk, dw, du_part, cu, offsets, T, B * T,
         NV=NV, H=H, K=K, BT=BT, BK=BK_DW,
     )  # fmt: skip
     du = du_part.sum(0).to(u.dtype)
@@ -586,22 +552,12 @@ class ChunkRWKV6Function(torch.autograd.Function):
         if initial_state is not None:
             initial_state = initial_state.contiguous()
         save_states = any(ctx.needs_input_grad[:5]) or ctx.needs_input_grad[6]
+        chunks = Chunks(r.shape[0], r.shape[1], chunk_size, cu_seqlens)  # once, for both passes
         o, ht, A, hc = rwkv6_fwd(
-            r,
-            k,
-            v,
-            w,
-            u,
-            scale,
-            initial_state,
-            output_final_state,
-            save_states,
-            chunk_size,
-            block_v,
-            cu_seqlens,
+            r, k, v, w, u, scale, initial_state, output_final_state, save_states, chunk_size, block_v, chunks
         )
         ctx.save_for_backward(r, k, v, w, u, A, hc, ht)
-        ctx.cu_seqlens = cu_seqlens
+        ctx.chunks = chunks
         ctx.scale = scale
         ctx.chunk_size = chunk_size
         ctx.block_v = block_v
@@ -618,7 +574,7 @@ class ChunkRWKV6Function(torch.autograd.Function):
             dht = dht.contiguous()
         dr, dk, dv, dw, du, dh0 = rwkv6_bwd(
             r, k, v, w, u, ctx.scale, A, hc, ht, do, dht, ctx.has_initial_state, ctx.chunk_size, ctx.block_v,
-            ctx.cu_seqlens,
+            ctx.chunks,
         )  # fmt: skip
         if dh0 is not None:
             dh0 = dh0.to(ctx.initial_state_dtype)

@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..spans import sequence_span
 from ..varlen import Chunks
 from .interface import MAX_TRITON_D, check_spike_attention_inputs
 
@@ -96,13 +97,7 @@ def _spike_attention_fwd_kernel(
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_seq, i_h = i_bh // H, i_bh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
-        c0 = tl.load(chunk_offsets + i_seq).to(tl.int64)  # the sequence's first chunk
-    else:
-        bos = i_seq.to(tl.int64) * T
-        c0 = i_seq.to(tl.int64) * tl.cdiv(T, BT)
+    bos, T, c0 = sequence_span(cu_seqlens, chunk_offsets, i_seq, T, BT, IS_VARLEN)
     NT = tl.cdiv(T, BT)
     DT = o.dtype.element_ty  # matrix products take the input dtype, accumulate in float32
 
@@ -194,13 +189,7 @@ def _spike_attention_bwd_kernel(
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     N = tl.num_programs(1) // H
     i_seq, i_h = i_bh // H, i_bh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_seq).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_seq + 1).to(tl.int64) - bos).to(tl.int32)
-        c0 = tl.load(chunk_offsets + i_seq).to(tl.int64)  # the sequence's first chunk
-    else:
-        bos = i_seq.to(tl.int64) * T
-        c0 = i_seq.to(tl.int64) * tl.cdiv(T, BT)
+    bos, T, c0 = sequence_span(cu_seqlens, chunk_offsets, i_seq, T, BT, IS_VARLEN)
     NT = tl.cdiv(T, BT)
     DT = dv.dtype.element_ty
 
@@ -307,7 +296,7 @@ def spike_attention_fwd(
     save_states: bool,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
-    cu_seqlens: torch.Tensor | None = None,
+    chunks: Chunks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the forward. Returns ``o``, the final state (or None) and the chunk-start states (or None)."""
     B, T, H, D = q.shape
@@ -315,7 +304,7 @@ def spike_attention_fwd(
     BT = chunk_size
     BD, BV = _blocks(D, V, block_v)
     NV = triton.cdiv(V, BV)
-    c = Chunks(B, T, BT, cu_seqlens)
+    c = Chunks(B, T, BT, None) if chunks is None else chunks
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
     ht = q.new_empty(c.n_seq, H, D, V, dtype=torch.float32) if output_final_state else None
     hc = q.new_empty(c.n_chunks, H, D, V, dtype=torch.float32) if save_states else None
@@ -338,7 +327,7 @@ def spike_attention_bwd(
     need_dh0: bool,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_v: int | None = None,
-    cu_seqlens: torch.Tensor | None = None,
+    chunks: Chunks | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the backward. Returns ``dq, dk, dv, d_log_decay, dh0`` (``dh0`` float32 or None)."""
     B, T, H, D = q.shape
@@ -346,7 +335,7 @@ def spike_attention_bwd(
     BT = chunk_size
     BD, BV = _blocks(D, V, block_v)
     NV = triton.cdiv(V, BV)
-    c = Chunks(B, T, BT, cu_seqlens)
+    c = Chunks(B, T, BT, None) if chunks is None else chunks
     part_dtype = q.dtype if NV == 1 else torch.float32
     dq = q.new_empty(NV, B, T, H, D, dtype=part_dtype)
     dk = q.new_empty(NV, B, T, H, D, dtype=part_dtype)
@@ -371,12 +360,13 @@ class ChunkSpikeAttentionFunction(torch.autograd.Function):
         if initial_state is not None:
             initial_state = initial_state.contiguous()
         save_states = any(ctx.needs_input_grad[:4]) or ctx.needs_input_grad[5]
+        chunks = Chunks(q.shape[0], q.shape[1], chunk_size, cu_seqlens)  # once, for both passes
         o, ht, hc = spike_attention_fwd(
             q, k, v, log_decay, scale, initial_state, output_final_state, save_states, chunk_size, block_v,
-            cu_seqlens,
+            chunks,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, log_decay, hc)
-        ctx.cu_seqlens = cu_seqlens
+        ctx.chunks = chunks
         ctx.scale = scale
         ctx.chunk_size = chunk_size
         ctx.block_v = block_v
@@ -402,7 +392,7 @@ class ChunkSpikeAttentionFunction(torch.autograd.Function):
             ctx.initial_state_dtype is not None,
             ctx.chunk_size,
             ctx.block_v,
-            ctx.cu_seqlens,
+            ctx.chunks,
         )
         if dh0 is not None:
             dh0 = dh0.to(ctx.initial_state_dtype)

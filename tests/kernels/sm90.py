@@ -138,7 +138,8 @@ def _rwkv_cases() -> list[Case]:
             (
                 chunk._rwkv6_bwd_dw_kernel,
                 dict(r=p, k=p, u=p, dr_intra=f32, dk_intra=f32, dd=f32, dr_inter=f32, dk_inter=f32, c=f32,
-                     dr=p, dk=p, dw=p, du_part=f32, cu_seqlens=i32, T="i32", total="i32"),
+                     dr=p, dk=p, dw=p, du_part=f32, cu_seqlens=i32, chunk_offsets=i32, T="i32",
+                     total="i32"),
                 dict(**shape, NV=1, BT=BT, BK=64, USE_FINAL_STATE_GRADIENT=True, **flags),
             ),
         ]  # fmt: skip

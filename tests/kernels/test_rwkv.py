@@ -33,6 +33,7 @@ def import_triton_module(name: str) -> ModuleType:
     """Import a module of Triton kernels, rebuilding it for the interpreter if it was imported without."""
     module = importlib.import_module(name)
     if not CUDA and not module.INTERPRET:
+        importlib.reload(importlib.import_module("t4dm.kernels.spans"))  # the helpers the kernels call
         module = importlib.reload(module)
     return module
 
