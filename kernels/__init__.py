@@ -11,8 +11,31 @@ the Triton kernels there under ``TRITON_INTERPRET=1``.
 
 from __future__ import annotations
 
-from .lif import lif_multistep
-from .rwkv import rwkv6, rwkv6_step
-from .spike_attention import spike_attention, spike_attention_step
+if __name__ == "kernels":
+    # This folder is installed as t4dm.kernels. Run from the repository root (pytest, `python -m ...`), the
+    # root is on sys.path and `import kernels` finds this folder instead of Hugging Face's `kernels` package,
+    # which transformers (5.25) imports with its models. Hand the import on to that package: the import
+    # system returns what sys.modules holds under the name once this file has run.
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
 
-__all__ = ["lif_multistep", "rwkv6", "rwkv6_step", "spike_attention", "spike_attention_step"]
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _root]
+    _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
+    if _spec is None or _spec.loader is None:
+        raise ModuleNotFoundError("No module named 'kernels' (this folder is t4dm.kernels)", name="kernels")
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["kernels"] = _module
+    try:
+        _spec.loader.exec_module(_module)
+    except BaseException:
+        del sys.modules["kernels"]
+        raise
+else:
+    from .lif import lif_multistep
+    from .rwkv import rwkv6, rwkv6_step
+    from .spike_attention import spike_attention, spike_attention_step
+
+    __all__ = ["lif_multistep", "rwkv6", "rwkv6_step", "spike_attention", "spike_attention_step"]

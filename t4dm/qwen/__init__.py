@@ -1,4 +1,4 @@
-"""The unified model (``t4dm.qwen``): a Qwen2 backbone (NF4 + QLoRA on a GPU), the spiking cortical stack
+"""The unified model (``t4dm.qwen``): a Qwen2 backbone (NF4 + QLoRA), the spiking cortical stack
 hooked after one decoder layer, and a τ-gated T4DX memory. Needs torch, transformers and peft.
 
     from t4dm.qwen import UnifiedModel, load_backbone
@@ -19,8 +19,10 @@ from typing import Any
 _EXPORTS = {
     "QUANTIZE_MODES": "backbone",
     "decoder_layers": "backbone",
+    "keep_nf4_layout": "backbone",
     "load_backbone": "backbone",
     "nf4_quantization_config": "backbone",
+    "repacked_nf4_layers": "backbone",
     "checkpoint_memory": "checkpoint",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",

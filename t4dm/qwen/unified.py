@@ -25,7 +25,7 @@ from t4dm.errors import InvalidInput
 from t4dm.gate import WriteGate
 from t4dm.spiking import DEFAULT_KINDS, CorticalStack, GlassBox, StackOutput, StackState
 
-from .backbone import decoder_layers
+from .backbone import decoder_layers, keep_nf4_layout, repacked_nf4_layers
 from .lora import lora_config
 from .memory import MemoryWrite, ModelMemory
 
@@ -194,6 +194,7 @@ class UnifiedModel(nn.Module):
         self.lora: dict[str, Any] | None = None
         self.backbone = backbone
         self._requires_grad = [p.requires_grad for p in backbone.parameters()]
+        keep_nf4_layout(backbone)  # a 4-bit backbone must keep its weight layout to train (see there)
         if freeze_backbone:
             for p in backbone.parameters():
                 p.requires_grad_(False)
@@ -322,6 +323,21 @@ class UnifiedModel(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
+
+    def train(self, mode: bool = True) -> UnifiedModel:
+        """``nn.Module.train``; refuses training mode for a 4-bit backbone whose weights bitsandbytes already
+        repacked for CPU inference (it ran in eval mode before this model kept its layout): its layers
+        would drop gradients (:func:`~t4dm.qwen.keep_nf4_layout`). Load it again (``load_backbone``)."""
+        if mode:
+            repacked = repacked_nf4_layers(self.backbone)
+            if repacked:
+                raise InvalidInput(
+                    "backbone",
+                    repacked[:3],
+                    f"{len(repacked)} 4-bit layers were repacked for CPU inference before this model was "
+                    "built and cannot train; load the backbone again with t4dm.qwen.load_backbone",
+                )
+        return super().train(mode)
 
     def trainable_parameters(self) -> dict[str, int]:
         """Trainable parameter counts: ``lora``, ``stack``, ``projections`` (down, up, memory context)."""

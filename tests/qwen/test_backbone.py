@@ -85,29 +85,34 @@ def test_load_backbone_refuses_other_models_and_modes(tmp_path):
     assert info.value.field == "quantize"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
-def test_nf4_without_bitsandbytes_says_so(tmp_path):
+def test_nf4_without_bitsandbytes_says_so(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+
+    def pretend_missing(name, *args, **kwargs):
+        return None if name == "bitsandbytes" else real(name, *args, **kwargs)
+
     tiny_base().save_pretrained(tmp_path)
-    with pytest.raises(ImportError, match="bitsandbytes"):
+    monkeypatch.setattr(backbone_module.importlib.util, "find_spec", pretend_missing)
+    with pytest.raises(ImportError, match="needs bitsandbytes"):
         load_backbone(tmp_path, quantize="nf4")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
-def test_nf4_without_cuda_says_so(monkeypatch):
+def test_nf4_without_cuda_needs_a_recent_bitsandbytes(monkeypatch):
+    import importlib.metadata
+
     real = importlib.util.find_spec
 
     def pretend_installed(name, *args, **kwargs):
         return object() if name == "bitsandbytes" else real(name, *args, **kwargs)
 
     monkeypatch.setattr(backbone_module.importlib.util, "find_spec", pretend_installed)
-    with pytest.raises(RuntimeError, match="CUDA"):
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.45.5")
+    with pytest.raises(ImportError, match=r"bitsandbytes >= 0\.50 \(found 0\.45\.5\)"):
         nf4_quantization_config()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available(),
-    reason="needs bitsandbytes and CUDA",
-)
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 def test_nf4_config_is_qlora():
     config = nf4_quantization_config()
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"

@@ -15,10 +15,13 @@ from t4dm.bench.qwen import run_qwen_bench
 from t4dm.errors import InvalidInput
 
 
-def test_the_qwen_benchmark_runs_on_a_tiny_model(tmp_path):
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_the_qwen_benchmark_runs_on_a_tiny_model(tmp_path, quantize):
+    if quantize == "nf4":
+        pytest.importorskip("bitsandbytes")
     out = tmp_path / "bench.json"
     results = run_qwen_bench(
-        device="cpu", shape="tiny", quantize="none", context=12, new_tokens=3, repeat=1, memories=20,
+        device="cpu", shape="tiny", quantize=quantize, context=12, new_tokens=3, repeat=1, memories=20,
         workdir=str(tmp_path), json_path=str(out),
     )  # fmt: skip
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
@@ -29,6 +32,7 @@ def test_the_qwen_benchmark_runs_on_a_tiny_model(tmp_path):
     )
     assert results["train"]["step_ms"] > 0 and results["train"]["tokens"] == 12
     assert results["unified"]["trainable"]["lora"] > 0 and results["parameters"] > 0
+    assert results["quantize"] == quantize
     assert list(tmp_path.iterdir()) == [out]  # the random checkpoint and the store are gone
 
 
