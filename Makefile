@@ -15,13 +15,13 @@ $(PY):
 TORCH_PIN ?= torch==2.13.0 triton==3.8.0
 
 # Re-install when the project's requirements change.
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install $(TORCH_PIN)
-	$(PIP) install -e '.[dev,kernels,embed,viz,model]'
+$(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -c constraints.txt $(TORCH_PIN)
+	$(PIP) install -c constraints.txt -e '.[dev,kernels,embed,viz,model]'
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PIP) install -e '.[dev,kernels,embed,viz,model,bench]'
+	$(PIP) install -c constraints.txt -e '.[dev,kernels,embed,viz,model,bench]'
 	touch $@
 
 install: $(VENV)/.installed
