@@ -4,7 +4,8 @@ Four layers, as in every kernel file here:
 
 1. ``_lif_fwd_kernel``, ``_lif_fwd_fixup_kernel``, ``_lif_bwd_kernel``, ``_lif_bwd_carry_kernel`` (Triton);
 2. the host launchers :func:`lif_fwd` and :func:`lif_bwd`;
-3. :class:`LIFFunction` (``torch.autograd.Function``);
+3. the operators ``torch.ops.t4dm.lif_fwd`` / ``lif_bwd`` (``torch.library.custom_op``: fake shapes for
+   torch.compile, the backward registered with the forward);
 4. the public :func:`lif_multistep`, which checks its inputs, runs the PyTorch reference
    (:mod:`t4dm.kernels.lif.naive`) on the CPU and the kernels on CUDA.
 
@@ -56,7 +57,6 @@ from .naive import SURROGATES, lif_multistep_naive
 
 __all__ = [
     "LIFConfig",
-    "LIFFunction",
     "choose_config",
     "lif_bwd",
     "lif_fwd",
@@ -594,66 +594,132 @@ def lif_bwd(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 3. autograd.Function
+# 3. Operators (torch.library)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class LIFFunction(torch.autograd.Function):
-    """``(x [P, T, Q], v0 [P, Q] float32 or None) -> (spikes [P, T, Q], v_final [P, Q] float32)``."""
+# The launchers as PyTorch operators (``torch.ops.t4dm.lif_fwd`` / ``lif_bwd``): torch.compile and torch.export
+# see one opaque call with known output shapes (``register_fake``) instead of tracing into Triton launches, and
+# the backward is registered with the forward (``register_autograd``). The launch shape travels as plain ints.
 
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
-        x: torch.Tensor,
-        v0: torch.Tensor | None,
-        tau: float,
-        v_threshold: float,
-        v_reset: float | None,
-        decay_input: bool,
-        surrogate: str,
-        alpha: float,
-        detach_reset: bool,
-        config: LIFConfig,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        save = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        spikes, v_final, ckpt = lif_fwd(
-            x,
-            v0,
-            tau=tau,
-            v_threshold=v_threshold,
-            v_reset=v_reset,
-            decay_input=decay_input,
-            save_checkpoints=save,
-            config=config,
-        )
-        if save:
-            ctx.save_for_backward(x, ckpt)
-        ctx.params = (tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, config)
-        ctx.has_v0 = v0 is not None
-        ctx.set_materialize_grads(False)
-        return spikes, v_final
 
-    @staticmethod
-    def backward(ctx, grad_spikes: torch.Tensor | None, grad_v_final: torch.Tensor | None):  # type: ignore[override]
-        x, ckpt = ctx.saved_tensors
-        tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, config = ctx.params
-        if grad_spikes is None:
-            grad_spikes = torch.zeros_like(x)
-        grad_x, grad_v0 = lif_bwd(
-            x,
-            ckpt,
-            grad_spikes.contiguous(),
-            None if grad_v_final is None else grad_v_final.float().contiguous(),
-            tau=tau,
-            v_threshold=v_threshold,
-            v_reset=v_reset,
-            decay_input=decay_input,
-            surrogate=surrogate,
-            alpha=alpha,
-            detach_reset=detach_reset,
-            config=config,
+def _config_args(config: LIFConfig) -> tuple[int, int, int, int | None, int]:
+    return config.block, config.num_warps, config.sub, config.chunk, config.warmup
+
+
+@torch.library.custom_op("t4dm::lif_fwd", mutates_args=())
+def _lif_fwd_op(
+    x: torch.Tensor,
+    v0: torch.Tensor | None,
+    tau: float,
+    v_threshold: float,
+    v_reset: float | None,
+    decay_input: bool,
+    surrogate: str,
+    alpha: float,
+    detach_reset: bool,
+    save_checkpoints: bool,
+    block: int,
+    num_warps: int,
+    sub: int,
+    chunk: int | None,
+    warmup: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``lif_fwd`` as an operator (``surrogate``, ``alpha``, ``detach_reset`` are for its backward); without
+    checkpoints the third output is empty ``[0]``."""
+    config = LIFConfig(block=block, num_warps=num_warps, sub=sub, chunk=chunk, warmup=warmup)
+    spikes, v_final, ckpt = lif_fwd(
+        x,
+        v0,
+        tau=tau,
+        v_threshold=v_threshold,
+        v_reset=v_reset,
+        decay_input=decay_input,
+        save_checkpoints=save_checkpoints,
+        config=config,
+    )
+    return spikes, v_final, ckpt if ckpt is not None else x.new_empty(0, dtype=torch.float32)
+
+
+@_lif_fwd_op.register_fake
+def _(
+    x, v0, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, save_checkpoints, *config
+):
+    P, T, Q = x.shape
+    sub = config[2]
+    ckpt_shape = (P, (T + sub - 1) // sub, Q) if save_checkpoints else (0,)
+    return (
+        x.new_empty((P, T, Q)),
+        x.new_empty((P, Q), dtype=torch.float32),
+        x.new_empty(ckpt_shape, dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("t4dm::lif_bwd", mutates_args=())
+def _lif_bwd_op(
+    x: torch.Tensor,
+    ckpt: torch.Tensor,
+    grad_spikes: torch.Tensor,
+    grad_v_final: torch.Tensor | None,
+    tau: float,
+    v_threshold: float,
+    v_reset: float | None,
+    decay_input: bool,
+    surrogate: str,
+    alpha: float,
+    detach_reset: bool,
+    block: int,
+    num_warps: int,
+    sub: int,
+    chunk: int | None,
+    warmup: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lif_bwd`` as an operator: ``(grad_x, grad_v0)``."""
+    config = LIFConfig(block=block, num_warps=num_warps, sub=sub, chunk=chunk, warmup=warmup)
+    return lif_bwd(
+        x,
+        ckpt,
+        grad_spikes.contiguous(),
+        None if grad_v_final is None else grad_v_final.float().contiguous(),
+        tau=tau,
+        v_threshold=v_threshold,
+        v_reset=v_reset,
+        decay_input=decay_input,
+        surrogate=surrogate,
+        alpha=alpha,
+        detach_reset=detach_reset,
+        config=config,
+    )
+
+
+@_lif_bwd_op.register_fake
+def _(x, ckpt, grad_spikes, grad_v_final, *args):
+    P, _, Q = x.shape
+    return torch.empty_like(x), x.new_empty((P, Q), dtype=torch.float32)
+
+
+def _lif_setup_context(ctx, inputs, output) -> None:
+    x, v0, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, save, *config = inputs
+    ctx.save_for_backward(x, output[2])
+    ctx.has_v0 = v0 is not None
+    ctx.saved_checkpoints = save
+    ctx.params = (tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, *config)
+
+
+def _lif_backward(ctx, grad_spikes, grad_v_final, _grad_ckpt):
+    if not ctx.saved_checkpoints:
+        raise RuntimeError(
+            "t4dm::lif_fwd ran with save_checkpoints=False, so it cannot be differentiated; lif_multistep saves "
+            "them whenever x or v0 requires a gradient"
         )
-        return grad_x, (grad_v0 if ctx.has_v0 else None), None, None, None, None, None, None, None, None
+    x, ckpt = ctx.saved_tensors
+    if grad_spikes is None:
+        grad_spikes = torch.zeros_like(x)
+    grad_x, grad_v0 = _lif_bwd_op(x, ckpt, grad_spikes, grad_v_final, *ctx.params)
+    return grad_x, (grad_v0 if ctx.has_v0 else None), *([None] * 13)
+
+
+_lif_fwd_op.register_autograd(_lif_backward, setup_context=_lif_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -665,7 +731,8 @@ _MIN_INNER = 16
 
 
 def _check_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # comparisons rather than math.isfinite: torch.compile with dynamic shapes may hand us a symbolic float
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -math.inf < value < math.inf:
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
     return float(value)
 
@@ -751,8 +818,19 @@ def _lif_triton(
     v03 = None if v03 is None else v03.contiguous()
     if config is None:
         config = choose_config(T, x3.shape[0], x3.shape[2], tau)
-    spikes, v_final = LIFFunction.apply(
-        x3, v03, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, config
+    save = torch.is_grad_enabled() and (x3.requires_grad or (v03 is not None and v03.requires_grad))
+    spikes, v_final, _ = _lif_fwd_op(
+        x3,
+        v03,
+        tau,
+        v_threshold,
+        v_reset,
+        decay_input,
+        surrogate,
+        alpha,
+        detach_reset,
+        save,
+        *_config_args(config),
     )
     if transposed:
         spikes = spikes.reshape(T, P, Q).transpose(0, 1)

@@ -376,6 +376,62 @@ def test_config_checks() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the operators (torch.library): opcheck, and torch.compile in one graph
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("v_reset", [0.0, None], ids=["hard", "soft"])
+def test_operators_pass_opcheck(v_reset: float | None) -> None:
+    """Schema, fake (meta) shapes, the registered autograd and AOT dispatch, as torch.library checks them."""
+    x = make_input((2, 27, 20), seed=31).requires_grad_()  # T not a multiple of sub
+    v0 = (make_input((2, 20), seed=32) * 0.5).requires_grad_()
+    config = (32, 1, 8, 8, 8)  # block, num_warps, sub, chunk, warmup: three chunks with a fix-up
+    args = (x, v0, 2.0, 1.0, v_reset, True, "atan", 2.0, False, True, *config)
+    torch.library.opcheck(fused._lif_fwd_op, args)
+    _, _, ckpt = fused._lif_fwd_op(*args)
+    grad = make_input((2, 27, 20), seed=33)
+    bwd_args = (
+        x.detach(),
+        ckpt.detach(),
+        grad,
+        v0.detach(),
+        2.0,
+        1.0,
+        v_reset,
+        True,
+        "atan",
+        2.0,
+        False,
+        *config,
+    )
+    torch.library.opcheck(fused._lif_bwd_op, bwd_args)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compiles_in_one_graph_and_matches_the_reference(dynamic: bool) -> None:
+    """torch.compile(fullgraph=True) through the Triton path: no graph break, forward and backward as eager."""
+    torch._dynamo.reset()
+    config = LIFConfig(block=32, chunk=8, warmup=8)
+
+    def run(x: torch.Tensor, v0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return fused.lif_multistep_impl(x, v0=v0, time_dim=1, backend="triton", config=config)
+
+    compiled = torch.compile(run, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    for T in (24, 40):  # a second length: one graph with dynamic shapes, a recompile without
+        x = make_input((2, T, 20), seed=T)
+        v0 = make_input((2, 20), seed=T + 1) * 0.5
+        xc, vc = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        spikes, v_final = compiled(xc, vc)
+        (spikes.sum() + v_final.square().sum()).backward()
+        xr, vr = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        ref_spikes, ref_v = lif_multistep_naive(xr.transpose(0, 1), v0=vr)
+        (ref_spikes.sum() + ref_v.square().sum()).backward()
+        assert_spikes_equal(spikes, ref_spikes.transpose(0, 1))
+        assert rel_err(v_final, ref_v) <= 1e-5
+        assert rel_err(xc.grad, xr.grad) <= 1e-5 and rel_err(vc.grad, vr.grad) <= 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # the kernels compile for Hopper (catches what the interpreter lets through); needs no GPU
 # ----------------------------------------------------------------------------------------------------------------
 
