@@ -65,6 +65,42 @@ class Chunks:
         self.chunk_offsets = torch.as_tensor(offsets.astype(np.int32), device=device)
         self.intra_grid = (self.n_chunks, 1)
 
+    @classmethod
+    def from_parts(
+        cls,
+        B: int,
+        T: int,
+        BT: int,
+        cu_seqlens: torch.Tensor | None,
+        chunk_indices: torch.Tensor | None,
+        chunk_offsets: torch.Tensor | None,
+    ) -> Chunks:
+        """The chunks again from the tensors of an earlier :class:`Chunks` (``cu_seqlens`` int32,
+        ``chunk_indices``, ``chunk_offsets``), without reading anything back to the host: how the kernels'
+        operators, which take tensors and numbers only, rebuild what their caller built once."""
+        if cu_seqlens is None or chunk_indices is None or chunk_offsets is None:
+            return cls(B, T, BT, None)
+        chunks = cls.__new__(cls)
+        chunks.cu_seqlens, chunks.chunk_indices, chunks.chunk_offsets = (
+            cu_seqlens,
+            chunk_indices,
+            chunk_offsets,
+        )
+        chunks.n_seq, chunks.n_chunks = cu_seqlens.shape[0] - 1, chunk_indices.shape[0]
+        chunks.intra_grid = (chunks.n_chunks, 1)
+        return chunks
+
+    def parts(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(cu_seqlens, chunk_indices, chunk_offsets)``, for :meth:`from_parts`."""
+        return self.cu_seqlens, self.chunk_indices, self.chunk_offsets
+
+    @staticmethod
+    def sizes(B: int, T: int, BT: int, cu_seqlens: torch.Tensor | None, chunk_indices: torch.Tensor | None):  # type: ignore[no-untyped-def]
+        """``(n_seq, n_chunks)`` from shapes alone (the operators' fake implementations use it)."""
+        if cu_seqlens is None or chunk_indices is None:
+            return B, B * ((T + BT - 1) // BT)
+        return cu_seqlens.shape[0] - 1, chunk_indices.shape[0]
+
 
 def per_sequence(fn, tokens, shared, initial_state, output_final_state, cu_seqlens, **options):  # type: ignore[no-untyped-def]
     """The PyTorch path of a packed batch: ``fn(*token_slices, *shared, initial_state_n, output_final_state,

@@ -53,6 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import check_number
 from .naive import SURROGATES, lif_multistep_naive
 
 __all__ = [
@@ -730,13 +731,6 @@ _lif_fwd_op.register_autograd(_lif_backward, setup_context=_lif_setup_context)
 _MIN_INNER = 16
 
 
-def _check_number(name: str, value: object) -> float:
-    # comparisons rather than math.isfinite: torch.compile with dynamic shapes may hand us a symbolic float
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -math.inf < value < math.inf:
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
-
-
 def _check_inputs(
     x: object,
     tau: object,
@@ -762,15 +756,15 @@ def _check_inputs(
     time_dim %= x.dim()
     if x.shape[time_dim] == 0:
         raise ValueError(f"x has an empty time axis (time_dim={time_dim}, shape {tuple(x.shape)})")
-    tau_f = _check_number("tau", tau)
+    tau_f = check_number("tau", tau)
     if tau_f <= 1.0:
         raise ValueError(f"tau must be > 1 (the membrane keeps 1 - 1/tau of itself per step), got {tau!r}")
-    _check_number("v_threshold", v_threshold)
+    check_number("v_threshold", v_threshold)
     if v_reset is not None:
-        _check_number("v_reset", v_reset)
+        check_number("v_reset", v_reset)
     if not isinstance(surrogate, str) or surrogate not in SURROGATES:
         raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
-    if _check_number("alpha", alpha) <= 0:
+    if check_number("alpha", alpha) <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
     if v0 is not None:
         expected = tuple(x.shape[:time_dim] + x.shape[time_dim + 1 :])

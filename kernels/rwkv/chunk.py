@@ -1,4 +1,4 @@
-"""Chunked RWKV-6 in Triton: forward, backward and the autograd ``Function``.
+"""Chunked RWKV-6 in Triton: forward, backward and their operators (``torch.ops.t4dm.rwkv6_fwd`` / ``_bwd``).
 
 Inside a chunk of BT tokens, with gi / ge the inclusive / exclusive cumulative sums of w from the chunk
 start (pre-multiplied by log2(e), so every exponential is one ``exp2``):
@@ -39,7 +39,7 @@ from ..spans import chunk_span, sequence_span
 from ..varlen import Chunks
 from .interface import MAX_TRITON_K, check_rwkv6_inputs
 
-__all__ = ["ChunkRWKV6Function", "chunk_rwkv6", "rwkv6_bwd", "rwkv6_fwd"]
+__all__ = ["chunk_rwkv6", "rwkv6_bwd", "rwkv6_fwd"]
 
 try:
     INTERPRET = bool(triton.knobs.runtime.interpret)
@@ -543,42 +543,113 @@ def rwkv6_bwd(
     return dr, dk, dv, dw, du, dh0
 
 
-class ChunkRWKV6Function(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx, r, k, v, w, u, scale, initial_state, output_final_state, chunk_size, block_v, cu_seqlens
-    ):
-        r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
-        if initial_state is not None:
-            initial_state = initial_state.contiguous()
-        save_states = any(ctx.needs_input_grad[:5]) or ctx.needs_input_grad[6]
-        chunks = Chunks(r.shape[0], r.shape[1], chunk_size, cu_seqlens)  # once, for both passes
-        o, ht, A, hc = rwkv6_fwd(
-            r, k, v, w, u, scale, initial_state, output_final_state, save_states, chunk_size, block_v, chunks
-        )
-        ctx.save_for_backward(r, k, v, w, u, A, hc, ht)
-        ctx.chunks = chunks
-        ctx.scale = scale
-        ctx.chunk_size = chunk_size
-        ctx.block_v = block_v
-        ctx.has_initial_state = initial_state is not None
-        ctx.initial_state_dtype = None if initial_state is None else initial_state.dtype
-        ctx.set_materialize_grads(False)
-        return o, ht
+# The launchers as PyTorch operators (``torch.ops.t4dm.rwkv6_fwd`` / ``rwkv6_bwd``): torch.compile sees one opaque
+# call with known output shapes, and the backward is registered with the forward. Outputs that a call does not
+# produce (no final state, no saved states) are empty ``[0]`` tensors. A packed batch's chunk lists are built once
+# by the caller (one host read) and passed in as tensors.
 
-    @staticmethod
-    def backward(ctx, do, dht):
-        r, k, v, w, u, A, hc, ht = ctx.saved_tensors
-        do = torch.zeros_like(v) if do is None else do.contiguous()
-        if dht is not None:
-            dht = dht.contiguous()
-        dr, dk, dv, dw, du, dh0 = rwkv6_bwd(
-            r, k, v, w, u, ctx.scale, A, hc, ht, do, dht, ctx.has_initial_state, ctx.chunk_size, ctx.block_v,
-            ctx.chunks,
-        )  # fmt: skip
-        if dh0 is not None:
-            dh0 = dh0.to(ctx.initial_state_dtype)
-        return dr, dk, dv, dw, du, None, dh0, None, None, None, None
+
+@torch.library.custom_op("t4dm::rwkv6_fwd", mutates_args=())
+def _rwkv6_fwd_op(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    scale: float,
+    initial_state: torch.Tensor | None,
+    output_final_state: bool,
+    save_states: bool,
+    chunk_size: int,
+    block_v: int | None,
+    cu_seqlens: torch.Tensor | None,
+    chunk_indices: torch.Tensor | None,
+    chunk_offsets: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(o, final state or [0], A, chunk-start states or [0])``."""
+    chunks = Chunks.from_parts(r.shape[0], r.shape[1], chunk_size, cu_seqlens, chunk_indices, chunk_offsets)
+    o, ht, A, hc = rwkv6_fwd(
+        r, k, v, w, u, scale, initial_state, output_final_state, save_states, chunk_size, block_v, chunks
+    )
+    ht = ht if ht is not None else r.new_empty(0, dtype=torch.float32)
+    hc = hc if hc is not None else r.new_empty(0, dtype=torch.float32)
+    return o, ht, A, hc
+
+
+@_rwkv6_fwd_op.register_fake
+def _(r, k, v, w, u, scale, initial_state, output_final_state, save_states, chunk_size, block_v, cu, ci, co):
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    n_seq, n_chunks = Chunks.sizes(B, T, chunk_size, cu, ci)
+    f32 = torch.float32
+    return (
+        r.new_empty(B, T, H, V),
+        r.new_empty((n_seq, H, K, V) if output_final_state else (0,), dtype=f32),
+        r.new_empty(n_chunks, H, chunk_size, chunk_size),
+        r.new_empty((n_chunks, H, K, V) if save_states else (0,), dtype=f32),
+    )
+
+
+@torch.library.custom_op("t4dm::rwkv6_bwd", mutates_args=())
+def _rwkv6_bwd_op(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    scale: float,
+    A: torch.Tensor,
+    hc: torch.Tensor,
+    ht: torch.Tensor | None,
+    do: torch.Tensor,
+    dht: torch.Tensor | None,
+    need_dh0: bool,
+    chunk_size: int,
+    block_v: int | None,
+    cu_seqlens: torch.Tensor | None,
+    chunk_indices: torch.Tensor | None,
+    chunk_offsets: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dr, dk, dv, dw, du, dh0 float32 or [0])``."""
+    chunks = Chunks.from_parts(r.shape[0], r.shape[1], chunk_size, cu_seqlens, chunk_indices, chunk_offsets)
+    dr, dk, dv, dw, du, dh0 = rwkv6_bwd(
+        r, k, v, w, u, scale, A, hc, ht, do, dht, need_dh0, chunk_size, block_v, chunks
+    )
+    return dr, dk, dv, dw, du, dh0 if dh0 is not None else r.new_empty(0, dtype=torch.float32)
+
+
+@_rwkv6_bwd_op.register_fake
+def _(r, k, v, w, u, scale, A, hc, ht, do, dht, need_dh0, chunk_size, block_v, cu, ci, co):
+    B, T, H, K = r.shape
+    n_seq, _ = Chunks.sizes(B, T, chunk_size, cu, ci)
+    dh0 = r.new_empty((n_seq, H, K, v.shape[-1]) if need_dh0 else (0,), dtype=torch.float32)
+    return (*(torch.empty_like(x) for x in (r, k, v, w, u)), dh0)
+
+
+def _rwkv6_setup_context(ctx, inputs, output) -> None:
+    r, k, v, w, u, scale, h0, output_final_state, save_states, chunk_size, block_v, *parts = inputs
+    _, ht, A, hc = output
+    ctx.save_for_backward(r, k, v, w, u, A, hc, ht if output_final_state else None, *parts)
+    ctx.options = (scale, output_final_state, save_states, chunk_size, block_v)
+    ctx.initial_state_dtype = None if h0 is None else h0.dtype
+
+
+def _rwkv6_backward(ctx, do, dht, _dA, _dhc):
+    r, k, v, w, u, A, hc, ht, *parts = ctx.saved_tensors
+    scale, output_final_state, save_states, chunk_size, block_v = ctx.options
+    if not save_states:
+        raise RuntimeError("t4dm::rwkv6_fwd ran with save_states=False, so it cannot be differentiated")
+    do = torch.zeros_like(v) if do is None else do.contiguous()
+    dht = dht.contiguous() if output_final_state and dht is not None else None
+    has_h0 = ctx.initial_state_dtype is not None
+    dr, dk, dv, dw, du, dh0 = _rwkv6_bwd_op(
+        r, k, v, w, u, scale, A, hc, ht, do, dht, has_h0, chunk_size, block_v, *parts
+    )
+    dh0 = dh0.to(ctx.initial_state_dtype) if has_h0 else None
+    return dr, dk, dv, dw, du, None, dh0, *([None] * 7)
+
+
+_rwkv6_fwd_op.register_autograd(_rwkv6_backward, setup_context=_rwkv6_setup_context)
 
 
 def chunk_rwkv6(
@@ -617,6 +688,14 @@ def chunk_rwkv6(
             f"the Triton kernels need CUDA tensors (got {r.device}); on CPU set TRITON_INTERPRET=1 "
             "before importing t4dm.kernels.rwkv.chunk, or call t4dm.kernels.rwkv6"
         )
-    return ChunkRWKV6Function.apply(
-        r, k, v, w, u, scale, initial_state, output_final_state, chunk_size, block_v, cu_seqlens
-    )
+    r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()
+    tensors = (r, k, v, w, u, initial_state)
+    save_states = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+    chunks = Chunks(r.shape[0], r.shape[1], chunk_size, cu_seqlens)  # once, for both passes
+    o, ht, _, _ = _rwkv6_fwd_op(
+        r, k, v, w, u, float(scale), initial_state, output_final_state, save_states, chunk_size, block_v,
+        *chunks.parts(),
+    )  # fmt: skip
+    return o, (ht if output_final_state else None)

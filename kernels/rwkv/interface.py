@@ -6,52 +6,28 @@ session can set ``TRITON_INTERPRET=1`` before the kernels are built.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..checks import check_scale, check_shape, check_tensor, require
 from ..varlen import check_cu_seqlens
 from .naive import naive_chunk_rwkv6, naive_rwkv6_step
 
 __all__ = ["check_rwkv6_inputs", "check_rwkv6_step_inputs", "rwkv6", "rwkv6_step"]
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The Triton kernels keep one [K, BV] state tile per program in registers.
 MAX_TRITON_K = 256
 
 
-def _check_tensor(name: str, x: object, ndim: int, layout: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise ValueError(
-            f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {x.dtype}"
-        )
-    return x
-
-
-def _check_shape(name: str, x: torch.Tensor, expected: tuple[int, ...], layout: str) -> None:
-    if tuple(x.shape) != expected:
-        raise ValueError(f"{name} must have shape {layout} = {expected}, got {tuple(x.shape)}")
-
-
-def _check_scale(scale: object, K: int) -> float:
-    if scale is None:
-        return K**-0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite float or None, got {scale!r}")
-    return float(scale)
-
-
 def _check_decay_sign(name: str, w: torch.Tensor) -> None:
     # A value check reads the tensor: on CUDA that is one small reduction and a host sync.
-    if bool((w > 0).any()):
-        raise ValueError(
+    require(
+        ~(w > 0).any(),
+        lambda: (
             f"{name} is a log decay and must be <= 0 everywhere (decay factor exp({name}) <= 1); "
             f"got a maximum of {float(w.max())}"
-        )
+        ),
+        f"{name} is a log decay and must be <= 0 everywhere",
+    )
 
 
 def check_rwkv6_inputs(
@@ -68,31 +44,31 @@ def check_rwkv6_inputs(
     """Raise ``ValueError`` naming the argument for any input ``rwkv6`` cannot take; return the scale."""
     layout = "[B, T, H, K]"
     for name, x in (("r", r), ("k", k), ("w", w)):
-        _check_tensor(name, x, 4, layout)
-    _check_tensor("v", v, 4, "[B, T, H, V]")
+        check_tensor(name, x, 4, layout)
+    check_tensor("v", v, 4, "[B, T, H, V]")
     B, T, H, K = r.shape
     V = v.shape[-1]
-    _check_shape("k", k, (B, T, H, K), layout)
-    _check_shape("w", w, (B, T, H, K), layout)
-    _check_shape("v", v, (B, T, H, V), "[B, T, H, V]")
+    check_shape("k", k, (B, T, H, K), layout)
+    check_shape("w", w, (B, T, H, K), layout)
+    check_shape("v", v, (B, T, H, V), "[B, T, H, V]")
     if T < 1 or min(B, H, K, V) < 1:
         raise ValueError(f"rwkv6 needs non-empty inputs, got r {tuple(r.shape)} and v {tuple(v.shape)}")
     for name, x in (("k", k), ("v", v), ("w", w)):
         if x.dtype != r.dtype:
             raise ValueError(f"{name}.dtype must equal r.dtype ({r.dtype}), got {x.dtype}")
-    _check_tensor("u", u, 2, "[H, K]")
-    _check_shape("u", u, (H, K), "[H, K]")
+    check_tensor("u", u, 2, "[H, K]")
+    check_shape("u", u, (H, K), "[H, K]")
     N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T, r.device)
     if initial_state is not None:
         layout = "[B, H, K, V]" if cu_seqlens is None else "[N, H, K, V] (one per sequence)"
-        _check_tensor("initial_state", initial_state, 4, layout)
-        _check_shape("initial_state", initial_state, (N, H, K, V), layout)
+        check_tensor("initial_state", initial_state, 4, layout)
+        check_shape("initial_state", initial_state, (N, H, K, V), layout)
     for name, x in (("k", k), ("v", v), ("w", w), ("u", u), ("initial_state", initial_state)):
         if x is not None and x.device != r.device:
             raise ValueError(f"{name} is on {x.device} but r is on {r.device}")
     if check_decay:
         _check_decay_sign("w", w)
-    return _check_scale(scale, K)
+    return check_scale(scale, K)
 
 
 def check_rwkv6_step_inputs(
@@ -108,26 +84,26 @@ def check_rwkv6_step_inputs(
     """Raise ``ValueError`` for any input ``rwkv6_step`` cannot take; return the scale."""
     layout = "[B, H, K]"
     for name, x in (("r", r), ("k", k), ("w", w)):
-        _check_tensor(name, x, 3, layout)
-    _check_tensor("v", v, 3, "[B, H, V]")
+        check_tensor(name, x, 3, layout)
+    check_tensor("v", v, 3, "[B, H, V]")
     B, H, K = r.shape
     V = v.shape[-1]
-    _check_shape("k", k, (B, H, K), layout)
-    _check_shape("w", w, (B, H, K), layout)
-    _check_shape("v", v, (B, H, V), "[B, H, V]")
+    check_shape("k", k, (B, H, K), layout)
+    check_shape("w", w, (B, H, K), layout)
+    check_shape("v", v, (B, H, V), "[B, H, V]")
     for name, x in (("k", k), ("v", v), ("w", w)):
         if x.dtype != r.dtype:
             raise ValueError(f"{name}.dtype must equal r.dtype ({r.dtype}), got {x.dtype}")
-    _check_tensor("u", u, 2, "[H, K]")
-    _check_shape("u", u, (H, K), "[H, K]")
-    _check_tensor("state", state, 4, "[B, H, K, V]")
-    _check_shape("state", state, (B, H, K, V), "[B, H, K, V]")
+    check_tensor("u", u, 2, "[H, K]")
+    check_shape("u", u, (H, K), "[H, K]")
+    check_tensor("state", state, 4, "[B, H, K, V]")
+    check_shape("state", state, (B, H, K, V), "[B, H, K, V]")
     for name, x in (("k", k), ("v", v), ("w", w), ("u", u), ("state", state)):
         if x.device != r.device:
             raise ValueError(f"{name} is on {x.device} but r is on {r.device}")
     if check_decay:
         _check_decay_sign("w", w)
-    return _check_scale(scale, K)
+    return check_scale(scale, K)
 
 
 def _use_triton(x: torch.Tensor) -> bool:

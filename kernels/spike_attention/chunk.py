@@ -1,4 +1,4 @@
-"""Chunked spike attention in Triton: forward, backward and the autograd ``Function``.
+"""Chunked spike attention in Triton: forward, backward, their operators (``torch.ops.t4dm.spike_attention_*``).
 
 With a per-head decay ``gamma = 2^ld`` (``ld = log_decay * log2(e)``), a chunk of ``n <= BT`` tokens at
 positions ``i`` entering with state ``h`` (``[D, V]``)::
@@ -37,7 +37,6 @@ from ..varlen import Chunks
 from .interface import MAX_TRITON_D, check_spike_attention_inputs
 
 __all__ = [
-    "ChunkSpikeAttentionFunction",
     "chunk_spike_attention",
     "spike_attention_bwd",
     "spike_attention_fwd",
@@ -351,52 +350,113 @@ def spike_attention_bwd(
     return dq, dk, dv, dld.sum((0, 1)).to(log_decay.dtype), dh0
 
 
-class ChunkSpikeAttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx, q, k, v, log_decay, scale, initial_state, output_final_state, chunk_size, block_v, cu_seqlens
-    ):
-        q, k, v, log_decay = (x.contiguous() for x in (q, k, v, log_decay))
-        if initial_state is not None:
-            initial_state = initial_state.contiguous()
-        save_states = any(ctx.needs_input_grad[:4]) or ctx.needs_input_grad[5]
-        chunks = Chunks(q.shape[0], q.shape[1], chunk_size, cu_seqlens)  # once, for both passes
-        o, ht, hc = spike_attention_fwd(
-            q, k, v, log_decay, scale, initial_state, output_final_state, save_states, chunk_size, block_v,
-            chunks,
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, v, log_decay, hc)
-        ctx.chunks = chunks
-        ctx.scale = scale
-        ctx.chunk_size = chunk_size
-        ctx.block_v = block_v
-        ctx.initial_state_dtype = None if initial_state is None else initial_state.dtype
-        ctx.set_materialize_grads(False)
-        return o, ht
+# The launchers as PyTorch operators (``torch.ops.t4dm.spike_attention_fwd`` / ``_bwd``): torch.compile sees one
+# opaque call with known output shapes, and the backward is registered with the forward. Outputs that a call
+# does not produce (no final state, no saved states) are empty ``[0]`` tensors. A packed batch's chunk lists are
+# built once by the caller (one host read) and passed in as tensors.
 
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, log_decay, hc = ctx.saved_tensors
-        do = torch.zeros_like(v) if do is None else do.contiguous()
-        if dht is not None:
-            dht = dht.contiguous()
-        dq, dk, dv, dld, dh0 = spike_attention_bwd(
-            q,
-            k,
-            v,
-            log_decay,
-            ctx.scale,
-            hc,
-            do,
-            dht,
-            ctx.initial_state_dtype is not None,
-            ctx.chunk_size,
-            ctx.block_v,
-            ctx.chunks,
+
+@torch.library.custom_op("t4dm::spike_attention_fwd", mutates_args=())
+def _spike_attention_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    scale: float,
+    initial_state: torch.Tensor | None,
+    output_final_state: bool,
+    save_states: bool,
+    chunk_size: int,
+    block_v: int | None,
+    cu_seqlens: torch.Tensor | None,
+    chunk_indices: torch.Tensor | None,
+    chunk_offsets: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(o, final state or [0], chunk-start states or [0])``."""
+    chunks = Chunks.from_parts(q.shape[0], q.shape[1], chunk_size, cu_seqlens, chunk_indices, chunk_offsets)
+    o, ht, hc = spike_attention_fwd(
+        q, k, v, log_decay, scale, initial_state, output_final_state, save_states, chunk_size, block_v, chunks
+    )
+    ht = ht if ht is not None else q.new_empty(0, dtype=torch.float32)
+    hc = hc if hc is not None else q.new_empty(0, dtype=torch.float32)
+    return o, ht, hc
+
+
+@_spike_attention_fwd_op.register_fake
+def _(
+    q, k, v, log_decay, scale, initial_state, output_final_state, save_states, chunk_size, block_v, cu, ci, co
+):
+    B, T, H, D = q.shape
+    V = v.shape[-1]
+    n_seq, n_chunks = Chunks.sizes(B, T, chunk_size, cu, ci)
+    f32 = torch.float32
+    return (
+        q.new_empty(B, T, H, V),
+        q.new_empty((n_seq, H, D, V) if output_final_state else (0,), dtype=f32),
+        q.new_empty((n_chunks, H, D, V) if save_states else (0,), dtype=f32),
+    )
+
+
+@torch.library.custom_op("t4dm::spike_attention_bwd", mutates_args=())
+def _spike_attention_bwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    scale: float,
+    hc: torch.Tensor,
+    do: torch.Tensor,
+    dht: torch.Tensor | None,
+    need_dh0: bool,
+    chunk_size: int,
+    block_v: int | None,
+    cu_seqlens: torch.Tensor | None,
+    chunk_indices: torch.Tensor | None,
+    chunk_offsets: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv, d_log_decay, dh0 float32 or [0])``."""
+    chunks = Chunks.from_parts(q.shape[0], q.shape[1], chunk_size, cu_seqlens, chunk_indices, chunk_offsets)
+    dq, dk, dv, dld, dh0 = spike_attention_bwd(
+        q, k, v, log_decay, scale, hc, do, dht, need_dh0, chunk_size, block_v, chunks
+    )
+    return dq, dk, dv, dld, dh0 if dh0 is not None else q.new_empty(0, dtype=torch.float32)
+
+
+@_spike_attention_bwd_op.register_fake
+def _(q, k, v, log_decay, scale, hc, do, dht, need_dh0, chunk_size, block_v, cu, ci, co):
+    B, T, H, D = q.shape
+    n_seq, _ = Chunks.sizes(B, T, chunk_size, cu, ci)
+    dh0 = q.new_empty((n_seq, H, D, v.shape[-1]) if need_dh0 else (0,), dtype=torch.float32)
+    return (*(torch.empty_like(x) for x in (q, k, v, log_decay)), dh0)
+
+
+def _spike_attention_setup_context(ctx, inputs, output) -> None:
+    q, k, v, log_decay, scale, h0, output_final_state, save_states, chunk_size, block_v, *parts = inputs
+    ctx.save_for_backward(q, k, v, log_decay, output[2], *parts)
+    ctx.options = (scale, output_final_state, save_states, chunk_size, block_v)
+    ctx.initial_state_dtype = None if h0 is None else h0.dtype
+
+
+def _spike_attention_backward(ctx, do, dht, _dhc):
+    q, k, v, log_decay, hc, *parts = ctx.saved_tensors
+    scale, output_final_state, save_states, chunk_size, block_v = ctx.options
+    if not save_states:
+        raise RuntimeError(
+            "t4dm::spike_attention_fwd ran with save_states=False, so it cannot be differentiated"
         )
-        if dh0 is not None:
-            dh0 = dh0.to(ctx.initial_state_dtype)
-        return dq, dk, dv, dld, None, dh0, None, None, None, None
+    do = torch.zeros_like(v) if do is None else do.contiguous()
+    dht = dht.contiguous() if output_final_state and dht is not None else None
+    has_h0 = ctx.initial_state_dtype is not None
+    dq, dk, dv, dld, dh0 = _spike_attention_bwd_op(
+        q, k, v, log_decay, scale, hc, do, dht, has_h0, chunk_size, block_v, *parts
+    )
+    dh0 = dh0.to(ctx.initial_state_dtype) if has_h0 else None
+    return dq, dk, dv, dld, None, dh0, *([None] * 7)
+
+
+_spike_attention_fwd_op.register_autograd(
+    _spike_attention_backward, setup_context=_spike_attention_setup_context
+)
 
 
 def chunk_spike_attention(
@@ -434,6 +494,14 @@ def chunk_spike_attention(
             f"the Triton kernels need CUDA tensors (got {q.device}); on CPU set TRITON_INTERPRET=1 "
             "before importing t4dm.kernels.spike_attention.chunk, or call t4dm.kernels.spike_attention"
         )
-    return ChunkSpikeAttentionFunction.apply(
-        q, k, v, log_decay, scale, initial_state, output_final_state, chunk_size, block_v, cu_seqlens
-    )
+    q, k, v, log_decay = (x.contiguous() for x in (q, k, v, log_decay))
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()
+    tensors = (q, k, v, log_decay, initial_state)
+    save_states = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+    chunks = Chunks(q.shape[0], q.shape[1], chunk_size, cu_seqlens)  # once, for both passes
+    o, ht, _ = _spike_attention_fwd_op(
+        q, k, v, log_decay, float(scale), initial_state, output_final_state, save_states, chunk_size, block_v,
+        *chunks.parts(),
+    )  # fmt: skip
+    return o, (ht if output_final_state else None)

@@ -6,10 +6,9 @@ session can set ``TRITON_INTERPRET=1`` before the kernels are built.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..checks import check_scale, check_shape, check_tensor, require
 from ..varlen import check_cu_seqlens
 from .naive import naive_chunk_spike_attention, naive_spike_attention_step
 
@@ -20,46 +19,24 @@ __all__ = [
     "spike_attention_step",
 ]
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The Triton kernels keep one [D, BV] state tile per program in registers.
 MAX_TRITON_D = 256
 
 
-def _check_tensor(name: str, x: object, ndim: int, layout: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise ValueError(
-            f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {x.dtype}"
-        )
-    return x
-
-
-def _check_shape(name: str, x: torch.Tensor, expected: tuple[int, ...], layout: str) -> None:
-    if tuple(x.shape) != expected:
-        raise ValueError(f"{name} must have shape {layout} = {expected}, got {tuple(x.shape)}")
-
-
-def _check_scale(scale: object, D: int) -> float:
-    if scale is None:
-        return D**-0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite float or None, got {scale!r}")
-    return float(scale)
-
-
 def _check_log_decay(log_decay: torch.Tensor, H: int, device: torch.device, check_decay: bool) -> None:
-    _check_tensor("log_decay", log_decay, 1, "[H]")
-    _check_shape("log_decay", log_decay, (H,), "[H]")
+    check_tensor("log_decay", log_decay, 1, "[H]")
+    check_shape("log_decay", log_decay, (H,), "[H]")
     if log_decay.device != device:
         raise ValueError(f"log_decay is on {log_decay.device} but q is on {device}")
     # reads the H values: on CUDA one tiny kernel and a host sync
-    if check_decay and not bool((log_decay < 0).all()):
-        raise ValueError(
-            "log_decay must be < 0 for every head (decay factor exp(log_decay) < 1), "
-            f"got {log_decay.detach().cpu().tolist()}"
+    if check_decay:
+        require(
+            (log_decay < 0).all(),
+            lambda: (
+                "log_decay must be < 0 for every head (decay factor exp(log_decay) < 1), "
+                f"got {log_decay.detach().cpu().tolist()}"
+            ),
+            "log_decay must be < 0 for every head",
         )
 
 
@@ -76,13 +53,13 @@ def check_spike_attention_inputs(
     """Raise ``ValueError`` naming the argument for any input ``spike_attention`` cannot take; return
     the scale."""
     layout = "[B, T, H, D]"
-    _check_tensor("q", q, 4, layout)
-    _check_tensor("k", k, 4, layout)
-    _check_tensor("v", v, 4, "[B, T, H, V]")
+    check_tensor("q", q, 4, layout)
+    check_tensor("k", k, 4, layout)
+    check_tensor("v", v, 4, "[B, T, H, V]")
     B, T, H, D = q.shape
     V = v.shape[-1]
-    _check_shape("k", k, (B, T, H, D), layout)
-    _check_shape("v", v, (B, T, H, V), "[B, T, H, V]")
+    check_shape("k", k, (B, T, H, D), layout)
+    check_shape("v", v, (B, T, H, V), "[B, T, H, V]")
     if T < 1 or min(B, H, D, V) < 1:
         raise ValueError(
             f"spike_attention needs non-empty inputs, got q {tuple(q.shape)} and v {tuple(v.shape)}"
@@ -95,12 +72,12 @@ def check_spike_attention_inputs(
     N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T, q.device)
     if initial_state is not None:
         layout = "[B, H, D, V]" if cu_seqlens is None else "[N, H, D, V] (one per sequence)"
-        _check_tensor("initial_state", initial_state, 4, layout)
-        _check_shape("initial_state", initial_state, (N, H, D, V), layout)
+        check_tensor("initial_state", initial_state, 4, layout)
+        check_shape("initial_state", initial_state, (N, H, D, V), layout)
         if initial_state.device != q.device:
             raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}")
     _check_log_decay(log_decay, H, q.device, check_decay)
-    return _check_scale(scale, D)
+    return check_scale(scale, D)
 
 
 def check_spike_attention_step_inputs(
@@ -113,23 +90,23 @@ def check_spike_attention_step_inputs(
     check_decay: bool = True,
 ) -> float:
     """Raise ``ValueError`` for any input ``spike_attention_step`` cannot take; return the scale."""
-    _check_tensor("q", q, 3, "[B, H, D]")
-    _check_tensor("k", k, 3, "[B, H, D]")
-    _check_tensor("v", v, 3, "[B, H, V]")
+    check_tensor("q", q, 3, "[B, H, D]")
+    check_tensor("k", k, 3, "[B, H, D]")
+    check_tensor("v", v, 3, "[B, H, V]")
     B, H, D = q.shape
     V = v.shape[-1]
-    _check_shape("k", k, (B, H, D), "[B, H, D]")
-    _check_shape("v", v, (B, H, V), "[B, H, V]")
+    check_shape("k", k, (B, H, D), "[B, H, D]")
+    check_shape("v", v, (B, H, V), "[B, H, V]")
     for name, x in (("k", k), ("v", v)):
         if x.dtype != q.dtype:
             raise ValueError(f"{name}.dtype must equal q.dtype ({q.dtype}), got {x.dtype}")
-    _check_tensor("state", state, 4, "[B, H, D, V]")
-    _check_shape("state", state, (B, H, D, V), "[B, H, D, V]")
+    check_tensor("state", state, 4, "[B, H, D, V]")
+    check_shape("state", state, (B, H, D, V), "[B, H, D, V]")
     for name, x in (("k", k), ("v", v), ("state", state)):
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
     _check_log_decay(log_decay, H, q.device, check_decay)
-    return _check_scale(scale, D)
+    return check_scale(scale, D)
 
 
 def _use_triton(x: torch.Tensor) -> bool:

@@ -381,6 +381,51 @@ def test_fused_step_matches_naive_step(recurrent, nan_empty):
     assert_close("state", new_state, ref_state, 1e-5)
 
 
+@pytest.mark.parametrize("lengths", [None, [7, 20, 3]], ids=["fixed", "packed"])
+def test_operators_pass_opcheck(chunk, lengths):
+    """Schema, fake shapes, the registered autograd and AOT dispatch of torch.ops.t4dm.rwkv6_fwd / _bwd."""
+    from t4dm.kernels.varlen import Chunks
+
+    B, T = (2, 21) if lengths is None else (1, sum(lengths))
+    H, K, V, C = 2, 16, 24, 16
+    r, k, v, w, u, _ = make_inputs(B, T, H, K, V)
+    n_seq = B if lengths is None else len(lengths)
+    h0 = make_inputs(n_seq, 1, H, K, V, seed=5)[5]
+    cu = None if lengths is None else torch.tensor([0, *itertools.accumulate(lengths)], device=DEVICE)
+    parts = Chunks(B, T, C, cu).parts()
+    leaves = [x.clone().requires_grad_() for x in (r, k, v, w, u, h0)]
+    args = (*leaves[:5], K**-0.5, leaves[5], True, True, C, None, *parts)
+    torch.library.opcheck(chunk._rwkv6_fwd_op, args)
+    o, ht, A, hc = (x.detach() for x in chunk._rwkv6_fwd_op(*args))
+    do, dht = torch.randn_like(o), torch.randn_like(ht)
+    bwd_args = (r, k, v, w, u, K**-0.5, A, hc, ht, do, dht, True, C, None, *parts)
+    torch.library.opcheck(chunk._rwkv6_bwd_op, bwd_args)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compiles_in_one_graph_and_matches_the_reference(chunk, dynamic):
+    """torch.compile(fullgraph=True) through the chunked kernels, forward and backward (fixed-length
+    batches: a packed batch reads cu_seqlens on the host first, which breaks the graph)."""
+    torch._dynamo.reset()
+
+    def run(r, k, v, w, u, h0):
+        return chunk.chunk_rwkv6(r, k, v, w, u, None, h0, True, chunk_size=16)
+
+    compiled = torch.compile(run, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    for T in (21, 40):  # a second length: one graph with dynamic shapes, a recompile without
+        inputs = make_inputs(1, T, 2, 16, 16, seed=T)
+        do, dht = torch.randn(1, T, 2, 16).to(DEVICE), torch.randn(1, 2, 16, 16).to(DEVICE)
+        ref_o, ref_ht, ref_grads = reference(inputs, do, dht)
+        o, ht, grads = run_with_grads(compiled, inputs, do, dht)
+        assert_close("o", o, ref_o, 1e-4)
+        assert_close("ht", ht, ref_ht, 1e-4)
+        for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):
+            assert_close(name, grad, ref_grad, 1e-4)
+    inputs[3] = inputs[3].abs() + 0.1  # a positive log decay: the check is an assertion in the graph
+    with pytest.raises(RuntimeError, match="log decay and must be <= 0"):
+        compiled(*inputs)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Input checks
 

@@ -387,6 +387,51 @@ def test_fused_step_matches_naive_step(recurrent, nan_empty):
     assert_close("state", new_state, ref_state, 1e-5)
 
 
+@pytest.mark.parametrize("lengths", [None, [7, 20, 3]], ids=["fixed", "packed"])
+def test_operators_pass_opcheck(chunk, lengths):
+    """Schema, fake shapes, the registered autograd and AOT dispatch of torch.ops.t4dm.spike_attention_*."""
+    from t4dm.kernels.varlen import Chunks
+
+    B, T = (2, 21) if lengths is None else (1, sum(lengths))
+    H, D, V, C = 2, 16, 24, 16
+    q, k, v, ld, _ = make_inputs(B, T, H, D, V, "gaussian")
+    n_seq = B if lengths is None else len(lengths)
+    h0 = make_inputs(n_seq, 1, H, D, V, seed=5)[4]
+    cu = None if lengths is None else torch.tensor([0, *itertools.accumulate(lengths)], device=DEVICE)
+    parts = Chunks(B, T, C, cu).parts()
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, ld, h0)]
+    args = (*leaves[:4], D**-0.5, leaves[4], True, True, C, None, *parts)
+    torch.library.opcheck(chunk._spike_attention_fwd_op, args)
+    o, ht, hc = (x.detach() for x in chunk._spike_attention_fwd_op(*args))
+    do, dht = torch.randn_like(o), torch.randn_like(ht)
+    bwd_args = (q, k, v, ld, D**-0.5, hc, do, dht, True, C, None, *parts)
+    torch.library.opcheck(chunk._spike_attention_bwd_op, bwd_args)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compiles_in_one_graph_and_matches_the_reference(chunk, dynamic):
+    """torch.compile(fullgraph=True) through the chunked kernels, forward and backward (fixed-length
+    batches: a packed batch reads cu_seqlens on the host first, which breaks the graph)."""
+    torch._dynamo.reset()
+
+    def run(q, k, v, ld, h0):
+        return chunk.chunk_spike_attention(q, k, v, ld, None, h0, True, chunk_size=16)
+
+    compiled = torch.compile(run, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    for T in (21, 40):  # a second length: one graph with dynamic shapes, a recompile without
+        inputs = make_inputs(1, T, 2, 16, 16, seed=T)
+        do, dht = torch.randn(1, T, 2, 16).to(DEVICE), torch.randn(1, 2, 16, 16).to(DEVICE)
+        ref_o, ref_ht, ref_grads = reference(inputs, do, dht)
+        o, ht, grads = run_with_grads(compiled, inputs, do, dht)
+        assert_close("o", o, ref_o, 1e-4)
+        assert_close("ht", ht, ref_ht, 1e-4)
+        for name, grad, ref_grad in zip(GRAD_NAMES, grads, ref_grads, strict=True):
+            assert_close(name, grad, ref_grad, 1e-4)
+    inputs[3] = inputs[3].abs() + 0.1  # a positive log decay: the check is an assertion in the graph
+    with pytest.raises(RuntimeError, match="log_decay must be < 0"):
+        compiled(*inputs)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Input checks
 
