@@ -102,6 +102,37 @@ def fused_recurrent_spike_attention_fwd(
     return o, ht
 
 
+@torch.library.custom_op("t4dm::spike_attention_recurrent", mutates_args=())
+def _spike_attention_recurrent_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    scale: float,
+    initial_state: torch.Tensor | None,
+    output_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fused_recurrent_spike_attention_fwd` as a PyTorch operator (forward only): ``(o, final state
+    or [0])``, so that torch.compile and CUDA-graph capture of a decoding loop see one opaque call (the
+    operator's eager dispatch costs ~11 µs per call on this 2-core VM)."""
+    o, ht = fused_recurrent_spike_attention_fwd(q, k, v, log_decay, scale, initial_state, output_final_state)
+    return o, ht if ht is not None else q.new_empty(0, dtype=torch.float32)
+
+
+@_spike_attention_recurrent_op.register_fake
+def _(q, k, v, log_decay, scale, initial_state, output_final_state):
+    B, T, H, D = q.shape
+    V = v.shape[-1]
+    ht = q.new_empty((B, H, D, V) if output_final_state else (0,), dtype=torch.float32)
+    return q.new_empty(B, T, H, V), ht
+
+
+def _spike_attention_recurrent(*args) -> tuple[torch.Tensor, torch.Tensor | None]:  # type: ignore[no-untyped-def]
+    """The operator, with ``None`` for a final state not asked for."""
+    o, ht = _spike_attention_recurrent_op(*args)
+    return o, (ht if args[-1] else None)
+
+
 def _check_triton_device(q: torch.Tensor) -> None:
     if q.dtype == torch.float64:
         raise ValueError("the Triton path takes float16, bfloat16 or float32, got float64")
@@ -131,7 +162,7 @@ def fused_recurrent_spike_attention(
     q, k, v, log_decay = (x.contiguous() for x in (q, k, v, log_decay))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
-    return fused_recurrent_spike_attention_fwd(q, k, v, log_decay, scale, initial_state, output_final_state)
+    return _spike_attention_recurrent(q, k, v, log_decay, float(scale), initial_state, output_final_state)
 
 
 @torch.no_grad()
@@ -148,12 +179,12 @@ def fused_spike_attention_step(
     _check_triton_device(q)
     B, H, D = q.shape
     V = v.shape[-1]
-    o, ht = fused_recurrent_spike_attention_fwd(
+    o, ht = _spike_attention_recurrent(
         q.reshape(B, 1, H, D).contiguous(),
         k.reshape(B, 1, H, D).contiguous(),
         v.reshape(B, 1, H, V).contiguous(),
         log_decay.contiguous(),
-        scale,
+        float(scale),
         state.contiguous(),
         True,
     )

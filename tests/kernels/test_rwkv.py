@@ -402,6 +402,22 @@ def test_operators_pass_opcheck(chunk, lengths):
     torch.library.opcheck(chunk._rwkv6_bwd_op, bwd_args)
 
 
+@pytest.mark.parametrize("final", [True, False], ids=["final-state", "no-final-state"])
+def test_recurrent_operator_passes_opcheck_and_compiles(recurrent, final):
+    """torch.ops.t4dm.rwkv6_recurrent (forward only): opcheck, and a compiled decoding step in one graph."""
+    r, k, v, w, u, h0 = make_inputs(2, 5, 2, 16, 24)
+    torch.library.opcheck(recurrent._rwkv6_recurrent_op, (r, k, v, w, u, 0.25, h0, final))
+    torch.library.opcheck(recurrent._rwkv6_recurrent_op, (r, k, v, w, u, 0.25, None, final))
+    torch._dynamo.reset()
+    step = torch.compile(recurrent.fused_rwkv6_step, fullgraph=True, backend="aot_eager")
+    o, state = step(r[:, 0], k[:, 0], v[:, 0], w[:, 0], u, h0, 0.25)
+    ref_o, ref_state = naive_rwkv6_step(
+        *(x.double() for x in (r[:, 0], k[:, 0], v[:, 0], w[:, 0], u, h0)), 0.25
+    )
+    assert_close("o", o, ref_o, 1e-5)
+    assert_close("state", state, ref_state, 1e-5)
+
+
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_compiles_in_one_graph_and_matches_the_reference(chunk, dynamic):
     """torch.compile(fullgraph=True) through the chunked kernels, forward and backward (fixed-length

@@ -408,6 +408,22 @@ def test_operators_pass_opcheck(chunk, lengths):
     torch.library.opcheck(chunk._spike_attention_bwd_op, bwd_args)
 
 
+@pytest.mark.parametrize("final", [True, False], ids=["final-state", "no-final-state"])
+def test_recurrent_operator_passes_opcheck_and_compiles(recurrent, final):
+    """torch.ops.t4dm.spike_attention_recurrent (forward only): opcheck, and a compiled decoding step."""
+    q, k, v, ld, h0 = make_inputs(2, 5, 2, 16, 24, "gaussian")
+    torch.library.opcheck(recurrent._spike_attention_recurrent_op, (q, k, v, ld, 0.25, h0, final))
+    torch.library.opcheck(recurrent._spike_attention_recurrent_op, (q, k, v, ld, 0.25, None, final))
+    torch._dynamo.reset()
+    step = torch.compile(recurrent.fused_spike_attention_step, fullgraph=True, backend="aot_eager")
+    o, state = step(q[:, 0], k[:, 0], v[:, 0], ld, h0, 0.25)
+    ref_o, ref_state = naive_spike_attention_step(
+        *(x.double() for x in (q[:, 0], k[:, 0], v[:, 0], ld, h0)), 0.25
+    )
+    assert_close("o", o, ref_o, 1e-5)
+    assert_close("state", state, ref_state, 1e-5)
+
+
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_compiles_in_one_graph_and_matches_the_reference(chunk, dynamic):
     """torch.compile(fullgraph=True) through the chunked kernels, forward and backward (fixed-length
