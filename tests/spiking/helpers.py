@@ -54,3 +54,46 @@ def run_in_chunks(
             outputs.append(out.hidden)
             start += size
     return torch.cat(outputs, dim=1), state
+
+
+def triton_ops():
+    """:class:`~t4dm.spiking.ops.SpikingOps` that run the Triton paths on any device: on the CPU under
+    ``TRITON_INTERPRET=1`` (set by tests/conftest.py), at small sizes."""
+    from t4dm.kernels.lif import fused
+    from t4dm.kernels.rwkv.chunk import chunk_rwkv6
+    from t4dm.kernels.rwkv.fused_recurrent import fused_rwkv6_step
+    from t4dm.kernels.spike_attention.chunk import chunk_spike_attention
+    from t4dm.kernels.spike_attention.fused_recurrent import fused_spike_attention_step
+    from t4dm.spiking.ops import SpikingOps
+
+    def lif(x, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, surrogate="sigmoid", alpha=4.0,
+            detach_reset=False, time_dim=0, v0=None, return_membrane=False):  # fmt: skip
+        spikes, v_final = fused.lif_multistep_impl(
+            x,
+            tau,
+            v_threshold,
+            v_reset,
+            decay_input,
+            surrogate,
+            alpha,
+            detach_reset,
+            time_dim,
+            v0,
+            backend="triton",
+        )
+        return (spikes, v_final) if return_membrane else spikes
+
+    def attention(q, k, v, ld, scale=None, *, initial_state=None, output_final_state=False, check_decay=True):
+        o, ht = chunk_spike_attention(q, k, v, ld, scale, initial_state, output_final_state)
+        return (o, ht) if output_final_state else o
+
+    def attention_step(q, k, v, ld, state, scale=None, *, check_decay=True):
+        return fused_spike_attention_step(q, k, v, ld, state, q.shape[-1] ** -0.5 if scale is None else scale)
+
+    def rwkv(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, *, check_decay=True):
+        return chunk_rwkv6(r, k, v, w, u, scale, initial_state, output_final_state)
+
+    def rwkv_step(r, k, v, w, u, state, scale=None, *, check_decay=True):
+        return fused_rwkv6_step(r, k, v, w, u, state, r.shape[-1] ** -0.5 if scale is None else scale)
+
+    return SpikingOps(lif, attention, attention_step, rwkv, rwkv_step, name="triton")
