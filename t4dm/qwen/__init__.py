@@ -24,6 +24,8 @@ _EXPORTS = {
     "nf4_quantization_config": "backbone",
     "repacked_nf4_layers": "backbone",
     "checkpoint_memory": "checkpoint",
+    "ModelEmbedder": "embedder",
+    "encode_text": "embedder",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "QWEN25_3B": "config",

@@ -42,7 +42,13 @@ def _snapshot_memory(model: UnifiedModel, folder: str) -> dict[str, Any] | None:
     memory = model.memory
     if memory is None:
         return None
-    note: dict[str, Any] = {"kind": memory.kind, "k": memory.k, "dim": memory.dim, "snapshot": None}
+    note: dict[str, Any] = {
+        "kind": memory.kind,
+        "k": memory.k,
+        "dim": memory.dim,
+        "where": memory.where,
+        "snapshot": None,
+    }
     backup = getattr(memory.store, "backup", None)
     if callable(backup):
         target = os.path.join(folder, MEMORY_FOLDER)

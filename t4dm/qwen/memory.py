@@ -42,10 +42,19 @@ class ModelMemory:
         k: memories retrieved per sequence.
         gate: the τ(t) write gate (default :data:`DEFAULT_MODEL_GATE`).
         kind: the item kind written and searched (``"episode"``).
+        where: a scope, field name → value (e.g. ``{"user_id": "alice"}``, as the memory SDK stores it):
+            reads and the novelty search see only items whose fields match, and written episodes carry it.
     """
 
     def __init__(
-        self, store: Any, dim: int, *, k: int = 4, gate: WriteGate | None = None, kind: str = "episode"
+        self,
+        store: Any,
+        dim: int,
+        *,
+        k: int = 4,
+        gate: WriteGate | None = None,
+        kind: str = "episode",
+        where: Mapping[str, Any] | None = None,
     ) -> None:
         store_dim = getattr(store, "dim", None)
         if store_dim is None or not callable(getattr(store, "search", None)):
@@ -58,6 +67,13 @@ class ModelMemory:
             raise InvalidInput("gate", type(gate).__name__, "expected a t4dm.gate.WriteGate")
         if not isinstance(kind, str) or not kind:
             raise InvalidInput("kind", kind, "must be a non-empty string")
+        if where is not None and (
+            not isinstance(where, Mapping) or not where or not all(isinstance(f, str) and f for f in where)
+        ):
+            raise InvalidInput(
+                "where", where, "must be a non-empty mapping of field names to values, or None"
+            )
+        self.where = None if where is None else dict(where)
         self.store = store
         self.dim = dim
         self.k = k
@@ -70,6 +86,11 @@ class ModelMemory:
             raise DimensionMismatch(name, f"<shape {vectors.shape}>", self.dim)
         return vectors
 
+    def _search(self, query: np.ndarray, k: int) -> list[Any]:
+        if self.where is None:
+            return self.store.search(query, k, kind=self.kind)
+        return self.store.search(query, k, kind=self.kind, where=self.where)
+
     def read(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """SEARCH the store once per query row ``[B, dim]``; returns the mean of each row's ``k`` nearest
         memories ``[B, dim]`` float32 (zeros where the store had none) and ``found`` ``[B]`` bool."""
@@ -77,7 +98,7 @@ class ModelMemory:
         retrieved = np.zeros_like(queries)
         found = np.zeros(len(queries), dtype=bool)
         for b, query in enumerate(queries):
-            hits = self.store.search(query, self.k, kind=self.kind)
+            hits = self._search(query, self.k)
             if hits:
                 retrieved[b] = np.mean([np.asarray(h.item.vector, dtype=np.float32) for h in hits], axis=0)
                 found[b] = True
@@ -87,7 +108,7 @@ class ModelMemory:
         """Cosine distance from ``vector`` to the nearest stored memory of this kind, in [0, 2]; 1 when the
         store holds none."""
         vector = self._check_rows(np.asarray(vector, dtype=np.float32).reshape(1, -1), "vector")[0]
-        hits = self.store.search(vector, 1, kind=self.kind)
+        hits = self._search(vector, 1)
         return 1.0 if not hits else min(2.0, max(0.0, 1.0 - float(hits[0].score)))
 
     def write(
@@ -114,6 +135,7 @@ class ModelMemory:
             "novelty": decision.novelty,
             "reward": decision.reward,
         }
+        record.update(self.where or {})
         record.update(fields or {})
         [item_id] = self.store.insert(Item(vector=vector, kappa=0.0, kind=self.kind, fields=record))
         return MemoryWrite(decision, item_id, vector)

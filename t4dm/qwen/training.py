@@ -121,17 +121,10 @@ def _encode_text(path: str, tokenizer: Any) -> np.ndarray:
     if isinstance(tokenizer, str) and tokenizer == "bytes":
         with open(path, "rb") as f:
             return np.frombuffer(f.read(), dtype=np.uint8).astype(np.int64)
+    from .embedder import encode_text
+
     with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if callable(getattr(tokenizer, "encode", None)):
-        ids = tokenizer.encode(text)
-    elif callable(tokenizer):
-        ids = tokenizer(text)
-    else:
-        raise InvalidInput(
-            "tokenizer", type(tokenizer).__name__, "must be 'bytes', have encode(text), or be callable"
-        )
-    return np.asarray(ids)
+        return np.asarray(encode_text(f.read(), tokenizer), dtype=np.int64)
 
 
 def load_tokens(

@@ -12,7 +12,7 @@ backbone itself never sees them.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -265,13 +265,20 @@ class UnifiedModel(nn.Module):
         return backbone
 
     def attach_memory(
-        self, store: Any, *, k: int = 4, gate: WriteGate | None = None, kind: str = "episode"
+        self,
+        store: Any,
+        *,
+        k: int = 4,
+        gate: WriteGate | None = None,
+        kind: str = "episode",
+        where: Mapping[str, Any] | None = None,
     ) -> ModelMemory:
         """Read and write the T4DX ``store`` (its ``dim`` must be ``memory_dim``: else
-        :class:`~t4dm.errors.DimensionMismatch`); returns the :class:`~t4dm.qwen.memory.ModelMemory`."""
+        :class:`~t4dm.errors.DimensionMismatch`), within the scope ``where`` (e.g. ``{"user_id": "alice"}``)
+        when given; returns the :class:`~t4dm.qwen.memory.ModelMemory`."""
         if self.memory_query is None:
             raise InvalidInput("memory_dim", None, "this model was built without memory (pass memory_dim=)")
-        self.memory = ModelMemory(store, self.spec["memory_dim"], k=k, gate=gate, kind=kind)
+        self.memory = ModelMemory(store, self.spec["memory_dim"], k=k, gate=gate, kind=kind, where=where)
         return self.memory
 
     def detach_memory(self) -> None:
