@@ -6,7 +6,7 @@
 #   run(command="bash scripts/gpu_check.sh lif", carry=[".wheels"], timeout_s=600)
 #
 # Parts: lif (scripts/gpu_lif.sh: ~9 min), attention (scripts/gpu_attention.sh: ~9 min), stack
-# (scripts/gpu_stack.sh: ~9 min), qwen (scripts/gpu_qwen.sh, carry=[".wheels-bnb"]: ~5 min), all (the four;
+# (scripts/gpu_stack.sh: ~9 min), qwen (scripts/gpu_qwen.sh, carry=[".wheels-bnb"]: ~6 min), all (the four;
 # more than one session's 15 device-minutes, so pick one part per session unless the budget allows).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -8,8 +8,9 @@
 # /tmp/site. Then python -m t4dm.bench.qwen: random Qwen2.5-3B weights written locally, loaded in NF4; the plain
 # NF4 model's prefill (2,048 tokens) and decoding tokens/s beside the unified model's (stack after layer 17,
 # LoRA, T4DX memory), peak memory for generation (target <= 10 GiB) and for one training step at 2,048
-# tokens (target <= 16 GiB). JSON and log under $OUT. Limit BENCH_TIMEOUT (default 480 s): writing and
-# loading the 3B checkpoint take a minute or two.
+# tokens (target <= 16 GiB). Before it, tests/qwen/test_nf4.py on CUDA (TEST_TIMEOUT, default 120 s). JSON
+# and logs under $OUT. Limit BENCH_TIMEOUT (default 420 s): writing and loading the 3B checkpoint take a
+# minute or two.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-out}"
@@ -30,7 +31,14 @@ if ! "$PY" -c "import t4dm.qwen, t4dm.storage" 2>/dev/null; then
         || echo "editable install failed: see $OUT/pip_install.log"
 fi
 
-timeout "${BENCH_TIMEOUT:-480}" "$PY" -u -m t4dm.bench.qwen --device cuda --json "$OUT/bench_qwen.json" \
+# 1. the NF4 path's tests on CUDA (tiny random models: load, exact zero-init equivalence, QLoRA gradients,
+#    cached generation, checkpoints, phase 1 under bf16 autocast), about a minute
+timeout "${TEST_TIMEOUT:-120}" "$PY" -u -m pytest tests/qwen/test_nf4.py -q -p no:cacheprovider \
+    --junitxml="$OUT/nf4_tests.xml" 2>&1 | tee "$OUT/nf4_tests.log"
+echo "NF4 tests rc=${PIPESTATUS[0]}"
+
+# 2. the benchmark
+timeout "${BENCH_TIMEOUT:-420}" "$PY" -u -m t4dm.bench.qwen --device cuda --json "$OUT/bench_qwen.json" \
     --workdir /tmp 2>&1 | tee "$OUT/bench_qwen.log"
 rc=${PIPESTATUS[0]}
 echo "unified-model benchmark rc=$rc"

@@ -29,7 +29,12 @@ from t4dm.qwen import (  # noqa: E402
     save_checkpoint,
 )
 from t4dm.qwen.training import train  # noqa: E402
-from tests.qwen.helpers import LAYER, STACK, random_ids, tiny_base  # noqa: E402
+from tests.qwen.helpers import LAYER, STACK, tiny_base  # noqa: E402
+from tests.qwen.helpers import random_ids as _cpu_ids  # noqa: E402
+
+#: Where the 4-bit model lives: load_backbone puts it on the GPU when there is one (scripts/gpu_qwen.sh runs
+#: this file there too), else on the CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and tuple(int(p) for p in bnb.__version__.split(".")[:2]) < (0, 50),
@@ -43,6 +48,10 @@ def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-qwen")
     tiny_base(7).save_pretrained(path)
     return path
+
+
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return _cpu_ids(batch, length, seed).to(DEVICE)
 
 
 def _nf4(folder) -> torch.nn.Module:
@@ -63,7 +72,7 @@ def _linear_names(model) -> list[str]:
 
 def test_nf4_load_quantises_every_decoder_linear_and_stays_close(folder):
     model = _nf4(folder)
-    plain = load_backbone(folder, quantize="none").eval()
+    plain = load_backbone(folder, quantize="none").eval().to(DEVICE)
     names = _linear_names(model)
     assert len(names) == 4 * 7  # q, k, v, o, gate, up, down in each of the 4 layers
     modules = dict(model.named_modules())
@@ -75,8 +84,8 @@ def test_nf4_load_quantises_every_decoder_linear_and_stays_close(folder):
         assert state.quant_type == "nf4" and state.nested, name  # double quantisation
         assert layer.compute_dtype == torch.bfloat16, name
         # the 4-bit weight decodes to the loaded one within NF4's step (16 levels per 64-weight block)
-        original = weights[name].weight.detach()
-        decoded = bnb.functional.dequantize_4bit(layer.weight.data, state).float()
+        original = weights[name].weight.detach().cpu()
+        decoded = bnb.functional.dequantize_4bit(layer.weight.data, state).float().cpu()
         scale = original.abs().reshape(-1, 64).amax(dim=1, keepdim=True)
         error = (decoded - original).reshape(-1, 64).abs() / scale
         assert float(error.max()) < 0.2, name  # widest NF4 gap is ~0.28 of the block's absmax; half of it
@@ -121,7 +130,9 @@ def test_qlora_gradients_reach_lora_projections_and_stack_after_inference(folder
     model.train()
     model.stack.bus.set("norepinephrine", 0.7)  # NE = 0.5 zeroes d/d(NE gain)
     ids = random_ids(2, 10, seed=3)
-    context = torch.randn(2, STACK["d_stack"])  # a top-down context reaches the apical prediction weights
+    context = torch.randn(
+        2, STACK["d_stack"], device=DEVICE
+    )  # a top-down context reaches the apical prediction weights
     model(ids, labels=ids, context=context).loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = ("lora_A", "lora_B", "stack.", "down.", "up.")
@@ -143,14 +154,14 @@ def test_a_backbone_repacked_before_the_model_cannot_train(folder):
     raw = AutoModelForCausalLM.from_pretrained(
         folder, quantization_config=nf4_quantization_config(), dtype=torch.bfloat16, device_map={"": "cpu"}
     ).eval()
-    with torch.no_grad():
-        raw(input_ids=random_ids(1, 4))
+    with torch.no_grad():  # on the CPU: the rewrite is bitsandbytes' CPU inference path
+        raw(input_ids=_cpu_ids(1, 4))
     repacked = repacked_nf4_layers(raw)
     if not repacked:
         pytest.skip("bitsandbytes does not repack 4-bit weights on this CPU (no AVX512-BF16)")
     model = UnifiedModel(raw, layer=LAYER, **STACK).eval()  # inference still works
     with torch.no_grad():
-        model(random_ids(1, 4))
+        model(_cpu_ids(1, 4))
     with pytest.raises(InvalidInput) as info:
         model.train()
     assert info.value.field == "backbone" and "load the backbone again" in str(info.value)
