@@ -629,6 +629,7 @@ class UnifiedModel(nn.Module):
         reread_every: int | None = None,
         remember: bool = False,
         reward: float = 0.0,
+        modulate: bool = False,
         attention_mask: torch.Tensor | None = None,
     ) -> GenerationOutput:
         """Greedy decoding, token by token, in eval mode.
@@ -641,7 +642,7 @@ class UnifiedModel(nn.Module):
         (earlier tokens keep theirs: the uncached path gets the same contexts per position). When one read
         finds memories and another finds none, the uncached path stands a zero context for "none".
         A row that produced ``eos_token_id`` keeps producing it. ``remember=True`` offers the whole sequence
-        to the memory afterwards (:meth:`remember`, with ``reward``).
+        to the memory afterwards (:meth:`remember`, with ``reward`` and ``modulate``).
 
         Prompts of unequal length are padded on the left with ``attention_mask`` ``[B, T]`` (1: token): each
         row generates what it generates alone (its memory query, positions and oscillator clock are its own).
@@ -723,7 +724,11 @@ class UnifiedModel(nn.Module):
                     state_sum = out.layer_mean * (real + step + 1).to(out.layer_mean.device)
         finally:
             self.train(was_training)
-        writes = self.remember(sequences, reward=reward, attention_mask=mask) if remember else []
+        writes = (
+            self.remember(sequences, reward=reward, modulate=modulate, attention_mask=mask)
+            if remember
+            else []
+        )
         return GenerationOutput(sequences, torch.stack(scores, dim=1), context, writes)
 
     # ------------------------------------------------------------------ memory writes
@@ -734,6 +739,7 @@ class UnifiedModel(nn.Module):
         *,
         reward: float = 0.0,
         fields: dict[str, Any] | None = None,
+        modulate: bool = False,
         attention_mask: torch.Tensor | None = None,
     ) -> list[MemoryWrite]:
         """Offer each sequence of ``input_ids`` ``[B, T]`` (at least 2 tokens) to the memory as one episode.
@@ -743,9 +749,17 @@ class UnifiedModel(nn.Module):
         usual), novelty the cosine distance to the nearest stored episode. Stored items are INSERTed with
         κ = 0 and the gate's inputs in their fields. ``attention_mask`` pads rows of unequal length (left
         or right, as :meth:`forward`): each row's episode is its real tokens'.
+
+        ``modulate=True`` also feeds the episode to the stack's neuromodulator bus
+        (:meth:`~t4dm.spiking.NeuromodBus.observe`): ``reward`` (dopamine as its prediction error, serotonin),
+        the batch's mean novelty (acetylcholine) and mean loss as the prediction error (norepinephrine). The
+        bus has one level per block for the whole batch, so the signals are the episode's, after it: the
+        levels change what the stack does from the next call on.
         """
         if self.memory is None:
             raise InvalidInput("memory", None, "no memory attached (attach_memory first)")
+        if not isinstance(modulate, bool):
+            raise InvalidInput("modulate", modulate, "must be True or False")
         mask, _ = self._check_ids(input_ids, attention_mask)
         if mask is None:
             mask = torch.ones_like(input_ids, dtype=torch.bool)
@@ -769,4 +783,10 @@ class UnifiedModel(nn.Module):
             extra = {"tokens": int(lengths[b])}
             extra.update(fields or {})
             writes.append(self.memory.write(keys[b], surprise=float(losses[b]), reward=reward, fields=extra))
+        if modulate:
+            self.stack.bus.observe(
+                reward=float(reward),
+                novelty=sum(w.decision.novelty for w in writes) / len(writes),
+                prediction_error=float(losses.mean()),
+            )
         return writes

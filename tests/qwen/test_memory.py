@@ -242,3 +242,29 @@ def test_left_padded_generation_reads_and_remembers_per_row(store):
             ids, attention_mask=torch.cat([torch.zeros(3, 7, dtype=torch.long), mask[:, 7:]], dim=1)
         )
     assert info.value.field == "input_ids"  # rows of one token have no loss
+
+
+def test_remember_can_drive_the_neuromodulator_bus(store):
+    model = tiny_unified(25, up_std=0.3, memory_dim=DIM)
+    model.attach_memory(store)
+    bus = model.stack.bus
+    before = bus.levels.clone()
+    prompt = random_ids(2, 9, seed=25)
+    model.remember(prompt, reward=1.0)
+    assert torch.equal(bus.levels, before)  # off by default
+    plain = model.generate(prompt, 6, read_memory=False)
+    writes = model.remember(prompt, reward=1.0, modulate=True)
+    surprise = sum(w.decision.surprise for w in writes) / 2
+    novelty = sum(w.decision.novelty for w in writes) / 2
+    rate = bus.rate
+    expected = before.clone()
+    expected[:, 0] = np.tanh(1.0)  # no reward was expected yet: δ = 1
+    expected[:, 1] += rate * (surprise / (surprise + bus.pe_ref) - expected[:, 1])
+    expected[:, 2] += rate * (min(novelty, 1.0) - expected[:, 2])
+    expected[:, 3] += rate * (1 / (1 + np.exp(-1.0)) - expected[:, 3])
+    torch.testing.assert_close(bus.levels, expected)
+    after = model.generate(prompt, 6, read_memory=False)  # the same input, only the levels changed
+    assert not torch.equal(after.scores, plain.scores)
+    with pytest.raises(InvalidInput) as info:
+        model.remember(prompt, modulate="yes")
+    assert info.value.field == "modulate"
