@@ -50,11 +50,23 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, required=True, help="train up to this step")
     p.add_argument("--out", required=True, help="checkpoint folder (step-<n> subfolders)")
     p.add_argument("--resume", default=None, help="a checkpoint (or an --out folder: its latest) to continue")
+    p.add_argument(
+        "--init", default=None, help="start from a checkpoint's weights (any phase: e.g. phase 2 after phase 1) "
+        "at step 0, without its optimizer or history",
+    )  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (default 64)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--lr", type=float, default=1e-3, help="phase 1 AdamW learning rate (default 1e-3)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="phase 1 gradient-norm clip (0: none)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="phase 1: linear learning-rate warm-up steps")
+    p.add_argument(
+        "--lr-schedule", choices=("constant", "cosine"), default="constant",
+        help="phase 1: after the warm-up, constant or cosine down to 0.1 x lr at --steps",
+    )  # fmt: skip
+    p.add_argument("--val-data", default=None, help="held-out token ids or text (as --data) to validate on")
+    p.add_argument("--val-every", type=int, default=None, help="validate every N steps (default: at the end)")
+    p.add_argument("--val-batches", type=int, default=4, help="validation batches (default 4)")
     p.add_argument("--seed", type=int, default=0, help="data order, per-step RNG and the --tiny model")
     p.add_argument("--quantize", choices=("nf4", "none"), default="nf4", help="--model: load in NF4 or not")
     p.add_argument(
@@ -113,7 +125,7 @@ def build_model(args: argparse.Namespace, resume_from: str | None = None) -> Any
 
 
 def _tokenizer(args: argparse.Namespace) -> Any:
-    if args.data.endswith(".npy"):
+    if all(path is None or path.endswith(".npy") for path in (args.data, args.val_data)):
         return None
     if args.tokenizer == "bytes" or (args.tokenizer is None and args.tiny):
         return "bytes"
@@ -134,13 +146,20 @@ def run_train(args: argparse.Namespace) -> int:
             raise InvalidInput("phase", args.phase, "expected 1 or 2")
         if not os.path.isfile(args.data):
             raise InvalidInput("data", args.data, "no such file")
+        if args.val_data is not None and not os.path.isfile(args.val_data):
+            raise InvalidInput("val_data", args.val_data, "no such file")
+        if args.init is not None and args.resume is not None:
+            raise InvalidInput(
+                "init", args.init, "--init starts afresh from weights; --resume continues a run"
+            )
         resume_from = None if args.resume is None else latest_checkpoint(args.resume)
+        init_from = None if args.init is None else latest_checkpoint(args.init)
         rule = None
         if args.rule == "perturbation":
             from t4dm.learning import NodePerturbation
 
             rule = NodePerturbation(sigma=args.sigma, learning_rate=args.plastic_lr)
-        model = build_model(args, resume_from)
+        model = build_model(args, resume_from or init_from)
         result = train(
             model,
             args.data,
@@ -159,6 +178,11 @@ def run_train(args: argparse.Namespace) -> int:
             dopamine=args.dopamine,
             rule=rule,
             target=args.target,
+            warmup_steps=args.warmup_steps,
+            lr_schedule=args.lr_schedule,
+            val_data=args.val_data,
+            val_every=args.val_every,
+            val_batches=args.val_batches,
             progress=not args.no_progress,
         )
     except InvalidInput as exc:
@@ -169,6 +193,7 @@ def run_train(args: argparse.Namespace) -> int:
         "step": result.step,
         "first_loss": result.losses[0] if result.losses else None,
         "last_loss": result.losses[-1] if result.losses else None,
+        "val_loss": result.val_losses[-1][1] if result.val_losses else None,
         "checkpoint": result.checkpoints[-1] if result.checkpoints else None,
     }
     print(json.dumps(summary))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -53,16 +54,22 @@ from .checkpoint import _SPEC, _TENSORS, _own_modules, save_checkpoint
 from .unified import UnifiedModel
 
 __all__ = [
+    "LR_SCHEDULES",
     "PHASES",
     "TRAIN_FORMAT",
     "TrainResult",
     "batch_at",
     "latest_checkpoint",
+    "learning_rate",
     "load_tokens",
     "train",
 ]
 
 PHASES = (1, 2)
+#: Values of ``train(..., lr_schedule=)``.
+LR_SCHEDULES = ("constant", "cosine")
+#: Where the cosine schedule ends, as a fraction of ``lr``.
+COSINE_FLOOR = 0.1
 #: Version of ``train.json``.
 TRAIN_FORMAT = 1
 _TRAIN = "train.json"
@@ -78,7 +85,9 @@ class TrainResult:
     first (a resumed run includes the steps before the checkpoint); phase 1 computes it before that step's
     update, phase 2 likewise. ``grad_norms`` (phase 1: the total gradient norm before clipping) or
     ``dopamine`` (phase 2: the bus's dopamine, averaged over the updated blocks) per step, aligned with
-    ``losses``. ``checkpoints``: the folders written by this call.
+    ``losses``. ``lrs``: phase 1's learning rate of every step (the schedule). ``val_losses``: ``(step,
+    mean loss on the validation batches)`` after each validation. ``checkpoints``: the folders written by
+    this call.
     """
 
     phase: int
@@ -86,6 +95,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     dopamine: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
 
 
@@ -296,6 +307,8 @@ def _save(
         "losses": result.losses,
         "grad_norms": result.grad_norms,
         "dopamine": result.dopamine,
+        "lrs": result.lrs,
+        "val_losses": result.val_losses,
         "memory": _memory_note(model),
     }
     publish_bytes(
@@ -356,6 +369,11 @@ def train(
     rule: Any = None,
     dopamine: float | None = None,
     target: str | None = None,
+    warmup_steps: int = 0,
+    lr_schedule: str = "constant",
+    val_data: Any = None,
+    val_every: int | None = None,
+    val_batches: int = 4,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` on the token ids of ``data`` until step ``steps`` (see the module docstring).
@@ -378,6 +396,13 @@ def train(
             :class:`~t4dm.learning.NodePerturbation` on the layer ``target``, default ``"up"``, without
             ``blocks``), and a fixed dopamine level instead of the reward signal (``None``: from the loss
             change through the bus; for node perturbation a gain on the update, default 1).
+        warmup_steps, lr_schedule: phase 1's learning rate per step (:func:`learning_rate`): a linear
+            warm-up over the first ``warmup_steps`` steps, then ``"constant"`` or ``"cosine"`` (down to
+            ``COSINE_FLOOR`` × ``lr`` at step ``steps``).
+        val_data, val_every, val_batches: held-out token ids (as ``data``); every ``val_every`` steps and
+            after the last, the mean next-token loss of ``val_batches`` fixed batches of them, in eval mode
+            without gradients (``val_every=None``: after the last step only). Validation draws no random
+            numbers from the training's streams: a run with it trains exactly as a run without.
         progress: show a tqdm progress bar.
 
     Raises:
@@ -385,7 +410,9 @@ def train(
             ``checkpoint_every`` < 1, ``lr`` / ``weight_decay`` / ``grad_clip`` negative, ``data`` missing,
             not integer ids, out of the vocabulary or shorter than ``seq_len``, ``mixed_precision=True``
             without CUDA, ``checkpoint_every`` without ``out``, ``resume`` with no checkpoint, of another
-            phase or model, ``steps`` below the checkpoint's step, ``blocks`` / ``dopamine`` / ``rule`` bad.
+            phase or model, ``steps`` below the checkpoint's step, ``blocks`` / ``dopamine`` / ``rule`` bad,
+            ``warmup_steps`` < 0, an unknown ``lr_schedule``, ``val_every`` without ``val_data`` or < 1,
+            ``val_batches`` < 1, ``val_data`` bad as ``data`` is.
     """
     if phase not in PHASES or isinstance(phase, bool):
         raise InvalidInput("phase", phase, f"expected one of {PHASES}")
@@ -411,8 +438,22 @@ def train(
         )
     elif not isinstance(mixed_precision, bool):
         raise InvalidInput("mixed_precision", mixed_precision, "must be True, False or None (automatic)")
+    warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
+    if lr_schedule not in LR_SCHEDULES:
+        raise InvalidInput("lr_schedule", lr_schedule, f"expected one of {LR_SCHEDULES}")
+    val_batches = _check_int("val_batches", val_batches, 1)
+    if val_every is not None:
+        val_every = _check_int("val_every", val_every, 1)
+        if val_data is None:
+            raise InvalidInput("val_every", val_every, "needs val_data= (held-out token ids)")
     vocab = int(model.base_model.config.vocab_size)
     ids = load_tokens(data, tokenizer=tokenizer, vocab_size=vocab, seq_len=seq_len)
+    val_ids = None
+    if val_data is not None:
+        try:
+            val_ids = load_tokens(val_data, tokenizer=tokenizer, vocab_size=vocab, seq_len=seq_len)
+        except InvalidInput as exc:
+            raise InvalidInput("val_data", exc.value, exc.reason) from exc
 
     rule_spec: dict[str, Any] | None = None
     if phase == 2:
@@ -447,7 +488,8 @@ def train(
         "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "seed": seed, "lr": lr,
         "weight_decay": weight_decay, "grad_clip": grad_clip, "mixed_precision": mixed_precision,
         "blocks": None if blocks is None else list(blocks), "dopamine": dopamine, "target": target,
-        "rule": rule_spec, "data": data if isinstance(data, str) else (os.fspath(data) if isinstance(data, os.PathLike) else None),
+        "rule": rule_spec, "data": _data_path(data), "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
+        "val_data": _data_path(val_data), "val_every": val_every, "val_batches": val_batches,
     }  # fmt: skip
     result = TrainResult(phase=phase, step=0)
     out_dir = None if out is None else os.fspath(out)
@@ -474,6 +516,8 @@ def train(
         result.losses = [float(x) for x in state["losses"]]
         result.grad_norms = [float(x) for x in state["grad_norms"]]
         result.dopamine = [float(x) for x in state["dopamine"]]
+        result.lrs = [float(x) for x in state.get("lrs", [])]
+        result.val_losses = [(int(s), float(v)) for s, v in state.get("val_losses", [])]
 
     if phase == 1:
         _phase1(
@@ -487,10 +531,74 @@ def train(
             saved_optimizer,
             device,
             progress,
+            val_ids,
         )
     else:
-        _phase2(model, ids, result, options, out_dir, checkpoint_every, rule, device, progress)
+        _phase2(model, ids, result, options, out_dir, checkpoint_every, rule, device, progress, val_ids)
     return result
+
+
+def _data_path(data: Any) -> str | None:
+    """``data`` as recorded in ``train.json``: its path when it is one."""
+    if isinstance(data, str):
+        return data
+    return os.fspath(data) if isinstance(data, os.PathLike) else None
+
+
+def learning_rate(
+    step: int, *, lr: float, steps: int, warmup_steps: int = 0, schedule: str = "constant"
+) -> float:
+    """Phase 1's learning rate at ``step`` (1-based): ``lr · step / warmup_steps`` during the warm-up, then
+    ``lr`` (``"constant"``) or ``lr · (f + (1 − f) · (1 + cos(π · p)) / 2)`` (``"cosine"``, ``f`` =
+    :data:`COSINE_FLOOR`, ``p`` the fraction of the post-warm-up steps done, 1 at step ``steps``)."""
+    if warmup_steps and step <= warmup_steps:
+        return lr * step / warmup_steps
+    if schedule == "constant":
+        return lr
+    done = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return lr * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done))))
+
+
+def _maybe_validate(
+    model: UnifiedModel,
+    val_ids: np.ndarray | None,
+    options: dict[str, Any],
+    device: torch.device,
+    result: TrainResult,
+    bar: Any,
+) -> None:
+    """Validate after step ``result.step`` when it is due (every ``val_every`` steps and after the last)."""
+    every, step = options["val_every"], result.step
+    if val_ids is None or not (step == options["steps"] or (every is not None and step % every == 0)):
+        return
+    result.val_losses.append((step, _validate(model, val_ids, options, device)))
+
+
+def _val_postfix(result: TrainResult) -> dict[str, str]:
+    return {"val": f"{result.val_losses[-1][1]:.4f}"} if result.val_losses else {}
+
+
+def _validate(
+    model: UnifiedModel, val_ids: np.ndarray, options: dict[str, Any], device: torch.device
+) -> float:
+    """The mean next-token loss of the run's ``val_batches`` fixed validation batches, in eval mode, without
+    gradients, with the caller's RNG left as it was."""
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if options["mixed_precision"]
+        else contextlib.nullcontext()
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        losses = []
+        with torch.no_grad(), autocast:
+            for i in range(1, options["val_batches"] + 1):
+                batch = _batch(val_ids, i, options, device)
+                losses.append(float(model(batch, labels=batch).loss))
+    finally:
+        model.train(was_training)
+    return float(np.mean(losses))
 
 
 def _progress(result: TrainResult, total: int, enabled: bool) -> Any:
@@ -552,14 +660,15 @@ def _phase1(
     saved_optimizer: dict[str, Any] | None,
     device: torch.device,
     progress: bool,
+    val_ids: np.ndarray | None,
 ) -> None:
     names = [name for name, _ in trainable]
     params = [p for _, p in trainable]
     optimizer = torch.optim.AdamW(params, lr=options["lr"], weight_decay=options["weight_decay"])
     if saved_optimizer is not None:
         optimizer.load_state_dict(saved_optimizer)
-        for group in optimizer.param_groups:  # this call's settings win
-            group["lr"], group["weight_decay"] = options["lr"], options["weight_decay"]
+        for group in optimizer.param_groups:  # this call's settings win (the learning rate: per step, below)
+            group["weight_decay"] = options["weight_decay"]
     total, seed, clip = options["steps"], options["seed"], options["grad_clip"]
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -573,6 +682,15 @@ def _phase1(
             while result.step < total:
                 step = result.step + 1
                 batch = _batch(ids, step, options, device)
+                lr = learning_rate(
+                    step,
+                    lr=options["lr"],
+                    steps=total,
+                    warmup_steps=options["warmup_steps"],
+                    schedule=options["lr_schedule"],
+                )
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 with _seeded_rng(seed, step, device):
                     with autocast:
                         loss = model(batch, labels=batch).loss
@@ -588,7 +706,9 @@ def _phase1(
                 result.step = step
                 result.losses.append(float(loss.detach()))
                 result.grad_norms.append(float(norm))
-                bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
+                result.lrs.append(lr)
+                _maybe_validate(model, val_ids, options, device, result, bar)
+                bar.set_postfix(loss=f"{result.losses[-1]:.4f}", **_val_postfix(result), refresh=False)
                 bar.update(1)
                 if out is not None and _checkpoint_due(step, total, every):
                     result.checkpoints.append(_save(model, out, step, options, result, optimizer, names))
@@ -655,6 +775,7 @@ def _phase2(
     rule: Any,
     device: torch.device,
     progress: bool,
+    val_ids: np.ndarray | None,
 ) -> None:
     from t4dm.learning import NodePerturbation
 
@@ -675,7 +796,10 @@ def _phase2(
                 result.step = step
                 result.losses.append(loss)
                 result.dopamine.append(dopamine)
-                bar.set_postfix(loss=f"{loss:.4f}", dopamine=f"{dopamine:+.4f}", refresh=False)
+                _maybe_validate(model, val_ids, options, device, result, bar)
+                bar.set_postfix(
+                    loss=f"{loss:.4f}", dopamine=f"{dopamine:+.4f}", **_val_postfix(result), refresh=False
+                )
                 bar.update(1)
                 if out is not None and _checkpoint_due(step, total, every):
                     result.checkpoints.append(_save(model, out, step, options, result, None, []))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -84,6 +85,62 @@ def test_phase1_resume_continues_exactly(tmp_path):
         train(model, ids, steps=6, resume=tmp_path / "half", **SMALL)
     assert info.value.field == "resume"
     _assert_same_state(_state(model), initial)  # refused before any weight was copied in
+
+
+def test_phase1_learning_rate_schedule_validation_and_exact_resume(tmp_path):
+    """Warm-up then cosine decay, step by step; validation on fixed held-out batches changes nothing in the
+    training; a resumed run continues the schedule, the validation history and the weights exactly."""
+    ids, held_out = _ids(), _ids(seed=9)
+    options = {"lr": 2e-3, "warmup_steps": 2, "lr_schedule": "cosine", **SMALL}
+    model = _lora_model(dropout=0.0)
+    full = train(model, ids, steps=6, val_data=held_out, val_every=2, val_batches=3, **options)
+    expected = [
+        2e-3 * 1 / 2,
+        2e-3,
+        *(2e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * d / 4))) for d in (1, 2, 3, 4)),
+    ]
+    assert full.lrs == pytest.approx(expected, rel=1e-12)
+    assert full.lrs[-1] == pytest.approx(2e-4)  # COSINE_FLOOR · lr at the last step
+    assert [s for s, _ in full.val_losses] == [2, 4, 6]
+    # the last validation is the held-out loss of the trained model, computed here independently
+    model.eval()
+    with torch.no_grad():
+        batches = [batch_at(held_out, i, batch_size=2, seq_len=16) for i in (1, 2, 3)]
+        direct = float(np.mean([float(model(b, labels=b).loss) for b in batches]))
+    assert full.val_losses[-1][1] == pytest.approx(direct, rel=1e-6)
+    # validating changes nothing in the training
+    plain = train(_lora_model(dropout=0.0), ids, steps=6, **options)
+    assert plain.losses == full.losses and plain.val_losses == []
+    # a constant schedule is lr at every step after the warm-up; no warm-up, lr from the first
+    assert (
+        train(_lora_model(dropout=0.0), ids, steps=3, lr=1e-3, progress=False, seq_len=16, batch_size=2).lrs
+        == [1e-3] * 3
+    )
+    # the optimizer steps with that rate: warm-up step 1 (lr / 2) is a constant lr / 2 step, not an lr step
+    one = {"steps": 1, "seq_len": 16, "batch_size": 2, "progress": False}
+    warm, half, whole = _lora_model(dropout=0.0), _lora_model(dropout=0.0), _lora_model(dropout=0.0)
+    train(warm, ids, lr=2e-3, warmup_steps=2, **one)
+    train(half, ids, lr=1e-3, **one)
+    train(whole, ids, lr=2e-3, **one)
+    _assert_same_state(_state(warm), _state(half))
+    assert not torch.equal(_state(warm)["up.weight"], _state(whole)["up.weight"])
+    # resume a run stopped after step 3 (its step-6 checkpoint removed): the schedule goes on from step 4,
+    # the validation history too
+    validation = {"val_data": held_out, "val_every": 2, "val_batches": 3}
+    train(
+        _lora_model(dropout=0.0),
+        ids,
+        steps=6,
+        out=tmp_path / "run",
+        checkpoint_every=3,
+        **validation,
+        **options,
+    )
+    shutil.rmtree(tmp_path / "run" / "step-00000006")
+    resumed_model = _lora_model(dropout=0.0)
+    resumed = train(resumed_model, ids, steps=6, resume=tmp_path / "run", **validation, **options)
+    assert resumed.losses == full.losses and resumed.val_losses == full.val_losses
+    _assert_same_state(_state(resumed_model), _state(model))
 
 
 def test_phase1_trains_only_the_trainable_tensors():
@@ -312,6 +369,12 @@ def _bad(tmp_path):
         ({"phase": 2, "blocks": [5]}, "blocks"),
         ({"phase": 2, "dopamine": 2.0}, "dopamine"),
         ({"phase": 2, "rule": "stdp"}, "rule"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"val_every": 2}, "val_every"),  # without val_data
+        ({"val_data": _ids(), "val_every": 0}, "val_every"),
+        ({"val_data": _ids(), "val_batches": 0}, "val_batches"),
+        ({"val_data": _ids(10)}, "val_data"),  # shorter than one sequence
     ]
 
 
@@ -393,6 +456,29 @@ def test_cli_trains_resumes_and_reports_bad_input(tmp_path, capsys):
     capsys.readouterr()
     assert _cli([*common, *perturb, "--target", "backbone.lm_head"]) == 2
     assert "target=" in capsys.readouterr().err
+
+    # schedule and validation; phase 2 started from the phase 1 weights (--init)
+    np.save(tmp_path / "held.npy", _ids(200, seed=7))
+    scheduled = ["--phase", "1", "--steps", "4", "--out", str(tmp_path / "sched"), "--warmup-steps", "2",
+                 "--lr-schedule", "cosine", "--val-data", str(tmp_path / "held.npy"), "--val-every", "2"]  # fmt: skip
+    assert _cli([*common, *scheduled]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    spec = json.loads((tmp_path / "sched" / "step-00000004" / "train.json").read_text())
+    assert [s for s, _ in spec["val_losses"]] == [2, 4] and summary["val_loss"] == spec["val_losses"][-1][1]
+    assert spec["lrs"][0] == pytest.approx(5e-4) and spec["options"]["lr_schedule"] == "cosine"
+    init = ["--phase", "2", "--steps", "1", "--dopamine", "0.5", "--out", str(tmp_path / "p2"), "--init",
+            str(tmp_path / "sched")]  # fmt: skip
+    assert _cli([*common, *init]) == 0
+    capsys.readouterr()
+    from t4dm.qwen import load_checkpoint
+
+    started = load_checkpoint(tmp_path / "sched" / "step-00000004", tiny_base())
+    after = load_checkpoint(tmp_path / "p2" / "step-00000001", tiny_base())
+    assert torch.equal(after.up.weight, started.up.weight)  # phase 2 moved the blocks' qk_proj, not up
+    assert not torch.equal(after.stack.blocks[0].attention.qk_proj.weight,
+                           started.stack.blocks[0].attention.qk_proj.weight)  # fmt: skip
+    assert _cli([*common, *init, "--resume", str(tmp_path / "sched")]) == 2
+    assert "init=" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- slow
