@@ -87,6 +87,16 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from t4dm.server import serve
+    except ImportError as exc:
+        print(f"t4dm serve needs the server extra (pip install 't4dm[server]'): {exc}", file=sys.stderr)
+        return 2
+    serve(args.path, host=args.host, port=args.port, embedder=args.embedder)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t4dm", description="T4DM: memory for agents, with time first-class."
@@ -168,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     locomo.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
     locomo.add_argument("--workdir", default=None, help="folder for the temporary store")
     locomo.set_defaults(func=_eval_locomo)
+
+    serve = sub.add_parser("serve", help="serve a memory over HTTP (FastAPI; the OpenAPI schema at /docs)")
+    serve.add_argument("--path", required=True, help="the memory's folder (created when missing)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
+    serve.set_defaults(func=_serve)
 
     info = sub.add_parser("info", help="print a store's statistics")
     info.add_argument("path")

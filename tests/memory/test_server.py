@@ -1,0 +1,95 @@
+"""The HTTP API over the memory SDK: each route is the SDK call, errors keep their types and fields, and
+no request of one user sees another's memories."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient
+
+from t4dm import Memory
+from t4dm.server import create_app
+
+from .conftest import bag_of_words
+
+
+@pytest.fixture
+def client(tmp_path):
+    memory = Memory(tmp_path / "memories", embedder=bag_of_words)
+    with TestClient(create_app(memory, close_on_shutdown=True)) as client:
+        yield client
+    assert memory.db.closed  # the app closed the memory when it stopped
+
+
+def _add(client, content, **scope):
+    response = client.post("/memories", json={"content": content, **scope})
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def test_add_search_get_update_history_delete(client):
+    [paris] = _add(
+        client, "Alice moved to Paris in May", user_id="alice", valid_at="2023-05-08T00:00:00+00:00"
+    )
+    assert paris["event"] == "ADD" and paris["id"]
+    _add(client, "Bob likes sailing on the lake", user_id="bob")
+    hits = client.post("/search", json={"query": "where does Alice live? Paris", "user_id": "alice"}).json()[
+        "hits"
+    ]
+    assert [h["id"] for h in hits] == [paris["id"]]  # bob's memory is not in alice's scope
+    assert hits[0]["scores"]["dense"] > 0 and hits[0]["memory"]["valid_from"].startswith("2023-05-08")
+
+    got = client.get(f"/memories/{paris['id']}").json()
+    assert got["text"] == "Alice moved to Paris in May" and got["user_id"] == "alice"
+    before_update = datetime.now(UTC).isoformat()
+    updated = client.patch(f"/memories/{paris['id']}", json={"text": "Alice moved to Lisbon in June"}).json()
+    assert updated["id"] == paris["id"] and updated["text"] == "Alice moved to Lisbon in June"
+    history = client.get(f"/memories/{paris['id']}/history").json()
+    assert [v["text"] for v in history] == ["Alice moved to Paris in May", "Alice moved to Lisbon in June"]
+    # what did we know before the update
+    then = client.get(f"/memories/{paris['id']}", params={"as_of": before_update}).json()
+    assert then["text"] == "Alice moved to Paris in May"
+
+    assert client.delete(f"/memories/{paris['id']}").status_code == 204
+    assert client.get(f"/memories/{paris['id']}").status_code == 404
+    assert client.delete(f"/memories/{paris['id']}").status_code == 404
+    assert client.delete("/memories", params={"user_id": "bob"}).json() == {"deleted": 1}
+    assert client.get("/health").json() == {"status": "ok", "memories": 0}
+
+
+def test_chat_messages_stats_and_consolidation(client):
+    results = _add(
+        client,
+        [{"role": "user", "content": "I adopted a cat named Miso", "speaker": "Maya"},
+         {"role": "assistant", "content": "Congratulations on Miso!"}],
+        user_id="maya", run_id="s1",
+    )  # fmt: skip
+    assert [r["event"] for r in results] == ["ADD", "ADD"]
+    stats = client.get("/stats").json()
+    assert stats["memories"] == 2 and stats["users"] == 1 and stats["embedder"]["dim"] > 0
+    report = client.post("/consolidate", json={"phases": ["nrem"]}).json()
+    assert report["phases"] == ["nrem"] and "bands_after" in report
+
+
+def test_errors_keep_their_type_and_field(client):
+    response = client.post("/memories", json={"content": "", "user_id": "alice"})
+    assert response.status_code == 400 and response.json()["error"] == "InvalidInput"
+    response = client.post("/memories", json={"content": "no scope at all"})
+    assert response.status_code == 400 and response.json()["field"] in ("user_id", "scope")
+    response = client.post(
+        "/memories", json={"content": "x", "user_id": "a", "valid_at": "2023-05-08T00:00:00"}
+    )
+    assert response.status_code == 400 and response.json()["field"] == "valid_at"  # a naive time
+    response = client.post("/search", json={"query": "x", "user_id": "a", "policy": "newest"})
+    assert response.status_code == 400 and response.json()["field"] == "policy"
+    response = client.post("/search", json={"query": "x", "user_id": "a", "recency_half_life_days": 0})
+    assert response.status_code == 400 and response.json()["field"] == "recency_half_life_days"
+    assert client.patch("/memories/nope", json={"text": "y"}).status_code == 404
+    assert client.get("/memories/nope/history").status_code == 404
+    assert client.post("/search", json={"user_id": "a"}).status_code == 422  # no query: the body's shape
+    assert client.get("/health").json()["memories"] == 0  # nothing was written by the refused calls
