@@ -17,11 +17,11 @@ TORCH_PIN ?= torch==2.13.0 triton==3.8.0
 # Re-install when the project's requirements change.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -c constraints.txt $(TORCH_PIN)
-	$(PIP) install -c constraints.txt -e '.[dev,kernels,embed,viz,model,server]'
+	$(PIP) install -c constraints.txt -e '.[dev,kernels,embed,viz,model,server,mcp]'
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PIP) install -c constraints.txt -e '.[dev,kernels,embed,viz,model,server,bench]'
+	$(PIP) install -c constraints.txt -e '.[dev,kernels,embed,viz,model,server,mcp,bench]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -6,6 +6,7 @@ torch and triton) and the rest load on first use.
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import Any
 
@@ -15,6 +16,18 @@ __version__ = "0.1.0"
 __all__ = ["T4DX", "Item", "Memory", "WriteGate", "__version__", "errors"]
 
 _LAZY = {"T4DX": "t4dm.storage", "Item": "t4dm.storage", "Memory": "t4dm.memory", "WriteGate": "t4dm.gate"}
+
+
+class _HubKernelNotice(logging.Filter):
+    """bitsandbytes (0.50, on CPUs with AVX512-BF16) logs when it is first imported — by transformers too,
+    whenever a model loads — that it could not fetch an optional CPU kernel from the Hugging Face hub, then
+    uses its own. T4DM loads nothing from a hub at run time: that one message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HubKernelNotice())
 
 
 def __getattr__(name: str) -> Any:

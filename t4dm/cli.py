@@ -97,6 +97,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    try:
+        from t4dm.adapters.mcp import run_mcp
+    except ImportError as exc:
+        print(f"t4dm mcp needs the mcp extra (pip install 't4dm[mcp]'): {exc}", file=sys.stderr)
+        return 2
+    options = {} if args.transport == "stdio" else {"host": args.host, "port": args.port}
+    run_mcp(args.path, transport=args.transport, embedder=args.embedder, **options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t4dm", description="T4DM: memory for agents, with time first-class."
@@ -185,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
     serve.set_defaults(func=_serve)
+
+    mcp = sub.add_parser("mcp", help="serve a memory as a Model Context Protocol server (tools for agents)")
+    mcp.add_argument("--path", required=True, help="the memory's folder (created when missing)")
+    mcp.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
+    mcp.add_argument("--host", default="127.0.0.1", help="streamable-http: address (default 127.0.0.1)")
+    mcp.add_argument("--port", type=int, default=8001, help="streamable-http: port (default 8001)")
+    mcp.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
+    mcp.set_defaults(func=_mcp)
 
     info = sub.add_parser("info", help="print a store's statistics")
     info.add_argument("path")

@@ -43,3 +43,18 @@ def test_t4dm_kernels_and_transformers_models_import_from_the_root():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0].startswith("t4dm.kernels.lif") and done.stdout.rstrip().endswith("[]")
+
+
+def test_the_bitsandbytes_hub_kernel_notice_is_dropped_and_nothing_else():
+    import logging
+
+    import t4dm  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+
+    def record(msg: str) -> logging.LogRecord:
+        return log.makeRecord(log.name, logging.WARNING, __file__, 1, msg, (), None)
+
+    notice = "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ..."
+    assert not log.filter(record(notice))
+    assert log.filter(record("Failed to load something else"))

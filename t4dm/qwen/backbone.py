@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
-import sys
 from typing import Any
 
 import torch
@@ -48,7 +46,6 @@ def nf4_quantization_config() -> Any:
                 f"quantize='nf4' without CUDA needs bitsandbytes >= "
                 f"{'.'.join(map(str, CPU_NF4_BITSANDBYTES))} (found {found}); use quantize='none'"
             )
-    _import_bitsandbytes_quietly()
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -57,25 +54,6 @@ def nf4_quantization_config() -> Any:
         bnb_4bit_compute_dtype=torch.bfloat16,
         bnb_4bit_use_double_quant=True,
     )
-
-
-class _NoHubKernelNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
-
-
-def _import_bitsandbytes_quietly() -> None:
-    """Import bitsandbytes without its notice, on AVX512-BF16 CPUs, that it could not fetch an optional
-    CPU kernel from the Hugging Face hub (models load locally here; it then uses its own CPU kernels)."""
-    if "bitsandbytes" in sys.modules:
-        return
-    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    notice = _NoHubKernelNotice()
-    log.addFilter(notice)
-    try:
-        import bitsandbytes  # noqa: F401
-    finally:
-        log.removeFilter(notice)
 
 
 def keep_nf4_layout(model: nn.Module) -> int:

@@ -1,0 +1,163 @@
+"""The memory SDK as a Model Context Protocol server: ``t4dm mcp --path DIR`` (stdio, for a desktop agent)
+or ``--transport streamable-http``. Needs the ``mcp`` extra (the official ``mcp`` SDK, 2.x).
+
+Tools, each one SDK call scoped by ``user_id`` (and optionally ``run_id``):
+
+- ``remember(content, user_id, run_id=None, valid_at=None, metadata=None)``: :meth:`Memory.add` of one text;
+- ``recall(query, user_id, k=5, valid_at=None, as_of=None)``: :meth:`Memory.search`, the hits with their
+  valid time and scores;
+- ``revise(id, text)``: :meth:`Memory.update` (the old version stays in the history);
+- ``forget(id)``: :meth:`Memory.delete`;
+- ``history(id)``: every version, oldest first ("what did we know when");
+- ``consolidate(phases=["nrem", "rem", "prune"])``: sleep.
+
+Times are ISO 8601 strings with a time zone. Bad input comes back as a tool error whose text names the
+field and the value (the SDK's :class:`~t4dm.errors.InvalidInput`); nothing is written by a refused call.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+from t4dm.errors import InvalidInput, UnknownId
+from t4dm.memory import Memory
+
+__all__ = ["create_mcp_server", "run_mcp"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _client_errors(fn: _F) -> _F:
+    """The SDK's refusals as tool errors the client reads (the MCP SDK hides other exceptions' text)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (InvalidInput, UnknownId) as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _time(value: str | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(field, value, "expected an ISO 8601 time with a time zone") from exc
+
+
+def _item(item: Any) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "text": item.text,
+        "kind": item.kind,
+        "kappa": item.kappa,
+        "user_id": item.user_id,
+        "run_id": item.run_id,
+        "valid_from": None if item.valid_from is None else item.valid_from.isoformat(),
+        "recorded_at": None if item.recorded_at is None else item.recorded_at.isoformat(),
+        "superseded_at": None if item.superseded_at is None else item.superseded_at.isoformat(),
+    }
+
+
+def create_mcp_server(memory: Memory, *, name: str = "t4dm-memory") -> MCPServer:
+    """An MCP server whose tools read and write ``memory``."""
+    server = MCPServer(
+        name, instructions="Long-term memory with time: remember facts, recall them by meaning."
+    )
+
+    @server.tool()
+    @_client_errors
+    def remember(
+        content: str,
+        user_id: str,
+        run_id: str | None = None,
+        valid_at: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Store a memory for a user. valid_at (ISO 8601 with a time zone) is when it became true. A near
+        duplicate of a stored memory is merged into it. Returns what happened: ADD, MERGE or SKIP."""
+        results = memory.add(
+            content,
+            user_id=user_id,
+            run_id=run_id,
+            valid_at=_time(valid_at, "valid_at"),
+            metadata=metadata,
+        )
+        return [{"id": r.id, "event": r.event, "tau": r.tau, "duplicate": r.duplicate} for r in results]
+
+    @server.tool()
+    @_client_errors
+    def recall(
+        query: str,
+        user_id: str,
+        k: int = 5,
+        valid_at: str | None = None,
+        as_of: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The user's memories most relevant to a query, best first. valid_at: what was true then; as_of:
+        what the store knew then (ISO 8601 with a time zone)."""
+        hits = memory.search(
+            query,
+            user_id=user_id,
+            k=k,
+            valid_at=_time(valid_at, "valid_at"),
+            as_of=_time(as_of, "as_of"),
+        )
+        return [{**_item(h.memory), "score": h.score, "scores": h.scores} for h in hits]
+
+    @server.tool()
+    @_client_errors
+    def revise(id: str, text: str) -> dict[str, Any]:
+        """Replace a memory's text; the old version stays in its history."""
+        return _item(memory.update(id, text=text))
+
+    @server.tool()
+    @_client_errors
+    def forget(id: str) -> dict[str, Any]:
+        """Forget a memory (it stays visible to questions about the past)."""
+        if memory.get(id) is None:
+            raise UnknownId(id)
+        memory.delete(id)
+        return {"forgotten": id}
+
+    @server.tool()
+    @_client_errors
+    def history(id: str) -> list[dict[str, Any]]:
+        """Every version of a memory, oldest first."""
+        versions = memory.history(id)
+        if not versions:
+            raise UnknownId(id)
+        return [_item(v) for v in versions]
+
+    @server.tool()
+    @_client_errors
+    def consolidate(phases: list[str] | None = None) -> dict[str, Any]:
+        """Sleep: replay (nrem), form prototypes of episodes (rem), prune stale memories (prune)."""
+        report = memory.consolidate(tuple(phases or ("nrem", "rem", "prune")), progress=False)
+        return {
+            "summary": report.summary(),
+            "bands_after": report.bands_after,
+            "prototypes": report.prototypes,
+        }
+
+    return server
+
+
+def run_mcp(path: str, *, transport: str = "stdio", embedder: Any = None, **options: Any) -> None:
+    """Open the memory at ``path`` and serve it over MCP until the client goes away; the memory is closed
+    after."""
+    memory = Memory(path, embedder=embedder)
+    try:
+        create_mcp_server(memory).run(transport, **options)  # type: ignore[arg-type]
+    finally:
+        memory.close()
