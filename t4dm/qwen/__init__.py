@@ -50,6 +50,7 @@ _EXPORTS = {
     "GenerationOutput": "unified",
     "UnifiedModel": "unified",
     "UnifiedOutput": "unified",
+    "sample_token": "unified",
 }
 
 

@@ -12,6 +12,7 @@ backbone itself never sees them.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from .backbone import decoder_layers, keep_nf4_layout, repacked_nf4_layers
 from .lora import lora_config
 from .memory import MemoryWrite, ModelMemory
 
-__all__ = ["DEFAULT_LAYER", "GenerationOutput", "UnifiedModel", "UnifiedOutput"]
+__all__ = ["DEFAULT_LAYER", "GenerationOutput", "UnifiedModel", "UnifiedOutput", "sample_token"]
 
 #: The decoder layer after which the stack runs (Qwen2.5-3B has 36: the middle of the network).
 DEFAULT_LAYER = 17
@@ -52,6 +53,57 @@ class UnifiedOutput(NamedTuple):
     signals: tuple[Any, ...]
     context: torch.Tensor | None
     layer_mean: torch.Tensor
+
+
+def _check_sampling(do_sample: Any, temperature: Any, top_k: Any, top_p: Any, generator: Any) -> None:
+    if not isinstance(do_sample, bool):
+        raise InvalidInput("do_sample", do_sample, "must be True or False")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 < temperature < math.inf
+    ):
+        raise InvalidInput("temperature", temperature, "must be a finite number > 0")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise InvalidInput("top_k", top_k, "must be an int >= 1 or None")
+    if top_p is not None and (
+        isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1
+    ):
+        raise InvalidInput("top_p", top_p, "must be a number in (0, 1] or None")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InvalidInput("generator", type(generator).__name__, "must be a torch.Generator or None")
+    if not do_sample:
+        for name, value, default in (
+            ("temperature", temperature, 1.0),
+            ("top_k", top_k, None),
+            ("top_p", top_p, None),
+        ):
+            if value != default:
+                raise InvalidInput(name, value, "only sampling uses it: pass do_sample=True")
+
+
+def sample_token(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row of ``logits`` ``[B, V]``: softmax of ``logits / temperature`` restricted to the
+    ``top_k`` largest and to the smallest most-likely set whose probability reaches ``top_p`` (the most
+    likely token is always kept), sampled with ``generator``. Returns ``[B]`` int64."""
+    z = logits.float() / temperature
+    if top_k is not None and top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        ordered, order = torch.sort(z, dim=-1, descending=True)
+        before = torch.softmax(ordered, dim=-1).cumsum(dim=-1) - torch.softmax(ordered, dim=-1)
+        drop = before >= top_p  # the probability of the tokens ranked above already reaches top_p
+        z = z.scatter(-1, order, ordered.masked_fill(drop, -math.inf))
+    probs = torch.softmax(z, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 class GenerationOutput(NamedTuple):
@@ -631,8 +683,18 @@ class UnifiedModel(nn.Module):
         reward: float = 0.0,
         modulate: bool = False,
         attention_mask: torch.Tensor | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
     ) -> GenerationOutput:
-        """Greedy decoding, token by token, in eval mode.
+        """Decoding token by token in eval mode: greedy, or sampled with ``do_sample=True``.
+
+        Sampling (:func:`sample_token`) divides the logits by ``temperature``, keeps the ``top_k`` most likely
+        tokens and the smallest set whose probability reaches ``top_p`` (nucleus), and draws from what is
+        left with ``generator`` (a ``torch.Generator`` on the model's device: the same seed, the same tokens).
+        ``scores`` are the raw logits either way.
 
         With ``use_cache`` the prompt runs once and each new token runs alone with the KV cache and the
         stack's stream state; without it every step recomputes the whole sequence (the reference the cached
@@ -649,6 +711,7 @@ class UnifiedModel(nn.Module):
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidInput("max_new_tokens", max_new_tokens, "must be an int >= 1")
+        _check_sampling(do_sample, temperature, top_k, top_p, generator)
         if reread_every is not None and (
             isinstance(reread_every, bool) or not isinstance(reread_every, int) or reread_every < 1
         ):
@@ -689,7 +752,12 @@ class UnifiedModel(nn.Module):
             for step in range(max_new_tokens):
                 logits = out.logits[:, -1].float()
                 scores.append(logits)
-                token = logits.argmax(dim=-1)
+                if do_sample:
+                    token = sample_token(
+                        logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+                    )
+                else:
+                    token = logits.argmax(dim=-1)
                 if eos_token_id is not None:
                     token = torch.where(finished, torch.full_like(token, eos_token_id), token)
                     finished |= token == eos_token_id

@@ -102,3 +102,68 @@ def test_left_padded_prompts_generate_what_each_generates_alone(use_cache):
     )
     with pytest.raises(NotImplementedError, match="left"):
         model.generate(ids, 3, attention_mask=torch.flip(mask, dims=[1]))
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def test_sampling_is_reproducible_and_stays_in_its_candidates():
+    from t4dm.qwen import sample_token
+
+    model = tiny_unified(40, lora=True, up_std=0.3)
+    ids = random_ids(2, 6, seed=40)
+
+    def sampled(seed, **kwargs):
+        return model.generate(
+            ids, 10, do_sample=True, generator=torch.Generator().manual_seed(seed), **kwargs
+        )
+
+    a, b, c = sampled(1), sampled(1), sampled(2)
+    assert torch.equal(a.sequences, b.sequences)  # the same seed, the same tokens
+    assert not torch.equal(a.sequences, c.sequences)
+    greedy = model.generate(ids, 10)
+    assert not torch.equal(a.sequences, greedy.sequences)  # a random model's logits are flat: it samples
+    # top_k = 1 and a tiny nucleus are greedy
+    assert torch.equal(sampled(3, top_k=1).sequences, greedy.sequences)
+    assert torch.equal(sampled(4, top_p=1e-6).sequences, greedy.sequences)
+    # top_k = 5: every token is among its step's five largest logits
+    out = sampled(5, top_k=5, temperature=2.0)
+    new = out.sequences[:, ids.shape[1] :]
+    top5 = out.scores.topk(5, dim=-1).indices
+    assert bool((top5 == new[..., None]).any(-1).all())
+    # cached and recomputed generation draw the same tokens from the same seed
+    full = model.generate(
+        ids, 10, use_cache=False, do_sample=True, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(full.sequences, a.sequences)
+    # the nucleus: the smallest most-likely set reaching top_p
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    seen = {
+        int(sample_token(logits, top_p=0.75, generator=torch.Generator().manual_seed(s))) for s in range(200)
+    }
+    assert seen == {0, 1}
+    seen = {
+        int(sample_token(logits, top_p=0.81, generator=torch.Generator().manual_seed(s))) for s in range(200)
+    }
+    assert seen == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"do_sample": True, "temperature": 0.0}, "temperature"),
+        ({"do_sample": True, "temperature": float("nan")}, "temperature"),
+        ({"do_sample": True, "top_k": 0}, "top_k"),
+        ({"do_sample": True, "top_p": 0.0}, "top_p"),
+        ({"do_sample": True, "top_p": 1.5}, "top_p"),
+        ({"do_sample": True, "generator": 7}, "generator"),
+        ({"do_sample": "yes"}, "do_sample"),
+        ({"top_k": 5}, "top_k"),  # a sampling option without do_sample
+        ({"temperature": 0.7}, "temperature"),
+    ],
+)
+def test_bad_sampling_options_name_the_field(kwargs, field):
+    from t4dm.errors import InvalidInput
+
+    model = tiny_unified(41)
+    with pytest.raises(InvalidInput) as info:
+        model.generate(random_ids(1, 4), 2, **kwargs)
+    assert info.value.field == field
