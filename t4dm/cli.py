@@ -1,4 +1,5 @@
-"""The ``t4dm`` command line: ``t4dm demo``, ``t4dm bench …``, ``t4dm eval locomo``, ``t4dm info PATH``."""
+"""The ``t4dm`` command line: ``t4dm demo``, ``t4dm bench …``, ``t4dm eval locomo``, ``t4dm serve``, ``t4dm mcp``,
+``t4dm info PATH`` (and ``t4dm train`` with the model extras)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from importlib import import_module
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -87,21 +90,26 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _entry(command: str, module: str, name: str, extra: str) -> Any:
+    """``module.name``, or None after saying which extra ``t4dm <command>`` needs."""
     try:
-        from t4dm.server import serve
+        return getattr(import_module(module), name)
     except ImportError as exc:
-        print(f"t4dm serve needs the server extra (pip install 't4dm[server]'): {exc}", file=sys.stderr)
+        print(f"t4dm {command} needs the {extra} extra (pip install 't4dm[{extra}]'): {exc}", file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    serve = _entry("serve", "t4dm.server", "serve", "server")
+    if serve is None:
         return 2
     serve(args.path, host=args.host, port=args.port, embedder=args.embedder)
     return 0
 
 
 def _mcp(args: argparse.Namespace) -> int:
-    try:
-        from t4dm.adapters.mcp import run_mcp
-    except ImportError as exc:
-        print(f"t4dm mcp needs the mcp extra (pip install 't4dm[mcp]'): {exc}", file=sys.stderr)
+    run_mcp = _entry("mcp", "t4dm.adapters.mcp", "run_mcp", "mcp")
+    if run_mcp is None:
         return 2
     options = {} if args.transport == "stdio" else {"host": args.host, "port": args.port}
     run_mcp(args.path, transport=args.transport, embedder=args.embedder, **options)

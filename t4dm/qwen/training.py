@@ -578,16 +578,19 @@ def _val_postfix(result: TrainResult) -> dict[str, str]:
     return {"val": f"{result.val_losses[-1][1]:.4f}"} if result.val_losses else {}
 
 
+def _autocast(options: dict[str, Any]) -> Any:
+    """bfloat16 autocast when the run uses mixed precision (on CUDA), else nothing."""
+    if options["mixed_precision"]:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _validate(
     model: UnifiedModel, val_ids: np.ndarray, options: dict[str, Any], device: torch.device
 ) -> float:
-    """The mean next-token loss of the run's ``val_batches`` fixed validation batches, in eval mode, without
-    gradients, with the caller's RNG left as it was."""
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if options["mixed_precision"]
-        else contextlib.nullcontext()
-    )
+    """The mean next-token loss of the run's ``val_batches`` fixed validation batches, in eval mode (no
+    dropout: no random numbers drawn) and without gradients."""
+    autocast = _autocast(options)
     was_training = model.training
     model.eval()
     try:
@@ -670,11 +673,7 @@ def _phase1(
         for group in optimizer.param_groups:  # this call's settings win (the learning rate: per step, below)
             group["weight_decay"] = options["weight_decay"]
     total, seed, clip = options["steps"], options["seed"], options["grad_clip"]
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if options["mixed_precision"]
-        else contextlib.nullcontext()
-    )
+    autocast = _autocast(options)
     was_training = model.training
     model.train()
     try:

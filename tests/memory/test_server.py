@@ -93,3 +93,21 @@ def test_errors_keep_their_type_and_field(client):
     assert client.get("/memories/nope/history").status_code == 404
     assert client.post("/search", json={"user_id": "a"}).status_code == 422  # no query: the body's shape
     assert client.get("/health").json()["memories"] == 0  # nothing was written by the refused calls
+
+
+def test_the_commands_say_which_extra_they_need(tmp_path, monkeypatch, capsys):
+    import t4dm.cli as cli
+
+    real = cli.import_module
+
+    def missing(name, *args):
+        if name in ("t4dm.server", "t4dm.adapters.mcp"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(cli, "import_module", missing)
+    assert cli.main(["serve", "--path", str(tmp_path / "m")]) == 2
+    assert "needs the server extra" in capsys.readouterr().err
+    assert cli.main(["mcp", "--path", str(tmp_path / "m")]) == 2
+    assert "needs the mcp extra" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()  # nothing opened
