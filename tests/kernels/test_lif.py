@@ -431,6 +431,24 @@ def test_compiles_in_one_graph_and_matches_the_reference(dynamic: bool) -> None:
         assert rel_err(xc.grad, xr.grad) <= 1e-5 and rel_err(vc.grad, vr.grad) <= 1e-5
 
 
+def test_torch_export_carries_the_operator() -> None:
+    """torch.export traces the Triton path to one t4dm.lif_fwd node; the exported program gives the same output."""
+    config = LIFConfig(block=32, chunk=8, warmup=8)
+
+    class Neurons(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return fused.lif_multistep_impl(x, time_dim=1, backend="triton", config=config)
+
+    x = make_input((2, 24, 20), seed=41)
+    program = torch.export.export(Neurons(), (x,))
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert targets.count("t4dm.lif_fwd.default") == 1
+    spikes, v_final = program.module()(x)
+    ref_spikes, ref_v = Neurons()(x)
+    assert_spikes_equal(spikes, ref_spikes)
+    assert torch.equal(v_final, ref_v)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the kernels compile for Hopper (catches what the interpreter lets through); needs no GPU
 # ----------------------------------------------------------------------------------------------------------------
