@@ -111,3 +111,22 @@ def test_the_commands_say_which_extra_they_need(tmp_path, monkeypatch, capsys):
     assert cli.main(["mcp", "--path", str(tmp_path / "m")]) == 2
     assert "needs the mcp extra" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()  # nothing opened
+
+
+def test_concurrent_requests_lose_nothing(client):
+    """FastAPI runs these handlers on a thread pool: writes and searches from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> int:
+        _add(client, f"note {i} about topic {i % 5} and item {i}", user_id=f"user{i % 3}", dedup=False)
+        response = client.post("/search", json={"query": f"topic {i % 5}", "user_id": f"user{i % 3}"})
+        assert response.status_code == 200
+        return len(response.json()["hits"])
+
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(work, range(40)))
+    assert all(n >= 1 for n in found)  # each search sees at least its own user's note
+    assert client.get("/health").json()["memories"] == 40
+    for user in range(3):
+        expected = sum(1 for i in range(40) if i % 3 == user)
+        assert client.delete("/memories", params={"user_id": f"user{user}"}).json() == {"deleted": expected}
