@@ -31,6 +31,7 @@ def _configs() -> list[triton.Config]:
     {
         "USE_INITIAL_STATE": lambda args: args["h0"] is not None,
         "STORE_FINAL_STATE": lambda args: args["ht"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
     }
 )
 @triton.autotune(configs=_configs(), key=["K", "V", "BK"])
@@ -43,7 +44,8 @@ def _rwkv6_fused_recurrent_fwd_kernel(
     u,  # bonus [H, K]
     o,  # output [B, T, H, V]
     h0,  # initial state [B, H, K, V], or None
-    ht,  # final state [B, H, K, V] float32, or None
+    ht,  # final state [N, H, K, V] float32, or None (N: batch rows, or packed sequences)
+    cu_seqlens,  # [N + 1] int32 sequence starts of a packed batch (B = 1), or None
     scale,  # output scale
     T,  # sequence length
     H: tl.constexpr,  # heads
@@ -53,9 +55,15 @@ def _rwkv6_fused_recurrent_fwd_kernel(
     BV: tl.constexpr,  # value block of this program (autotuned)
     USE_INITIAL_STATE: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_b, i_h = i_bh // H, i_bh % H  # i_b: the batch row, or the packed sequence
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_b).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_b + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        bos = i_b.to(tl.int64) * T
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
@@ -68,7 +76,7 @@ def _rwkv6_fused_recurrent_fwd_kernel(
     if USE_INITIAL_STATE:
         b_h += tl.load(h0 + o_state, mask=m_kv, other=0.0).to(tl.float32)
     for t in range(0, T):
-        o_row = (i_b * T + t).to(tl.int64) * H + i_h
+        o_row = (bos + t) * H + i_h
         b_r = tl.load(r + o_row * K + o_k, mask=m_k, other=0.0).to(tl.float32)
         b_k = tl.load(k + o_row * K + o_k, mask=m_k, other=0.0).to(tl.float32)
         b_w = tl.load(w + o_row * K + o_k, mask=m_k, other=0.0).to(tl.float32)
@@ -90,19 +98,22 @@ def fused_recurrent_rwkv6_fwd(
     scale: float,
     initial_state: torch.Tensor | None,
     output_final_state: bool,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the recurrent forward on contiguous ``[B, T, H, *]`` inputs."""
+    """Launch the recurrent forward on contiguous ``[B, T, H, *]`` inputs (``B = 1`` with ``cu_seqlens``, the
+    int32 starts of the packed sequences: each has its own initial and final state)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     BK = max(16, triton.next_power_of_2(K))
     o = torch.empty(B, T, H, V, dtype=r.dtype, device=r.device)
-    ht = r.new_empty(B, H, K, V, dtype=torch.float32) if output_final_state else None
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    ht = r.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
 
     def grid(meta):
-        return (triton.cdiv(V, meta["BV"]), B * H)
+        return (triton.cdiv(V, meta["BV"]), N * H)
 
     _rwkv6_fused_recurrent_fwd_kernel[grid](
-        r, k, v, w, u, o, initial_state, ht, scale, T, H=H, K=K, V=V, BK=BK
+        r, k, v, w, u, o, initial_state, ht, cu_seqlens, scale, T, H=H, K=K, V=V, BK=BK
     )  # fmt: skip
     return o, ht
 
@@ -117,26 +128,28 @@ def _rwkv6_recurrent_op(
     scale: float,
     initial_state: torch.Tensor | None,
     output_final_state: bool,
+    cu_seqlens: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fused_recurrent_rwkv6_fwd` as a PyTorch operator (forward only): ``(o, final state
     or [0])``, so that torch.compile and CUDA-graph capture of a decoding loop see one opaque call (the
     operator's eager dispatch costs ~11 µs per call on this 2-core VM)."""
-    o, ht = fused_recurrent_rwkv6_fwd(r, k, v, w, u, scale, initial_state, output_final_state)
+    o, ht = fused_recurrent_rwkv6_fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
     return o, ht if ht is not None else r.new_empty(0, dtype=torch.float32)
 
 
 @_rwkv6_recurrent_op.register_fake
-def _(r, k, v, w, u, scale, initial_state, output_final_state):
+def _(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens):
     B, T, H, K = r.shape
     V = v.shape[-1]
-    ht = r.new_empty((B, H, K, V) if output_final_state else (0,), dtype=torch.float32)
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    ht = r.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
     return r.new_empty(B, T, H, V), ht
 
 
 def _rwkv6_recurrent(*args) -> tuple[torch.Tensor, torch.Tensor | None]:  # type: ignore[no-untyped-def]
     """The operator, with ``None`` for a final state not asked for."""
     o, ht = _rwkv6_recurrent_op(*args)
-    return o, (ht if args[-1] else None)
+    return o, (ht if ht.numel() else None)  # [0] when no final state was asked for
 
 
 def _check_triton_device(r: torch.Tensor) -> None:
@@ -161,16 +174,19 @@ def fused_recurrent_rwkv6(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    *,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``rwkv6`` token by token in one Triton kernel; forward only (no autograd). Same arguments and
     results as :func:`t4dm.kernels.rwkv.rwkv6`. Used for prefill-free decoding and as the recurrent
     link in the tests' chain naive <-> recurrent <-> chunked."""
-    scale = check_rwkv6_inputs(r, k, v, w, u, scale, initial_state)
+    scale = check_rwkv6_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens=cu_seqlens)
     _check_triton_device(r)
     r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
-    return _rwkv6_recurrent(r, k, v, w, u, float(scale), initial_state, output_final_state)
+    packed = None if cu_seqlens is None else cu_seqlens.to(torch.int32).contiguous()
+    return _rwkv6_recurrent(r, k, v, w, u, float(scale), initial_state, output_final_state, packed)
 
 
 @torch.no_grad()
@@ -197,5 +213,6 @@ def fused_rwkv6_step(
         float(scale),
         state.contiguous(),
         True,
+        None,
     )
     return o.reshape(B, H, V), ht

@@ -30,6 +30,7 @@ def _configs() -> list[triton.Config]:
     {
         "USE_INITIAL_STATE": lambda args: args["h0"] is not None,
         "STORE_FINAL_STATE": lambda args: args["ht"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
     }
 )
 @triton.autotune(configs=_configs(), key=["D", "V", "BD"])
@@ -41,7 +42,8 @@ def _spike_attention_fused_recurrent_fwd_kernel(
     log_decay,  # per-head log decay [H]
     o,  # output [B, T, H, V]
     h0,  # initial state [B, H, D, V], or None
-    ht,  # final state [B, H, D, V] float32, or None
+    ht,  # final state [N, H, D, V] float32, or None (N: batch rows, or packed sequences)
+    cu_seqlens,  # [N + 1] int32 sequence starts of a packed batch (B = 1), or None
     scale,  # output scale
     T,  # sequence length
     H: tl.constexpr,  # heads
@@ -51,9 +53,15 @@ def _spike_attention_fused_recurrent_fwd_kernel(
     BV: tl.constexpr,  # value block of this program (autotuned)
     USE_INITIAL_STATE: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_b, i_h = i_bh // H, i_bh % H  # i_b: the batch row, or the packed sequence
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_b).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_b + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        bos = i_b.to(tl.int64) * T
     o_d = tl.arange(0, BD)
     o_v = i_v * BV + tl.arange(0, BV)
     m_d = o_d < D
@@ -66,7 +74,7 @@ def _spike_attention_fused_recurrent_fwd_kernel(
     if USE_INITIAL_STATE:
         b_h += tl.load(h0 + o_state, mask=m_dv, other=0.0).to(tl.float32)
     for t in range(0, T):
-        o_row = (i_b * T + t).to(tl.int64) * H + i_h
+        o_row = (bos + t) * H + i_h
         b_q = tl.load(q + o_row * D + o_d, mask=m_d, other=0.0).to(tl.float32)
         b_k = tl.load(k + o_row * D + o_d, mask=m_d, other=0.0).to(tl.float32)
         b_v = tl.load(v + o_row * V + o_v, mask=m_v, other=0.0).to(tl.float32)
@@ -85,19 +93,22 @@ def fused_recurrent_spike_attention_fwd(
     scale: float,
     initial_state: torch.Tensor | None,
     output_final_state: bool,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the recurrent forward on contiguous ``[B, T, H, *]`` inputs."""
+    """Launch the recurrent forward on contiguous ``[B, T, H, *]`` inputs (``B = 1`` with ``cu_seqlens``, the
+    int32 starts of the packed sequences: each has its own initial and final state)."""
     B, T, H, D = q.shape
     V = v.shape[-1]
     BD = max(16, triton.next_power_of_2(D))
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
-    ht = q.new_empty(B, H, D, V, dtype=torch.float32) if output_final_state else None
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    ht = q.new_empty(N, H, D, V, dtype=torch.float32) if output_final_state else None
 
     def grid(meta):
-        return (triton.cdiv(V, meta["BV"]), B * H)
+        return (triton.cdiv(V, meta["BV"]), N * H)
 
     _spike_attention_fused_recurrent_fwd_kernel[grid](
-        q, k, v, log_decay, o, initial_state, ht, scale, T, H=H, D=D, V=V, BD=BD
+        q, k, v, log_decay, o, initial_state, ht, cu_seqlens, scale, T, H=H, D=D, V=V, BD=BD
     )  # fmt: skip
     return o, ht
 
@@ -111,26 +122,30 @@ def _spike_attention_recurrent_op(
     scale: float,
     initial_state: torch.Tensor | None,
     output_final_state: bool,
+    cu_seqlens: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fused_recurrent_spike_attention_fwd` as a PyTorch operator (forward only): ``(o, final state
     or [0])``, so that torch.compile and CUDA-graph capture of a decoding loop see one opaque call (the
     operator's eager dispatch costs ~11 µs per call on this 2-core VM)."""
-    o, ht = fused_recurrent_spike_attention_fwd(q, k, v, log_decay, scale, initial_state, output_final_state)
+    o, ht = fused_recurrent_spike_attention_fwd(
+        q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens
+    )
     return o, ht if ht is not None else q.new_empty(0, dtype=torch.float32)
 
 
 @_spike_attention_recurrent_op.register_fake
-def _(q, k, v, log_decay, scale, initial_state, output_final_state):
+def _(q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens):
     B, T, H, D = q.shape
     V = v.shape[-1]
-    ht = q.new_empty((B, H, D, V) if output_final_state else (0,), dtype=torch.float32)
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    ht = q.new_empty((N, H, D, V) if output_final_state else (0,), dtype=torch.float32)
     return q.new_empty(B, T, H, V), ht
 
 
 def _spike_attention_recurrent(*args) -> tuple[torch.Tensor, torch.Tensor | None]:  # type: ignore[no-untyped-def]
     """The operator, with ``None`` for a final state not asked for."""
     o, ht = _spike_attention_recurrent_op(*args)
-    return o, (ht if args[-1] else None)
+    return o, (ht if ht.numel() else None)  # [0] when no final state was asked for
 
 
 def _check_triton_device(q: torch.Tensor) -> None:
@@ -154,15 +169,20 @@ def fused_recurrent_spike_attention(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    *,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Spike attention token by token in one Triton kernel; forward only (no autograd). Returns
     ``(o, final_state or None)``; the recurrent link in the tests' chain naive <-> recurrent <-> chunked."""
-    scale = check_spike_attention_inputs(q, k, v, log_decay, scale, initial_state)
+    scale = check_spike_attention_inputs(q, k, v, log_decay, scale, initial_state, cu_seqlens=cu_seqlens)
     _check_triton_device(q)
     q, k, v, log_decay = (x.contiguous() for x in (q, k, v, log_decay))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
-    return _spike_attention_recurrent(q, k, v, log_decay, float(scale), initial_state, output_final_state)
+    packed = None if cu_seqlens is None else cu_seqlens.to(torch.int32).contiguous()
+    return _spike_attention_recurrent(
+        q, k, v, log_decay, float(scale), initial_state, output_final_state, packed
+    )
 
 
 @torch.no_grad()
@@ -187,5 +207,6 @@ def fused_spike_attention_step(
         float(scale),
         state.contiguous(),
         True,
+        None,
     )
     return o.reshape(B, H, V), ht

@@ -143,14 +143,13 @@ def _rwkv_cases() -> list[Case]:
                 dict(**shape, NV=1, BT=BT, BK=64, USE_FINAL_STATE_GRADIENT=True, **flags),
             ),
         ]  # fmt: skip
-        if not varlen:
-            cases.append(
-                (
-                    fused_recurrent._rwkv6_fused_recurrent_fwd_kernel,
-                    dict(r=p, k=p, v=p, w=p, u=p, o=p, h0=f32, ht=f32, scale="fp32", T="i32"),
-                    dict(**shape, V=64, BK=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True),
-                )
+        cases.append(
+            (
+                fused_recurrent._rwkv6_fused_recurrent_fwd_kernel,
+                dict(r=p, k=p, v=p, w=p, u=p, o=p, h0=f32, ht=f32, cu_seqlens=i32, scale="fp32", T="i32"),
+                dict(**shape, V=64, BK=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, **flags),
             )
+        )
     return cases
 
 
@@ -182,14 +181,15 @@ def _spike_attention_cases() -> list[Case]:
                      STORE_INITIAL_STATE_GRADIENT=True, IS_VARLEN=varlen),
             ),
         ]  # fmt: skip
-        if not varlen:
-            cases.append(
-                (
-                    fused_recurrent._spike_attention_fused_recurrent_fwd_kernel,
-                    dict(q=p, k=p, v=p, log_decay=f32, o=p, h0=f32, ht=f32, scale="fp32", T="i32"),
-                    dict(**shape, BD=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True),
-                )
+        cases.append(
+            (
+                fused_recurrent._spike_attention_fused_recurrent_fwd_kernel,
+                dict(
+                    q=p, k=p, v=p, log_decay=f32, o=p, h0=f32, ht=f32, cu_seqlens=i32, scale="fp32", T="i32"
+                ),
+                dict(**shape, BD=64, BV=32, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, IS_VARLEN=varlen),
             )
+        )
     return cases
 
 

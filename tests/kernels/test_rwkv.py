@@ -367,6 +367,26 @@ def test_recurrent_kernel_matches_naive_and_chunk(chunk, recurrent, nan_empty, B
     assert_close("chunk ht vs recurrent", chunk_ht, rec_ht, 1e-4)
 
 
+def test_recurrent_kernel_variable_length(recurrent, nan_empty):
+    """Sequences packed into one row (``cu_seqlens``) give what each gives alone: outputs and final states."""
+    lengths, H, K, V = [1, 15, 40, 33], 2, 16, 24
+    T = sum(lengths)
+    r, k, v, w, u, _ = make_inputs(1, T, H, K, V, "typical")
+    h0 = make_inputs(len(lengths), 1, H, K, V, seed=3)[5]
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int64, device=DEVICE)
+    o, ht = recurrent.fused_recurrent_rwkv6(
+        r, k, v, w, u, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens
+    )
+    assert o.shape == (1, T, H, V) and ht.shape == (len(lengths), H, K, V)
+    for n, (bos, eos) in enumerate(itertools.pairwise(cu_seqlens.tolist())):
+        part = [x[:, bos:eos].double() for x in (r, k, v, w)]
+        ref_o, ref_ht = naive_recurrent_rwkv6(*part, u.double(), None, h0[n : n + 1].double(), True)
+        assert_close(f"o of sequence {n}", o[:, bos:eos], ref_o, 1e-4)
+        assert_close(f"ht of sequence {n}", ht[n : n + 1], ref_ht, 1e-4)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        recurrent.fused_recurrent_rwkv6(r, k, v, w, u, cu_seqlens=torch.tensor([0, 5, 3], device=DEVICE))
+
+
 def test_fused_step_matches_naive_step(recurrent, nan_empty):
     B, H, K, V = 3, 2, 20, 40
     r, k, v, w, u, state = make_inputs(B, 1, H, K, V)
@@ -406,8 +426,12 @@ def test_operators_pass_opcheck(chunk, lengths):
 def test_recurrent_operator_passes_opcheck_and_compiles(recurrent, final):
     """torch.ops.t4dm.rwkv6_recurrent (forward only): opcheck, and a compiled decoding step in one graph."""
     r, k, v, w, u, h0 = make_inputs(2, 5, 2, 16, 24)
-    torch.library.opcheck(recurrent._rwkv6_recurrent_op, (r, k, v, w, u, 0.25, h0, final))
-    torch.library.opcheck(recurrent._rwkv6_recurrent_op, (r, k, v, w, u, 0.25, None, final))
+    torch.library.opcheck(recurrent._rwkv6_recurrent_op, (r, k, v, w, u, 0.25, h0, final, None))
+    torch.library.opcheck(recurrent._rwkv6_recurrent_op, (r, k, v, w, u, 0.25, None, final, None))
+    packed = torch.tensor([0, 3, 4, 10], dtype=torch.int32, device=DEVICE)  # three sequences in one row of 10
+    r1, k1, v1, w1, _, _ = make_inputs(1, 10, 2, 16, 24, seed=2)
+    h3 = make_inputs(3, 1, 2, 16, 24, seed=3)[5]
+    torch.library.opcheck(recurrent._rwkv6_recurrent_op, (r1, k1, v1, w1, u, 0.25, h3, final, packed))
     torch._dynamo.reset()
     step = torch.compile(recurrent.fused_rwkv6_step, fullgraph=True, backend="aot_eager")
     o, state = step(r[:, 0], k[:, 0], v[:, 0], w[:, 0], u, h0, 0.25)
@@ -530,9 +554,7 @@ def test_kernels_compile_for_sm90() -> None:
     pytest.importorskip("triton.backends.compiler")
     result = run_compile_check("rwkv")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert (
-        result.stdout.count("compiled") == 17
-    )  # 6 kernels x (bf16, float32) + 5 chunk kernels packed (bf16)
+    assert result.stdout.count("compiled") == 18  # 6 kernels x (bf16, float32, packed bf16)
 
 
 @pytest.mark.gpu
