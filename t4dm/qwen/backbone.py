@@ -91,6 +91,8 @@ def load_backbone(
     quantize: str = "nf4",
     device_map: str | dict[str, Any] | None = None,
     dtype: torch.dtype | str | None = None,
+    *,
+    inference_only: bool = False,
 ) -> nn.Module:
     """A ``Qwen2ForCausalLM`` from the local checkpoint folder ``path`` (nothing is downloaded).
 
@@ -101,6 +103,9 @@ def load_backbone(
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` or ``{"": 0}``); ``None`` loads on the CPU
             (with ``quantize="nf4"``, ``None`` means ``{"": 0}`` where CUDA is, else the CPU). A 4-bit
             model keeps its loaded weight layout (:func:`keep_nf4_layout`), so it can train after eval.
+        inference_only: with ``"nf4"``, let bitsandbytes repack the 4-bit weights for CPU inference the first
+            time they run in eval mode (2.5x faster decoding on an AVX512-BF16 CPU; no effect on CUDA). Such a
+            model cannot train once it has run: :class:`~t4dm.qwen.UnifiedModel` then refuses ``train()``.
         dtype: of the unquantised weights; default bfloat16 with ``"nf4"``, the checkpoint's own with
             ``"none"``.
 
@@ -121,6 +126,8 @@ def load_backbone(
         raise InvalidInput("path", folder, f"config.json has model_type={model_type!r}, expected 'qwen2'")
     if quantize not in QUANTIZE_MODES:
         raise InvalidInput("quantize", quantize, f"expected one of {QUANTIZE_MODES}")
+    if not isinstance(inference_only, bool):
+        raise InvalidInput("inference_only", inference_only, "must be True or False")
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"local_files_only": True}
@@ -135,7 +142,10 @@ def load_backbone(
             kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if quantize == "nf4":
-        keep_nf4_layout(model)
+        if inference_only:
+            model.t4dm_inference_only = True  # UnifiedModel leaves the layout to bitsandbytes
+        else:
+            keep_nf4_layout(model)
     return model
 
 

@@ -246,7 +246,8 @@ class UnifiedModel(nn.Module):
         self.lora: dict[str, Any] | None = None
         self.backbone = backbone
         self._requires_grad = [p.requires_grad for p in backbone.parameters()]
-        keep_nf4_layout(backbone)  # a 4-bit backbone must keep its weight layout to train (see there)
+        if not getattr(backbone, "t4dm_inference_only", False):
+            keep_nf4_layout(backbone)  # a 4-bit backbone must keep its weight layout to train (see there)
         if freeze_backbone:
             for p in backbone.parameters():
                 p.requires_grad_(False)
@@ -393,8 +394,9 @@ class UnifiedModel(nn.Module):
                 raise InvalidInput(
                     "backbone",
                     repacked[:3],
-                    f"{len(repacked)} 4-bit layers were repacked for CPU inference before this model was "
-                    "built and cannot train; load the backbone again with t4dm.qwen.load_backbone",
+                    f"{len(repacked)} 4-bit layers were repacked for CPU inference (a backbone loaded with "
+                    "inference_only=True, or run in eval mode before this model was built) and cannot train; "
+                    "load the backbone again with t4dm.qwen.load_backbone (inference_only=False)",
                 )
         return super().train(mode)
 

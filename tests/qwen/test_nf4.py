@@ -206,3 +206,26 @@ def test_nf4_phase1_trains_lora_and_stack_and_lowers_the_loss(folder):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed and all(p.requires_grad for n, p in model.named_parameters() if n in changed)
     assert any("lora_" in n for n in changed) and any(n.startswith("stack.") for n in changed)
+
+
+def test_an_inference_only_backbone_decodes_and_refuses_training(folder):
+    if DEVICE != "cpu":
+        pytest.skip("the repacked layout is bitsandbytes' CPU inference path")
+    backbone = load_backbone(folder, quantize="nf4", inference_only=True)
+    torch.manual_seed(8)
+    model = UnifiedModel(backbone, layer=LAYER, **STACK).eval()
+    kept = _unified(folder, lora=False)  # the same weights and stack, trainable layout
+    ids = random_ids(1, 7, seed=9)
+    fast, slow = model.generate(ids, 5), kept.generate(ids, 5)
+    if not repacked_nf4_layers(model.backbone):
+        pytest.skip("bitsandbytes does not repack 4-bit weights on this CPU (no AVX512-BF16)")
+    assert repacked_nf4_layers(kept.backbone) == []
+    # the repacked weights round their block scales to bfloat16: close to the kept layout, not equal
+    rel = float((fast.scores - slow.scores).norm() / slow.scores.norm())
+    assert rel < 0.05
+    with pytest.raises(InvalidInput) as info:
+        model.train()
+    assert info.value.field == "backbone" and "inference_only=False" in str(info.value)
+    with pytest.raises(InvalidInput) as info:
+        load_backbone(folder, quantize="nf4", inference_only="yes")
+    assert info.value.field == "inference_only"
