@@ -565,7 +565,6 @@ def _maybe_validate(
     options: dict[str, Any],
     device: torch.device,
     result: TrainResult,
-    bar: Any,
 ) -> None:
     """Validate after step ``result.step`` when it is due (every ``val_every`` steps and after the last)."""
     every, step = options["val_every"], result.step
@@ -706,7 +705,7 @@ def _phase1(
                 result.losses.append(float(loss.detach()))
                 result.grad_norms.append(float(norm))
                 result.lrs.append(lr)
-                _maybe_validate(model, val_ids, options, device, result, bar)
+                _maybe_validate(model, val_ids, options, device, result)
                 bar.set_postfix(loss=f"{result.losses[-1]:.4f}", **_val_postfix(result), refresh=False)
                 bar.update(1)
                 if out is not None and _checkpoint_due(step, total, every):
@@ -795,7 +794,7 @@ def _phase2(
                 result.step = step
                 result.losses.append(loss)
                 result.dopamine.append(dopamine)
-                _maybe_validate(model, val_ids, options, device, result, bar)
+                _maybe_validate(model, val_ids, options, device, result)
                 bar.set_postfix(
                     loss=f"{loss:.4f}", dopamine=f"{dopamine:+.4f}", **_val_postfix(result), refresh=False
                 )
