@@ -693,6 +693,21 @@ class Memory:
             "store": self.db.stats(),
         }
 
+    def export_jsonl(self, path: str | os.PathLike) -> dict[str, int]:
+        """Write the live memories and the edges between them to a JSON Lines file (see
+        :mod:`t4dm.memory.transfer`); returns the counts."""
+        from .transfer import export_jsonl
+
+        return export_jsonl(self, path)
+
+    def import_jsonl(self, path: str | os.PathLike) -> dict[str, int]:
+        """Add an export's memories and edges, each text embedded with this memory's embedder (so an export is
+        also how a memory moves to another embedder); the whole file is checked first, and an id already here
+        refuses the import (:mod:`t4dm.memory.transfer`). Returns the counts."""
+        from .transfer import import_jsonl
+
+        return import_jsonl(self, path)
+
     def consolidate(
         self,
         phases: Sequence[str] = ("nrem", "rem", "prune"),

@@ -1,0 +1,118 @@
+"""Export to JSON Lines and import into a memory with another embedder: the memories, their times, kinds,
+κ and fields, and the edges between them come across; a bad file writes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from t4dm import Memory
+from t4dm.errors import InvalidInput
+from t4dm.memory.transfer import _decode, _encode
+
+from .conftest import bag_of_words
+
+
+def letters(texts: list[str]) -> np.ndarray:
+    """Another embedder, of another dimension: letter counts."""
+    out = np.zeros((len(texts), 26), np.float32)
+    for i, text in enumerate(texts):
+        for ch in re.sub(r"[^a-z]", "", text.lower()):
+            out[i, ord(ch) - 97] += 1
+        out[i, 0] += 1e-3  # never a zero vector
+    return out
+
+
+def _filled(path) -> Memory:
+    memory = Memory(path, embedder=bag_of_words)
+    memory.add("Alice moved to Paris", user_id="alice", valid_at=datetime(2023, 5, 8, tzinfo=UTC),
+               metadata={"source": "chat", "tags": ["move", {"city": "Paris"}]})  # fmt: skip
+    memory.add(
+        [{"role": "user", "speaker": "Maya", "content": "I adopted a cat named Miso"},
+         {"role": "assistant", "content": "Lovely, how old is Miso?"},
+         {"role": "user", "speaker": "Maya", "content": "Miso is two"}],
+        user_id="maya", run_id="s1",
+    )  # fmt: skip
+    [paris] = [h for h in memory.search("Paris", user_id="alice")]
+    memory.update(paris.id, text="Alice moved to Lisbon")
+    return memory
+
+
+def test_round_trip_into_another_embedder(tmp_path):
+    with _filled(tmp_path / "a") as source:
+        counts = source.export_jsonl(tmp_path / "export.jsonl")
+        items = {item.id: item for item in source.db.scan()}
+        edges = {(e.src, e.dst, e.rel, e.weight) for e in source.db.edges(sorted(items), direction="out")}
+    assert counts == {"memories": 4, "edges": 2}  # the chat's two "next" edges
+    lines = (tmp_path / "export.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["type"] == "t4dm-memory" and len(lines) == 1 + 4 + 2
+
+    with Memory(tmp_path / "b", embedder=letters) as target:
+        assert target.import_jsonl(tmp_path / "export.jsonl") == counts
+        copied = {item.id: item for item in target.db.scan()}
+        assert copied.keys() == items.keys()
+        for id, item in items.items():
+            new = copied[id]
+            assert (new.kind, new.kappa, new.valid_from, new.valid_to) == (
+                item.kind, item.kappa, item.valid_from, item.valid_to
+            )  # fmt: skip
+            assert {k: v for k, v in new.fields.items() if k != "imported_recorded_at"} == item.fields
+            assert new.fields["imported_recorded_at"] == item.recorded_at.isoformat()
+            np.testing.assert_allclose(new.vector, target.embedder.embed([_indexed(item)])[0], rtol=1e-6)
+        assert {
+            (e.src, e.dst, e.rel, e.weight) for e in target.db.edges(sorted(copied), direction="out")
+        } == edges
+        # the copy answers as the source did, through its own embedder and its lexical index
+        [hit] = target.search("Lisbon", user_id="alice", k=1)
+        assert hit.text == "Alice moved to Lisbon" and hit.memory.metadata["tags"][1] == {"city": "Paris"}
+        # importing the same file again would duplicate ids: refused, nothing written
+        before = len(target)
+        with pytest.raises(InvalidInput) as info:
+            target.import_jsonl(tmp_path / "export.jsonl")
+        assert info.value.field == "path" and "already" in info.value.reason
+        assert len(target) == before
+
+
+def _indexed(item) -> str:
+    from t4dm.memory.lexical import indexed_text
+
+    return indexed_text(item.fields)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda lines: [*lines[:2], "{not json", *lines[2:]], "line 3"),
+        (lambda lines: lines[1:], "path"),  # no header
+        (lambda lines: [*lines, json.dumps({"type": "edge", "src": "x", "dst": "y", "rel": "next"})], "path"),
+        (lambda lines: [*lines, lines[1]], "path"),  # an id twice
+        (lambda lines: [*lines, json.dumps({"type": "blob"})], "line 8.type"),
+        (
+            lambda lines: [lines[0], lines[1].replace('"kappa": 0.0', '"kappa": 2.0'), *lines[2:]],
+            "line 2.kappa",
+        ),
+    ],
+)
+def test_a_bad_file_names_the_problem_and_writes_nothing(tmp_path, mutate, field):
+    with _filled(tmp_path / "a") as source:
+        source.export_jsonl(tmp_path / "export.jsonl")
+    lines = (tmp_path / "export.jsonl").read_text().splitlines()
+    (tmp_path / "bad.jsonl").write_text("\n".join(mutate(lines)) + "\n")
+    with Memory(tmp_path / "b", embedder=letters) as target:
+        with pytest.raises(InvalidInput) as info:
+            target.import_jsonl(tmp_path / "bad.jsonl")
+        assert info.value.field == field
+        assert len(target) == 0
+
+
+def test_times_and_bytes_inside_fields_survive_the_encoding():
+    value = {
+        "when": datetime(2024, 1, 2, 3, 4, tzinfo=UTC),
+        "raw": b"\x00\xff",
+        "list": [1, "a", {"b": None}],
+    }
+    assert _decode(json.loads(json.dumps(_encode(value)))) == value
