@@ -1,10 +1,11 @@
 """The ``t4dm`` command line: ``t4dm demo``, ``t4dm bench …``, ``t4dm eval locomo``, ``t4dm serve``, ``t4dm mcp``,
-``t4dm info PATH`` (and ``t4dm train`` with the model extras)."""
+``t4dm export`` / ``t4dm import``, ``t4dm info PATH`` (and ``t4dm train`` with the model extras)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib import import_module
@@ -116,6 +117,37 @@ def _mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from t4dm.errors import InvalidInput
+    from t4dm.memory import Memory
+
+    if not os.path.isdir(args.path):
+        print(f"t4dm export: no memory at {args.path!r}", file=sys.stderr)
+        return 2
+    try:
+        with Memory(args.path, embedder=args.embedder) as memory:
+            counts = memory.export_jsonl(args.out)
+    except InvalidInput as exc:
+        print(f"t4dm export: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": args.out, **counts}))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from t4dm.errors import InvalidInput
+    from t4dm.memory import Memory
+
+    try:
+        with Memory(args.path, embedder=args.embedder) as memory:
+            counts = memory.import_jsonl(args.file)
+    except InvalidInput as exc:
+        print(f"t4dm import: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"path": args.path, **counts}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t4dm", description="T4DM: memory for agents, with time first-class."
@@ -212,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--port", type=int, default=8001, help="streamable-http: port (default 8001)")
     mcp.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
     mcp.set_defaults(func=_mcp)
+
+    export = sub.add_parser("export", help="write a memory's memories and edges to a JSON Lines file")
+    export.add_argument("--path", required=True, help="the memory's folder")
+    export.add_argument("--out", required=True, help="the JSON Lines file to write")
+    export.add_argument("--embedder", default=None, help="the memory's sentence-transformers model directory")
+    export.set_defaults(func=_export)
+    imp = sub.add_parser("import", help="add an export to a memory, re-embedded with its embedder")
+    imp.add_argument("--path", required=True, help="the memory's folder (created when missing)")
+    imp.add_argument("--file", required=True, help="a file written by t4dm export")
+    imp.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
+    imp.set_defaults(func=_import)
 
     info = sub.add_parser("info", help="print a store's statistics")
     info.add_argument("path")

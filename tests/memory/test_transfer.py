@@ -116,3 +116,25 @@ def test_times_and_bytes_inside_fields_survive_the_encoding():
         "list": [1, "a", {"b": None}],
     }
     assert _decode(json.loads(json.dumps(_encode(value)))) == value
+
+
+def test_the_export_and_import_commands(tmp_path, monkeypatch, capsys):
+    import t4dm.memory.embedder as embedder_module
+    from t4dm.cli import main
+    from t4dm.memory.embedder import CallableEmbedder
+
+    stub = CallableEmbedder(bag_of_words, name="bag-of-words")
+    monkeypatch.setattr(embedder_module, "default_embedder", lambda: stub)  # what --embedder omitted loads
+    _filled(tmp_path / "a").close()
+    assert main(["export", "--path", str(tmp_path / "a"), "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "out": str(tmp_path / "a.jsonl"),
+        "memories": 4,
+        "edges": 2,
+    }
+    assert main(["import", "--path", str(tmp_path / "b"), "--file", str(tmp_path / "a.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["memories"] == 4
+    assert main(["import", "--path", str(tmp_path / "b"), "--file", str(tmp_path / "a.jsonl")]) == 2
+    assert "already" in capsys.readouterr().err
+    assert main(["export", "--path", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "x.jsonl").exists()
