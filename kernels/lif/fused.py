@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_number
-from .naive import SURROGATES, lif_multistep_naive
+from .naive import SURROGATES, lif_multistep_forward, lif_multistep_naive
 
 __all__ = [
     "LIFConfig",
@@ -855,6 +855,12 @@ def lif_multistep_impl(
         backend = "triton" if x.is_cuda and x.numel() > 0 else "naive"
     tau, v_threshold, alpha = float(tau), float(v_threshold), float(alpha)
     v_reset = None if v_reset is None else float(v_reset)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (v0 is not None and v0.requires_grad))
+    if (backend == "naive" or x.numel() == 0) and not needs_grad:
+        spikes, v_final = lif_multistep_forward(
+            x.movedim(td, 0), tau, v_threshold, v_reset, bool(decay_input), v0
+        )
+        return spikes.movedim(0, td), v_final
     if backend == "naive" or x.numel() == 0:
         spikes, v_final = lif_multistep_naive(
             x.movedim(td, 0),

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-__all__ = ["SURROGATES", "lif_multistep_naive", "surrogate_grad"]
+__all__ = ["SURROGATES", "lif_multistep_forward", "lif_multistep_naive", "surrogate_grad"]
 
 #: Surrogate names and their ids in the Triton kernels. ``superspike`` is another name for ``fast_sigmoid``.
 SURROGATES: dict[str, int] = {
@@ -123,3 +123,47 @@ def lif_multistep_naive(
             v = h * (1.0 - s_reset) + reset_value * s_reset
         spikes.append(s)
     return torch.stack(spikes).to(x.dtype), v
+
+
+def lif_multistep_forward(
+    x: torch.Tensor,
+    tau: float = 2.0,
+    v_threshold: float = 1.0,
+    v_reset: float | None = 0.0,
+    decay_input: bool = True,
+    v0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lif_multistep_naive` without autograd: the same float32 operations in the same order, written
+    into buffers allocated once instead of new tensors per step — the CPU path when nothing needs a gradient.
+    Spikes and the final membrane are bit for bit the reference's (tested)."""
+    xf = x.float()
+    v = torch.zeros_like(xf[0]) if v0 is None else v0.float().clone()
+    tau_t = torch.tensor(tau, dtype=torch.float32, device=x.device)
+    reset_value = 0.0 if v_reset is None else float(v_reset)
+    spikes = torch.empty_like(xf)
+    h, a = torch.empty_like(v), torch.empty_like(v)
+    fired = torch.empty_like(v, dtype=torch.bool)
+    one = torch.ones((), dtype=torch.float32, device=x.device)
+    for t in range(xf.shape[0]):
+        x_t, s = xf[t], spikes[t]
+        torch.sub(v, reset_value, out=a)  # v - r
+        if decay_input:
+            torch.sub(x_t, a, out=a)  # x - (v - r)
+            torch.div(a, tau_t, out=a)
+            torch.add(v, a, out=h)  # v + (x - (v - r)) / tau
+        else:
+            torch.div(a, tau_t, out=a)
+            torch.sub(v, a, out=h)
+            h.add_(x_t)  # v - (v - r) / tau + x
+        torch.sub(h, v_threshold, out=a)
+        torch.ge(a, 0, out=fired)
+        s.copy_(fired)
+        if v_reset is None:
+            torch.mul(s, v_threshold, out=a)
+            torch.sub(h, a, out=v)  # h - s * v_threshold
+        else:
+            torch.sub(one, s, out=a)  # 1 - s
+            torch.mul(h, a, out=v)
+            torch.mul(s, reset_value, out=a)
+            v.add_(a)  # h * (1 - s) + r * s
+    return spikes.to(x.dtype), v

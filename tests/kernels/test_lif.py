@@ -312,6 +312,42 @@ def test_gradient_through_final_membrane_only() -> None:
     assert rel_err(grads[1][1], grads[0][1]) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("v_reset", [0.0, None, -0.3], ids=["hard", "soft", "negative-reset"])
+@pytest.mark.parametrize("decay_input", [True, False], ids=["decay-input", "no-decay-input"])
+def test_forward_only_path_is_the_reference_bit_for_bit(dtype, v_reset, decay_input) -> None:
+    """Without gradients the CPU runs lif_multistep_forward (buffers reused, no autograd): the same spikes and
+    membrane as the reference loop, exactly."""
+    from t4dm.kernels.lif.naive import lif_multistep_forward
+
+    x = (make_input((2, 150, 37), seed=51) * 1.3).to(dtype)
+    v0 = make_input((2, 37), seed=52) * 0.5
+    for tau, v_threshold in ((2.0, 1.0), (1.7, 0.3)):
+        args = (tau, v_threshold, v_reset, decay_input)
+        with torch.no_grad():
+            ref_s, ref_v = lif_multistep_naive(x.movedim(1, 0), *args, v0=v0)
+            s, v = lif_multistep_forward(x.movedim(1, 0), *args, v0=v0)
+            public_s, public_v = fused.lif_multistep_impl(x, *args, time_dim=1, v0=v0, backend="naive")
+        assert_spikes_equal(s, ref_s)
+        assert torch.equal(v, ref_v)
+        assert_spikes_equal(public_s, ref_s.movedim(0, 1))
+        assert torch.equal(public_v, ref_v)
+    assert torch.equal(v0, make_input((2, 37), seed=52) * 0.5)  # v0 is not written to
+
+
+def test_the_forward_only_path_runs_exactly_when_no_gradient_is_needed(monkeypatch) -> None:
+    calls = []
+    real = fused.lif_multistep_forward
+    monkeypatch.setattr(fused, "lif_multistep_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = make_input((12, 5), seed=53)
+    with torch.no_grad():
+        fused.lif_multistep_impl(x.requires_grad_(), backend="naive")
+    fused.lif_multistep_impl(x.detach(), backend="naive")  # grad mode, but nothing requires a gradient
+    assert len(calls) == 2
+    spikes, _ = fused.lif_multistep_impl(x.detach().requires_grad_(), backend="naive")
+    assert len(calls) == 2 and spikes.requires_grad  # the autograd loop
+
+
 def test_inference_without_grad() -> None:
     x = make_input((16, 30), seed=25)
     with torch.no_grad():
