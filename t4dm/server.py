@@ -160,9 +160,7 @@ def create_app(memory: Memory, *, close_on_shutdown: bool = False) -> FastAPI:
 
     @app.delete("/memories/{id}", status_code=204, response_model=None)
     def delete(id: str) -> Any:
-        if memory.get(id) is None:
-            return not_found(id)
-        memory.delete(id)
+        memory.delete(id)  # an unknown or deleted id: UnknownId, 404
         return Response(status_code=204)
 
     @app.delete("/memories")

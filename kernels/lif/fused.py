@@ -795,8 +795,10 @@ def _lif_triton(
     alpha: float,
     detach_reset: bool,
     config: LIFConfig | None,
+    needs_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernels on any layout: view as [P, T, Q], run, view back. Inputs already checked."""
+    """The kernels on any layout: view as [P, T, Q], run, view back (saving the backward's checkpoints when
+    ``needs_grad``). Inputs already checked."""
     shape = tuple(x.shape)
     T = shape[time_dim]
     P = math.prod(shape[:time_dim])
@@ -812,7 +814,6 @@ def _lif_triton(
     v03 = None if v03 is None else v03.contiguous()
     if config is None:
         config = choose_config(T, x3.shape[0], x3.shape[2], tau)
-    save = torch.is_grad_enabled() and (x3.requires_grad or (v03 is not None and v03.requires_grad))
     spikes, v_final, _ = _lif_fwd_op(
         x3,
         v03,
@@ -823,7 +824,7 @@ def _lif_triton(
         surrogate,
         alpha,
         detach_reset,
-        save,
+        needs_grad,
         *_config_args(config),
     )
     if transposed:
@@ -856,12 +857,12 @@ def lif_multistep_impl(
     tau, v_threshold, alpha = float(tau), float(v_threshold), float(alpha)
     v_reset = None if v_reset is None else float(v_reset)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or (v0 is not None and v0.requires_grad))
-    if (backend == "naive" or x.numel() == 0) and not needs_grad:
-        spikes, v_final = lif_multistep_forward(
-            x.movedim(td, 0), tau, v_threshold, v_reset, bool(decay_input), v0
-        )
-        return spikes.movedim(0, td), v_final
     if backend == "naive" or x.numel() == 0:
+        if not needs_grad:  # the same operations without autograd
+            spikes, v_final = lif_multistep_forward(
+                x.movedim(td, 0), tau, v_threshold, v_reset, bool(decay_input), v0
+            )
+            return spikes.movedim(0, td), v_final
         spikes, v_final = lif_multistep_naive(
             x.movedim(td, 0),
             tau=tau,
@@ -875,8 +876,9 @@ def lif_multistep_impl(
         )
         return spikes.movedim(0, td), v_final
     return _lif_triton(
-        x, v0, td, tau, v_threshold, v_reset, bool(decay_input), surrogate, alpha, bool(detach_reset), config
-    )
+        x, v0, td, tau, v_threshold, v_reset, bool(decay_input), surrogate, alpha, bool(detach_reset), config,
+        needs_grad,
+    )  # fmt: skip
 
 
 def lif_multistep(

@@ -546,7 +546,8 @@ def rwkv6_bwd(
 # The launchers as PyTorch operators (``torch.ops.t4dm.rwkv6_fwd`` / ``rwkv6_bwd``): torch.compile sees one opaque
 # call with known output shapes, and the backward is registered with the forward. Outputs that a call does not
 # produce (no final state, no saved states) are empty ``[0]`` tensors. A packed batch's chunk lists are built once
-# by the caller (one host read) and passed in as tensors.
+# by the caller, for forward and backward, and passed in as tensors (with the input check, a packed call reads
+# cu_seqlens on the host twice).
 
 
 @torch.library.custom_op("t4dm::rwkv6_fwd", mutates_args=())

@@ -131,8 +131,8 @@ def _rwkv6_recurrent_op(
     cu_seqlens: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fused_recurrent_rwkv6_fwd` as a PyTorch operator (forward only): ``(o, final state
-    or [0])``, so that torch.compile and CUDA-graph capture of a decoding loop see one opaque call (the
-    operator's eager dispatch costs ~11 µs per call on this 2-core VM)."""
+    or [0])``, so that torch.compile and CUDA-graph capture of a decoding loop see one opaque call (eager
+    dispatch adds ~8 µs a call on the 2-core VM: docs/benchmarks.md)."""
     o, ht = fused_recurrent_rwkv6_fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
     return o, ht if ht is not None else r.new_empty(0, dtype=torch.float32)
 
@@ -144,12 +144,6 @@ def _(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens):
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     ht = r.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
     return r.new_empty(B, T, H, V), ht
-
-
-def _rwkv6_recurrent(*args) -> tuple[torch.Tensor, torch.Tensor | None]:  # type: ignore[no-untyped-def]
-    """The operator, with ``None`` for a final state not asked for."""
-    o, ht = _rwkv6_recurrent_op(*args)
-    return o, (ht if ht.numel() else None)  # [0] when no final state was asked for
 
 
 def _check_triton_device(r: torch.Tensor) -> None:
@@ -186,7 +180,8 @@ def fused_recurrent_rwkv6(
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     packed = None if cu_seqlens is None else cu_seqlens.to(torch.int32).contiguous()
-    return _rwkv6_recurrent(r, k, v, w, u, float(scale), initial_state, output_final_state, packed)
+    o, ht = _rwkv6_recurrent_op(r, k, v, w, u, float(scale), initial_state, output_final_state, packed)
+    return o, (ht if output_final_state else None)
 
 
 @torch.no_grad()
@@ -204,7 +199,7 @@ def fused_rwkv6_step(
     _check_triton_device(r)
     B, H, K = r.shape
     V = v.shape[-1]
-    o, ht = _rwkv6_recurrent(
+    o, ht = _rwkv6_recurrent_op(
         r.reshape(B, 1, H, K).contiguous(),
         k.reshape(B, 1, H, K).contiguous(),
         v.reshape(B, 1, H, V).contiguous(),

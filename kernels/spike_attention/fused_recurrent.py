@@ -125,8 +125,8 @@ def _spike_attention_recurrent_op(
     cu_seqlens: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fused_recurrent_spike_attention_fwd` as a PyTorch operator (forward only): ``(o, final state
-    or [0])``, so that torch.compile and CUDA-graph capture of a decoding loop see one opaque call (the
-    operator's eager dispatch costs ~11 µs per call on this 2-core VM)."""
+    or [0])``, so that torch.compile and CUDA-graph capture of a decoding loop see one opaque call (eager
+    dispatch adds ~8 µs a call on the 2-core VM: docs/benchmarks.md)."""
     o, ht = fused_recurrent_spike_attention_fwd(
         q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens
     )
@@ -140,12 +140,6 @@ def _(q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens):
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     ht = q.new_empty((N, H, D, V) if output_final_state else (0,), dtype=torch.float32)
     return q.new_empty(B, T, H, V), ht
-
-
-def _spike_attention_recurrent(*args) -> tuple[torch.Tensor, torch.Tensor | None]:  # type: ignore[no-untyped-def]
-    """The operator, with ``None`` for a final state not asked for."""
-    o, ht = _spike_attention_recurrent_op(*args)
-    return o, (ht if ht.numel() else None)  # [0] when no final state was asked for
 
 
 def _check_triton_device(q: torch.Tensor) -> None:
@@ -180,9 +174,10 @@ def fused_recurrent_spike_attention(
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     packed = None if cu_seqlens is None else cu_seqlens.to(torch.int32).contiguous()
-    return _spike_attention_recurrent(
+    o, ht = _spike_attention_recurrent_op(
         q, k, v, log_decay, float(scale), initial_state, output_final_state, packed
     )
+    return o, (ht if output_final_state else None)
 
 
 @torch.no_grad()
@@ -199,7 +194,7 @@ def fused_spike_attention_step(
     _check_triton_device(q)
     B, H, D = q.shape
     V = v.shape[-1]
-    o, ht = _spike_attention_recurrent(
+    o, ht = _spike_attention_recurrent_op(
         q.reshape(B, 1, H, D).contiguous(),
         k.reshape(B, 1, H, D).contiguous(),
         v.reshape(B, 1, H, V).contiguous(),

@@ -125,9 +125,7 @@ def create_mcp_server(memory: Memory, *, name: str = "t4dm-memory") -> MCPServer
     @_client_errors
     def forget(id: str) -> dict[str, Any]:
         """Forget a memory (it stays visible to questions about the past)."""
-        if memory.get(id) is None:
-            raise UnknownId(id)
-        memory.delete(id)
+        memory.delete(id)  # an unknown or deleted id: UnknownId
         return {"forgotten": id}
 
     @server.tool()

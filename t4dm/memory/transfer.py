@@ -176,7 +176,7 @@ def import_jsonl(memory: Any, path: str | os.PathLike[str]) -> dict[str, int]:
     folder = os.fspath(path)
     items, edges = _read(folder)
     with memory._lock:
-        taken = [item.id for item in items if memory.db.get(item.id) is not None]
+        taken = memory.db.matching([item.id for item in items])  # live ids here already (one batched locate)
         if taken:
             raise InvalidInput("path", folder, f"memory ids already in this store, e.g. {taken[:3]}")
         texts = [indexed_text(item.fields) for item in items]

@@ -100,23 +100,18 @@ class ModelEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         device = self.model.down.weight.device
         keys = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(rows), self.batch_size):
-                    batch = rows[start : start + self.batch_size]
-                    width = max(len(r) for r in batch)
-                    ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                    mask = torch.zeros((len(batch), width), dtype=torch.long)
-                    for b, row in enumerate(batch):
-                        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-                        mask[b, : len(row)] = 1
-                    padded = not bool(mask.all())
-                    out = self.model(
-                        ids.to(device), attention_mask=mask.to(device) if padded else None, read_memory=False
-                    )
-                    keys.append(self.model.memory_key(out.layer_mean))
-        finally:
-            self.model.train(was_training)
+        with self.model.mode(False), torch.no_grad():
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                width = max(len(r) for r in batch)
+                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for b, row in enumerate(batch):
+                    ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+                    mask[b, : len(row)] = 1
+                padded = not bool(mask.all())
+                out = self.model(
+                    ids.to(device), attention_mask=mask.to(device) if padded else None, read_memory=False
+                )
+                keys.append(self.model.memory_key(out.layer_mean))
         return _unit_rows(np.concatenate(keys), len(rows), self.dim, self.name)

@@ -589,17 +589,11 @@ def _validate(
 ) -> float:
     """The mean next-token loss of the run's ``val_batches`` fixed validation batches, in eval mode (no
     dropout: no random numbers drawn) and without gradients."""
-    autocast = _autocast(options)
-    was_training = model.training
-    model.eval()
-    try:
-        losses = []
-        with torch.no_grad(), autocast:
-            for i in range(1, options["val_batches"] + 1):
-                batch = _batch(val_ids, i, options, device)
-                losses.append(float(model(batch, labels=batch).loss))
-    finally:
-        model.train(was_training)
+    losses = []
+    with model.mode(False), torch.no_grad(), _autocast(options):
+        for i in range(1, options["val_batches"] + 1):
+            batch = _batch(val_ids, i, options, device)
+            losses.append(float(model(batch, labels=batch).loss))
     return float(np.mean(losses))
 
 
@@ -782,24 +776,19 @@ def _phase2(
     else:
         one_step = _three_factor_step(model, rule, options, result)
     total, seed = options["steps"], options["seed"]
-    was_training = model.training
-    model.eval()
-    try:
-        with _progress(result, total, progress) as bar:
-            while result.step < total:
-                step = result.step + 1
-                batch = _batch(ids, step, options, device)
-                with _seeded_rng(seed, step, device):  # any noise is a function of (seed, step)
-                    loss, dopamine = one_step(batch)
-                result.step = step
-                result.losses.append(loss)
-                result.dopamine.append(dopamine)
-                _maybe_validate(model, val_ids, options, device, result)
-                bar.set_postfix(
-                    loss=f"{loss:.4f}", dopamine=f"{dopamine:+.4f}", **_val_postfix(result), refresh=False
-                )
-                bar.update(1)
-                if out is not None and _checkpoint_due(step, total, every):
-                    result.checkpoints.append(_save(model, out, step, options, result, None, []))
-    finally:
-        model.train(was_training)
+    with model.mode(False), _progress(result, total, progress) as bar:
+        while result.step < total:
+            step = result.step + 1
+            batch = _batch(ids, step, options, device)
+            with _seeded_rng(seed, step, device):  # any noise is a function of (seed, step)
+                loss, dopamine = one_step(batch)
+            result.step = step
+            result.losses.append(loss)
+            result.dopamine.append(dopamine)
+            _maybe_validate(model, val_ids, options, device, result)
+            bar.set_postfix(
+                loss=f"{loss:.4f}", dopamine=f"{dopamine:+.4f}", **_val_postfix(result), refresh=False
+            )
+            bar.update(1)
+            if out is not None and _checkpoint_due(step, total, every):
+                result.checkpoints.append(_save(model, out, step, options, result, None, []))

@@ -99,7 +99,8 @@ def sample_token(
         z = z.masked_fill(z < kth, -math.inf)
     if top_p is not None and top_p < 1.0:
         ordered, order = torch.sort(z, dim=-1, descending=True)
-        before = torch.softmax(ordered, dim=-1).cumsum(dim=-1) - torch.softmax(ordered, dim=-1)
+        probs = torch.softmax(ordered, dim=-1)
+        before = probs.cumsum(dim=-1) - probs
         drop = before >= top_p  # the probability of the tokens ranked above already reaches top_p
         z = z.scatter(-1, order, ordered.masked_fill(drop, -math.inf))
     probs = torch.softmax(z, dim=-1)
@@ -388,7 +389,7 @@ class UnifiedModel(nn.Module):
         """``nn.Module.train``; refuses training mode for a 4-bit backbone whose weights bitsandbytes already
         repacked for CPU inference (it ran in eval mode before this model kept its layout): its layers
         would drop gradients (:func:`~t4dm.qwen.keep_nf4_layout`). Load it again (``load_backbone``)."""
-        if mode:
+        if mode and getattr(self.base_model, "is_loaded_in_4bit", False):
             repacked = repacked_nf4_layers(self.backbone)
             if repacked:
                 raise InvalidInput(
@@ -399,6 +400,16 @@ class UnifiedModel(nn.Module):
                     "load the backbone again with t4dm.qwen.load_backbone (inference_only=False)",
                 )
         return super().train(mode)
+
+    @contextmanager
+    def mode(self, training: bool) -> Iterator[UnifiedModel]:
+        """Train or eval mode for the ``with`` body, the model's own mode restored after it."""
+        was_training = self.training
+        self.train(training)
+        try:
+            yield self
+        finally:
+            self.train(was_training)
 
     def trainable_parameters(self) -> dict[str, int]:
         """Trainable parameter counts: ``lora``, ``stack``, ``projections`` (down, up, memory context)."""
@@ -733,9 +744,7 @@ class UnifiedModel(nn.Module):
             if mask is not None
             else torch.full((B, 1), float(input_ids.shape[1]), device=input_ids.device)
         )
-        was_training = self.training
-        self.eval()
-        try:
+        with self.mode(False):
             out = self.forward(
                 input_ids,
                 attention_mask=mask,
@@ -792,8 +801,6 @@ class UnifiedModel(nn.Module):
                         read_memory=False,
                     )
                     state_sum = out.layer_mean * (real + step + 1).to(out.layer_mean.device)
-        finally:
-            self.train(was_training)
         writes = (
             self.remember(sequences, reward=reward, modulate=modulate, attention_mask=mask)
             if remember
@@ -836,12 +843,8 @@ class UnifiedModel(nn.Module):
         lengths = mask.sum(dim=1)
         if bool((lengths < 2).any()):
             raise InvalidInput("input_ids", tuple(input_ids.shape), "an episode needs T >= 2 tokens (a loss)")
-        was_training = self.training
-        self.eval()
-        try:
+        with self.mode(False):
             out = self.forward(input_ids, attention_mask=None if bool(mask.all()) else mask)
-        finally:
-            self.train(was_training)
         token_losses = nn.functional.cross_entropy(
             out.logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:].long(), reduction="none"
         )
