@@ -25,14 +25,22 @@ if __name__ == "kernels":
     _path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _root]
     _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
     if _spec is None or _spec.loader is None:
-        raise ModuleNotFoundError("No module named 'kernels' (this folder is t4dm.kernels)", name="kernels")
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["kernels"] = _module
-    try:
-        _spec.loader.exec_module(_module)
-    except BaseException:
-        del sys.modules["kernels"]
-        raise
+        # Not installed. Raising here would not help: `importlib.util.find_spec("kernels")` has already found
+        # this folder, and transformers (5.17 on the GPU image, 5.25 here) then imports it to read a version,
+        # unguarded, so every model import would fail. Stay what Python makes of a stray folder on sys.path (a
+        # namespace package): no file, no version, no names, no submodules. transformers reads exactly that as
+        # "not installed"; `from kernels import x` still raises ImportError.
+        __file__ = None
+        __path__ = []
+        del annotations, importlib, os, sys, _root, _path, _spec
+    else:
+        _module = importlib.util.module_from_spec(_spec)
+        sys.modules["kernels"] = _module
+        try:
+            _spec.loader.exec_module(_module)
+        except BaseException:
+            del sys.modules["kernels"]
+            raise
 else:
     from .lif import lif_multistep
     from .rwkv import rwkv6, rwkv6_step
