@@ -636,7 +636,8 @@ class UnifiedModel(nn.Module):
         if self.training and torch.is_grad_enabled() and checkpointing:
             raise NotImplementedError(
                 "activation (gradient) checkpointing: the recomputed decoder layer would run the stack again "
-                "without its state and context; disable it (activation_checkpointing_disable())"
+                "without its state and context; disable it (activation_checkpointing_disable(), named "
+                "gradient_checkpointing_disable() in older transformers)"
             )
         call = _HookCall(
             state=stack_state,

@@ -198,10 +198,13 @@ def test_backbone_decoding_outside_the_model_is_refused():
 
 def test_gradient_checkpointing_is_refused_in_training():
     model = tiny_unified(14, up_std=0.3).train()
-    model.base_model.activation_checkpointing_enable()
+    base = model.base_model
+    # transformers 5.25 names it activation checkpointing; 5.17 (the GPU image's) gradient checkpointing
+    prefix = "activation" if hasattr(base, "activation_checkpointing_enable") else "gradient"
+    getattr(base, f"{prefix}_checkpointing_enable")()
     with pytest.raises(NotImplementedError, match="checkpointing"):
         model(random_ids(1, 4))
-    model.base_model.activation_checkpointing_disable()
+    getattr(base, f"{prefix}_checkpointing_disable")()
     model(random_ids(1, 4))
 
 
