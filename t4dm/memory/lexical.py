@@ -49,16 +49,73 @@ def tokenize(text: str) -> list[str]:
 
 
 @dataclass(slots=True)
-class _Partition:
-    postings: dict[str, dict[str, int]] = field(default_factory=dict)  # term -> {doc id: tf}
-    lengths: dict[str, int] = field(default_factory=dict)  # doc id -> terms
-    scopes: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # (agent_id, run_id)
-    terms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # doc id -> its distinct terms
+class _Corpus:
+    """BM25 statistics of a set of documents, each a bag of terms that can grow and shrink."""
+
+    postings: dict[str, dict[Any, int]] = field(default_factory=dict)  # term -> {doc: tf}
+    lengths: dict[Any, int] = field(default_factory=dict)  # doc -> terms
+    parts: dict[Any, int] = field(default_factory=dict)  # doc -> bags added and not yet taken out
     total: int = 0
+
+    def extend(self, doc: Any, terms: Mapping[str, int]) -> None:
+        for term, tf in terms.items():
+            docs = self.postings.setdefault(term, {})
+            docs[doc] = docs.get(doc, 0) + tf
+        n = sum(terms.values())
+        self.lengths[doc] = self.lengths.get(doc, 0) + n
+        self.parts[doc] = self.parts.get(doc, 0) + 1
+        self.total += n
+
+    def shrink(self, doc: Any, terms: Mapping[str, int]) -> None:
+        for term, tf in terms.items():
+            docs = self.postings[term]
+            left = docs[doc] - tf
+            if left:
+                docs[doc] = left
+            else:
+                del docs[doc]
+                if not docs:
+                    del self.postings[term]
+        n = sum(terms.values())
+        self.total -= n
+        if self.parts[doc] == 1:
+            del self.lengths[doc], self.parts[doc]
+        else:
+            self.lengths[doc] -= n
+            self.parts[doc] -= 1
+
+    def score(self, terms: Mapping[str, int], k1: float, b: float) -> dict[Any, float]:
+        n_docs = len(self.lengths)
+        if n_docs == 0:
+            return {}
+        avg = self.total / n_docs or 1.0
+        lengths = self.lengths
+        scores: dict[Any, float] = {}
+        for term, qtf in terms.items():
+            docs = self.postings.get(term)
+            if not docs:
+                continue
+            idf = math.log(1.0 + (n_docs - len(docs) + 0.5) / (len(docs) + 0.5))
+            for doc, tf in docs.items():
+                norm = tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * lengths[doc] / avg))
+                scores[doc] = scores.get(doc, 0.0) + qtf * idf * norm
+        return scores
+
+
+@dataclass(slots=True)
+class _Partition:
+    docs: _Corpus = field(default_factory=_Corpus)  # one document per memory
+    runs: _Corpus = field(default_factory=_Corpus)  # one per (agent_id, run_id): its memories' terms together
+    scopes: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # (agent_id, run_id)
+    terms: dict[str, Counter] = field(default_factory=dict)  # doc id -> its terms
 
 
 class LexicalIndex:
-    """BM25 (``k1``, ``b``) partitioned by user; ``add`` / ``remove`` keep it current."""
+    """BM25 (``k1``, ``b``) partitioned by user; ``add`` / ``remove`` keep it current.
+
+    Besides each memory, every run (``run_id``: a conversation session, an episode) is a document of its
+    own, its memories' terms together, so that a query can also score whole runs (:meth:`search_runs`).
+    """
 
     def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
         self.k1, self.b = k1, b
@@ -79,13 +136,11 @@ class LexicalIndex:
             self.remove(id)
         part = self._parts.setdefault(user_id, _Partition())
         terms = Counter(tokenize(text))
-        for term, tf in terms.items():
-            part.postings.setdefault(term, {})[id] = tf
-        n = sum(terms.values())
-        part.lengths[id] = n
+        part.docs.extend(id, terms)
+        if run_id is not None:
+            part.runs.extend((agent_id, run_id), terms)
         part.scopes[id] = (agent_id, run_id)
-        part.terms[id] = tuple(terms)
-        part.total += n
+        part.terms[id] = terms
         self._where[id] = user_id
 
     def remove(self, id: str) -> None:
@@ -93,13 +148,16 @@ class LexicalIndex:
         if id not in self._where:
             return
         part = self._parts[self._where.pop(id)]
-        part.total -= part.lengths.pop(id)
-        del part.scopes[id]
-        for term in part.terms.pop(id):
-            docs = part.postings[term]
-            del docs[id]
-            if not docs:
-                del part.postings[term]
+        terms = part.terms.pop(id)
+        scope = part.scopes.pop(id)
+        part.docs.shrink(id, terms)
+        if scope[1] is not None:
+            part.runs.shrink(scope, terms)
+
+    def run_of(self, id: str) -> str | None:
+        """The ``run_id`` of document ``id`` (None when it has none or is not indexed)."""
+        user = self._where.get(id, _ABSENT)
+        return None if user is _ABSENT else self._parts[user].scopes[id][1]  # type: ignore[index]
 
     def search(
         self,
@@ -116,44 +174,44 @@ class LexicalIndex:
         terms = Counter(tokenize(query))
         if not terms:
             return []
-        parts: Iterable[_Partition]
-        if any_user:
-            parts = self._parts.values()
-        else:
-            part = self._parts.get(user_id)
-            parts = [part] if part is not None else []
         scored: list[tuple[str, float]] = []
-        for part in parts:
-            scored.extend(self._score(part, terms, agent_id, run_id).items())
+        for part in self._partitions(user_id, any_user):
+            scores = part.docs.score(terms, self.k1, self.b)
+            if agent_id is not None or run_id is not None:
+                scopes = part.scopes
+                scores = {
+                    id: s
+                    for id, s in scores.items()
+                    if (agent_id is None or scopes[id][0] == agent_id)
+                    and (run_id is None or scopes[id][1] == run_id)
+                }
+            scored.extend(scores.items())
         scored.sort(key=lambda pair: (-pair[1], pair[0]))
         return scored[:k]
 
-    def _score(
-        self, part: _Partition, terms: Counter, agent_id: str | None, run_id: str | None
+    def search_runs(
+        self, query: str, *, user_id: str | None = None, agent_id: str | None = None, any_user: bool = False
     ) -> dict[str, float]:
-        n_docs = len(part.lengths)
-        if n_docs == 0:
-            return {}
-        avg = part.total / n_docs or 1.0
-        k1, b = self.k1, self.b
-        scores: dict[str, float] = {}
-        for term, qtf in terms.items():
-            docs = part.postings.get(term)
-            if not docs:
-                continue
-            idf = math.log(1.0 + (n_docs - len(docs) + 0.5) / (len(docs) + 0.5))
-            for id, tf in docs.items():
-                norm = tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * part.lengths[id] / avg))
-                scores[id] = scores.get(id, 0.0) + qtf * idf * norm
-        if agent_id is not None or run_id is not None:
-            scopes = part.scopes
-            scores = {
-                id: s
-                for id, s in scores.items()
-                if (agent_id is None or scopes[id][0] == agent_id)
-                and (run_id is None or scopes[id][1] == run_id)
-            }
-        return scores
+        """BM25 of ``query`` against every run of the scope taken as one document: ``{run_id: score}`` for
+        the runs that match a term (a run split across agents scores per agent; the best counts)."""
+        terms = Counter(tokenize(query))
+        out: dict[str, float] = {}
+        if not terms:
+            return out
+        for part in self._partitions(user_id, any_user):
+            for (agent, run), score in part.runs.score(terms, self.k1, self.b).items():
+                if (agent_id is None or agent == agent_id) and score > out.get(run, 0.0):
+                    out[run] = score
+        return out
+
+    def _partitions(self, user_id: str | None, any_user: bool) -> Iterable[_Partition]:
+        if any_user:
+            return self._parts.values()
+        part = self._parts.get(user_id)
+        return [part] if part is not None else []
+
+
+_ABSENT = object()
 
 
 def indexed_text(fields: Mapping[str, Any]) -> str:

@@ -10,11 +10,13 @@ the write gate's τ and how often it was seen. Valid time is when the memory was
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import numbers
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -562,7 +564,11 @@ class Memory:
         Dense search (HNSW, filters inside the search) and BM25 each propose ``candidates`` memories
         (default ``max(3k, 30)``); their min-max normalised scores are averaged (``DENSE_WEIGHT``); with
         ``expand``, the turns before and after the best hits (``"next"`` edges) gain a share
-        (``GRAPH_SHARE``) of the hit's score; ``recency_half_life`` discounts older memories (by valid time, against ``now`` or
+        (``GRAPH_SHARE``) of the hit's score; a memory of a run (``run_id``: a session) gains up to
+        ``RUN_SHARE`` by how well its whole run matches the query (BM25 over the run's memories together),
+        and the results are picked one at a time, each losing ``RUN_SPREAD`` for every better memory of its
+        run already picked, so they reach across sessions (neither applies to a search scoped to one run);
+        ``recency_half_life`` discounts older memories (by valid time, against ``now`` or
         ``valid_at``). ``policy`` picks κ bands: ``"all"``, ``"episodic"`` (κ < 0.4), ``"consolidated"``
         (κ ≥ 0.4), ``"semantic"`` (κ ≥ 0.85) or a ``(lo, hi)`` range. ``valid_at`` keeps memories true then; ``as_of`` searches what
         the store knew then.
@@ -638,6 +644,23 @@ class Memory:
                 seen |= passed
                 for other in unseen - passed:  # outside the scope or the filters: no score
                     del fused[other], signals[other]
+        if RUN_SHARE and fused and "run_id" not in scope:
+            # the query against whole runs (conversation sessions): a memory gains a share of its run's
+            # normalised BM25, so that among similar turns those of the session that matches as a whole rise
+            runs = self.lexical.search_runs(
+                query,
+                user_id=scope.get("user_id"),
+                agent_id=scope.get("agent_id"),
+                any_user="user_id" not in scope,
+            )
+            if runs:
+                lo, hi = min(runs.values()), max(runs.values())
+                for id in fused:
+                    value = runs.get(self.lexical.run_of(id))  # type: ignore[arg-type]
+                    if value is not None:
+                        lift = RUN_SHARE * ((value - lo) / (hi - lo) if hi > lo else 1.0)
+                        signals[id]["run"] = lift
+                        fused[id] += lift
         if recency_half_life is not None:
             for id in set(fused).difference(self._fetch(items, list(fused), as_of)):
                 del fused[id]  # deleted since it was checked
@@ -648,7 +671,10 @@ class Memory:
                 factor = 0.5 ** (age / recency_half_life.total_seconds())
                 signals[id]["recency"] = factor
                 fused[id] *= factor
-        best = self._fetch(items, sorted(fused, key=lambda i: (-fused[i], i))[: int(k)], as_of)
+        ranked = sorted(fused, key=lambda i: (-fused[i], i))
+        if RUN_SPREAD and "run_id" not in scope:
+            ranked = self._spread(ranked, fused, signals, int(k))
+        best = self._fetch(items, ranked[: int(k)], as_of)
         if best:
             self.co_retrievals.append(tuple(best))
             del self.co_retrievals[:-MAX_CO_RETRIEVALS]
@@ -661,6 +687,32 @@ class Memory:
         if self._unsaved >= SAVE_EVERY:
             self.save_state()
         return hits
+
+    def _spread(
+        self, ranked: list[str], fused: dict[str, float], signals: dict[str, dict[str, float]], k: int
+    ) -> list[str]:
+        """The ``k`` best of ``ranked`` picked one at a time, each memory's score less ``RUN_SPREAD`` for
+        every memory of its run picked before it (``fused`` and ``signals`` record that). The picked scores
+        still fall in order; memories without a run are not held back."""
+        run_of = self.lexical.run_of
+        # a lazy heap: an entry priced with an older count of its run is priced again when it surfaces
+        heap = [(-fused[id], place, id, 0) for place, id in enumerate(ranked)]
+        heapq.heapify(heap)
+        picked: list[str] = []
+        used: Counter[str] = Counter()
+        while heap and len(picked) < k:
+            neg, place, id, seen = heapq.heappop(heap)
+            run = run_of(id)
+            if run is not None and used[run] != seen:
+                heapq.heappush(heap, (-(fused[id] - RUN_SPREAD * used[run]), place, id, used[run]))
+                continue
+            if run is not None:
+                if seen:
+                    signals[id]["spread"] = -RUN_SPREAD * seen
+                    fused[id] = -neg
+                used[run] += 1
+            picked.append(id)
+        return picked
 
     def _fetch(self, items: dict[str, Item], ids: list[str], as_of: datetime | None) -> list[str]:
         """GET into ``items`` the ones among ``ids`` (checked visible already) it lacks; returns ``ids`` less
@@ -725,6 +777,8 @@ class Memory:
 
 DENSE_WEIGHT = 0.5  # dense and BM25 weigh the same in the fused score
 GRAPH_SHARE = 0.25  # share of a hit's fused score its neighbouring turns gain
+RUN_SHARE = 0.3  # most a memory gains from its run's (session's) BM25 against the query, normalised
+RUN_SPREAD = 0.05  # a memory's loss for each better memory of its run already among the results
 MAX_CO_RETRIEVALS = 10_000  # searches remembered for NREM's co-retrieval edges
 STATE_FILE = "memory-state"  # in the store's folder: retrieval counts and co-retrievals (Memory.save_state)
 SAVE_EVERY = 256  # searches between saves of that state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import datetime, timedelta
 
@@ -232,3 +233,49 @@ def test_default_embedder_is_minilm_and_offline(tmp_path):
         hits = m.search("which city does Alice live in?", user_id="alice", k=3)
         assert hits[0].text == "Alice moved to Paris in May 2023"
         assert hits[0].scores["dense"] > 0.2
+
+
+def test_a_session_that_matches_as_a_whole_lifts_its_turns(memory, monkeypatch):
+    import t4dm.memory.memory as module
+
+    memory.add(["camping lake"], user_id="u", run_id="s2")
+    memory.add(["camping trip", "lake swim", "kids fire"], user_id="u", run_id="s1")  # all three words
+    memory.add(["kids", "birthday cake"], user_id="u", run_id="s3")
+    share = module.RUN_SHARE
+    monkeypatch.setattr(module, "RUN_SPREAD", 0.0)
+
+    def order(share: float) -> list[str]:
+        monkeypatch.setattr(module, "RUN_SHARE", share)
+        hits = memory.search("camping lake kids", user_id="u", k=5, expand=False)
+        if share:
+            runs = {h.text: h.scores.get("run") for h in hits}
+            assert runs["camping lake"] == pytest.approx(share)  # the best run, normalised to 1
+            assert 0 < runs["kids fire"] < share and runs["kids"] == 0.0  # the weakest run matched: 0
+            assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
+        else:
+            assert not any("run" in h.scores for h in hits)
+        return [h.text for h in hits]
+
+    alone = order(0.0)
+    assert alone.index("kids") < alone.index("kids fire")  # the shorter turn wins on its own
+    lifted = order(share)
+    assert lifted.index("kids fire") < lifted.index("kids")  # its session matches the whole query
+
+
+def test_results_spread_over_sessions(memory, monkeypatch):
+    import t4dm.memory.memory as module
+
+    a = memory.add(["pottery class pottery", "pottery kiln", "pottery glaze"], user_id="u", run_id="a")
+    memory.add(["weekend pottery fair"], user_id="u", run_id="b")
+    [loose] = memory.add(["pottery again"], user_id="u")  # no run: never held back
+    hits = memory.search("pottery", user_id="u", k=5, expand=False)
+    spread = {h.id: h.scores.get("spread") for h in hits}
+    assert [spread[r.id] for r in a] == [None, -module.RUN_SPREAD, -2 * module.RUN_SPREAD]
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
+    assert [h.id for h in hits].index(loose.id) == 1  # above the session's second turn
+    monkeypatch.setattr(module, "RUN_SPREAD", 0.0)
+    assert [h.id for h in memory.search("pottery", user_id="u", k=5, expand=False)].index(loose.id) == 2
+    # searching one session: nothing to spread over, no session to prefer
+    within = memory.search("pottery", user_id="u", run_id="a", k=5)
+    assert [h.id for h in within] == [r.id for r in a]
+    assert not any({"run", "spread"} & set(h.scores) for h in within)

@@ -1,0 +1,74 @@
+"""The lexical index's run documents follow every add and remove: after any sequence of them, scoring runs
+equals scoring a fresh index whose documents are each run's live texts put together."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from t4dm.memory.lexical import LexicalIndex
+
+WORDS = ["pottery", "painting", "camping", "the", "and", "kids", "beach", "Caroline", "it's", "of"]
+TEXTS = st.lists(st.sampled_from(WORDS), min_size=0, max_size=6).map(" ".join)  # some only stop words
+_SCOPES = st.tuples(TEXTS, st.sampled_from([None, "a1", "a2"]), st.sampled_from([None, "r1", "r2", "r3"]))
+OPS = st.lists(
+    st.tuples(st.integers(0, 4), st.one_of(st.none(), _SCOPES)), min_size=1, max_size=40
+)  # None: remove
+
+
+def _replay(ops) -> tuple[LexicalIndex, dict[str, tuple[str, str | None, str | None]]]:
+    index, live = LexicalIndex(), {}
+    for doc, what in ops:
+        id = f"d{doc}"
+        if what is None:
+            index.remove(id)
+            live.pop(id, None)
+        else:
+            text, agent, run = what
+            index.add(id, text, "u", agent, run)
+            live[id] = (text, agent, run)
+    return index, live
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS, st.sampled_from(["pottery", "kids beach", "Caroline painting pottery", "the and"]))
+def test_runs_score_as_their_texts_together(ops, query):
+    index, live = _replay(ops)
+    reference = LexicalIndex()
+    groups: dict[tuple[str | None, str], list[str]] = {}
+    for text, agent, run in live.values():
+        if run is not None:
+            groups.setdefault((agent, run), []).append(text)
+    for (agent, run), texts in groups.items():
+        reference.add(f"{agent}|{run}", " ".join(texts), "u")
+    expected: dict[str, float] = {}
+    for key, score in reference.search(query, 100, user_id="u"):
+        run = key.split("|")[1]
+        expected[run] = max(expected.get(run, 0.0), score)
+    got = index.search_runs(query, user_id="u")
+    assert got.keys() == expected.keys()
+    for run, score in expected.items():
+        assert math.isclose(got[run], score, rel_tol=1e-12), (run, got, expected)
+    # the memories themselves score as a fresh index of the live ones
+    fresh = LexicalIndex()
+    for id, (text, agent, run) in live.items():
+        fresh.add(id, text, "u", agent, run)
+    assert index.search(query, 100, user_id="u") == fresh.search(query, 100, user_id="u")
+    assert {id: index.run_of(id) for id in live} == {id: run for id, (_, _, run) in live.items()}
+
+
+def test_runs_are_scoped_by_user_and_agent():
+    index = LexicalIndex()
+    index.add("m1", "pottery class", "u1", "a1", "r1")
+    index.add("m2", "pottery kiln pottery", "u1", "a2", "r2")
+    index.add("m3", "pottery", "u2", None, "r9")
+    index.add("m4", "pottery", "u1", None, None)  # no run: a memory, not part of any run
+    assert set(index.search_runs("pottery", user_id="u1")) == {"r1", "r2"}
+    assert set(index.search_runs("pottery", user_id="u1", agent_id="a1")) == {"r1"}
+    assert set(index.search_runs("pottery", any_user=True)) == {"r1", "r2", "r9"}
+    assert index.search_runs("the and", user_id="u1") == {}
+    assert index.run_of("m4") is None and index.run_of("absent") is None
+    index.remove("m2")
+    assert set(index.search_runs("kiln", user_id="u1")) == set()
