@@ -54,7 +54,7 @@ from .compaction import (
     version_chains,
 )
 from .fsutil import fsync_dir, io_errors
-from .graph import Reached, breadth_first, graph_plan, neighbour_edges
+from .graph import Reached, breadth_first, graph_plan, neighbour_edges, neighbour_pairs
 from .item import OPEN, UTC, Edge, Hit, Item, from_us, to_us
 from .keys import check_id, edge_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
@@ -1837,6 +1837,26 @@ class T4DX:
         snap = self._snap
         plan = graph_plan(_sources(snap), snap, direction, rel, -math.inf, known_at, valid_at)
         return neighbour_edges(plan, ids)
+
+    def neighbours(
+        self,
+        id: str | Iterable[str],
+        *,
+        direction: str = "out",
+        rel: str | Iterable[str] | None = None,
+        known_at: datetime | None = None,
+        valid_at: datetime | None = None,
+    ) -> list[tuple[str, str]]:
+        """``(id, neighbour)`` for each edge that :meth:`edges` would return (the same filters and
+        visibility), without building the :class:`Edge` records: several times cheaper when only the
+        ids are wanted. ``id`` is the near end (the source when ``direction="out"``)."""
+        self._check_open()
+        ids = [check_id(id)] if isinstance(id, str) else [check_id(x, f"id[{i}]") for i, x in enumerate(id)]
+        if not ids:
+            return []
+        snap = self._snap
+        plan = graph_plan(_sources(snap), snap, direction, rel, -math.inf, known_at, valid_at)
+        return neighbour_pairs(plan, ids, direction)
 
     def traverse(
         self,

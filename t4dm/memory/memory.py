@@ -630,8 +630,7 @@ class Memory:
             seeds = sorted(base, key=lambda id: -base[id])[: max(2 * int(k), 20)]
             unseen: set[str] = set()  # neighbours outside the candidates: checked together afterwards
             for direction in ("out", "in"):
-                for edge in self.db.edges(seeds, direction=direction, rel=NEXT, known_at=as_of):
-                    id, other = (edge.src, edge.dst) if direction == "out" else (edge.dst, edge.src)
+                for id, other in self.db.neighbours(seeds, direction=direction, rel=NEXT, known_at=as_of):
                     lifted = base.get(other, 0.0) + GRAPH_SHARE * base[id]
                     if lifted <= fused.get(other, 0.0):
                         continue
