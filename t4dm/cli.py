@@ -104,7 +104,8 @@ def _serve(args: argparse.Namespace) -> int:
     serve = _entry("serve", "t4dm.server", "serve", "server")
     if serve is None:
         return 2
-    serve(args.path, host=args.host, port=args.port, embedder=args.embedder)
+    token = args.token if args.token is not None else os.environ.get("T4DM_TOKEN") or None
+    serve(args.path, host=args.host, port=args.port, embedder=args.embedder, token=token)
     return 0
 
 
@@ -235,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="ask every request for 'Authorization: Bearer TOKEN' (default: the T4DM_TOKEN variable, else none;"
+        " the variable keeps the token out of the process list)",
+    )
     serve.set_defaults(func=_serve)
 
     mcp = sub.add_parser("mcp", help="serve a memory as a Model Context Protocol server (tools for agents)")

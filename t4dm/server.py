@@ -17,6 +17,11 @@ GET         ``/stats``                      :meth:`Memory.stats`
 GET         ``/health``                     ``{"status": "ok", "memories": n}``
 ==========  ==============================  ===========================================================
 
+With a token (``create_app(memory, token=...)``; ``t4dm serve --token`` or the ``T4DM_TOKEN`` variable) every
+route asks for ``Authorization: Bearer <token>`` and answers 401 without it; the OpenAPI pages stay open.
+Without one, anyone who can reach the port reads and writes every user's memories: ``t4dm serve`` binds
+127.0.0.1 by default and warns when told to listen beyond this machine without a token.
+
 Errors keep the SDK's types: bad input is 400 with ``{"error", "field", "value", "reason"}`` (the field
 the SDK names), an unknown id 404; a request body of the wrong shape is FastAPI's 422. Times are ISO 8601
 with a time zone (a naive time is refused, as in the SDK). The OpenAPI schema is at ``/docs``. Needs the
@@ -26,11 +31,14 @@ with a time zone (a naive time is refused, as in the SDK). The OpenAPI schema is
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import ipaddress
+import sys
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -95,8 +103,24 @@ def _plain(value: Any) -> Any:
     return jsonable_encoder(value, custom_encoder={datetime: datetime.isoformat})
 
 
-def create_app(memory: Memory, *, close_on_shutdown: bool = False) -> FastAPI:
-    """The API over ``memory``; with ``close_on_shutdown`` the app closes it when it stops (``t4dm serve``)."""
+class _Unauthorized(Exception):
+    pass
+
+
+def _check_token(token: Any) -> bytes | None:
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token.strip():
+        raise InvalidInput(
+            "token", token if not isinstance(token, str) else "<empty>", "expected a non-empty string"
+        )
+    return token.encode()
+
+
+def create_app(memory: Memory, *, token: str | None = None, close_on_shutdown: bool = False) -> FastAPI:
+    """The API over ``memory``; with ``token`` every route wants ``Authorization: Bearer <token>``; with
+    ``close_on_shutdown`` the app closes the memory when it stops (``t4dm serve``)."""
+    secret = _check_token(token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -104,7 +128,23 @@ def create_app(memory: Memory, *, close_on_shutdown: bool = False) -> FastAPI:
         if close_on_shutdown:
             memory.close()
 
-    app = FastAPI(title="T4DM memory", version="1", lifespan=lifespan)
+    def authorised(request: Request) -> None:
+        if secret is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken does not tell how much of a guess was right
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), secret):
+            raise _Unauthorized
+
+    app = FastAPI(title="T4DM memory", version="1", lifespan=lifespan, dependencies=[Depends(authorised)])
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorised(request: Request, exc: _Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            status_code=401,
+            content={"error": "Unauthorized", "reason": "expected the header Authorization: Bearer <token>"},
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
@@ -204,9 +244,29 @@ def create_app(memory: Memory, *, close_on_shutdown: bool = False) -> FastAPI:
     return app
 
 
-def serve(path: str, *, host: str = "127.0.0.1", port: int = 8000, embedder: Any = None) -> None:
-    """Open the memory at ``path`` and serve it until interrupted (uvicorn); the memory is closed after."""
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    path: str, *, host: str = "127.0.0.1", port: int = 8000, embedder: Any = None, token: str | None = None
+) -> None:
+    """Open the memory at ``path`` and serve it until interrupted (uvicorn); the memory is closed after.
+    ``token``: see :func:`create_app`."""
     import uvicorn
 
+    _check_token(token)
+    if token is None and not _loopback(host):
+        print(
+            f"t4dm serve: listening on {host} without a token: anyone who reaches port {port} can read and "
+            "write every memory (give --token or T4DM_TOKEN)",
+            file=sys.stderr,
+        )
     memory = Memory(path, embedder=embedder)
-    uvicorn.run(create_app(memory, close_on_shutdown=True), host=host, port=port, log_level="info")
+    app = create_app(memory, token=token, close_on_shutdown=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")

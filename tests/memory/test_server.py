@@ -130,3 +130,80 @@ def test_concurrent_requests_lose_nothing(client):
     for user in range(3):
         expected = sum(1 for i in range(40) if i % 3 == user)
         assert client.delete("/memories", params={"user_id": f"user{user}"}).json() == {"deleted": expected}
+
+
+def test_a_token_guards_every_route(tmp_path):
+    memory = Memory(tmp_path / "memories", embedder=bag_of_words)
+    with TestClient(create_app(memory, token="s3cret", close_on_shutdown=True)) as client:
+        for method, path, body in [
+            ("post", "/memories", {"content": "Alice moved to Paris", "user_id": "alice"}),
+            ("post", "/search", {"query": "Paris", "user_id": "alice"}),
+            ("get", "/health", None),
+            ("get", "/stats", None),
+            ("delete", "/memories?user_id=alice", None),
+        ]:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+                            {"Authorization": "Basic s3cret"}):  # fmt: skip
+                response = client.request(method, path, json=body, headers=headers)
+                assert response.status_code == 401, (method, path, headers, response.text)
+                assert response.headers["www-authenticate"] == "Bearer"
+                assert response.json()["error"] == "Unauthorized"
+        assert len(memory) == 0  # nothing was written without the token
+        good = {"Authorization": "Bearer s3cret"}
+        added = client.post(
+            "/memories", json={"content": "Alice moved to Paris", "user_id": "alice"}, headers=good
+        )
+        assert added.status_code == 200 and len(memory) == 1
+        hits = client.post("/search", json={"query": "Paris", "user_id": "alice"}, headers=good).json()[
+            "hits"
+        ]
+        assert [h["text"] for h in hits] == ["Alice moved to Paris"]
+        assert client.get("/openapi.json").status_code == 200  # the schema stays readable
+
+
+def test_bad_tokens_are_refused(tmp_path):
+    from t4dm import errors
+
+    memory = Memory(tmp_path / "memories", embedder=bag_of_words)
+    try:
+        for token in ("", "   ", 42):
+            with pytest.raises(errors.InvalidInput, match="token"):
+                create_app(memory, token=token)
+    finally:
+        memory.close()
+
+
+def test_serving_beyond_this_machine_without_a_token_warns(tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    from t4dm import server
+
+    ran = []
+
+    def run(app, **kw):  # instead of uvicorn: start and stop the app (its shutdown closes the memory)
+        with TestClient(app):
+            ran.append(kw)
+
+    monkeypatch.setitem(sys.modules, "uvicorn", types.SimpleNamespace(run=run))
+    for host, warned in [("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True)]:
+        server.serve(str(tmp_path / host.replace(":", "_")), host=host, embedder=bag_of_words)
+        assert ("without a token" in capsys.readouterr().err) is warned, host
+    server.serve(str(tmp_path / "guarded"), host="0.0.0.0", embedder=bag_of_words, token="s3cret")
+    assert "without a token" not in capsys.readouterr().err
+    assert [kw["host"] for kw in ran] == ["127.0.0.1", "localhost", "::1", "0.0.0.0", "0.0.0.0"]
+
+
+def test_serve_takes_its_token_from_the_flag_or_the_environment(tmp_path, monkeypatch):
+    from t4dm import cli, server
+
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda path, **kw: calls.append(kw["token"]))
+    monkeypatch.delenv("T4DM_TOKEN", raising=False)
+    assert cli.main(["serve", "--path", str(tmp_path / "m")]) == 0
+    monkeypatch.setenv("T4DM_TOKEN", "from-env")
+    assert cli.main(["serve", "--path", str(tmp_path / "m")]) == 0
+    assert cli.main(["serve", "--path", str(tmp_path / "m"), "--token", "from-flag"]) == 0
+    monkeypatch.setenv("T4DM_TOKEN", "")  # set but empty: no token
+    assert cli.main(["serve", "--path", str(tmp_path / "m")]) == 0
+    assert calls == [None, "from-env", "from-flag", None]
