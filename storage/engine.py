@@ -1830,13 +1830,8 @@ class T4DX:
     ) -> list[Edge]:
         """The edges leaving (``direction="out"``) or reaching (``"in"``) item ``id``, or any of several
         ids (one pass over the adjacency for all of them)."""
-        self._check_open()
-        ids = [check_id(id)] if isinstance(id, str) else [check_id(x, f"id[{i}]") for i, x in enumerate(id)]
-        if not ids:
-            return []
-        snap = self._snap
-        plan = graph_plan(_sources(snap), snap, direction, rel, -math.inf, known_at, valid_at)
-        return neighbour_edges(plan, ids)
+        ids, plan = self._edge_plan(id, direction, rel, known_at, valid_at)
+        return neighbour_edges(plan, ids) if ids else []
 
     def neighbours(
         self,
@@ -1850,13 +1845,23 @@ class T4DX:
         """``(id, neighbour)`` for each edge that :meth:`edges` would return (the same filters and
         visibility), without building the :class:`Edge` records: several times cheaper when only the
         ids are wanted. ``id`` is the near end (the source when ``direction="out"``)."""
+        ids, plan = self._edge_plan(id, direction, rel, known_at, valid_at)
+        return neighbour_pairs(plan, ids, direction) if ids else []
+
+    def _edge_plan(
+        self,
+        id: str | Iterable[str],
+        direction: str,
+        rel: str | Iterable[str] | None,
+        known_at: datetime | None,
+        valid_at: datetime | None,
+    ) -> tuple[list[str], Any]:
+        """The checked ids and the one-hop plan over this snapshot shared by :meth:`edges` and
+        :meth:`neighbours`."""
         self._check_open()
         ids = [check_id(id)] if isinstance(id, str) else [check_id(x, f"id[{i}]") for i, x in enumerate(id)]
-        if not ids:
-            return []
         snap = self._snap
-        plan = graph_plan(_sources(snap), snap, direction, rel, -math.inf, known_at, valid_at)
-        return neighbour_pairs(plan, ids, direction)
+        return ids, graph_plan(_sources(snap), snap, direction, rel, -math.inf, known_at, valid_at)
 
     def traverse(
         self,
