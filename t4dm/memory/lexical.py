@@ -107,7 +107,7 @@ class _Partition:
     docs: _Corpus = field(default_factory=_Corpus)  # one document per memory
     runs: _Corpus = field(default_factory=_Corpus)  # one per (agent_id, run_id): its memories' terms together
     scopes: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # (agent_id, run_id)
-    terms: dict[str, Counter] = field(default_factory=dict)  # doc id -> its terms
+    terms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # doc id -> its distinct terms
 
 
 class LexicalIndex:
@@ -140,7 +140,7 @@ class LexicalIndex:
         if run_id is not None:
             part.runs.extend((agent_id, run_id), terms)
         part.scopes[id] = (agent_id, run_id)
-        part.terms[id] = terms
+        part.terms[id] = tuple(terms)  # the counts stay in the postings (a third of a Counter's memory)
         self._where[id] = user_id
 
     def remove(self, id: str) -> None:
@@ -148,7 +148,8 @@ class LexicalIndex:
         if id not in self._where:
             return
         part = self._parts[self._where.pop(id)]
-        terms = part.terms.pop(id)
+        postings = part.docs.postings
+        terms = {term: postings[term][id] for term in part.terms.pop(id)}
         scope = part.scopes.pop(id)
         part.docs.shrink(id, terms)
         if scope[1] is not None:
