@@ -139,3 +139,84 @@ class Bloom:
 
     def track_false_positive_rate(self, keys: int) -> float:
         return float(self.bloom.contains(self.q_hi, self.q_lo).mean())
+
+
+def _clustered(n: int, dim: int, seed: int = 0, clusters: int = 200):
+    """Points around ``clusters`` centres (as ``t4dm bench search``), 50 held-out queries."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+    points = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, dim), dtype=np.float32)
+    queries = centres[rng.integers(0, clusters, 50)] + 0.6 * rng.standard_normal((50, dim), dtype=np.float32)
+    return points, queries
+
+
+class Search:
+    """SEARCH top-10 over one compacted segment with its HNSW index (``t4dm bench search`` has the peers and
+    100,000 items); the filter keeps one user of ten and a tenth of the days (about 1 %)."""
+
+    params = [20_000]
+    param_names = ["n"]
+    timeout = 300
+
+    def setup(self, n: int) -> None:
+        from datetime import datetime, timedelta, timezone
+
+        points, self.queries = _clustered(n, 384)
+        rng = np.random.default_rng(1)
+        self.t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+        days = rng.integers(0, 100, n)
+        self.root = tempfile.mkdtemp()
+        self.db = T4DX.open(self.root + "/s", dim=384, durability="none")
+        self.db.insert_batch(
+            points,
+            [{"user_id": f"user{u}"} for u in rng.integers(0, 10, n)],
+            valid_from=[self.t0 + timedelta(days=int(d)) for d in days],
+        )
+        self.db.compact()
+        self.db.wait_indexed()
+        self.window = (self.t0 + timedelta(days=50), self.t0 + timedelta(days=60))
+        self.time_search_50(n)  # JIT and index pages warmed
+        self.time_filtered_search_50(n)
+
+    def teardown(self, n: int) -> None:
+        self.db.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def time_search_50(self, n: int) -> None:
+        for q in self.queries:
+            self.db.search(q, k=10)
+
+    def time_filtered_search_50(self, n: int) -> None:
+        for q in self.queries:
+            self.db.search(q, k=10, where={"user_id": "user3"}, valid_from=self.window)
+
+
+class Traverse:
+    """TRAVERSE 2 hops from 1,000 seeds on a random graph of 100,000 nodes and 1,000,000 edges in one
+    compacted segment (``t4dm bench graph`` has scipy beside it and 1M nodes / 10M edges)."""
+
+    params = [100_000]
+    param_names = ["nodes"]
+    timeout = 600
+    number = 1
+
+    def setup(self, nodes: int) -> None:
+        rng = np.random.default_rng(4)
+        names = [f"n{i}" for i in range(nodes)]
+        src, dst = rng.integers(0, nodes, 10 * nodes), rng.integers(0, nodes, 10 * nodes)
+        self.root = tempfile.mkdtemp()
+        self.db = T4DX.open(self.root + "/g", dim=4, durability="none", memtable_bytes=256 << 20)
+        self.db.add_edges_batch([names[j] for j in src], [names[j] for j in dst], check_endpoints=False)
+        self.db.compact()
+        self.seeds = [names[j] for j in rng.choice(nodes, 1000, replace=False)]
+        self.db.traverse(self.seeds, 2)
+
+    def teardown(self, nodes: int) -> None:
+        self.db.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def time_traverse_2_hops(self, nodes: int) -> None:
+        self.db.traverse(self.seeds, 2)
+
+    def time_neighbours_1000(self, nodes: int) -> None:
+        self.db.neighbours(self.seeds)
