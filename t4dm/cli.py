@@ -50,6 +50,13 @@ def _bench_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_embed(args: argparse.Namespace) -> int:
+    from t4dm.bench.embed import run_embed_bench
+
+    run_embed_bench(repeat=args.repeat, json_path=args.json)
+    return 0
+
+
 def _bench_lif(args: argparse.Namespace) -> int:
     from t4dm.bench.lif import run_lif_bench
 
@@ -191,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--depth", type=int, default=2)
     graph.add_argument("--json", default=None, help="also write the results to this JSON file")
     graph.set_defaults(func=_bench_graph)
+
+    embed = bench_sub.add_parser(
+        "embed", help="the default embedder on ONNX Runtime beside sentence-transformers (PyTorch)"
+    )
+    embed.add_argument("--repeat", type=int, default=30)
+    embed.add_argument("--json", default=None, help="also write the results to this JSON file")
+    embed.set_defaults(func=_bench_embed)
 
     lif = bench_sub.add_parser(
         "lif", help="fused LIF kernel beside SpikingJelly and an eager loop (fwd, fwd+bwd)"

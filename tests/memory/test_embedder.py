@@ -101,3 +101,16 @@ def test_a_failed_export_falls_back_to_pytorch_with_a_warning(monkeypatch, tmp_p
         chosen = module.default_embedder()
     assert isinstance(chosen, SentenceTransformerEmbedder)
     assert not [f for f in os.listdir(tmp_path / "onnx") if not f.startswith(".")]  # no half-written file
+
+
+def test_the_embed_benchmark_runs_both_backends(tmp_path, monkeypatch):
+    from t4dm.bench.embed import run_embed_bench
+
+    monkeypatch.setenv("T4DM_CACHE", str(tmp_path))
+    report = run_embed_bench(repeat=1, json_path=str(tmp_path / "embed.json"))
+    assert report["max_abs_difference"] < 1e-5
+    for row in ("one short query", "a batch of 20 turns (~45 tokens)"):
+        assert (
+            report[row]["onnx"] > 0 and report[row]["sentence_transformers"] > 0 and report[row]["ratio"] > 0
+        )
+    assert json.loads((tmp_path / "embed.json").read_text())["model"] == "all-MiniLM-L6-v2"
