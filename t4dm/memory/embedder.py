@@ -109,7 +109,7 @@ class OnnxEmbedder:
         batch_size: int = 64,
     ) -> None:
         import onnxruntime
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
         path = os.fspath(path)
         if not self.supports(path):
@@ -118,7 +118,11 @@ class OnnxEmbedder:
             )
         with open(os.path.join(path, "sentence_bert_config.json")) as f:
             self.max_length = int(json.load(f).get("max_seq_length", 512))
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # the tokenizers library itself (what transformers' fast tokenizer wraps): no torch import at start-up
+        self.tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=self.max_length)  # the file may hold another length
+        pad = _pad_token(path)
+        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad), pad_token=pad)  # to the longest
         self.name = name or path
         self.batch_size = batch_size
         self.onnx_path = self._export(path, cache_dir or _cache_dir())
@@ -128,6 +132,8 @@ class OnnxEmbedder:
 
     @staticmethod
     def supports(path: str | os.PathLike) -> bool:
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            return False
         try:
             with open(os.path.join(path, "modules.json")) as f:
                 kinds = [m["type"].rsplit(".", 1)[-1] for m in json.load(f)]
@@ -142,19 +148,19 @@ class OnnxEmbedder:
     def _export(path: str, cache_dir: str) -> str:
         """The cached ONNX file of ``path``'s transformer, exported now if missing (atomic: a temporary file
         renamed, so concurrent processes never read half a file)."""
-        import torch
+        from importlib.metadata import version
 
         weights = [f for f in sorted(os.listdir(path)) if f.endswith((".safetensors", ".bin"))]
         stamp = [
             (f, os.path.getsize(os.path.join(path, f)), os.path.getmtime(os.path.join(path, f)))
             for f in weights
         ]
-        key = hashlib.sha256(repr((os.path.abspath(path), stamp, torch.__version__)).encode()).hexdigest()[
-            :16
-        ]
+        identity = repr((os.path.abspath(path), stamp, version("torch")))
+        key = hashlib.sha256(identity.encode()).hexdigest()[:16]
         target = os.path.join(cache_dir, f"{os.path.basename(os.path.normpath(path))}-{key}.onnx")
         if os.path.exists(target):
             return target
+        import torch
         from transformers import AutoModel, AutoTokenizer
 
         os.makedirs(cache_dir, exist_ok=True)
@@ -195,15 +201,25 @@ class OnnxEmbedder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            tokens = self.tokenizer(
-                [texts[i] for i in batch], padding=True, truncation=True, max_length=self.max_length,
-                return_tensors="np",
-            )  # fmt: skip
-            feeds = {n: tokens[n].astype(np.int64) for n in self.inputs}
-            hidden = self.session.run(None, feeds)[0]
-            mask = tokens["attention_mask"][..., None].astype(np.float32)
+            encodings = self.tokenizer.encode_batch([texts[i] for i in batch])
+            columns = {
+                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+            }
+            hidden = self.session.run(None, {n: columns[n] for n in self.inputs})[0]
+            mask = columns["attention_mask"][..., None].astype(np.float32)
             out[batch] = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         return _unit_rows(out, len(texts), self.dim, self.name)  # scaled to unit length there
+
+
+def _pad_token(path: str) -> str:
+    try:
+        with open(os.path.join(path, "special_tokens_map.json")) as f:
+            pad = json.load(f).get("pad_token", "[PAD]")
+    except (OSError, ValueError):
+        return "[PAD]"
+    return pad["content"] if isinstance(pad, dict) else str(pad)
 
 
 def _cache_dir() -> str:
@@ -258,10 +274,9 @@ def default_embedder() -> Embedder:
 
 
 def _onnx_or_none(path: str) -> OnnxEmbedder | None:
-    try:
-        import onnx  # noqa: F401  (the exporter writes through it)
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    from importlib.util import find_spec
+
+    if find_spec("onnx") is None or find_spec("onnxruntime") is None:  # onnx: the exporter writes through it
         return None
     try:
         return OnnxEmbedder(path)
