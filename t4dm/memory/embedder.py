@@ -126,7 +126,12 @@ class OnnxEmbedder:
         self.name = name or path
         self.batch_size = batch_size
         self.onnx_path = self._export(path, cache_dir or _cache_dir())
-        self.session = onnxruntime.InferenceSession(self.onnx_path, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(self.onnx_path, providers=["CPUExecutionProvider"])
+        except Exception:  # a damaged cached file (the export itself is atomic): export it again, once
+            os.unlink(self.onnx_path)
+            self.onnx_path = self._export(path, cache_dir or _cache_dir())
+            self.session = onnxruntime.InferenceSession(self.onnx_path, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.dim = int(self.session.get_outputs()[0].shape[-1])
 

@@ -114,3 +114,18 @@ def test_the_embed_benchmark_runs_both_backends(tmp_path, monkeypatch):
             report[row]["onnx"] > 0 and report[row]["sentence_transformers"] > 0 and report[row]["ratio"] > 0
         )
     assert json.loads((tmp_path / "embed.json").read_text())["model"] == "all-MiniLM-L6-v2"
+
+
+def test_a_damaged_cached_export_is_made_again(onnx_embedder, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    damaged = cache / os.path.basename(onnx_embedder.onnx_path)
+    shutil.copy(onnx_embedder.onnx_path, damaged)
+    damaged.write_bytes(damaged.read_bytes()[:4096])  # cut short, as by a full disk under an older writer
+    again = OnnxEmbedder(get_model_path(), cache_dir=str(cache))
+    assert again.onnx_path == str(damaged) and damaged.stat().st_size == os.path.getsize(
+        onnx_embedder.onnx_path
+    )
+    assert np.abs(again.embed(TEXTS) - onnx_embedder.embed(TEXTS)).max() == 0.0
