@@ -155,10 +155,14 @@ class LexicalIndex:
         if scope[1] is not None:
             part.runs.shrink(scope, terms)
 
-    def run_of(self, id: str) -> str | None:
-        """The ``run_id`` of document ``id`` (None when it has none or is not indexed)."""
+    def run_of(self, id: str) -> tuple[str | None, str] | None:
+        """``(user_id, run_id)`` of document ``id``: its run, told apart from another user's run of the same
+        name (None when it has no run or is not indexed)."""
         user = self._where.get(id, _ABSENT)
-        return None if user is _ABSENT else self._parts[user].scopes[id][1]  # type: ignore[index]
+        if user is _ABSENT:
+            return None
+        run = self._parts[user].scopes[id][1]  # type: ignore[index]
+        return None if run is None else (user, run)  # type: ignore[return-value]
 
     def search(
         self,
@@ -176,7 +180,7 @@ class LexicalIndex:
         if not terms:
             return []
         scored: list[tuple[str, float]] = []
-        for part in self._partitions(user_id, any_user):
+        for _, part in self._partitions(user_id, any_user):
             scores = part.docs.score(terms, self.k1, self.b)
             if agent_id is not None or run_id is not None:
                 scopes = part.scopes
@@ -192,24 +196,25 @@ class LexicalIndex:
 
     def search_runs(
         self, query: str, *, user_id: str | None = None, agent_id: str | None = None, any_user: bool = False
-    ) -> dict[str, float]:
-        """BM25 of ``query`` against every run of the scope taken as one document: ``{run_id: score}`` for
-        the runs that match a term (a run split across agents scores per agent; the best counts)."""
+    ) -> dict[tuple[str | None, str], float]:
+        """BM25 of ``query`` against every run of the scope taken as one document: ``{(user_id, run_id):
+        score}`` (the key :meth:`run_of` gives) for the runs that match a term; each user's runs are scored
+        within that user's partition, and a run split across agents scores per agent (the best counts)."""
         terms = Counter(tokenize(query))
-        out: dict[str, float] = {}
+        out: dict[tuple[str | None, str], float] = {}
         if not terms:
             return out
-        for part in self._partitions(user_id, any_user):
+        for user, part in self._partitions(user_id, any_user):
             for (agent, run), score in part.runs.score(terms, self.k1, self.b).items():
-                if (agent_id is None or agent == agent_id) and score > out.get(run, 0.0):
-                    out[run] = score
+                if (agent_id is None or agent == agent_id) and score > out.get((user, run), 0.0):
+                    out[user, run] = score
         return out
 
-    def _partitions(self, user_id: str | None, any_user: bool) -> Iterable[_Partition]:
+    def _partitions(self, user_id: str | None, any_user: bool) -> Iterable[tuple[str | None, _Partition]]:
         if any_user:
-            return self._parts.values()
+            return self._parts.items()
         part = self._parts.get(user_id)
-        return [part] if part is not None else []
+        return [(user_id, part)] if part is not None else []
 
 
 _ABSENT = object()

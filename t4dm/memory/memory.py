@@ -655,7 +655,7 @@ class Memory:
             if runs:
                 lo, hi = min(runs.values()), max(runs.values())
                 for id in fused:
-                    value = runs.get(self.lexical.run_of(id))  # type: ignore[arg-type]
+                    value = runs.get(self.lexical.run_of(id))  # type: ignore[arg-type]  (None: no run)
                     if value is not None:
                         lift = RUN_SHARE * ((value - lo) / (hi - lo) if hi > lo else 1.0)
                         signals[id]["run"] = lift
@@ -698,7 +698,7 @@ class Memory:
         heap = [(-fused[id], place, id, 0) for place, id in enumerate(ranked)]
         heapq.heapify(heap)
         picked: list[str] = []
-        used: Counter[str] = Counter()
+        used: Counter[tuple[str | None, str]] = Counter()  # picks per (user, run)
         while heap and len(picked) < k:
             neg, place, id, seen = heapq.heappop(heap)
             run = run_of(id)

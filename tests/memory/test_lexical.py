@@ -43,10 +43,10 @@ def test_runs_score_as_their_texts_together(ops, query):
             groups.setdefault((agent, run), []).append(text)
     for (agent, run), texts in groups.items():
         reference.add(f"{agent}|{run}", " ".join(texts), "u")
-    expected: dict[str, float] = {}
+    expected: dict[tuple[str, str], float] = {}
     for key, score in reference.search(query, 100, user_id="u"):
         run = key.split("|")[1]
-        expected[run] = max(expected.get(run, 0.0), score)
+        expected["u", run] = max(expected.get(("u", run), 0.0), score)
     got = index.search_runs(query, user_id="u")
     assert got.keys() == expected.keys()
     for run, score in expected.items():
@@ -56,7 +56,9 @@ def test_runs_score_as_their_texts_together(ops, query):
     for id, (text, agent, run) in live.items():
         fresh.add(id, text, "u", agent, run)
     assert index.search(query, 100, user_id="u") == fresh.search(query, 100, user_id="u")
-    assert {id: index.run_of(id) for id in live} == {id: run for id, (_, _, run) in live.items()}
+    assert {id: index.run_of(id) for id in live} == {
+        id: run and ("u", run) for id, (_, _, run) in live.items()
+    }
 
 
 def test_runs_are_scoped_by_user_and_agent():
@@ -65,9 +67,16 @@ def test_runs_are_scoped_by_user_and_agent():
     index.add("m2", "pottery kiln pottery", "u1", "a2", "r2")
     index.add("m3", "pottery", "u2", None, "r9")
     index.add("m4", "pottery", "u1", None, None)  # no run: a memory, not part of any run
-    assert set(index.search_runs("pottery", user_id="u1")) == {"r1", "r2"}
-    assert set(index.search_runs("pottery", user_id="u1", agent_id="a1")) == {"r1"}
-    assert set(index.search_runs("pottery", any_user=True)) == {"r1", "r2", "r9"}
+    index.add("m5", "pottery", "u2", None, "r1")  # another user's run of the same name
+    assert set(index.search_runs("pottery", user_id="u1")) == {("u1", "r1"), ("u1", "r2")}
+    assert set(index.search_runs("pottery", user_id="u1", agent_id="a1")) == {("u1", "r1")}
+    assert set(index.search_runs("pottery", any_user=True)) == {
+        ("u1", "r1"),
+        ("u1", "r2"),
+        ("u2", "r9"),
+        ("u2", "r1"),
+    }
+    assert index.run_of("m5") == ("u2", "r1") and index.run_of("m1") == ("u1", "r1")
     assert index.search_runs("the and", user_id="u1") == {}
     assert index.run_of("m4") is None and index.run_of("absent") is None
     index.remove("m2")

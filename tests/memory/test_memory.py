@@ -279,3 +279,13 @@ def test_results_spread_over_sessions(memory, monkeypatch):
     within = memory.search("pottery", user_id="u", run_id="a", k=5)
     assert [h.id for h in within] == [r.id for r in a]
     assert not any({"run", "spread"} & set(h.scores) for h in within)
+
+
+def test_sessions_of_different_users_are_not_one_session(memory):
+    # an agent-wide search reads every user's memories: two users' "s1" runs are two sessions
+    a = memory.add(["pottery class pottery"], user_id="ann", agent_id="helper", run_id="s1")
+    b = memory.add(["pottery kiln"], user_id="bea", agent_id="helper", run_id="s1")
+    hits = memory.search("pottery", agent_id="helper", k=5, expand=False)
+    assert {h.id for h in hits} == {a[0].id, b[0].id}
+    assert not any("spread" in h.scores for h in hits)  # neither is held back for the other's session
+    assert all("run" in h.scores for h in hits)  # each user's session matched, scored in its user's corpus
