@@ -12,7 +12,15 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["FLOAT_DTYPES", "check_number", "check_scale", "check_shape", "check_tensor", "require"]
+__all__ = [
+    "FLOAT_DTYPES",
+    "check_number",
+    "check_scale",
+    "check_shape",
+    "check_tensor",
+    "or_empty",
+    "require",
+]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -63,3 +71,9 @@ def require(condition: torch.Tensor, message: Callable[[], str], compiled_messag
         torch._assert_async(condition, compiled_message)
     elif not bool(condition):
         raise ValueError(message())
+
+
+def or_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``t``, or an empty float32 tensor on ``like``'s device for an absent optional output: a PyTorch
+    operator cannot return None (its fake says ``[0]`` for the same case)."""
+    return t if t is not None else like.new_empty(0, dtype=torch.float32)

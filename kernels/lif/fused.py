@@ -53,7 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..checks import check_number
+from ..checks import check_number, or_empty
 from .naive import SURROGATES, lif_multistep_forward, lif_multistep_naive
 
 __all__ = [
@@ -639,7 +639,7 @@ def _lif_fwd_op(
         save_checkpoints=save_checkpoints,
         config=config,
     )
-    return spikes, v_final, ckpt if ckpt is not None else x.new_empty(0, dtype=torch.float32)
+    return spikes, v_final, or_empty(ckpt, x)
 
 
 @_lif_fwd_op.register_fake

@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import or_empty
 from ..spans import chunk_span, sequence_span
 from ..varlen import Chunks
 from .interface import MAX_TRITON_K, check_rwkv6_inputs
@@ -572,9 +573,7 @@ def _rwkv6_fwd_op(
     o, ht, A, hc = rwkv6_fwd(
         r, k, v, w, u, scale, initial_state, output_final_state, save_states, chunk_size, block_v, chunks
     )
-    ht = ht if ht is not None else r.new_empty(0, dtype=torch.float32)
-    hc = hc if hc is not None else r.new_empty(0, dtype=torch.float32)
-    return o, ht, A, hc
+    return o, or_empty(ht, r), A, or_empty(hc, r)
 
 
 @_rwkv6_fwd_op.register_fake
@@ -616,7 +615,7 @@ def _rwkv6_bwd_op(
     dr, dk, dv, dw, du, dh0 = rwkv6_bwd(
         r, k, v, w, u, scale, A, hc, ht, do, dht, need_dh0, chunk_size, block_v, chunks
     )
-    return dr, dk, dv, dw, du, dh0 if dh0 is not None else r.new_empty(0, dtype=torch.float32)
+    return dr, dk, dv, dw, du, or_empty(dh0, r)
 
 
 @_rwkv6_bwd_op.register_fake

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import or_empty
 from .chunk import AUTOTUNE, INTERPRET
 from .interface import MAX_TRITON_K, check_rwkv6_inputs
 
@@ -134,7 +135,7 @@ def _rwkv6_recurrent_op(
     or [0])``, so that torch.compile and CUDA-graph capture of a decoding loop see one opaque call (eager
     dispatch adds ~8 µs a call on the 2-core VM: docs/benchmarks.md)."""
     o, ht = fused_recurrent_rwkv6_fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
-    return o, ht if ht is not None else r.new_empty(0, dtype=torch.float32)
+    return o, or_empty(ht, r)
 
 
 @_rwkv6_recurrent_op.register_fake

@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import or_empty
 from ..spans import sequence_span
 from ..varlen import Chunks
 from .interface import MAX_TRITON_D, check_spike_attention_inputs
@@ -378,9 +379,7 @@ def _spike_attention_fwd_op(
     o, ht, hc = spike_attention_fwd(
         q, k, v, log_decay, scale, initial_state, output_final_state, save_states, chunk_size, block_v, chunks
     )
-    ht = ht if ht is not None else q.new_empty(0, dtype=torch.float32)
-    hc = hc if hc is not None else q.new_empty(0, dtype=torch.float32)
-    return o, ht, hc
+    return o, or_empty(ht, q), or_empty(hc, q)
 
 
 @_spike_attention_fwd_op.register_fake
@@ -420,7 +419,7 @@ def _spike_attention_bwd_op(
     dq, dk, dv, dld, dh0 = spike_attention_bwd(
         q, k, v, log_decay, scale, hc, do, dht, need_dh0, chunk_size, block_v, chunks
     )
-    return dq, dk, dv, dld, dh0 if dh0 is not None else q.new_empty(0, dtype=torch.float32)
+    return dq, dk, dv, dld, or_empty(dh0, q)
 
 
 @_spike_attention_bwd_op.register_fake

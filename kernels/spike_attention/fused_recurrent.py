@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import or_empty
 from .chunk import AUTOTUNE, INTERPRET
 from .interface import MAX_TRITON_D, check_spike_attention_inputs
 
@@ -130,7 +131,7 @@ def _spike_attention_recurrent_op(
     o, ht = fused_recurrent_spike_attention_fwd(
         q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens
     )
-    return o, ht if ht is not None else q.new_empty(0, dtype=torch.float32)
+    return o, or_empty(ht, q)
 
 
 @_spike_attention_recurrent_op.register_fake
