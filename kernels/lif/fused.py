@@ -5,9 +5,10 @@ Four layers, as in every kernel file here:
 1. ``_lif_fwd_kernel``, ``_lif_fwd_fixup_kernel``, ``_lif_bwd_kernel``, ``_lif_bwd_carry_kernel`` (Triton);
 2. the host launchers :func:`lif_fwd` and :func:`lif_bwd`;
 3. the operators ``torch.ops.t4dm.lif_fwd`` / ``lif_bwd`` (``torch.library.custom_op``: fake shapes for
-   torch.compile, the backward registered with the forward);
-4. the public :func:`lif_multistep`, which checks its inputs, runs the PyTorch reference
-   (:mod:`t4dm.kernels.lif.naive`) on the CPU and the kernels on CUDA.
+   torch.compile, the backward registered with the forward), and ``lif_fwd_cpu`` / ``lif_bwd_cpu`` over the
+   Numba launchers of :mod:`t4dm.kernels.lif.cpu` (the same plan without time chunks);
+4. the public :func:`lif_multistep`, which checks its inputs and runs the Triton kernels on CUDA, the Numba ones
+   on the CPU and the PyTorch reference (:mod:`t4dm.kernels.lif.naive`) elsewhere.
 
 Layout. Any tensor with a time axis is viewed, without a copy when it is contiguous, as ``[P, T, Q]``: ``P`` the
 product of the dimensions before the time axis, ``Q`` of those after. A program owns ``BLOCK`` neighbouring
@@ -420,6 +421,13 @@ def choose_config(T: int, P: int, Q: int, tau: float) -> LIFConfig:
     return LIFConfig(block=block, num_warps=num_warps, sub=sub)
 
 
+def choose_cpu_config(Q: int) -> LIFConfig:
+    """The Numba kernels' shape (``cpu.py``): blocks of up to 256 neighbouring neurons (a 1 KiB row per step;
+    256 to 4096 timed alike on a 2-core VM) and a checkpoint every 16 steps (the backward's replay scratch,
+    16 × 256 floats, stays in L1). Chunks and warps do not apply."""
+    return LIFConfig(block=max(16, min(256, 1 << (max(Q, 1) - 1).bit_length())), sub=16)
+
+
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if NAN_FILL_OUTPUTS:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
@@ -599,128 +607,149 @@ def lif_bwd(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-# The launchers as PyTorch operators (``torch.ops.t4dm.lif_fwd`` / ``lif_bwd``): torch.compile and torch.export
-# see one opaque call with known output shapes (``register_fake``) instead of tracing into Triton launches, and
-# the backward is registered with the forward (``register_autograd``). The launch shape travels as plain ints.
+# The launchers as PyTorch operators: torch.compile and torch.export see one opaque call with known output shapes
+# (``register_fake``) instead of tracing into kernel launches, and the backward is registered with the forward
+# (``register_autograd``). The launch shape travels as plain ints. Two pairs with one schema: ``t4dm::lif_fwd`` /
+# ``lif_bwd`` launch the Triton kernels (CUDA, or the CPU under ``TRITON_INTERPRET=1``), ``t4dm::lif_fwd_cpu`` /
+# ``lif_bwd_cpu`` the Numba kernels of ``cpu.py`` (which read ``block`` and ``sub`` of the launch shape only).
 
 
 def _config_args(config: LIFConfig) -> tuple[int, int, int, int | None, int]:
     return config.block, config.num_warps, config.sub, config.chunk, config.warmup
 
 
-@torch.library.custom_op("t4dm::lif_fwd", mutates_args=())
-def _lif_fwd_op(
-    x: torch.Tensor,
-    v0: torch.Tensor | None,
-    tau: float,
-    v_threshold: float,
-    v_reset: float | None,
-    decay_input: bool,
-    surrogate: str,
-    alpha: float,
-    detach_reset: bool,
-    save_checkpoints: bool,
-    block: int,
-    num_warps: int,
-    sub: int,
-    chunk: int | None,
-    warmup: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``lif_fwd`` as an operator (``surrogate``, ``alpha``, ``detach_reset`` are for its backward); without
-    checkpoints the third output is empty ``[0]``."""
-    config = LIFConfig(block=block, num_warps=num_warps, sub=sub, chunk=chunk, warmup=warmup)
-    spikes, v_final, ckpt = lif_fwd(
-        x,
-        v0,
-        tau=tau,
-        v_threshold=v_threshold,
-        v_reset=v_reset,
-        decay_input=decay_input,
-        save_checkpoints=save_checkpoints,
-        config=config,
-    )
-    return spikes, v_final, or_empty(ckpt, x)
+def _lif_fwd_cpu(x, v0, *, config: LIFConfig, **params):
+    from . import cpu  # Numba is imported (and the kernels loaded from its cache) on the first CPU call
+
+    return cpu.lif_fwd_cpu(x, v0, block=config.block, sub=config.sub, **params)
 
 
-@_lif_fwd_op.register_fake
-def _(
-    x, v0, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, save_checkpoints, *config
-):
-    P, T, Q = x.shape
-    sub = config[2]
-    ckpt_shape = (P, (T + sub - 1) // sub, Q) if save_checkpoints else (0,)
-    return (
-        x.new_empty((P, T, Q)),
-        x.new_empty((P, Q), dtype=torch.float32),
-        x.new_empty(ckpt_shape, dtype=torch.float32),
-    )
+def _lif_bwd_cpu(x, ckpt, grad_spikes, grad_v_final, *, config: LIFConfig, surrogate: str, **params):
+    from . import cpu
+
+    return cpu.lif_bwd_cpu(
+        x, ckpt, grad_spikes, grad_v_final, block=config.block, sub=config.sub, surrogate=SURROGATES[surrogate],
+        **params,
+    )  # fmt: skip
 
 
-@torch.library.custom_op("t4dm::lif_bwd", mutates_args=())
-def _lif_bwd_op(
-    x: torch.Tensor,
-    ckpt: torch.Tensor,
-    grad_spikes: torch.Tensor,
-    grad_v_final: torch.Tensor | None,
-    tau: float,
-    v_threshold: float,
-    v_reset: float | None,
-    decay_input: bool,
-    surrogate: str,
-    alpha: float,
-    detach_reset: bool,
-    block: int,
-    num_warps: int,
-    sub: int,
-    chunk: int | None,
-    warmup: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lif_bwd`` as an operator: ``(grad_x, grad_v0)``."""
-    config = LIFConfig(block=block, num_warps=num_warps, sub=sub, chunk=chunk, warmup=warmup)
-    return lif_bwd(
-        x,
-        ckpt,
-        grad_spikes.contiguous(),
-        None if grad_v_final is None else grad_v_final.float().contiguous(),
-        tau=tau,
-        v_threshold=v_threshold,
-        v_reset=v_reset,
-        decay_input=decay_input,
-        surrogate=surrogate,
-        alpha=alpha,
-        detach_reset=detach_reset,
-        config=config,
-    )
+def _define_ops(fwd_name: str, bwd_name: str, fwd_launcher, bwd_launcher):
+    """Register ``t4dm::{fwd_name}`` and ``t4dm::{bwd_name}`` (the backward as the forward's autograd) over
+    launchers with the signatures of :func:`lif_fwd` and :func:`lif_bwd`; return the two operators."""
 
-
-@_lif_bwd_op.register_fake
-def _(x, ckpt, grad_spikes, grad_v_final, *args):
-    P, _, Q = x.shape
-    return torch.empty_like(x), x.new_empty((P, Q), dtype=torch.float32)
-
-
-def _lif_setup_context(ctx, inputs, output) -> None:
-    x, v0, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, save, *config = inputs
-    ctx.save_for_backward(x, output[2])
-    ctx.has_v0 = v0 is not None
-    ctx.saved_checkpoints = save
-    ctx.params = (tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, *config)
-
-
-def _lif_backward(ctx, grad_spikes, grad_v_final, _grad_ckpt):
-    if not ctx.saved_checkpoints:
-        raise RuntimeError(
-            "t4dm::lif_fwd ran with save_checkpoints=False, so it cannot be differentiated; lif_multistep saves "
-            "them whenever x or v0 requires a gradient"
+    def fwd(
+        x: torch.Tensor,
+        v0: torch.Tensor | None,
+        tau: float,
+        v_threshold: float,
+        v_reset: float | None,
+        decay_input: bool,
+        surrogate: str,
+        alpha: float,
+        detach_reset: bool,
+        save_checkpoints: bool,
+        block: int,
+        num_warps: int,
+        sub: int,
+        chunk: int | None,
+        warmup: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The forward launcher as an operator (``surrogate``, ``alpha``, ``detach_reset`` are for its
+        backward); without checkpoints the third output is empty ``[0]``."""
+        config = LIFConfig(block=block, num_warps=num_warps, sub=sub, chunk=chunk, warmup=warmup)
+        spikes, v_final, ckpt = fwd_launcher(
+            x,
+            v0,
+            tau=tau,
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            decay_input=decay_input,
+            save_checkpoints=save_checkpoints,
+            config=config,
         )
-    x, ckpt = ctx.saved_tensors
-    if grad_spikes is None:
-        grad_spikes = torch.zeros_like(x)
-    grad_x, grad_v0 = _lif_bwd_op(x, ckpt, grad_spikes, grad_v_final, *ctx.params)
-    return grad_x, (grad_v0 if ctx.has_v0 else None), *([None] * 13)
+        return spikes, v_final, or_empty(ckpt, x)
+
+    def bwd(
+        x: torch.Tensor,
+        ckpt: torch.Tensor,
+        grad_spikes: torch.Tensor,
+        grad_v_final: torch.Tensor | None,
+        tau: float,
+        v_threshold: float,
+        v_reset: float | None,
+        decay_input: bool,
+        surrogate: str,
+        alpha: float,
+        detach_reset: bool,
+        block: int,
+        num_warps: int,
+        sub: int,
+        chunk: int | None,
+        warmup: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backward launcher as an operator: ``(grad_x, grad_v0)``."""
+        config = LIFConfig(block=block, num_warps=num_warps, sub=sub, chunk=chunk, warmup=warmup)
+        return bwd_launcher(
+            x,
+            ckpt,
+            grad_spikes.contiguous(),
+            None if grad_v_final is None else grad_v_final.float().contiguous(),
+            tau=tau,
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            decay_input=decay_input,
+            surrogate=surrogate,
+            alpha=alpha,
+            detach_reset=detach_reset,
+            config=config,
+        )
+
+    fwd_op = torch.library.custom_op(f"t4dm::{fwd_name}", fwd, mutates_args=())
+    bwd_op = torch.library.custom_op(f"t4dm::{bwd_name}", bwd, mutates_args=())
+
+    @fwd_op.register_fake
+    def _(
+        x, v0, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, save_checkpoints, *cfg
+    ):
+        P, T, Q = x.shape
+        sub = cfg[2]
+        ckpt_shape = (P, (T + sub - 1) // sub, Q) if save_checkpoints else (0,)
+        return (
+            x.new_empty((P, T, Q)),
+            x.new_empty((P, Q), dtype=torch.float32),
+            x.new_empty(ckpt_shape, dtype=torch.float32),
+        )
+
+    @bwd_op.register_fake
+    def _(x, ckpt, grad_spikes, grad_v_final, *args):
+        P, _, Q = x.shape
+        return torch.empty_like(x), x.new_empty((P, Q), dtype=torch.float32)
+
+    def setup_context(ctx, inputs, output) -> None:
+        x, v0, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, save, *config = inputs
+        ctx.save_for_backward(x, output[2])
+        ctx.has_v0 = v0 is not None
+        ctx.saved_checkpoints = save
+        ctx.params = (tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, *config)
+
+    def backward(ctx, grad_spikes, grad_v_final, _grad_ckpt):
+        if not ctx.saved_checkpoints:
+            raise RuntimeError(
+                f"t4dm::{fwd_name} ran with save_checkpoints=False, so it cannot be differentiated; "
+                "lif_multistep saves them whenever x or v0 requires a gradient"
+            )
+        x, ckpt = ctx.saved_tensors
+        if grad_spikes is None:
+            grad_spikes = torch.zeros_like(x)
+        grad_x, grad_v0 = bwd_op(x, ckpt, grad_spikes, grad_v_final, *ctx.params)
+        return grad_x, (grad_v0 if ctx.has_v0 else None), *([None] * 13)
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+    return fwd_op, bwd_op
 
 
-_lif_fwd_op.register_autograd(_lif_backward, setup_context=_lif_setup_context)
+_lif_fwd_op, _lif_bwd_op = _define_ops("lif_fwd", "lif_bwd", lif_fwd, lif_bwd)
+_lif_fwd_cpu_op, _lif_bwd_cpu_op = _define_ops("lif_fwd_cpu", "lif_bwd_cpu", _lif_fwd_cpu, _lif_bwd_cpu)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -729,6 +758,8 @@ _lif_fwd_op.register_autograd(_lif_backward, setup_context=_lif_setup_context)
 
 #: Below this inner extent the kernels would waste most of each block: transpose to [1, T, P·Q] first.
 _MIN_INNER = 16
+
+_BACKENDS = ("auto", "naive", "triton", "cpu")
 
 
 def _check_inputs(
@@ -783,7 +814,8 @@ def _check_inputs(
     return time_dim
 
 
-def _lif_triton(
+def _lif_kernels(
+    backend: str,
     x: torch.Tensor,
     v0: torch.Tensor | None,
     time_dim: int,
@@ -797,8 +829,8 @@ def _lif_triton(
     config: LIFConfig | None,
     needs_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernels on any layout: view as [P, T, Q], run, view back (saving the backward's checkpoints when
-    ``needs_grad``). Inputs already checked."""
+    """The ``backend``'s operator (``"triton"`` or ``"cpu"``) on any layout: view as [P, T, Q], run, view back
+    (saving the backward's checkpoints when ``needs_grad``). Inputs already checked."""
     shape = tuple(x.shape)
     T = shape[time_dim]
     P = math.prod(shape[:time_dim])
@@ -813,20 +845,39 @@ def _lif_triton(
     x3 = x3.contiguous()
     v03 = None if v03 is None else v03.contiguous()
     if config is None:
-        config = choose_config(T, x3.shape[0], x3.shape[2], tau)
-    spikes, v_final, _ = _lif_fwd_op(
-        x3,
-        v03,
-        tau,
-        v_threshold,
-        v_reset,
-        decay_input,
-        surrogate,
-        alpha,
-        detach_reset,
-        needs_grad,
-        *_config_args(config),
-    )
+        config = (
+            choose_config(T, x3.shape[0], x3.shape[2], tau)
+            if backend == "triton"
+            else choose_cpu_config(x3.shape[2])
+        )
+    if not needs_grad and type(x3) is torch.Tensor and not torch.compiler.is_compiling():
+        # inference on plain tensors: the launcher itself, without the operator's dispatch (~20 µs a call, as
+        # much as a decoded token's whole LIF step on the CPU); traced code and autograd keep the operator
+        launcher = lif_fwd if backend == "triton" else _lif_fwd_cpu
+        spikes, v_final, _ = launcher(
+            x3,
+            v03,
+            tau=tau,
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            decay_input=decay_input,
+            save_checkpoints=False,
+            config=config,
+        )
+    else:
+        spikes, v_final, _ = (_lif_fwd_op if backend == "triton" else _lif_fwd_cpu_op)(
+            x3,
+            v03,
+            tau,
+            v_threshold,
+            v_reset,
+            decay_input,
+            surrogate,
+            alpha,
+            detach_reset,
+            needs_grad,
+            *_config_args(config),
+        )
     if transposed:
         spikes = spikes.reshape(T, P, Q).transpose(0, 1)
     return spikes.reshape(shape), v_final.reshape(state_shape)
@@ -847,13 +898,17 @@ def lif_multistep_impl(
     backend: str = "auto",
     config: LIFConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`lif_multistep` with the backend chosen by hand (``"naive"``, ``"triton"`` or ``"auto"``) and an
-    optional launch :class:`LIFConfig`; always returns ``(spikes, v_final)``. For tests and benchmarks."""
+    """:func:`lif_multistep` with the backend chosen by hand and an optional launch :class:`LIFConfig`; always
+    returns ``(spikes, v_final)``. For tests and benchmarks. Backends: ``"triton"`` (the Triton kernels),
+    ``"cpu"`` (the Numba kernels, CPU tensors), ``"naive"`` (the PyTorch reference, any device), ``"auto"``
+    (Triton on CUDA, Numba on the CPU, the reference elsewhere)."""
     td = _check_inputs(x, tau, v_threshold, v_reset, surrogate, alpha, time_dim, v0)
-    if backend not in ("auto", "naive", "triton"):
-        raise ValueError(f"backend must be 'auto', 'naive' or 'triton', got {backend!r}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = "triton" if x.is_cuda and x.numel() > 0 else "naive"
+        backend = "triton" if x.is_cuda else "cpu" if x.device.type == "cpu" else "naive"
+    if backend == "cpu" and x.device.type != "cpu":
+        raise ValueError(f"backend='cpu' runs on CPU tensors, got x on {x.device}")
     tau, v_threshold, alpha = float(tau), float(v_threshold), float(alpha)
     v_reset = None if v_reset is None else float(v_reset)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or (v0 is not None and v0.requires_grad))
@@ -875,8 +930,8 @@ def lif_multistep_impl(
             v0=v0,
         )
         return spikes.movedim(0, td), v_final
-    return _lif_triton(
-        x, v0, td, tau, v_threshold, v_reset, bool(decay_input), surrogate, alpha, bool(detach_reset), config,
+    return _lif_kernels(
+        backend, x, v0, td, tau, v_threshold, v_reset, bool(decay_input), surrogate, alpha, bool(detach_reset), config,
         needs_grad,
     )  # fmt: skip
 
@@ -933,8 +988,9 @@ def lif_multistep(
         spikes (the shape and dtype of ``x``, exactly 0 or 1), and with ``return_membrane=True`` also the final
         membrane (the shape of ``v0``, float32), differentiable.
 
-    On CUDA tensors the Triton kernels run (time-parallel for long sequences, see the module docstring); elsewhere
-    the PyTorch reference loop. Spikes are bit-for-bit those of the reference.
+    On CUDA tensors the Triton kernels run (time-parallel for long sequences, see the module docstring), on CPU
+    tensors the Numba kernels (``cpu.py``), on other devices the PyTorch reference loop. Spikes are bit for bit
+    those of the reference.
     """
     spikes, v_final = lif_multistep_impl(
         x, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, time_dim, v0

@@ -9,8 +9,9 @@ floor divided by the time) and the ratios to ours; per shape, the bytes floor fr
 - floor ms = bytes / copy bandwidth, the copy bandwidth counting bytes read and written.
 
 On CUDA the shapes are the issue's (T=2048, N=8192: the sequence-length regime; T=16, N=4,194,304: the classic SNN
-regime) and timing is ``triton.testing.do_bench`` (median). With ``device="cpu"`` the shapes are small and ours is
-the PyTorch reference path (what a CPU user gets). ``python -m t4dm.bench.lif --device cuda --json out.json``.
+regime) and timing is ``triton.testing.do_bench`` (median). With ``device="cpu"`` the shapes are smaller and ours is
+the Numba kernels (``kernels/lif/cpu.py``, what a CPU user gets), the eager loop the PyTorch reference.
+``python -m t4dm.bench.lif --device cuda --json out.json``.
 """
 
 from __future__ import annotations
@@ -118,7 +119,13 @@ def _bench_shape(
     """Time every peer on one [T, N] float32 input; print rows; return the shape's entry."""
     import torch
 
-    from t4dm.kernels.lif.fused import LIFConfig, choose_config, lif_multistep, lif_multistep_impl
+    from t4dm.kernels.lif.fused import (
+        LIFConfig,
+        choose_config,
+        choose_cpu_config,
+        lif_multistep,
+        lif_multistep_impl,
+    )
     from t4dm.kernels.lif.naive import lif_multistep_naive
 
     gen = torch.Generator(device=device).manual_seed(0)
@@ -131,10 +138,10 @@ def _bench_shape(
         "N": N,
         "floor_bytes": floor_bytes,
         "floor_ms": {k: b / bandwidth * 1e3 for k, b in floor_bytes.items()},
-        "config": str(choose_config(T, 1, N, 2.0)) if device == "cuda" else "reference (cpu)",
+        "config": str(choose_config(T, 1, N, 2.0) if device == "cuda" else choose_cpu_config(N)),
+        "threads": None if device == "cuda" else torch.get_num_threads(),
         "peers": {},
     }
-    # on the CPU ours is the reference loop itself, so there is no separate eager peer
     peers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"ours": lambda t: lif_multistep(t)}
     if device == "cuda":
         import triton
@@ -152,8 +159,7 @@ def _bench_shape(
     if sj_run is not None:
         peers["spikingjelly"] = lambda t: sj_run(t, v_init)
         entry["spikingjelly_implementation"] = _spikingjelly_implementation(device)
-    if device == "cuda":
-        peers["eager loop"] = lambda t: lif_multistep_naive(t)[0]
+    peers["eager loop"] = lambda t: lif_multistep_naive(t)[0]
 
     for name, fn in peers.items():
         record: dict[str, Any] = {}
