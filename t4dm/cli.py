@@ -120,8 +120,12 @@ def _mcp(args: argparse.Namespace) -> int:
     run_mcp = _entry("mcp", "t4dm.adapters.mcp", "run_mcp", "mcp")
     if run_mcp is None:
         return 2
-    options = {} if args.transport == "stdio" else {"host": args.host, "port": args.port}
-    run_mcp(args.path, transport=args.transport, embedder=args.embedder, **options)
+    token = args.token if args.token is not None else os.environ.get("T4DM_TOKEN") or None
+    if args.transport == "stdio":
+        run_mcp(args.path, transport="stdio", embedder=args.embedder)
+    else:
+        run_mcp(args.path, transport=args.transport, embedder=args.embedder, token=token, host=args.host,
+                port=args.port)  # fmt: skip
     return 0
 
 
@@ -264,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--host", default="127.0.0.1", help="streamable-http: address (default 127.0.0.1)")
     mcp.add_argument("--port", type=int, default=8001, help="streamable-http: port (default 8001)")
     mcp.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
+    mcp.add_argument(
+        "--token",
+        default=None,
+        help="streamable-http: require 'Authorization: Bearer TOKEN' on every request (default: $T4DM_TOKEN)",
+    )
     mcp.set_defaults(func=_mcp)
 
     export = sub.add_parser("export", help="write a memory's memories and edges to a JSON Lines file")

@@ -31,9 +31,6 @@ with a time zone (a naive time is refused, as in the SDK). The OpenAPI schema is
 from __future__ import annotations
 
 import dataclasses
-import hmac
-import ipaddress
-import sys
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -43,6 +40,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from t4dm.auth import UNAUTHORIZED_BODY, UNAUTHORIZED_HEADERS, bearer_matches, check_token, warn_if_open
 from t4dm.errors import InvalidInput, UnknownId
 from t4dm.memory import Memory
 
@@ -107,20 +105,10 @@ class _Unauthorized(Exception):
     pass
 
 
-def _check_token(token: Any) -> bytes | None:
-    if token is None:
-        return None
-    if not isinstance(token, str) or not token.strip():
-        raise InvalidInput(
-            "token", token if not isinstance(token, str) else "<empty>", "expected a non-empty string"
-        )
-    return token.encode()
-
-
 def create_app(memory: Memory, *, token: str | None = None, close_on_shutdown: bool = False) -> FastAPI:
     """The API over ``memory``; with ``token`` every route wants ``Authorization: Bearer <token>``; with
     ``close_on_shutdown`` the app closes the memory when it stops (``t4dm serve``)."""
-    secret = _check_token(token)
+    secret = check_token(token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -131,20 +119,14 @@ def create_app(memory: Memory, *, token: str | None = None, close_on_shutdown: b
     def authorised(request: Request) -> None:
         if secret is None:
             return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # compare_digest: the time taken does not tell how much of a guess was right
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), secret):
+        if not bearer_matches(request.headers.get("authorization", ""), secret):
             raise _Unauthorized
 
     app = FastAPI(title="T4DM memory", version="1", lifespan=lifespan, dependencies=[Depends(authorised)])
 
     @app.exception_handler(_Unauthorized)
     async def unauthorised(request: Request, exc: _Unauthorized) -> JSONResponse:
-        return JSONResponse(
-            status_code=401,
-            content={"error": "Unauthorized", "reason": "expected the header Authorization: Bearer <token>"},
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        return JSONResponse(status_code=401, content=UNAUTHORIZED_BODY, headers=UNAUTHORIZED_HEADERS)
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
@@ -244,15 +226,6 @@ def create_app(memory: Memory, *, token: str | None = None, close_on_shutdown: b
     return app
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def serve(
     path: str, *, host: str = "127.0.0.1", port: int = 8000, embedder: Any = None, token: str | None = None
 ) -> None:
@@ -260,13 +233,8 @@ def serve(
     ``token``: see :func:`create_app`."""
     import uvicorn
 
-    _check_token(token)
-    if token is None and not _loopback(host):
-        print(
-            f"t4dm serve: listening on {host} without a token: anyone who reaches port {port} can read and "
-            "write every memory (give --token or T4DM_TOKEN)",
-            file=sys.stderr,
-        )
+    check_token(token)
+    warn_if_open("serve", host, port, token)
     memory = Memory(path, embedder=embedder)
     app = create_app(memory, token=token, close_on_shutdown=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -13,6 +13,11 @@ Tools, each one SDK call scoped by ``user_id`` (and optionally ``run_id``):
 
 Times are ISO 8601 strings with a time zone. Bad input comes back as a tool error whose text names the
 field and the value (the SDK's :class:`~t4dm.errors.InvalidInput`); nothing is written by a refused call.
+
+Over HTTP (:func:`mcp_http_app`, ``t4dm mcp --transport streamable-http``) a token (``--token`` or
+``T4DM_TOKEN``) makes every request carry ``Authorization: Bearer <token>`` (:mod:`t4dm.auth`; 401 without it);
+MCP clients send it as a configured header. This is a shared secret, not the OAuth flow of the MCP
+specification's authorization section, which needs an authorization server.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from typing import Any, TypeVar
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
+from t4dm.auth import BearerAuth, check_token, warn_if_open
 from t4dm.errors import InvalidInput, UnknownId
 from t4dm.memory import Memory
 
-__all__ = ["create_mcp_server", "run_mcp"]
+__all__ = ["create_mcp_server", "mcp_http_app", "run_mcp"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -151,11 +157,41 @@ def create_mcp_server(memory: Memory, *, name: str = "t4dm-memory") -> MCPServer
     return server
 
 
-def run_mcp(path: str, *, transport: str = "stdio", embedder: Any = None, **options: Any) -> None:
-    """Open the memory at ``path`` and serve it over MCP until the client goes away; the memory is closed
-    after."""
+def mcp_http_app(memory: Memory, *, token: str | None = None, **options: Any) -> Any:
+    """The MCP server over ``memory`` as an ASGI app (streamable HTTP at ``/mcp``); with ``token`` every
+    request wants ``Authorization: Bearer <token>``. ``options`` go to the SDK's ``streamable_http_app``
+    (``json_response``, ``stateless_http``, ``host`` for its DNS-rebinding protection, ...)."""
+    check_token(token)
+    app = create_mcp_server(memory).streamable_http_app(**options)
+    return app if token is None else BearerAuth(app, token)
+
+
+def run_mcp(
+    path: str,
+    *,
+    transport: str = "stdio",
+    embedder: Any = None,
+    token: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    **options: Any,
+) -> None:
+    """Open the memory at ``path`` and serve it over MCP until the client goes away (stdio) or until interrupted
+    (streamable HTTP, on ``host``:``port``, behind ``token`` when given); the memory is closed after."""
+    if transport not in ("stdio", "streamable-http"):
+        raise InvalidInput("transport", transport, "expected 'stdio' or 'streamable-http'")
+    check_token(token)
+    if transport == "stdio" and token is not None:
+        raise InvalidInput("token", "<given>", "a token guards the HTTP transport; stdio has no network side")
     memory = Memory(path, embedder=embedder)
     try:
-        create_mcp_server(memory).run(transport, **options)  # type: ignore[arg-type]
+        if transport == "stdio":
+            create_mcp_server(memory).run("stdio")
+        else:
+            import uvicorn
+
+            warn_if_open("mcp", host, port, token)
+            app = mcp_http_app(memory, token=token, host=host, **options)
+            uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         memory.close()

@@ -92,3 +92,100 @@ def test_bad_input_is_a_tool_error_naming_the_field(tmp_path):
         assert "valid_at" in texts[1] and "valid_at" in texts[2] and "k=0" in texts[3]
         assert "nope" in texts[4] and "dream" in texts[5]
         assert len(memory) == 0  # nothing written by a refused call
+
+
+# ------------------------------------------------------------------------------------------------------------
+# over HTTP, behind a bearer token
+# ------------------------------------------------------------------------------------------------------------
+
+_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+def _remember(content: str) -> dict:
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "remember", "arguments": {"content": content, "user_id": "alice"}},
+    }
+
+
+def _http_client(memory: Memory, token: str | None):
+    from starlette.testclient import TestClient
+
+    from t4dm.adapters.mcp import mcp_http_app
+
+    app = mcp_http_app(memory, token=token, json_response=True, stateless_http=True)
+    return TestClient(app, base_url="http://127.0.0.1:8001")  # the Host the SDK's rebinding check allows
+
+
+def test_http_token_keeps_out_requests_without_it(tmp_path):
+    with Memory(tmp_path / "m", embedder=bag_of_words) as memory, _http_client(memory, "s3cret") as client:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret"}):
+            response = client.post("/mcp", json=_remember("refused"), headers={**_HEADERS, **headers})
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert "Authorization: Bearer" in response.json()["reason"]
+        assert len(memory) == 0  # nothing refused reached the memory
+        response = client.post(
+            "/mcp",
+            json=_remember("Alice moved to Paris"),
+            headers={**_HEADERS, "authorization": "bearer s3cret"},
+        )
+        assert response.status_code == 200 and not response.json()["result"]["isError"]
+        assert len(memory) == 1 and memory.search("Paris", user_id="alice")[0].text == "Alice moved to Paris"
+
+
+def test_http_without_token_is_open(tmp_path):
+    with Memory(tmp_path / "m", embedder=bag_of_words) as memory, _http_client(memory, None) as client:
+        response = client.post("/mcp", json=_remember("Alice moved to Paris"), headers=_HEADERS)
+        assert response.status_code == 200 and len(memory) == 1
+
+
+def test_bad_token_and_transport_are_refused(tmp_path):
+    from t4dm.adapters.mcp import mcp_http_app, run_mcp
+    from t4dm.errors import InvalidInput
+
+    with Memory(tmp_path / "m", embedder=bag_of_words) as memory:
+        for token in ("", "  ", 42):
+            with pytest.raises(InvalidInput, match="token"):
+                mcp_http_app(memory, token=token)
+    with pytest.raises(InvalidInput, match="stdio has no network side"):
+        run_mcp(str(tmp_path / "other"), transport="stdio", token="s3cret")
+    with pytest.raises(InvalidInput, match="transport"):
+        run_mcp(str(tmp_path / "other"), transport="sse")
+    assert not (tmp_path / "other").exists()  # refused before the memory was opened
+
+
+def test_mcp_command_passes_its_token_to_http_only(tmp_path, monkeypatch):
+    from t4dm import cli
+    from t4dm.adapters import mcp as adapter
+
+    calls = []
+    monkeypatch.setattr(adapter, "run_mcp", lambda path, **kw: calls.append(kw))
+    monkeypatch.setenv("T4DM_TOKEN", "from-env")
+    path = str(tmp_path / "m")
+    assert cli.main(["mcp", "--path", path]) == 0  # stdio: no token, whatever the environment says
+    assert cli.main(["mcp", "--path", path, "--transport", "streamable-http"]) == 0
+    assert cli.main(["mcp", "--path", path, "--transport", "streamable-http", "--token", "from-flag"]) == 0
+    assert [kw.get("token") for kw in calls] == [None, "from-env", "from-flag"]
+    assert calls[1]["host"] == "127.0.0.1" and calls[1]["port"] == 8001
+
+
+def test_http_warns_beyond_loopback_without_a_token(tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    from t4dm.adapters.mcp import run_mcp
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    run_mcp(str(tmp_path / "a"), transport="streamable-http", embedder=bag_of_words, host="0.0.0.0")
+    assert "t4dm mcp: listening on 0.0.0.0 without a token" in capsys.readouterr().err
+    run_mcp(
+        str(tmp_path / "b"),
+        transport="streamable-http",
+        embedder=bag_of_words,
+        host="0.0.0.0",
+        token="s3cret",
+    )
+    run_mcp(str(tmp_path / "c"), transport="streamable-http", embedder=bag_of_words)
+    assert "without a token" not in capsys.readouterr().err
