@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import snowballstemmer
 
 __all__ = ["LexicalIndex", "add_to_lexical", "indexed_text", "tokenize"]
@@ -50,56 +51,104 @@ def tokenize(text: str) -> list[str]:
 
 @dataclass(slots=True)
 class _Corpus:
-    """BM25 statistics of a set of documents, each a bag of terms that can grow and shrink."""
+    """BM25 statistics of a set of documents, each a bag of terms that can grow and shrink.
 
-    postings: dict[str, dict[Any, int]] = field(default_factory=dict)  # term -> {doc: tf}
-    lengths: dict[Any, int] = field(default_factory=dict)  # doc -> terms
+    Each document holds an integer slot (reused after it leaves); postings map slots to term frequencies, and
+    scoring reads them as arrays (built per term on first use after a change), so a query costs a few NumPy
+    operations per query term rather than Python work per posting."""
+
+    postings: dict[str, dict[int, int]] = field(default_factory=dict)  # term -> {slot: tf}
+    slots: dict[Any, int] = field(default_factory=dict)  # doc -> slot
+    docs: list[Any] = field(default_factory=list)  # slot -> doc (None while free)
+    free: list[int] = field(default_factory=list)  # slots to reuse
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(16))  # slot -> terms
     parts: dict[Any, int] = field(default_factory=dict)  # doc -> bags added and not yet taken out
     total: int = 0
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # term -> (slots, tfs)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def tf(self, doc: Any, term: str) -> int:
+        return self.postings[term][self.slots[doc]]
 
     def extend(self, doc: Any, terms: Mapping[str, int]) -> None:
+        slot = self.slots.get(doc)
+        if slot is None:
+            slot = self.free.pop() if self.free else len(self.docs)
+            if slot == len(self.docs):
+                self.docs.append(doc)
+                if slot == len(self.lengths):
+                    self.lengths = np.concatenate([self.lengths, np.zeros(len(self.lengths))])
+            else:
+                self.docs[slot] = doc
+            self.slots[doc] = slot
         for term, tf in terms.items():
             docs = self.postings.setdefault(term, {})
-            docs[doc] = docs.get(doc, 0) + tf
+            docs[slot] = docs.get(slot, 0) + tf
+            self.arrays.pop(term, None)
         n = sum(terms.values())
-        self.lengths[doc] = self.lengths.get(doc, 0) + n
+        self.lengths[slot] += n
         self.parts[doc] = self.parts.get(doc, 0) + 1
         self.total += n
 
     def shrink(self, doc: Any, terms: Mapping[str, int]) -> None:
+        slot = self.slots[doc]
         for term, tf in terms.items():
             docs = self.postings[term]
-            left = docs[doc] - tf
+            left = docs[slot] - tf
             if left:
-                docs[doc] = left
+                docs[slot] = left
             else:
-                del docs[doc]
+                del docs[slot]
                 if not docs:
                     del self.postings[term]
+            self.arrays.pop(term, None)
         n = sum(terms.values())
         self.total -= n
         if self.parts[doc] == 1:
-            del self.lengths[doc], self.parts[doc]
+            del self.parts[doc], self.slots[doc]
+            self.docs[slot] = None
+            self.lengths[slot] = 0
+            self.free.append(slot)
         else:
-            self.lengths[doc] -= n
+            self.lengths[slot] -= n
             self.parts[doc] -= 1
 
-    def score(self, terms: Mapping[str, int], k1: float, b: float) -> dict[Any, float]:
-        n_docs = len(self.lengths)
+    def score(self, terms: Mapping[str, int], k1: float, b: float) -> tuple[list[Any], np.ndarray]:
+        """The documents that hold a query term and their BM25 scores (the float operations, in their order,
+        of ``Σ_terms qtf·idf·tf·(k1 + 1) / (tf + k1·(1 − b + b·len/avg))``, one document at a time)."""
+        n_docs = len(self.slots)
         if n_docs == 0:
-            return {}
+            return [], np.zeros(0)
         avg = self.total / n_docs or 1.0
-        lengths = self.lengths
-        scores: dict[Any, float] = {}
+        scores = np.zeros(len(self.docs))
         for term, qtf in terms.items():
             docs = self.postings.get(term)
             if not docs:
                 continue
             idf = math.log(1.0 + (n_docs - len(docs) + 0.5) / (len(docs) + 0.5))
-            for doc, tf in docs.items():
-                norm = tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * lengths[doc] / avg))
-                scores[doc] = scores.get(doc, 0.0) + qtf * idf * norm
-        return scores
+            pair = self.arrays.get(term)
+            if pair is None:
+                pair = self.arrays[term] = (
+                    np.fromiter(docs.keys(), np.int64, len(docs)),
+                    np.fromiter(docs.values(), np.float64, len(docs)),
+                )
+            slots, tf = pair
+            norm = tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * self.lengths[slots] / avg))
+            scores[slots] += qtf * idf * norm  # a term holds a slot once: no repeated index
+        hit = np.flatnonzero(scores)  # every term's share is > 0 (idf > 0, tf > 0)
+        return [self.docs[i] for i in hit], scores[hit]
+
+
+def _best(pairs: list[tuple[Any, float]], k: int) -> list[tuple[Any, float]]:
+    """The ``k`` best ``(doc, score)``, best first, ties by doc."""
+    if len(pairs) > k:
+        values = np.fromiter((v for _, v in pairs), np.float64, len(pairs))
+        cut = np.partition(values, len(values) - k)[len(values) - k]
+        pairs = [pair for pair, value in zip(pairs, values, strict=True) if value >= cut]
+    pairs.sort(key=lambda pair: (-pair[1], pair[0]))
+    return pairs[:k]
 
 
 @dataclass(slots=True)
@@ -148,8 +197,7 @@ class LexicalIndex:
         if id not in self._where:
             return
         part = self._parts[self._where.pop(id)]
-        postings = part.docs.postings
-        terms = {term: postings[term][id] for term in part.terms.pop(id)}
+        terms = {term: part.docs.tf(id, term) for term in part.terms.pop(id)}
         scope = part.scopes.pop(id)
         part.docs.shrink(id, terms)
         if scope[1] is not None:
@@ -181,18 +229,18 @@ class LexicalIndex:
             return []
         scored: list[tuple[str, float]] = []
         for _, part in self._partitions(user_id, any_user):
-            scores = part.docs.score(terms, self.k1, self.b)
+            ids, scores = part.docs.score(terms, self.k1, self.b)
+            pairs = zip(ids, scores.tolist(), strict=True)
             if agent_id is not None or run_id is not None:
                 scopes = part.scopes
-                scores = {
-                    id: s
-                    for id, s in scores.items()
+                pairs = (
+                    (id, s)
+                    for id, s in pairs
                     if (agent_id is None or scopes[id][0] == agent_id)
                     and (run_id is None or scopes[id][1] == run_id)
-                }
-            scored.extend(scores.items())
-        scored.sort(key=lambda pair: (-pair[1], pair[0]))
-        return scored[:k]
+                )
+            scored.extend(pairs)
+        return _best(scored, k)
 
     def search_runs(
         self, query: str, *, user_id: str | None = None, agent_id: str | None = None, any_user: bool = False
@@ -205,7 +253,8 @@ class LexicalIndex:
         if not terms:
             return out
         for user, part in self._partitions(user_id, any_user):
-            for (agent, run), score in part.runs.score(terms, self.k1, self.b).items():
+            runs, scores = part.runs.score(terms, self.k1, self.b)
+            for (agent, run), score in zip(runs, scores.tolist(), strict=True):
                 if (agent_id is None or agent == agent_id) and score > out.get((user, run), 0.0):
                     out[user, run] = score
         return out

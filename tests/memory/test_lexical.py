@@ -81,3 +81,47 @@ def test_runs_are_scoped_by_user_and_agent():
     assert index.run_of("m4") is None and index.run_of("absent") is None
     index.remove("m2")
     assert set(index.search_runs("kiln", user_id="u1")) == set()
+
+
+def _bm25(texts: dict[str, str], query: str, k1: float = 1.2, b: float = 0.75) -> list[tuple[str, float]]:
+    """BM25 written out per document in plain Python: the formula the index's arrays must give, bit for bit."""
+    from collections import Counter
+
+    from t4dm.memory.lexical import tokenize
+
+    bags = {id: Counter(tokenize(text)) for id, text in texts.items()}
+    n_docs = len(bags)
+    avg = sum(sum(bag.values()) for bag in bags.values()) / n_docs if n_docs else 1.0
+    avg = avg or 1.0
+    scores: dict[str, float] = {}
+    for term, qtf in Counter(tokenize(query)).items():
+        holders = [id for id, bag in bags.items() if term in bag]
+        if not holders:
+            continue
+        idf = math.log(1.0 + (n_docs - len(holders) + 0.5) / (len(holders) + 0.5))
+        for id in holders:
+            tf, length = bags[id][term], sum(bags[id].values())
+            norm = tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * length / avg))
+            scores[id] = scores.get(id, 0.0) + qtf * idf * norm
+    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS, st.sampled_from(["pottery", "kids beach pottery", "Caroline painting pottery kids", "the and"]),
+       st.integers(1, 6))  # fmt: skip
+def test_scores_are_bm25_written_out(ops, query, k):
+    """After every add and remove (slots freed and reused, the per-term arrays cached by the searches between
+    them), the k best are those of the formula computed per document from the live texts: same documents, same
+    order (ties by id), the same floats."""
+    index, live = LexicalIndex(), {}
+    for doc, what in ops:
+        id = f"d{doc}"
+        if what is None:
+            index.remove(id)
+            live.pop(id, None)
+        else:
+            index.add(id, what[0], "u", what[1], what[2])
+            live[id] = what[0]
+        expected = _bm25(live, query)
+        assert index.search(query, k, user_id="u") == expected[:k]
+    assert index.search(query, 100, user_id="u") == expected
