@@ -1,10 +1,11 @@
-"""A bearer token in front of the memory's network servers (``t4dm serve``, ``t4dm mcp`` over HTTP).
+"""Bearer tokens in front of the memory's network servers (``t4dm serve``, ``t4dm mcp`` over HTTP).
 
-One shared secret for the whole server: every request must carry ``Authorization: Bearer <token>``; the
-comparison takes the same time however much of a guess is right (``hmac.compare_digest``). It keeps out whoever
-can reach the port but has not been given the token; it does not tell users apart (each is still scoped by the
-``user_id`` it sends). Serve over TLS (a reverse proxy) beyond a trusted network: the token travels in the clear
-otherwise.
+Every request must carry ``Authorization: Bearer <token>``; the comparison takes the same time however much of
+a guess is right (``hmac.compare_digest``). A token is for every user (``token=``, ``--token``: the operator's) or
+for one ``user_id`` (``tokens={token: user_id}``, ``--tokens FILE``: each agent or user its own); a user's token
+reads and writes that user's memories only, and the calls that touch every user (consolidation, statistics) need
+an every-user token (:func:`allows`). Serve over TLS (a reverse proxy) beyond a trusted network: tokens travel in
+the clear otherwise.
 """
 
 from __future__ import annotations
@@ -12,13 +13,27 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from t4dm.errors import InvalidInput
 
-__all__ = ["BearerAuth", "bearer_matches", "check_token", "is_loopback", "warn_if_open"]
+__all__ = [
+    "ALL_USERS",
+    "BearerAuth",
+    "Tokens",
+    "allows",
+    "bearer_matches",
+    "check_token",
+    "is_loopback",
+    "load_tokens",
+    "warn_if_open",
+]
+
+#: The principal of a token for every user (``token=``; ``"*"`` in a tokens file).
+ALL_USERS = "*"
 
 #: The body and headers of a refused request.
 UNAUTHORIZED_BODY = {"error": "Unauthorized", "reason": "expected the header Authorization: Bearer <token>"}
@@ -48,6 +63,65 @@ def bearer_matches(authorization: str, secret: bytes) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), secret)
 
 
+class Tokens:
+    """The tokens a server accepts and whom each speaks for: ``token`` for every user, ``tokens`` maps a token
+    to one ``user_id`` (or to ``"*"``, every user). Empty when neither is given: the server is open."""
+
+    def __init__(self, token: str | None = None, tokens: Mapping[str, str] | None = None) -> None:
+        table: list[tuple[bytes, str]] = []
+        secret = check_token(token)
+        if secret is not None:
+            table.append((secret, ALL_USERS))
+        if tokens is not None:
+            if not isinstance(tokens, Mapping):
+                raise InvalidInput("tokens", tokens, "expected a mapping of token to user_id")
+            for key, user in tokens.items():
+                table.append((check_token(key), _check_user(user)))  # type: ignore[arg-type]
+        if len({secret for secret, _ in table}) != len(table):
+            raise InvalidInput("tokens", "<a repeated token>", "each token may speak for one principal only")
+        self._table = table
+
+    def __bool__(self) -> bool:
+        return bool(self._table)
+
+    def principal(self, authorization: str) -> str | None:
+        """The user (or :data:`ALL_USERS`) whose token an ``Authorization`` header carries; None for none.
+        Every entry is compared (the time taken does not tell which one nearly matched)."""
+        found = None
+        for secret, user in self._table:
+            if bearer_matches(authorization, secret) and found is None:
+                found = user
+        return found
+
+
+def _check_user(user: Any) -> str:
+    if not isinstance(user, str) or not user:
+        raise InvalidInput(
+            "tokens", user, "expected each token's user_id as a non-empty string ('*': every user)"
+        )
+    return user
+
+
+def load_tokens(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A tokens file: a JSON object ``{"<token>": "<user_id>", ...}`` (``"*"`` for every user)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tokens = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(
+            "tokens", str(path), f"expected a readable JSON file of token -> user_id: {exc}"
+        ) from exc
+    if not isinstance(tokens, dict) or not tokens:
+        raise InvalidInput("tokens", str(path), "expected a non-empty JSON object of token -> user_id")
+    Tokens(tokens=tokens)  # every entry checked here, before a server starts
+    return tokens
+
+
+def allows(principal: str | None, user_id: str | None) -> bool:
+    """Whether ``principal`` (None: an open server) may act on ``user_id``'s memories (None: every user's)."""
+    return principal is None or principal in (ALL_USERS, user_id)
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is this machine only (``localhost``, 127.0.0.0/8, ::1)."""
     if host == "localhost":
@@ -58,9 +132,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def warn_if_open(command: str, host: str, port: int, token: str | None) -> None:
-    """Say on stderr when ``command`` listens beyond this machine without a token."""
-    if token is None and not is_loopback(host):
+def warn_if_open(command: str, host: str, port: int, token: Any) -> None:
+    """Say on stderr when ``command`` listens beyond this machine without a token (``token``: anything that is
+    None or false when there is none)."""
+    if not token and not is_loopback(host):
         print(
             f"t4dm {command}: listening on {host} without a token: anyone who reaches port {port} can read and "
             "write every memory (give --token or T4DM_TOKEN)",
@@ -69,20 +144,21 @@ def warn_if_open(command: str, host: str, port: int, token: str | None) -> None:
 
 
 class BearerAuth:
-    """ASGI middleware: HTTP requests without ``Authorization: Bearer <token>`` get 401 (a JSON body naming the
-    header, ``WWW-Authenticate: Bearer``) and never reach ``app``; websockets without it are closed (policy
-    violation, 1008); lifespan events pass through."""
+    """ASGI middleware: HTTP requests without ``Authorization: Bearer <one of the tokens>`` get 401 (a JSON body
+    naming the header, ``WWW-Authenticate: Bearer``) and never reach ``app``; websockets without it are closed
+    (policy violation, 1008); lifespan events pass through. Whom a token speaks for is the app's to check
+    (:meth:`Tokens.principal`)."""
 
-    def __init__(self, app: Callable[[_Scope, _Receive, _Send], Awaitable[None]], token: str) -> None:
-        secret = check_token(token)
-        assert secret is not None
+    def __init__(self, app: Callable[[_Scope, _Receive, _Send], Awaitable[None]], tokens: Tokens) -> None:
+        if not tokens:
+            raise InvalidInput("tokens", "<none>", "BearerAuth needs at least one token")
         self.app = app
-        self._secret = secret
+        self._tokens = tokens
 
     def _authorised(self, scope: _Scope) -> bool:
         for name, value in scope.get("headers", ()):
             if name.lower() == b"authorization":
-                return bearer_matches(value.decode("latin-1"), self._secret)
+                return self._tokens.principal(value.decode("latin-1")) is not None
         return False
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:

@@ -112,8 +112,25 @@ def _serve(args: argparse.Namespace) -> int:
     if serve is None:
         return 2
     token = args.token if args.token is not None else os.environ.get("T4DM_TOKEN") or None
-    serve(args.path, host=args.host, port=args.port, embedder=args.embedder, token=token)
+    tokens = _load_tokens("serve", args.tokens)
+    if tokens is False:
+        return 2
+    serve(args.path, host=args.host, port=args.port, embedder=args.embedder, token=token, tokens=tokens)
     return 0
+
+
+def _load_tokens(command: str, path: str | None) -> dict[str, str] | bool | None:
+    """The tokens file's table, None without one, False (after saying why) when it cannot be used."""
+    from t4dm.auth import load_tokens
+    from t4dm.errors import InvalidInput
+
+    if path is None:
+        return None
+    try:
+        return load_tokens(path)
+    except InvalidInput as exc:
+        print(f"t4dm {command}: {exc}", file=sys.stderr)
+        return False
 
 
 def _mcp(args: argparse.Namespace) -> int:
@@ -121,11 +138,20 @@ def _mcp(args: argparse.Namespace) -> int:
     if run_mcp is None:
         return 2
     token = args.token if args.token is not None else os.environ.get("T4DM_TOKEN") or None
-    if args.transport == "stdio":
+    if args.transport == "stdio" and (args.token is not None or args.tokens is not None):
+        print(
+            "t4dm mcp: --token and --tokens guard the HTTP transport; stdio has no network side",
+            file=sys.stderr,
+        )
+        return 2
+    tokens = _load_tokens("mcp", args.tokens)
+    if tokens is False:
+        return 2
+    if args.transport == "stdio":  # T4DM_TOKEN, if set, is for the HTTP transport
         run_mcp(args.path, transport="stdio", embedder=args.embedder)
     else:
-        run_mcp(args.path, transport=args.transport, embedder=args.embedder, token=token, host=args.host,
-                port=args.port)  # fmt: skip
+        run_mcp(args.path, transport=args.transport, embedder=args.embedder, token=token, tokens=tokens,
+                host=args.host, port=args.port)  # fmt: skip
     return 0
 
 
@@ -260,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask every request for 'Authorization: Bearer TOKEN' (default: the T4DM_TOKEN variable, else none;"
         " the variable keeps the token out of the process list)",
     )
+    serve.add_argument(
+        "--tokens",
+        default=None,
+        metavar="FILE",
+        help='a JSON file of per-user tokens, {"TOKEN": "USER_ID", ...} (\'*\' for every user): each '
+        "token reaches its user's memories only",
+    )
     serve.set_defaults(func=_serve)
 
     mcp = sub.add_parser("mcp", help="serve a memory as a Model Context Protocol server (tools for agents)")
@@ -272,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         default=None,
         help="streamable-http: require 'Authorization: Bearer TOKEN' on every request (default: $T4DM_TOKEN)",
+    )
+    mcp.add_argument(
+        "--tokens",
+        default=None,
+        metavar="FILE",
+        help='streamable-http: a JSON file of per-user tokens, {"TOKEN": "USER_ID", ...} (\'*\' for every user): each '
+        "token reaches its user's memories only",
     )
     mcp.set_defaults(func=_mcp)
 

@@ -19,8 +19,11 @@ GET         ``/health``                     ``{"status": "ok", "memories": n}``
 
 With a token (``create_app(memory, token=...)``; ``t4dm serve --token`` or the ``T4DM_TOKEN`` variable) every
 route asks for ``Authorization: Bearer <token>`` and answers 401 without it; the OpenAPI pages stay open.
-Without one, anyone who can reach the port reads and writes every user's memories: ``t4dm serve`` binds
-127.0.0.1 by default and warns when told to listen beyond this machine without a token.
+Per-user tokens (``tokens={token: user_id}``, ``t4dm serve --tokens FILE``) each reach one user's memories:
+another ``user_id`` is 403 naming the field, another user's memory by id 404, ``/consolidate`` and ``/stats``
+(every user's) 403 (:mod:`t4dm.auth`). Without any token, anyone who can reach the port reads and writes every
+user's memories: ``t4dm serve`` binds 127.0.0.1 by default and warns when told to listen beyond this machine
+without a token.
 
 Errors keep the SDK's types: bad input is 400 with ``{"error", "field", "value", "reason"}`` (the field
 the SDK names), an unknown id 404; a request body of the wrong shape is FastAPI's 422. Times are ISO 8601
@@ -40,7 +43,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from t4dm.auth import UNAUTHORIZED_BODY, UNAUTHORIZED_HEADERS, bearer_matches, check_token, warn_if_open
+from t4dm.auth import UNAUTHORIZED_BODY, UNAUTHORIZED_HEADERS, Tokens, allows, warn_if_open
 from t4dm.errors import InvalidInput, UnknownId
 from t4dm.memory import Memory
 
@@ -105,10 +108,25 @@ class _Unauthorized(Exception):
     pass
 
 
-def create_app(memory: Memory, *, token: str | None = None, close_on_shutdown: bool = False) -> FastAPI:
-    """The API over ``memory``; with ``token`` every route wants ``Authorization: Bearer <token>``; with
-    ``close_on_shutdown`` the app closes the memory when it stops (``t4dm serve``)."""
-    secret = check_token(token)
+class _Forbidden(Exception):
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.field, self.value, self.reason = field, value, reason
+
+
+def create_app(
+    memory: Memory,
+    *,
+    token: str | None = None,
+    tokens: dict[str, str] | None = None,
+    close_on_shutdown: bool = False,
+) -> FastAPI:
+    """The API over ``memory``. With ``token`` (every user) and/or ``tokens`` (``{token: user_id}``, ``"*"`` for
+    every user) every route wants ``Authorization: Bearer <token>`` (401 otherwise), and a user's token reaches
+    that user's memories only: another ``user_id`` is 403, another user's memory by id 404 (as if absent),
+    ``/consolidate`` and ``/stats`` 403 (they touch every user). With ``close_on_shutdown`` the app closes the
+    memory when it stops (``t4dm serve``)."""
+    table = Tokens(token, tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -117,16 +135,38 @@ def create_app(memory: Memory, *, token: str | None = None, close_on_shutdown: b
             memory.close()
 
     def authorised(request: Request) -> None:
-        if secret is None:
+        if not table:
+            request.state.principal = None
             return
-        if not bearer_matches(request.headers.get("authorization", ""), secret):
+        principal = table.principal(request.headers.get("authorization", ""))
+        if principal is None:
             raise _Unauthorized
+        request.state.principal = principal
 
     app = FastAPI(title="T4DM memory", version="1", lifespan=lifespan, dependencies=[Depends(authorised)])
+
+    def check_user(http: Request, user_id: str | None) -> None:
+        principal = http.state.principal
+        if not allows(principal, user_id):
+            raise _Forbidden("user_id", user_id, f"this token is for user_id {principal!r} only")
+
+    def check_every_user(http: Request, route: str) -> None:
+        if not allows(http.state.principal, None):
+            raise _Forbidden(
+                "token", "<user token>", f"{route} touches every user: it needs an every-user token"
+            )
+
+    def owned(http: Request, item: Any) -> bool:
+        return item is not None and allows(http.state.principal, item.user_id)
 
     @app.exception_handler(_Unauthorized)
     async def unauthorised(request: Request, exc: _Unauthorized) -> JSONResponse:
         return JSONResponse(status_code=401, content=UNAUTHORIZED_BODY, headers=UNAUTHORIZED_HEADERS)
+
+    @app.exception_handler(_Forbidden)
+    async def forbidden(request: Request, exc: _Forbidden) -> JSONResponse:
+        body = {"error": "Forbidden", "field": exc.field, "value": repr(exc.value), "reason": exc.reason}
+        return JSONResponse(status_code=403, content=body)
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
@@ -150,7 +190,8 @@ def create_app(memory: Memory, *, token: str | None = None, close_on_shutdown: b
         return {"status": "ok", "memories": len(memory)}
 
     @app.post("/memories")
-    def add(request: AddRequest) -> dict[str, Any]:
+    def add(request: AddRequest, http: Request) -> dict[str, Any]:
+        check_user(http, request.user_id)
         content: Any = request.content
         if isinstance(content, list) and content and isinstance(content[0], Message):
             content = [m.model_dump(exclude_none=True) for m in content]
@@ -170,32 +211,40 @@ def create_app(memory: Memory, *, token: str | None = None, close_on_shutdown: b
         return {"results": [_plain(r) for r in results]}
 
     @app.get("/memories/{id}", response_model=None)
-    def get(id: str, as_of: datetime | None = None) -> Any:
+    def get(id: str, http: Request, as_of: datetime | None = None) -> Any:
         item = memory.get(id, as_of=as_of)
-        return not_found(id) if item is None else _plain(item)
+        return _plain(item) if owned(http, item) else not_found(id)
 
     @app.patch("/memories/{id}")
-    def update(id: str, request: UpdateRequest) -> Any:
+    def update(id: str, request: UpdateRequest, http: Request) -> Any:
+        if not owned(http, memory.get(id)):
+            return not_found(id)
         return _plain(
             memory.update(id, text=request.text, metadata=request.metadata, valid_at=request.valid_at)
         )
 
     @app.delete("/memories/{id}", status_code=204, response_model=None)
-    def delete(id: str) -> Any:
-        memory.delete(id)  # an unknown or deleted id: UnknownId, 404
+    def delete(id: str, http: Request) -> Any:
+        if not owned(http, memory.get(id)):
+            return not_found(id)
+        memory.delete(id)
         return Response(status_code=204)
 
     @app.delete("/memories")
-    def delete_all(user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None) -> Any:
+    def delete_all(
+        http: Request, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
+    ) -> Any:
+        check_user(http, user_id)
         return {"deleted": memory.delete_all(user_id=user_id, agent_id=agent_id, run_id=run_id)}
 
     @app.get("/memories/{id}/history")
-    def history(id: str) -> Any:
+    def history(id: str, http: Request) -> Any:
         versions = memory.history(id)
-        return not_found(id) if not versions else [_plain(v) for v in versions]
+        return [_plain(v) for v in versions] if versions and owned(http, versions[0]) else not_found(id)
 
     @app.post("/search")
-    def search(request: SearchRequest) -> dict[str, Any]:
+    def search(request: SearchRequest, http: Request) -> dict[str, Any]:
+        check_user(http, request.user_id)
         days = request.recency_half_life_days
         if days is not None and not days > 0:
             raise InvalidInput("recency_half_life_days", days, "must be > 0")
@@ -215,26 +264,34 @@ def create_app(memory: Memory, *, token: str | None = None, close_on_shutdown: b
         return {"hits": [_plain(h) for h in hits]}
 
     @app.post("/consolidate")
-    def consolidate(request: ConsolidateRequest | None = None) -> Any:
+    def consolidate(http: Request, request: ConsolidateRequest | None = None) -> Any:
+        check_every_user(http, "/consolidate")
         phases = tuple((request or ConsolidateRequest()).phases)
         return _plain(memory.consolidate(phases, progress=False))
 
     @app.get("/stats")
-    def stats() -> Any:
+    def stats(http: Request) -> Any:
+        check_every_user(http, "/stats")
         return _plain(memory.stats())
 
     return app
 
 
 def serve(
-    path: str, *, host: str = "127.0.0.1", port: int = 8000, embedder: Any = None, token: str | None = None
+    path: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    embedder: Any = None,
+    token: str | None = None,
+    tokens: dict[str, str] | None = None,
 ) -> None:
     """Open the memory at ``path`` and serve it until interrupted (uvicorn); the memory is closed after.
-    ``token``: see :func:`create_app`."""
+    ``token``, ``tokens``: see :func:`create_app`."""
     import uvicorn
 
-    check_token(token)
-    warn_if_open("serve", host, port, token)
+    table = Tokens(token, tokens)
+    warn_if_open("serve", host, port, table)
     memory = Memory(path, embedder=embedder)
-    app = create_app(memory, token=token, close_on_shutdown=True)
+    app = create_app(memory, token=token, tokens=tokens, close_on_shutdown=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -14,9 +14,11 @@ Tools, each one SDK call scoped by ``user_id`` (and optionally ``run_id``):
 Times are ISO 8601 strings with a time zone. Bad input comes back as a tool error whose text names the
 field and the value (the SDK's :class:`~t4dm.errors.InvalidInput`); nothing is written by a refused call.
 
-Over HTTP (:func:`mcp_http_app`, ``t4dm mcp --transport streamable-http``) a token (``--token`` or
-``T4DM_TOKEN``) makes every request carry ``Authorization: Bearer <token>`` (:mod:`t4dm.auth`; 401 without it);
-MCP clients send it as a configured header. This is a shared secret, not the OAuth flow of the MCP
+Over HTTP (:func:`mcp_http_app`, ``t4dm mcp --transport streamable-http``) tokens (``--token`` / ``T4DM_TOKEN``
+for every user, ``--tokens FILE`` one per user) make every request carry ``Authorization: Bearer <token>``
+(:mod:`t4dm.auth`; 401 without it), and a user's token reaches that user's memories only: another ``user_id`` is a
+tool error naming the field, another user's memory by id is unknown, ``consolidate`` needs an every-user token.
+MCP clients send the token as a configured header. These are shared secrets, not the OAuth flow of the MCP
 specification's authorization section, which needs an authorization server.
 """
 
@@ -28,9 +30,10 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 
-from t4dm.auth import BearerAuth, check_token, warn_if_open
+from t4dm.auth import BearerAuth, Tokens, allows, warn_if_open
 from t4dm.errors import InvalidInput, UnknownId
 from t4dm.memory import Memory
 
@@ -75,11 +78,34 @@ def _item(item: Any) -> dict[str, Any]:
     }
 
 
-def create_mcp_server(memory: Memory, *, name: str = "t4dm-memory") -> MCPServer:
-    """An MCP server whose tools read and write ``memory``."""
+def create_mcp_server(
+    memory: Memory, *, name: str = "t4dm-memory", tokens: Tokens | None = None
+) -> MCPServer:
+    """An MCP server whose tools read and write ``memory``. With ``tokens`` each call acts for the principal of
+    the token its HTTP request carried (checked already by :class:`~t4dm.auth.BearerAuth` in front)."""
     server = MCPServer(
         name, instructions="Long-term memory with time: remember facts, recall them by meaning."
     )
+
+    def principal(ctx: Context | None) -> str | None:
+        if not tokens:
+            return None
+        headers = ctx.headers if ctx is not None else None
+        found = tokens.principal((headers or {}).get("authorization", ""))
+        if found is None:  # BearerAuth let no such request through; refuse rather than trust
+            raise ToolError("Unauthorized: expected the header Authorization: Bearer <token>")
+        return found
+
+    def check_user(ctx: Context | None, user_id: str) -> None:
+        who = principal(ctx)
+        if not allows(who, user_id):
+            raise InvalidInput("user_id", user_id, f"this token is for user_id {who!r} only")
+
+    def owned(ctx: Context | None, id: str) -> None:
+        """Unknown (as if absent) unless ``id`` is a memory of the caller's user."""
+        versions = memory.history(id)
+        if not versions or not allows(principal(ctx), versions[0].user_id):
+            raise UnknownId(id)
 
     @server.tool()
     @_client_errors
@@ -89,9 +115,11 @@ def create_mcp_server(memory: Memory, *, name: str = "t4dm-memory") -> MCPServer
         run_id: str | None = None,
         valid_at: str | None = None,
         metadata: dict[str, Any] | None = None,
+        ctx: Context | None = None,
     ) -> list[dict[str, Any]]:
         """Store a memory for a user. valid_at (ISO 8601 with a time zone) is when it became true. A near
         duplicate of a stored memory is merged into it. Returns what happened: ADD, MERGE or SKIP."""
+        check_user(ctx, user_id)
         results = memory.add(
             content,
             user_id=user_id,
@@ -109,9 +137,11 @@ def create_mcp_server(memory: Memory, *, name: str = "t4dm-memory") -> MCPServer
         k: int = 5,
         valid_at: str | None = None,
         as_of: str | None = None,
+        ctx: Context | None = None,
     ) -> list[dict[str, Any]]:
         """The user's memories most relevant to a query, best first. valid_at: what was true then; as_of:
         what the store knew then (ISO 8601 with a time zone)."""
+        check_user(ctx, user_id)
         hits = memory.search(
             query,
             user_id=user_id,
@@ -123,21 +153,24 @@ def create_mcp_server(memory: Memory, *, name: str = "t4dm-memory") -> MCPServer
 
     @server.tool()
     @_client_errors
-    def revise(id: str, text: str) -> dict[str, Any]:
+    def revise(id: str, text: str, ctx: Context | None = None) -> dict[str, Any]:
         """Replace a memory's text; the old version stays in its history."""
+        owned(ctx, id)
         return _item(memory.update(id, text=text))
 
     @server.tool()
     @_client_errors
-    def forget(id: str) -> dict[str, Any]:
+    def forget(id: str, ctx: Context | None = None) -> dict[str, Any]:
         """Forget a memory (it stays visible to questions about the past)."""
+        owned(ctx, id)
         memory.delete(id)  # an unknown or deleted id: UnknownId
         return {"forgotten": id}
 
     @server.tool()
     @_client_errors
-    def history(id: str) -> list[dict[str, Any]]:
+    def history(id: str, ctx: Context | None = None) -> list[dict[str, Any]]:
         """Every version of a memory, oldest first."""
+        owned(ctx, id)
         versions = memory.history(id)
         if not versions:
             raise UnknownId(id)
@@ -145,8 +178,12 @@ def create_mcp_server(memory: Memory, *, name: str = "t4dm-memory") -> MCPServer
 
     @server.tool()
     @_client_errors
-    def consolidate(phases: list[str] | None = None) -> dict[str, Any]:
+    def consolidate(phases: list[str] | None = None, ctx: Context | None = None) -> dict[str, Any]:
         """Sleep: replay (nrem), form prototypes of episodes (rem), prune stale memories (prune)."""
+        if not allows(principal(ctx), None):
+            raise InvalidInput(
+                "token", "<user token>", "consolidate touches every user: it needs an every-user token"
+            )
         report = memory.consolidate(tuple(phases or ("nrem", "rem", "prune")), progress=False)
         return {
             "summary": report.summary(),
@@ -157,13 +194,16 @@ def create_mcp_server(memory: Memory, *, name: str = "t4dm-memory") -> MCPServer
     return server
 
 
-def mcp_http_app(memory: Memory, *, token: str | None = None, **options: Any) -> Any:
-    """The MCP server over ``memory`` as an ASGI app (streamable HTTP at ``/mcp``); with ``token`` every
-    request wants ``Authorization: Bearer <token>``. ``options`` go to the SDK's ``streamable_http_app``
-    (``json_response``, ``stateless_http``, ``host`` for its DNS-rebinding protection, ...)."""
-    check_token(token)
-    app = create_mcp_server(memory).streamable_http_app(**options)
-    return app if token is None else BearerAuth(app, token)
+def mcp_http_app(
+    memory: Memory, *, token: str | None = None, tokens: dict[str, str] | None = None, **options: Any
+) -> Any:
+    """The MCP server over ``memory`` as an ASGI app (streamable HTTP at ``/mcp``); with ``token`` (every user)
+    and/or ``tokens`` (``{token: user_id}``) every request wants ``Authorization: Bearer <token>`` and acts for
+    the token's user. ``options`` go to the SDK's ``streamable_http_app`` (``json_response``,
+    ``stateless_http``, ``host`` for its DNS-rebinding protection, ...)."""
+    table = Tokens(token, tokens)
+    app = create_mcp_server(memory, tokens=table).streamable_http_app(**options)
+    return BearerAuth(app, table) if table else app
 
 
 def run_mcp(
@@ -172,6 +212,7 @@ def run_mcp(
     transport: str = "stdio",
     embedder: Any = None,
     token: str | None = None,
+    tokens: dict[str, str] | None = None,
     host: str = "127.0.0.1",
     port: int = 8001,
     **options: Any,
@@ -180,8 +221,8 @@ def run_mcp(
     (streamable HTTP, on ``host``:``port``, behind ``token`` when given); the memory is closed after."""
     if transport not in ("stdio", "streamable-http"):
         raise InvalidInput("transport", transport, "expected 'stdio' or 'streamable-http'")
-    check_token(token)
-    if transport == "stdio" and token is not None:
+    table = Tokens(token, tokens)
+    if transport == "stdio" and table:
         raise InvalidInput("token", "<given>", "a token guards the HTTP transport; stdio has no network side")
     memory = Memory(path, embedder=embedder)
     try:
@@ -190,8 +231,8 @@ def run_mcp(
         else:
             import uvicorn
 
-            warn_if_open("mcp", host, port, token)
-            app = mcp_http_app(memory, token=token, host=host, **options)
+            warn_if_open("mcp", host, port, table)
+            app = mcp_http_app(memory, token=token, tokens=tokens, host=host, **options)
             uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         memory.close()

@@ -189,3 +189,50 @@ def test_http_warns_beyond_loopback_without_a_token(tmp_path, monkeypatch, capsy
     )
     run_mcp(str(tmp_path / "c"), transport="streamable-http", embedder=bag_of_words)
     assert "without a token" not in capsys.readouterr().err
+
+
+def _call(client, token: str, name: str, arguments: dict) -> dict:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+    response = client.post("/mcp", json=body, headers={**_HEADERS, "authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    return response.json()["result"]
+
+
+def test_http_a_users_token_reaches_that_users_memories_only(tmp_path):
+    from starlette.testclient import TestClient
+
+    from t4dm.adapters.mcp import mcp_http_app
+
+    tokens = {"tok-alice": "alice", "tok-bob": "bob", "tok-ops": "*"}
+    with Memory(tmp_path / "m", embedder=bag_of_words) as memory:
+        app = mcp_http_app(memory, tokens=tokens, json_response=True, stateless_http=True)
+        with TestClient(app, base_url="http://127.0.0.1:8001") as client:
+            added = _call(
+                client, "tok-alice", "remember", {"content": "Alice moved to Paris", "user_id": "alice"}
+            )
+            [mine] = added["structuredContent"]["result"]
+            for name, arguments in [
+                ("remember", {"content": "planted", "user_id": "alice"}),
+                ("recall", {"query": "Paris", "user_id": "alice"}),
+            ]:
+                result = _call(client, "tok-bob", name, arguments)
+                assert result["isError"] and "user_id" in result["content"][0]["text"], result
+            for name, arguments in [
+                ("revise", {"id": mine["id"], "text": "Alice moved to Rome"}),
+                ("forget", {"id": mine["id"]}),
+                ("history", {"id": mine["id"]}),
+            ]:
+                result = _call(client, "tok-bob", name, arguments)
+                assert result["isError"] and mine["id"] in result["content"][0]["text"], result
+            result = _call(client, "tok-alice", "consolidate", {})
+            assert result["isError"] and "every-user token" in result["content"][0]["text"]
+            assert len(memory) == 1 and memory.get(mine["id"]).text == "Alice moved to Paris"
+            hits = _call(client, "tok-alice", "recall", {"query": "Paris", "user_id": "alice"})
+            assert [h["text"] for h in hits["structuredContent"]["result"]] == ["Alice moved to Paris"]
+            assert not _call(client, "tok-ops", "consolidate", {})["isError"]
+            assert not _call(client, "tok-ops", "history", {"id": mine["id"]})["isError"]

@@ -3,6 +3,7 @@ no request of one user sees another's memories."""
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import UTC, datetime
 
 import pytest
@@ -207,3 +208,101 @@ def test_serve_takes_its_token_from_the_flag_or_the_environment(tmp_path, monkey
     monkeypatch.setenv("T4DM_TOKEN", "")  # set but empty: no token
     assert cli.main(["serve", "--path", str(tmp_path / "m")]) == 0
     assert calls == [None, "from-env", "from-flag", None]
+
+
+_TOKENS = {"tok-alice": "alice", "tok-bob": "bob", "tok-ops": "*"}
+
+
+def _as(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_users_token_reaches_that_users_memories_only(tmp_path):
+    memory = Memory(tmp_path / "memories", embedder=bag_of_words)
+    with TestClient(create_app(memory, tokens=_TOKENS, close_on_shutdown=True)) as client:
+        alice, bob, ops = _as("tok-alice"), _as("tok-bob"), _as("tok-ops")
+        [mine] = client.post("/memories", json={"content": "Alice moved to Paris", "user_id": "alice"},
+                             headers=alice).json()["results"]  # fmt: skip
+        client.post("/memories", json={"content": "Bob moved to Paris too", "user_id": "bob"}, headers=bob)
+        assert len(memory) == 2
+        # another user's scope: 403 naming the field, nothing written or read
+        for method, path, body in [
+            ("post", "/memories", {"content": "planted", "user_id": "alice"}),
+            ("post", "/search", {"query": "Paris", "user_id": "alice"}),
+            ("post", "/search", {"query": "Paris"}),  # every user's: not for a user's token
+            ("delete", "/memories?user_id=alice", None),
+            ("delete", "/memories", None),
+        ]:
+            response = client.request(method, path, json=body, headers=bob)
+            assert response.status_code == 403, (method, path, response.text)
+            assert response.json()["field"] == "user_id" and "'bob'" in response.json()["reason"]
+        assert len(memory) == 2
+        # another user's memory by id: as if it did not exist, and left as it was
+        id = mine["id"]
+        assert client.get(f"/memories/{id}", headers=bob).status_code == 404
+        assert client.get(f"/memories/{id}/history", headers=bob).status_code == 404
+        assert (
+            client.patch(f"/memories/{id}", json={"text": "Alice moved to Rome"}, headers=bob).status_code
+            == 404
+        )
+        assert client.delete(f"/memories/{id}", headers=bob).status_code == 404
+        assert memory.get(id).text == "Alice moved to Paris" and len(memory.history(id)) == 1
+        # the calls that touch every user need an every-user token
+        for method, path in [("post", "/consolidate"), ("get", "/stats")]:
+            response = client.request(method, path, headers=alice)
+            assert response.status_code == 403 and response.json()["field"] == "token"
+            assert client.request(method, path, headers=ops).status_code == 200
+        # the owner and the every-user token keep full use
+        hits = client.post("/search", json={"query": "Paris", "user_id": "bob"}, headers=bob).json()["hits"]
+        assert [h["text"] for h in hits] == ["Bob moved to Paris too"]
+        assert client.get(f"/memories/{id}", headers=alice).json()["text"] == "Alice moved to Paris"
+        assert (
+            client.patch(f"/memories/{id}", json={"text": "Alice moved to Rome"}, headers=ops).status_code
+            == 200
+        )
+        assert client.delete(f"/memories/{id}", headers=alice).status_code == 204
+        assert client.post("/search", json={"query": "x"}, headers=_as("tok-carol")).status_code == 401
+
+
+def test_token_tables_are_checked(tmp_path):
+    import json
+
+    from t4dm import errors
+    from t4dm.auth import load_tokens
+
+    memory = Memory(tmp_path / "memories", embedder=bag_of_words)
+    try:
+        for tokens in ({"": "alice"}, {"tok": ""}, {"tok": 7}, ["tok"]):
+            with pytest.raises(errors.InvalidInput, match="token"):
+                create_app(memory, tokens=tokens)
+        with pytest.raises(errors.InvalidInput, match="one principal"):
+            create_app(memory, token="tok", tokens={"tok": "alice"})
+    finally:
+        memory.close()
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "good.json").write_text(json.dumps(_TOKENS))
+    for name in ("bad.json", "empty.json", "missing.json"):
+        with pytest.raises(errors.InvalidInput, match="tokens"):
+            load_tokens(tmp_path / name)
+    assert load_tokens(tmp_path / "good.json") == _TOKENS
+
+
+def test_serve_and_mcp_read_a_tokens_file(tmp_path, monkeypatch, capsys):
+    import json
+
+    from t4dm import cli, server
+
+    (tmp_path / "tokens.json").write_text(json.dumps(_TOKENS))
+    (tmp_path / "bad.json").write_text('{"tok": ""}')
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda path, **kw: calls.append(kw["tokens"]))
+    assert cli.main(["serve", "--path", str(tmp_path / "m"), "--tokens", str(tmp_path / "tokens.json")]) == 0
+    assert calls == [_TOKENS]
+    assert cli.main(["serve", "--path", str(tmp_path / "m"), "--tokens", str(tmp_path / "bad.json")]) == 2
+    assert "t4dm serve: " in capsys.readouterr().err and calls == [_TOKENS]
+    if importlib.util.find_spec("mcp") is not None:
+        assert (
+            cli.main(["mcp", "--path", str(tmp_path / "m"), "--tokens", str(tmp_path / "tokens.json")]) == 2
+        )
+        assert "stdio has no network side" in capsys.readouterr().err
