@@ -18,7 +18,8 @@ OPS = st.lists(
 )  # None: remove
 
 
-def _replay(ops) -> tuple[LexicalIndex, dict[str, tuple[str, str | None, str | None]]]:
+def _replay(ops, after_each=None) -> tuple[LexicalIndex, dict[str, tuple[str, str | None, str | None]]]:
+    """Apply the adds and removes to a new index; ``after_each(index, live)`` after every one."""
     index, live = LexicalIndex(), {}
     for doc, what in ops:
         id = f"d{doc}"
@@ -29,6 +30,8 @@ def _replay(ops) -> tuple[LexicalIndex, dict[str, tuple[str, str | None, str | N
             text, agent, run = what
             index.add(id, text, "u", agent, run)
             live[id] = (text, agent, run)
+        if after_each is not None:
+            after_each(index, live)
     return index, live
 
 
@@ -113,15 +116,10 @@ def test_scores_are_bm25_written_out(ops, query, k):
     """After every add and remove (slots freed and reused, the per-term arrays cached by the searches between
     them), the k best are those of the formula computed per document from the live texts: same documents, same
     order (ties by id), the same floats."""
-    index, live = LexicalIndex(), {}
-    for doc, what in ops:
-        id = f"d{doc}"
-        if what is None:
-            index.remove(id)
-            live.pop(id, None)
-        else:
-            index.add(id, what[0], "u", what[1], what[2])
-            live[id] = what[0]
-        expected = _bm25(live, query)
+
+    def check(index: LexicalIndex, live: dict) -> None:
+        expected = _bm25({id: text for id, (text, _, _) in live.items()}, query)
         assert index.search(query, k, user_id="u") == expected[:k]
-    assert index.search(query, 100, user_id="u") == expected
+        assert index.search(query, 100, user_id="u") == expected
+
+    _replay(ops, check)
