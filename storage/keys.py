@@ -12,16 +12,19 @@ strings collide with probability about 2^-128 per pair.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import threading
 import uuid
+from collections.abc import Iterator
 
 import numpy as np
 
 from t4dm.errors import InvalidInput
 
-__all__ = ["check_id", "edge_id", "key_of", "key_u64", "keys_of", "new_ids"]
+__all__ = ["check_id", "edge_id", "key_of", "key_u64", "keys_of", "new_ids", "seeded_ids"]
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -87,17 +90,41 @@ def keys_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
 
 
+_seeded = threading.local()  # .rng: a numpy Generator while seeded_ids() is active on this thread
+
+
+@contextlib.contextmanager
+def seeded_ids(seed: int) -> Iterator[None]:
+    """Within the block, on this thread, new ids come from a generator seeded with ``seed``: the same writes
+    in the same order get the same ids, so an evaluation's ties (broken by id) fall the same way every run.
+    For fresh stores only: the same seed on a store that already holds its ids would give an existing id
+    again, and an insert with an existing id writes a new version of that memory."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidInput("seed", seed, "expected an int")
+    previous = getattr(_seeded, "rng", None)
+    _seeded.rng = np.random.default_rng(seed)
+    try:
+        yield
+    finally:
+        _seeded.rng = previous
+
+
 def new_ids(n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``n`` random (version 4) UUIDs: ``(ids, key_hi, key_lo)``, the keys being what :func:`key_of` gives.
 
     Large batches are made in bulk with numpy (about 0.2 µs an id); a few ids come from :func:`uuid.uuid4`.
+    Inside :func:`seeded_ids` every id comes from its seeded generator.
     """
-    if n <= 16:
+    rng = getattr(_seeded, "rng", None)
+    if n <= 16 and rng is None:
         made = [uuid.uuid4() for _ in range(n)]
         hi = np.array([u.int >> 64 for u in made], dtype=np.uint64)
         lo = np.array([u.int & _MASK64 for u in made], dtype=np.uint64)
         return [str(u) for u in made], hi, lo
-    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    if n == 0:
+        return [], np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)
+    entropy = os.urandom(16 * n) if rng is None else rng.bytes(16 * n)
+    raw = np.frombuffer(entropy, dtype=np.uint8).reshape(n, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
     digits = np.empty((n, 32), dtype=np.uint8)

@@ -86,7 +86,8 @@ def _eval_locomo(args: argparse.Namespace) -> int:
     from t4dm.eval.locomo import run_locomo_eval
 
     ks = [int(k) for k in args.k.split(",") if k.strip()]
-    run_locomo_eval(args.data, args.out, ks=ks, embedder=args.embedder, workdir=args.workdir)
+    seed = None if args.seed < 0 else args.seed
+    run_locomo_eval(args.data, args.out, ks=ks, embedder=args.embedder, workdir=args.workdir, seed=seed)
     return 0
 
 
@@ -273,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     locomo.add_argument("--k", default="1,5,10,20", help="comma-separated cut-offs (default 1,5,10,20)")
     locomo.add_argument("--embedder", default=None, help="a sentence-transformers model directory")
     locomo.add_argument("--workdir", default=None, help="folder for the temporary store")
+    locomo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the memories' ids, which break ties between equal scores: the same seed, the same figures "
+        "(default 0; -1: random ids)",
+    )
     locomo.set_defaults(func=_eval_locomo)
 
     serve = sub.add_parser("serve", help="serve a memory over HTTP (FastAPI; the OpenAPI schema at /docs)")

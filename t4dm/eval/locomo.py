@@ -19,6 +19,7 @@ LoCoMo (Maharana et al., ACL 2024) is CC BY-NC 4.0: read it from where it lies, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -182,9 +183,14 @@ def run_locomo_eval(
     embedder: Any = None,
     workdir: str | None = None,
     say: Callable[[str], None] = print,
+    seed: int | None = 0,
 ) -> dict[str, Any]:
-    """Ingest every conversation of ``data`` into a fresh store, score the three methods, write ``out``."""
+    """Ingest every conversation of ``data`` into a fresh store, score the three methods, write ``out``.
+
+    The memories' ids come from ``seed`` (:func:`t4dm.storage.keys.seeded_ids`; None: random), so that ties
+    between equal scores, broken by id, fall the same way in every run and two runs give the same figures."""
     from t4dm.memory import Memory
+    from t4dm.storage.keys import seeded_ids
 
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -197,7 +203,8 @@ def run_locomo_eval(
     depth = max(ks)
     try:
         start = time.perf_counter()
-        with Memory(os.path.join(root, "store"), embedder=embedder) as memory:
+        ids = seeded_ids(seed) if seed is not None else contextlib.nullcontext()
+        with Memory(os.path.join(root, "store"), embedder=embedder) as memory, ids:
             holds: dict[str, list[str]] = {}  # memory id -> the turns it stands for
             for sid, own in turns.items():
                 for session in sorted({t.session for t in own}):
@@ -250,6 +257,7 @@ def run_locomo_eval(
                 "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "data": os.path.abspath(data),
                 "embedder": memory.embedder.name,
+                "id_seed": seed,
                 "ks": ks,
                 "counts": {**counts, "memories": stored, "ingest_s": ingest_s},
                 "results": results,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,3 +30,31 @@ def test_bulk_keys_equal_single_keys():
 @given(st.lists(st.text(min_size=1, max_size=40), max_size=20))
 def test_bulk_keys_equal_single_keys_on_any_text(ids):
     assert _pairs(ids) == [key_of(i) for i in ids]
+
+
+def test_seeded_ids_repeat_the_same_writes_ids(tmp_path):
+    """Inside seeded_ids the same writes in the same order get the same ids (small and bulk batches), valid
+    version-4 UUIDs; another seed gives others; outside it (and after it) ids are random again."""
+    from t4dm.errors import InvalidInput
+    from t4dm.storage import T4DX, Item
+    from t4dm.storage.keys import new_ids, seeded_ids
+
+    def write(path, seed):
+        with T4DX.open(path, dim=4) as db, seeded_ids(seed):
+            small = db.insert([Item(vector=np.ones(4)) for _ in range(3)])
+            bulk = db.insert_batch(np.ones((40, 4), np.float32))
+            return small + bulk
+
+    first, again, other = write(tmp_path / "a", 7), write(tmp_path / "b", 7), write(tmp_path / "c", 8)
+    assert first == again and len(set(first)) == 43
+    assert not set(first) & set(other)
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in first)
+    with seeded_ids(7):
+        with seeded_ids(1):
+            inner = new_ids(2)[0]
+        assert new_ids(3)[0] == first[:3]  # the outer seed's generator is back, where it was
+    assert inner != first[:2]
+    assert new_ids(3)[0] != first[:3] and new_ids(40)[0] != new_ids(40)[0]  # random again
+    for bad in ("7", 1.5, True):
+        with pytest.raises(InvalidInput, match="seed"), seeded_ids(bad):  # type: ignore[arg-type]
+            pass
