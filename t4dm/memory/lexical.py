@@ -115,9 +115,12 @@ class _Corpus:
             self.lengths[slot] -= n
             self.parts[doc] -= 1
 
-    def score(self, terms: Mapping[str, int], k1: float, b: float) -> tuple[list[Any], np.ndarray]:
+    def score(
+        self, terms: Mapping[str, int], k1: float, b: float, top: int | None = None
+    ) -> tuple[list[Any], np.ndarray]:
         """The documents that hold a query term and their BM25 scores (the float operations, in their order,
-        of ``Σ_terms qtf·idf·tf·(k1 + 1) / (tf + k1·(1 − b + b·len/avg))``, one document at a time)."""
+        of ``Σ_terms qtf·idf·tf·(k1 + 1) / (tf + k1·(1 − b + b·len/avg))``, one document at a time); with
+        ``top``, only those scoring at least the ``top``-th best (ties at the cut kept)."""
         n_docs = len(self.slots)
         if n_docs == 0:
             return [], np.zeros(0)
@@ -138,7 +141,11 @@ class _Corpus:
             norm = tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * self.lengths[slots] / avg))
             scores[slots] += qtf * idf * norm  # a term holds a slot once: no repeated index
         hit = np.flatnonzero(scores)  # every term's share is > 0 (idf > 0, tf > 0)
-        return [self.docs[i] for i in hit], scores[hit]
+        values = scores[hit]
+        if top is not None and len(hit) > top:
+            keep = values >= np.partition(values, len(values) - top)[len(values) - top]
+            hit, values = hit[keep], values[keep]
+        return [self.docs[i] for i in hit], values
 
 
 def _best(pairs: list[tuple[Any, float]], k: int) -> list[tuple[Any, float]]:
@@ -228,10 +235,12 @@ class LexicalIndex:
         if not terms:
             return []
         scored: list[tuple[str, float]] = []
+        scoped = agent_id is not None or run_id is not None
         for _, part in self._partitions(user_id, any_user):
-            ids, scores = part.docs.score(terms, self.k1, self.b)
+            # unscoped, a partition's k best (ties at the cut kept) hold every one of the overall k best
+            ids, scores = part.docs.score(terms, self.k1, self.b, top=None if scoped else k)
             pairs = zip(ids, scores.tolist(), strict=True)
-            if agent_id is not None or run_id is not None:
+            if scoped:
                 scopes = part.scopes
                 pairs = (
                     (id, s)

@@ -123,3 +123,20 @@ def test_scores_are_bm25_written_out(ops, query, k):
         assert index.search(query, 100, user_id="u") == expected
 
     _replay(ops, check)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3"]), TEXTS), min_size=1, max_size=30),
+    st.integers(1, 5),
+)
+def test_a_search_over_every_user_is_the_best_of_each_users(docs, k):
+    """Each partition keeps only its k best before the merge: the merge equals the best of each user's full
+    ranking (scores are per user: a user's memories are their own corpus)."""
+    index = LexicalIndex()
+    for n, (user, text) in enumerate(docs):
+        index.add(f"d{n}", text, user)
+    for query in ("pottery", "kids beach pottery"):
+        merged = [pair for user in ("u1", "u2", "u3") for pair in index.search(query, 100, user_id=user)]
+        merged.sort(key=lambda pair: (-pair[1], pair[0]))
+        assert index.search(query, k, any_user=True) == merged[:k]
