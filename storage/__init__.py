@@ -13,7 +13,7 @@ from __future__ import annotations
 from .bloom import BloomFilter
 from .compaction import CompactionPolicy, MergedRows
 from .engine import T4DX, CompactionStats
-from .item import UTC, Edge, Hit, Item
+from .item import UTC, Change, Edge, Hit, Item
 from .vector_index import HNSWParams
 from .wal import TornWALWarning
 
@@ -21,6 +21,7 @@ __all__ = [
     "T4DX",
     "UTC",
     "BloomFilter",
+    "Change",
     "CompactionPolicy",
     "CompactionStats",
     "Edge",

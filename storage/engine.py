@@ -14,6 +14,7 @@ files stay readable while mapped).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import math
 import numbers
@@ -55,8 +56,8 @@ from .compaction import (
 )
 from .fsutil import fsync_dir, io_errors
 from .graph import Reached, breadth_first, graph_plan, neighbour_edges, neighbour_pairs
-from .item import OPEN, UTC, Edge, Hit, Item, from_us, to_us
-from .keys import check_id, edge_id, key_u64, keys_of, new_ids
+from .item import OPEN, UTC, Change, Edge, Hit, Item, from_us, to_us
+from .keys import EDGE_PREFIX, check_id, edge_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
 from .memtable import Memtable
 from .query import Filter, check_payloads, live_rows, match_rows, parse_filter, same, search_source, unpack
@@ -636,40 +637,59 @@ class T4DX:
                 if hit is None:
                     raise UnknownId(id)
                 found.append(hit)
-            n = len(id_list)
-            key_hi, key_lo = keys_of(id_list)
-            batch = VersionBatch(
-                seq_start=0,
-                recorded_at=0,
-                key_hi=key_hi,
-                key_lo=key_lo,
-                valid_from=np.array([s.valid_from[r] for s, r in found], dtype=np.int64),
-                valid_to=np.array([s.valid_to[r] for s, r in found], dtype=np.int64),
-                kappa=np.array([s.kappa[r] for s, r in found], dtype=np.float64),
-                kind=np.zeros(n, dtype=np.uint16),
-                flags=np.full(n, FLAG_TOMBSTONE, dtype=np.uint8),
-                tags=np.full((n, len(TAG_FIELDS)), TAG_ABSENT, dtype=np.int32),
-                vectors=np.zeros((n, self.dim), dtype=np.float32),
-                kinds=["tombstone"],
-                tag_values=[[] for _ in TAG_FIELDS],
-                ids=id_list,
-                payload_offsets=np.arange(n + 1, dtype=np.int64),
-                payload=_pack({}) * n,
-                fresh=False,
+            batch = self._tombstones(
+                id_list,
+                np.array([s.valid_from[r] for s, r in found], dtype=np.int64),
+                np.array([s.valid_to[r] for s, r in found], dtype=np.int64),
+                np.array([s.kappa[r] for s, r in found], dtype=np.float64),
             )
             self._commit(batch)
 
+    def _tombstones(
+        self, id_list: list[str], valid_from: np.ndarray, valid_to: np.ndarray, kappa: np.ndarray
+    ) -> VersionBatch:
+        """Tombstone rows for the checked ``id_list`` (each keeps its last version's times and κ)."""
+        n = len(id_list)
+        key_hi, key_lo = keys_of(id_list)
+        return VersionBatch(
+            seq_start=0,
+            recorded_at=0,
+            key_hi=key_hi,
+            key_lo=key_lo,
+            valid_from=valid_from,
+            valid_to=valid_to,
+            kappa=kappa,
+            kind=np.zeros(n, dtype=np.uint16),
+            flags=np.full(n, FLAG_TOMBSTONE, dtype=np.uint8),
+            tags=np.full((n, len(TAG_FIELDS)), TAG_ABSENT, dtype=np.int32),
+            vectors=np.zeros((n, self.dim), dtype=np.float32),
+            kinds=["tombstone"],
+            tag_values=[[] for _ in TAG_FIELDS],
+            ids=id_list,
+            payload_offsets=np.arange(n + 1, dtype=np.int64),
+            payload=_pack({}) * n,
+            fresh=False,
+        )
+
     # ------------------------------------------------------------------ commit
-    def _commit(self, batch: VersionBatch, writer: SegmentWriter | None = None) -> VersionBatch:
+    def _commit(
+        self, batch: VersionBatch, writer: SegmentWriter | None = None, recorded_at: int | None = None
+    ) -> VersionBatch:
         """Log, apply and publish one batch (one transaction), then wait for its durability.
 
         A batch of at least half the memtable's size goes straight to a segment instead
         (:meth:`_ingest`); ``writer`` is that segment's writer when the caller started it early.
+        ``recorded_at`` (a replay, checked by the caller to be later than every earlier write) is the
+        transaction time instead of the clock's.
         """
         with self._write_lock:
             self._check_open()
             batch.seq_start = self._seq + 1
-            batch.recorded_at = self._tick()
+            if recorded_at is None:
+                batch.recorded_at = self._tick()
+            else:
+                assert recorded_at > self._last_recorded, "a replayed transaction time must move forward"
+                batch.recorded_at = self._last_recorded = recorded_at
             fill = batch.valid_from == _FILL
             if fill.any():
                 batch.valid_from = np.where(fill, batch.recorded_at, batch.valid_from)
@@ -809,7 +829,7 @@ class T4DX:
             dtype=np.int64,
         )
 
-    def _batch_from_items(self, items: list[Item], field_prefix: str = "items") -> VersionBatch:
+    def _batch_from_items(self, items: list[Item], field_prefix: str | list[str] = "items") -> VersionBatch:
         n = len(items)
         vectors = np.empty((n, self.dim), dtype=np.float32)
         ids: list[str] = []
@@ -822,9 +842,9 @@ class T4DX:
         made, made_hi, made_lo = new_ids(len(generated)) if generated else ([], None, None)
         fresh_ids = iter(made)
         for i, item in enumerate(items):
-            where = f"{field_prefix}[{i}]." if field_prefix else ""
+            where = _field(field_prefix, i, "")
             if not isinstance(item, Item):
-                raise InvalidInput(f"{field_prefix}[{i}]", item, "expected an Item")
+                raise InvalidInput(where[:-1], item, "expected an Item")
             vectors[i] = self._check_vector(item.vector, where + "vector")
             ids.append(next(fresh_ids) if item.id is None else check_id(item.id, where + "id"))
             kappas[i] = self._check_kappa(item.kappa, where + "kappa")
@@ -882,7 +902,7 @@ class T4DX:
         valid_from: np.ndarray,
         valid_to: np.ndarray,
         fresh: bool,
-        prefix: str,
+        prefix: str | list[str],
     ) -> VersionBatch:
         """Encode kinds, tags and payloads of validated columns into a batch (checks fields and kinds).
 
@@ -1065,6 +1085,210 @@ class T4DX:
         snap = self._snap
         versions = list(self._versions(check_id(id), snap))
         return [self._item(s, r, snap.seq) for s, r in reversed(versions) if not s.flags[r] & FLAG_TOMBSTONE]
+
+    # ------------------------------------------------------------------ change feed
+    def changes(self, *, since: datetime | None = None) -> Iterator[Change]:
+        """Every item and edge version the store holds, and every deletion, as :class:`Change` records in
+        the order they were written (``seq``); with ``since``, those recorded after that time only.
+
+        What :meth:`replay` takes: a store's changes replayed into an empty store give it the same
+        history (:meth:`history`, ``get(as_of=)``, ``scan(known_at=)``, ``edges(known_at=)``). Edge
+        weights are the effective weights as the store reports them now (UPDATE_EDGE_WEIGHT overlays and
+        BATCH_SCALE_WEIGHTS factors are not versions, so they have no history of their own); versions a
+        compaction has dropped (expired history) are not there to give.
+        """
+        self._check_open()
+        since_us = None if since is None else to_us(since, "since")
+        snap = self._snap
+        sources = _sources(snap)
+        places, rows, seqs = [], [], []
+        for place, (source, n) in enumerate(sources):
+            keep = (source.flags[:n] & FLAG_OVERLAY) == 0
+            if since_us is not None:
+                keep &= source.recorded_at[:n] > since_us
+            found = np.flatnonzero(keep)
+            places.append(np.full(found.size, place, dtype=np.int64))
+            rows.append(found)
+            seqs.append(source.seq[found])
+        place_of, row_of = np.concatenate(places), np.concatenate(rows)
+        order = np.argsort(np.concatenate(seqs), kind="stable")
+        for start in range(0, order.size, _SCAN_CHUNK):
+            chunk = order[start : start + _SCAN_CHUNK]
+            out: list[Change | None] = [None] * chunk.size
+            for place in np.unique(place_of[chunk]).tolist():
+                at = np.flatnonzero(place_of[chunk] == place)
+                for i, change in zip(
+                    at.tolist(), self._changes(sources[place][0], row_of[chunk[at]], snap), strict=True
+                ):
+                    out[i] = change
+            yield from out  # type: ignore[misc]
+
+    def _changes(self, source: Any, rows: np.ndarray, snap: _Snapshot) -> list[Change]:
+        """The :class:`Change` of each of ``rows`` of ``source`` (no overlays among them), in order."""
+        flags = source.flags[rows]
+        seqs = source.seq[rows].tolist()
+        out: list[Change | None] = [None] * rows.size
+        items = np.flatnonzero((flags & NOT_ITEM) == 0)
+        for i, item in zip(items.tolist(), self._items(source, rows[items], snap.seq), strict=True):
+            out[i] = Change(seqs[i], "put", item)
+        superseded = np.where(source.next_seq[rows] <= np.uint64(snap.seq), source.superseded_at[rows], OPEN)
+        scale_all = snap.scales.get("*", 1.0)
+        for i in np.flatnonzero((flags & NOT_ITEM) != 0).tolist():
+            row = int(rows[i])
+            times = (
+                from_us(int(source.valid_from[row])),
+                from_us(int(source.valid_to[row])),
+                from_us(int(source.recorded_at[row])),
+                from_us(int(superseded[i])),
+            )
+            tombstone = bool(flags[i] & FLAG_TOMBSTONE)
+            if flags[i] & FLAG_EDGE:
+                src, rel, dst = source.id_at(row)[len(EDGE_PREFIX) :].split("\x1f")
+                weight = float(source.weight[row]) * scale_all * snap.scales.get(rel, 1.0)
+                out[i] = Change(
+                    seqs[i], "delete" if tombstone else "put", Edge(src, dst, rel, weight, *times)
+                )
+            else:  # an item's tombstone
+                item = Item(None, source.id_at(row), float(source.kappa[row]), "tombstone", {}, *times)
+                out[i] = Change(seqs[i], "delete", item)
+        return out  # type: ignore[return-value]
+
+    def replay(self, changes: Iterable[Change]) -> int:
+        """Write ``changes`` (e.g. another store's :meth:`changes`, its vectors perhaps re-embedded) at their
+        own transaction times; returns the number of transactions written.
+
+        The changes that share one ``recorded_at`` (they must be adjacent) become one transaction at that
+        time, and must all be of one sort: item versions, item deletions, edge versions or edge removals
+        (as one transaction of a store is). Times must rise from each transaction to the next, the first
+        must be later than every write this store has made, and the last must not be ahead of its clock:
+        so the store keeps one timeline, and what it knew at any time before the replay does not change.
+        A put's ``superseded_at`` is ignored (the next version sets it); a deletion must name an item or
+        edge that is live at that point. An edge's endpoints are not checked (they were when it was first
+        written). Everything is checked before the first write: a bad change raises a typed error naming
+        ``changes[i]`` and nothing is written.
+        """
+        self._check_open()
+        changes = list(changes)
+        groups = self._replay_groups(changes)
+        with self._write_lock:
+            self._check_open()
+            if groups:
+                first, last = groups[0][0], groups[-1][0]
+                if first <= self._last_recorded:
+                    raise InvalidTime(
+                        "changes[0].recorded_at",
+                        from_us(first),
+                        f"must be later than this store's last write ({from_us(self._last_recorded)}): "
+                        "replay into a new store, or one whose history ends before the changes begin",
+                    )
+                now = to_us(self._clock(), "clock()")
+                if last > now:
+                    raise InvalidTime(
+                        f"changes[{groups[-1][1]}].recorded_at",
+                        from_us(last),
+                        f"is ahead of the clock ({from_us(now)})",
+                    )
+            batches = self._replay_batches(changes, groups)
+            for (recorded_at, _, _), batch in zip(groups, batches, strict=True):
+                self._commit(batch, recorded_at=recorded_at)
+        return len(groups)
+
+    @staticmethod
+    def _replay_groups(changes: list[Change]) -> list[tuple[int, int, int]]:
+        """``(recorded_at µs, start, stop)`` of each transaction of a replay, checked for order and sort."""
+        groups: list[tuple[int, int, int]] = []
+        sorts = None
+        for i, change in enumerate(changes):
+            where = f"changes[{i}]"
+            if not isinstance(change, Change):
+                raise InvalidInput(where, change, "expected a Change")
+            if change.op not in ("put", "delete"):
+                raise InvalidInput(f"{where}.op", change.op, "expected 'put' or 'delete'")
+            if not isinstance(change.record, (Item, Edge)):
+                raise InvalidInput(f"{where}.record", change.record, "expected an Item or an Edge")
+            if change.recorded_at is None:
+                raise InvalidTime(
+                    f"{where}.recorded_at", None, "a replayed change needs its transaction time"
+                )
+            t = to_us(change.recorded_at, f"{where}.recorded_at")
+            sort = (change.op, type(change.record))
+            if groups and t == groups[-1][0]:
+                if sort != sorts:
+                    raise InvalidInput(
+                        where, f"{change.op} {type(change.record).__name__}",
+                        f"one transaction (recorded_at {change.recorded_at}) holds one sort of change: "
+                        f"{sorts[0]} {sorts[1].__name__} before it",  # type: ignore[index]
+                    )  # fmt: skip
+                groups[-1] = (t, groups[-1][1], i + 1)
+                continue
+            if groups and t < groups[-1][0]:
+                raise InvalidTime(
+                    f"{where}.recorded_at", change.recorded_at,
+                    f"transaction times must rise (the change before was recorded at {from_us(groups[-1][0])})",
+                )  # fmt: skip
+            groups.append((t, i, i + 1))
+            sorts = sort
+        return groups
+
+    def _replay_batches(
+        self, changes: list[Change], groups: list[tuple[int, int, int]]
+    ) -> list[VersionBatch]:
+        """One checked batch per transaction of a replay (under the write lock; nothing written)."""
+        live: dict[str, bool] = {}  # id -> live after the changes so far (ids the replay has touched)
+
+        def is_live(id: str) -> bool:
+            if id not in live:
+                live[id] = self._locate(id, self._snap) is not None
+            return live[id]
+
+        batches = []
+        for recorded_at, start, stop in groups:
+            part = changes[start:stop]
+            names = [f"changes[{i}].record" for i in range(start, stop)]
+            op, record = part[0].op, part[0].record
+            if isinstance(record, Item):
+                items = [c.record for c in part]
+                ids = [check_id(item.id, f"{name}.id") for item, name in zip(items, names, strict=True)]
+                if op == "put":
+                    timeless = [dataclasses.replace(it, recorded_at=None, superseded_at=None) for it in items]
+                    batch = self._batch_from_items(timeless, names)
+                else:
+                    for id, name in zip(ids, names, strict=True):
+                        if not is_live(id):
+                            raise UnknownId(id, f"{name}.id")
+                        live[id] = False
+                    batch = self._tombstones(
+                        ids,
+                        self._time_column([it.valid_from for it in items], len(ids), "valid_from", _FILL),
+                        self._time_column([it.valid_to for it in items], len(ids), "valid_to", OPEN),
+                        np.array(
+                            [
+                                self._check_kappa(it.kappa, f"{n}.kappa")
+                                for it, n in zip(items, names, strict=True)
+                            ]
+                        ),
+                    )
+                    batch.valid_from = np.where(batch.valid_from == _FILL, recorded_at, batch.valid_from)
+                for id in ids:
+                    live[id] = op == "put"
+            else:
+                edges = [c.record for c in part]
+                columns = self._edge_columns(
+                    [e.src for e in edges], [e.dst for e in edges], [e.rel for e in edges],
+                    [e.weight for e in edges], [e.valid_from for e in edges], [e.valid_to for e in edges],
+                    lambda i, name, start=start: f"changes[{start + i}].record.{name}",
+                )  # fmt: skip
+                batch = self._edge_batch(*columns)
+                ids = batch.ids
+                if op == "delete":
+                    for id, name in zip(ids, names, strict=True):
+                        if not is_live(id):
+                            raise UnknownId(id, name)
+                    batch.flags[:] = FLAG_EDGE | FLAG_TOMBSTONE
+                for id in ids:
+                    live[id] = op == "put"
+            batches.append(batch)
+        return batches
 
     def _locate(self, id: str, snap: _Snapshot) -> tuple[Any, int] | None:
         """(source, row) of the live version of ``id`` in ``snap``, or None."""
@@ -1587,34 +1811,11 @@ class T4DX:
         """:meth:`add_edges` given as columns: ``src`` and ``dst`` ids, one relation or one per edge, one
         weight or one per edge."""
         self._check_open()
-        n = len(src)
-        if len(dst) != n:
-            raise InvalidInput("dst", f"<{len(dst)} ids>", f"expected {n} (one per src)")
         field = "edges[{}].{}" if _records is not None else "{1}[{0}]"
-        src_ids = [check_id(v, field.format(i, "src")) for i, v in enumerate(src)]
-        dst_ids = [check_id(v, field.format(i, "dst")) for i, v in enumerate(dst)]
-        rels = [rel] * n if isinstance(rel, str) else list(rel)
-        if len(rels) != n:
-            raise InvalidInput("rel", f"<{len(rels)} relations>", f"expected one or {n}")
-        for i, r in enumerate(rels):
-            if not isinstance(r, str) or not r or len(r) > 255 or "\x1f" in r:
-                raise InvalidInput(
-                    field.format(i, "rel"), r, "a relation is a non-empty string (≤ 255 chars)"
-                )
-        weights = (
-            np.broadcast_to(np.asarray(weight, dtype=np.float64), (n,))
-            if np.ndim(weight) == 0
-            else np.asarray(weight, dtype=np.float64)
+        src_ids, dst_ids, rels, weights, vf, vt = self._edge_columns(
+            src, dst, rel, weight, valid_from, valid_to, field.format
         )
-        if weights.shape != (n,):
-            raise InvalidInput("weight", f"<shape {weights.shape}>", f"expected one number or {n}")
-        bad = np.flatnonzero(~np.isfinite(weights))
-        if bad.size:
-            raise InvalidInput(
-                field.format(int(bad[0]), "weight"), float(weights[bad[0]]), "weights must be finite"
-            )
-        vf = self._time_column(valid_from, n, "valid_from", _FILL)
-        vt = self._time_column(valid_to, n, "valid_to", OPEN)
+        n = len(src_ids)
         if n == 0:
             return
         with self._write_lock:
@@ -1626,6 +1827,42 @@ class T4DX:
                         if self._locate(id, snap) is None:
                             raise UnknownId(id, field.format(i, name))
             self._commit(self._edge_batch(src_ids, dst_ids, rels, weights, vf, vt))
+
+    def _edge_columns(
+        self,
+        src: Sequence[str],
+        dst: Sequence[str],
+        rel: str | Sequence[str],
+        weight: float | Sequence[float] | np.ndarray,
+        valid_from: datetime | Sequence[datetime | None] | None,
+        valid_to: datetime | Sequence[datetime | None] | None,
+        field: Callable[[int, str], str],
+    ) -> tuple[list[str], list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """The checked columns of edges; ``field(i, name)`` names field ``name`` of row ``i`` in errors."""
+        n = len(src)
+        if len(dst) != n:
+            raise InvalidInput("dst", f"<{len(dst)} ids>", f"expected {n} (one per src)")
+        src_ids = [check_id(v, field(i, "src")) for i, v in enumerate(src)]
+        dst_ids = [check_id(v, field(i, "dst")) for i, v in enumerate(dst)]
+        rels = [rel] * n if isinstance(rel, str) else list(rel)
+        if len(rels) != n:
+            raise InvalidInput("rel", f"<{len(rels)} relations>", f"expected one or {n}")
+        for i, r in enumerate(rels):
+            if not isinstance(r, str) or not r or len(r) > 255 or "\x1f" in r:
+                raise InvalidInput(field(i, "rel"), r, "a relation is a non-empty string (≤ 255 chars)")
+        weights = (
+            np.broadcast_to(np.asarray(weight, dtype=np.float64), (n,))
+            if np.ndim(weight) == 0
+            else np.asarray(weight, dtype=np.float64)
+        )
+        if weights.shape != (n,):
+            raise InvalidInput("weight", f"<shape {weights.shape}>", f"expected one number or {n}")
+        bad = np.flatnonzero(~np.isfinite(weights))
+        if bad.size:
+            raise InvalidInput(field(int(bad[0]), "weight"), float(weights[bad[0]]), "weights must be finite")
+        vf = self._time_column(valid_from, n, "valid_from", _FILL)
+        vt = self._time_column(valid_to, n, "valid_to", OPEN)
+        return src_ids, dst_ids, rels, weights, vf, vt
 
     def _edge_batch(
         self,
@@ -1938,7 +2175,11 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def _field(prefix: str, i: int, name: str) -> str:
+def _field(prefix: str | list[str], i: int, name: str) -> str:
+    """The name of field ``name`` of row ``i`` in an error: ``prefix[i].name``, or ``prefix[i].name`` taken
+    from a list of per-row names (a replay names rows by their place in the changes)."""
+    if isinstance(prefix, list):
+        return f"{prefix[i]}.{name}"
     return f"{prefix}[{i}].{name}" if prefix else name
 
 

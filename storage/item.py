@@ -10,7 +10,7 @@ import numpy as np
 
 from t4dm.errors import InvalidTime
 
-__all__ = ["OPEN", "UTC", "Edge", "Hit", "Item", "from_us", "to_us"]
+__all__ = ["OPEN", "UTC", "Change", "Edge", "Hit", "Item", "from_us", "to_us"]
 
 UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -120,3 +120,24 @@ class Hit:
     id: str
     score: float
     item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of a store's history (:meth:`~t4dm.storage.T4DX.changes`): a version of an item or an edge
+    written (``op="put"``), or an item deleted / an edge removed (``op="delete"``), at
+    ``record.recorded_at``.
+
+    ``seq`` is the store's write sequence number (the order of the changes; changes of one transaction share
+    ``recorded_at``). ``record`` is the :class:`Item` or :class:`Edge` version as the store holds it now
+    (``superseded_at`` included); for a deletion it names what was deleted (an item's ``vector`` is None,
+    its ``fields`` empty).
+    """
+
+    seq: int
+    op: str
+    record: Item | Edge
+
+    @property
+    def recorded_at(self) -> datetime | None:
+        return self.record.recorded_at

@@ -165,7 +165,7 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     try:
         with Memory(args.path, embedder=args.embedder) as memory:
-            counts = memory.export_jsonl(args.out)
+            counts = memory.export_jsonl(args.out, history=args.history)
     except InvalidInput as exc:
         print(f"t4dm export: {exc}", file=sys.stderr)
         return 2
@@ -327,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--path", required=True, help="the memory's folder")
     export.add_argument("--out", required=True, help="the JSON Lines file to write")
     export.add_argument("--embedder", default=None, help="the memory's sentence-transformers model directory")
+    export.add_argument(
+        "--history",
+        action="store_true",
+        help="every version, deletion and edge the store holds, in the order written (an import replays them "
+        "at their own times into a new memory)",
+    )
     export.set_defaults(func=_export)
     imp = sub.add_parser("import", help="add an export to a memory, re-embedded with its embedder")
     imp.add_argument("--path", required=True, help="the memory's folder (created when missing)")

@@ -744,12 +744,13 @@ class Memory:
             "store": self.db.stats(),
         }
 
-    def export_jsonl(self, path: str | os.PathLike) -> dict[str, int]:
-        """Write the live memories and the edges between them to a JSON Lines file (see
-        :mod:`t4dm.memory.transfer`); returns the counts."""
+    def export_jsonl(self, path: str | os.PathLike, *, history: bool = False) -> dict[str, int]:
+        """Write the live memories and the edges between them to a JSON Lines file, or with ``history`` every
+        version, deletion and edge the store holds, in the order written (see :mod:`t4dm.memory.transfer`);
+        returns the counts."""
         from .transfer import export_jsonl
 
-        return export_jsonl(self, path)
+        return export_jsonl(self, path, history=history)
 
     def import_jsonl(self, path: str | os.PathLike) -> dict[str, int]:
         """Add an export's memories and edges, each text embedded with this memory's embedder (so an export is

@@ -12,6 +12,16 @@ memory's text with its own embedder.
 What is not carried: superseded versions and tombstones (the export is the memory as it stands; an import
 records the memories anew, and keeps each one's original ``recorded_at`` in ``fields["imported_recorded_at"]``),
 the retrieval counts that steer consolidation.
+
+**With history** (``export_jsonl(memory, path, history=True)``, format 2): the store's change feed
+(:meth:`t4dm.storage.T4DX.changes`) in the order it was written: every version of every memory (a
+``memory`` line, its ``recorded_at`` the time the store learnt it), every deletion (``{"type": "forget",
+"id", "recorded_at"}``), every edge version (an ``edge`` line with ``recorded_at``) and every removed edge
+(``{"type": "unlink", "src", "dst", "rel", "recorded_at"}``). The import replays them at those times
+(:meth:`~t4dm.storage.T4DX.replay`), each version's text embedded anew, so the target answers "what did we
+know when" as the source did: ``history``, ``get(as_of=)``, ``search(as_of=)``. Its store's own history
+must end before the export's begins (a new memory does); edge weights are those of the time of the export
+(weight updates are not versions).
 """
 
 from __future__ import annotations
@@ -20,17 +30,19 @@ import base64
 import json
 import math
 import os
+import re
 from datetime import datetime
 from typing import Any
 
-from t4dm.errors import InvalidInput
-from t4dm.storage import Edge, Item
+from t4dm.errors import InvalidInput, InvalidTime, UnknownId
+from t4dm.storage import Change, Edge, Item
 
 from .lexical import add_to_lexical, indexed_text
 
-__all__ = ["EXPORT_FORMAT", "export_jsonl", "import_jsonl"]
+__all__ = ["EXPORT_FORMAT", "HISTORY_FORMAT", "export_jsonl", "import_jsonl"]
 
 EXPORT_FORMAT = 1
+HISTORY_FORMAT = 2
 _EMBED_BATCH = 256
 
 
@@ -62,30 +74,72 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def export_jsonl(memory: Any, path: str | os.PathLike[str]) -> dict[str, int]:
+def _memory_line(item: Item) -> str:
+    return json.dumps({
+        "type": "memory", "id": item.id, "kind": item.kind, "kappa": item.kappa,
+        "valid_from": _iso(item.valid_from), "valid_to": _iso(item.valid_to),
+        "recorded_at": _iso(item.recorded_at), "fields": _encode(dict(item.fields)),
+    }, ensure_ascii=False)  # fmt: skip
+
+
+def _edge_line(e: Edge, history: bool) -> str:
+    record = {"type": "edge", "src": e.src, "dst": e.dst, "rel": e.rel, "weight": e.weight,
+              "valid_from": _iso(e.valid_from), "valid_to": _iso(e.valid_to)}  # fmt: skip
+    if history:
+        record["recorded_at"] = _iso(e.recorded_at)
+    return json.dumps(record)
+
+
+def export_jsonl(memory: Any, path: str | os.PathLike[str], *, history: bool = False) -> dict[str, int]:
     """Write ``memory``'s live memories and the edges between them to ``path`` (replaced when the whole file
-    is written); returns ``{"memories": n, "edges": m}``."""
+    is written); returns ``{"memories": n, "edges": m}``. With ``history``: every version, deletion, edge
+    and removed edge the store holds, in the order written (format 2); the counts are then of versions
+    and ``forgotten`` / ``unlinked`` are added."""
     from t4dm.storage.fsutil import publish_bytes
 
+    if history:
+        return _export_history(memory, os.fspath(path))
     items = list(memory.db.scan())
     ids = {item.id for item in items}
     edges = [e for e in memory.db.edges(sorted(ids), direction="out") if e.dst in ids] if ids else []
     header = {"type": "t4dm-memory", "format": EXPORT_FORMAT, "embedder": memory.embedder.name,
               "dim": memory.embedder.dim}  # fmt: skip
     lines = [json.dumps(header)]
-    for item in items:
-        lines.append(json.dumps({
-            "type": "memory", "id": item.id, "kind": item.kind, "kappa": item.kappa,
-            "valid_from": _iso(item.valid_from), "valid_to": _iso(item.valid_to),
-            "recorded_at": _iso(item.recorded_at), "fields": _encode(dict(item.fields)),
-        }, ensure_ascii=False))  # fmt: skip
-    for e in edges:
-        lines.append(json.dumps({
-            "type": "edge", "src": e.src, "dst": e.dst, "rel": e.rel, "weight": e.weight,
-            "valid_from": _iso(e.valid_from), "valid_to": _iso(e.valid_to),
-        }))  # fmt: skip
+    lines.extend(_memory_line(item) for item in items)
+    lines.extend(_edge_line(e, history=False) for e in edges)
     publish_bytes(os.fspath(path), ("\n".join(lines) + "\n").encode("utf-8"))
     return {"memories": len(items), "edges": len(edges)}
+
+
+def _export_history(memory: Any, path: str) -> dict[str, int]:
+    from t4dm.storage.fsutil import publish_bytes
+
+    header = {"type": "t4dm-memory", "format": HISTORY_FORMAT, "history": True,
+              "embedder": memory.embedder.name, "dim": memory.embedder.dim}  # fmt: skip
+    lines = [json.dumps(header)]
+    counts = {"memories": 0, "edges": 0, "forgotten": 0, "unlinked": 0}
+    with memory._lock:
+        changes = list(memory.db.changes())
+    for change in changes:
+        record = change.record
+        if isinstance(record, Item):
+            if change.op == "put":
+                lines.append(_memory_line(record))
+                counts["memories"] += 1
+            else:
+                lines.append(
+                    json.dumps({"type": "forget", "id": record.id, "recorded_at": _iso(record.recorded_at)})
+                )
+                counts["forgotten"] += 1
+        elif change.op == "put":
+            lines.append(_edge_line(record, history=True))
+            counts["edges"] += 1
+        else:
+            lines.append(json.dumps({"type": "unlink", "src": record.src, "dst": record.dst, "rel": record.rel,
+                                     "recorded_at": _iso(record.recorded_at)}))  # fmt: skip
+            counts["unlinked"] += 1
+    publish_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return counts
 
 
 def _time(record: dict[str, Any], key: str, where: str) -> datetime | None:
@@ -101,8 +155,8 @@ def _time(record: dict[str, Any], key: str, where: str) -> datetime | None:
     return parsed
 
 
-def _read(path: str) -> tuple[list[Item], list[Edge]]:
-    """Parse and check the whole file; nothing is written here."""
+def _records(path: str) -> tuple[int, list[dict[str, Any]]]:
+    """The export's format and its records after the header, each with ``"_line"`` (its line number)."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = [line for line in f.read().splitlines() if line.strip()]
@@ -116,47 +170,78 @@ def _read(path: str) -> tuple[list[Item], list[Edge]]:
             raise InvalidInput(f"line {n}", line[:80], f"not JSON: {exc}") from exc
         if not isinstance(record, dict):
             raise InvalidInput(f"line {n}", line[:80], "not a JSON object")
+        record["_line"] = n
         records.append(record)
     if not records or records[0].get("type") != "t4dm-memory":
         raise InvalidInput("path", path, "not a T4DM memory export (no header line)")
-    if records[0].get("format") != EXPORT_FORMAT:
+    form = records[0].get("format")
+    if form not in (EXPORT_FORMAT, HISTORY_FORMAT):
         raise InvalidInput(
-            "path", path, f"export format {records[0].get('format')!r}, expected {EXPORT_FORMAT}"
+            "path",
+            path,
+            f"export format {form!r}, expected {EXPORT_FORMAT} or {HISTORY_FORMAT} (with history)",
         )
+    return form, records[1:]
+
+
+def _memory(record: dict[str, Any], where: str, history: bool) -> Item:
+    fields = record.get("fields")
+    if not isinstance(fields, dict) or not isinstance(fields.get("text"), str) or not fields["text"].strip():
+        raise InvalidInput(f"{where}.fields", fields, "a memory needs fields with a non-empty text")
+    kappa = record.get("kappa", 0.0)
+    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0.0 <= kappa <= 1.0:
+        raise InvalidInput(f"{where}.kappa", kappa, "must be a number in [0, 1]")
+    if not isinstance(record.get("id"), str) or not isinstance(record.get("kind"), str):
+        raise InvalidInput(where, record.get("id"), "a memory needs a string id and kind")
+    fields = _decode(fields)
+    recorded = None
+    if history:
+        recorded = _recorded(record, where)
+    elif record.get("recorded_at") is not None:
+        fields["imported_recorded_at"] = record["recorded_at"]
+    return Item(vector=None, id=record["id"], kind=record["kind"], kappa=float(kappa), fields=fields,
+                valid_from=_time(record, "valid_from", where), valid_to=_time(record, "valid_to", where),
+                recorded_at=recorded)  # fmt: skip
+
+
+def _ends(record: dict[str, Any], where: str) -> tuple[str, str, str]:
+    if not all(isinstance(record.get(k), str) and record[k] for k in ("src", "dst", "rel")):
+        raise InvalidInput(
+            where, {k: v for k, v in record.items() if k != "_line"}, "an edge needs string src, dst and rel"
+        )
+    return record["src"], record["dst"], record["rel"]
+
+
+def _edge(record: dict[str, Any], where: str, history: bool) -> Edge:
+    weight = record.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise InvalidInput(f"{where}.weight", weight, "must be a finite number")
+    src, dst, rel = _ends(record, where)
+    return Edge(src, dst, rel=rel, weight=float(weight), valid_from=_time(record, "valid_from", where),
+                valid_to=_time(record, "valid_to", where),
+                recorded_at=_recorded(record, where) if history else None)  # fmt: skip
+
+
+def _recorded(record: dict[str, Any], where: str) -> datetime:
+    recorded = _time(record, "recorded_at", where)
+    if recorded is None:
+        raise InvalidInput(
+            f"{where}.recorded_at", None, "a line of an export with history needs its recorded_at"
+        )
+    return recorded
+
+
+def _read(path: str, records: list[dict[str, Any]]) -> tuple[list[Item], list[Edge]]:
+    """Parse and check the records of a format-1 export; nothing is written here."""
     items: list[Item] = []
     edges: list[Edge] = []
-    for n, record in enumerate(records[1:], start=2):
-        where = f"line {n}"
+    for record in records:
+        where = f"line {record['_line']}"
         kind = record.get("type")
         if kind == "memory":
-            fields = record.get("fields")
-            if (
-                not isinstance(fields, dict)
-                or not isinstance(fields.get("text"), str)
-                or not fields["text"].strip()
-            ):
-                raise InvalidInput(f"{where}.fields", fields, "a memory needs fields with a non-empty text")
-            kappa = record.get("kappa", 0.0)
-            if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0.0 <= kappa <= 1.0:
-                raise InvalidInput(f"{where}.kappa", kappa, "must be a number in [0, 1]")
-            if not isinstance(record.get("id"), str) or not isinstance(record.get("kind"), str):
-                raise InvalidInput(where, record.get("id"), "a memory needs a string id and kind")
-            fields = _decode(fields)
-            recorded = record.get("recorded_at")
-            if recorded is not None:
-                fields["imported_recorded_at"] = recorded
-            items.append(Item(vector=None, id=record["id"], kind=record["kind"], kappa=float(kappa), fields=fields,
-                              valid_from=_time(record, "valid_from", where),
-                              valid_to=_time(record, "valid_to", where)))  # fmt: skip
+            items.append(_memory(record, where, history=False))
         elif kind == "edge":
-            weight = record.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise InvalidInput(f"{where}.weight", weight, "must be a finite number")
-            if not all(isinstance(record.get(k), str) and record[k] for k in ("src", "dst", "rel")):
-                raise InvalidInput(where, record, "an edge needs string src, dst and rel")
-            edges.append(Edge(record["src"], record["dst"], rel=record["rel"], weight=float(weight),
-                              valid_from=_time(record, "valid_from", where),
-                              valid_to=_time(record, "valid_to", where)))  # fmt: skip
+            edges.append(_edge(record, where, history=False))
         else:
             raise InvalidInput(f"{where}.type", kind, "expected 'memory' or 'edge'")
     ids = [item.id for item in items]
@@ -169,22 +254,56 @@ def _read(path: str) -> tuple[list[Item], list[Edge]]:
     return items, edges
 
 
+def _read_history(records: list[dict[str, Any]]) -> tuple[list[Change], list[int]]:
+    """The changes of a format-2 export, and the line of each."""
+    changes: list[Change] = []
+    for record in records:
+        where = f"line {record['_line']}"
+        kind = record.get("type")
+        if kind == "memory":
+            change = Change(0, "put", _memory(record, where, history=True))
+        elif kind == "edge":
+            change = Change(0, "put", _edge(record, where, history=True))
+        elif kind == "forget":
+            if not isinstance(record.get("id"), str):
+                raise InvalidInput(f"{where}.id", record.get("id"), "a forget line needs a string id")
+            change = Change(0, "delete", Item(None, record["id"], recorded_at=_recorded(record, where)))
+        elif kind == "unlink":
+            src, dst, rel = _ends(record, where)
+            change = Change(0, "delete", Edge(src, dst, rel, recorded_at=_recorded(record, where)))
+        else:
+            raise InvalidInput(f"{where}.type", kind, "expected 'memory', 'edge', 'forget' or 'unlink'")
+        changes.append(change)
+    return changes, [record["_line"] for record in records]
+
+
+def _embed(memory: Any, items: list[Item]) -> list[Any]:
+    """The vectors of ``items``' texts by ``memory``'s embedder (each distinct text once)."""
+    texts = [indexed_text(item.fields) for item in items]
+    unique = list(dict.fromkeys(texts))
+    blocks = [
+        memory.embedder.embed(unique[i : i + _EMBED_BATCH]) for i in range(0, len(unique), _EMBED_BATCH)
+    ]
+    vectors = dict(zip(unique, (row for block in blocks for row in block), strict=True))
+    return [vectors[text] for text in texts]
+
+
 def import_jsonl(memory: Any, path: str | os.PathLike[str]) -> dict[str, int]:
     """Add the memories and edges of an export to ``memory``, embedding each text with ``memory``'s embedder;
-    returns ``{"memories": n, "edges": m}``. The whole file is checked (and its texts embedded) before the
-    first write, and an id already in ``memory`` refuses the import: a bad file writes nothing."""
+    returns ``{"memories": n, "edges": m}`` (and ``forgotten`` / ``unlinked`` for an export with history).
+    The whole file is checked (and its texts embedded) before the first write, and an id already in
+    ``memory`` refuses the import: a bad file writes nothing. An export with history is replayed at its own
+    times (see the module's docstring)."""
     folder = os.fspath(path)
-    items, edges = _read(folder)
+    form, records = _records(folder)
+    if form == HISTORY_FORMAT:
+        return _import_history(memory, folder, records)
+    items, edges = _read(folder, records)
     with memory._lock:
         taken = memory.db.matching([item.id for item in items])  # live ids here already (one batched locate)
         if taken:
             raise InvalidInput("path", folder, f"memory ids already in this store, e.g. {taken[:3]}")
-        texts = [indexed_text(item.fields) for item in items]
-        vectors = [
-            memory.embedder.embed(texts[i : i + _EMBED_BATCH]) for i in range(0, len(texts), _EMBED_BATCH)
-        ]
-        rows = [row for block in vectors for row in block]
-        for item, vector in zip(items, rows, strict=True):
+        for item, vector in zip(items, _embed(memory, items), strict=True):
             item.vector = vector
         if items:
             memory.db.insert(items)
@@ -194,3 +313,47 @@ def import_jsonl(memory: Any, path: str | os.PathLike[str]) -> dict[str, int]:
         for item in items:
             add_to_lexical(lexical, item.id, item.fields)
     return {"memories": len(items), "edges": len(edges)}
+
+
+def _import_history(memory: Any, folder: str, records: list[dict[str, Any]]) -> dict[str, int]:
+    changes, lines = _read_history(records)
+    puts = [i for i, c in enumerate(changes) if c.op == "put" and isinstance(c.record, Item)]
+    counts = {
+        "memories": len(puts),
+        "edges": sum(c.op == "put" and isinstance(c.record, Edge) for c in changes),
+        "forgotten": sum(c.op == "delete" and isinstance(c.record, Item) for c in changes),
+        "unlinked": sum(c.op == "delete" and isinstance(c.record, Edge) for c in changes),
+    }
+    with memory._lock:
+        ids = list(dict.fromkeys(changes[i].record.id for i in puts))
+        taken = memory.db.matching(ids)
+        if taken:
+            raise InvalidInput("path", folder, f"memory ids already in this store, e.g. {taken[:3]}")
+        for i, vector in zip(puts, _embed(memory, [changes[i].record for i in puts]), strict=True):
+            changes[i].record.vector = vector
+        try:
+            memory.db.replay(changes)
+        except (InvalidInput, UnknownId) as exc:
+            raise _at_line(exc, lines) from exc
+        final: dict[str, Item | None] = {}
+        for change in changes:
+            if isinstance(change.record, Item):
+                final[change.record.id] = change.record if change.op == "put" else None
+        lexical = memory.lexical
+        for id, item in final.items():
+            if item is not None:
+                add_to_lexical(lexical, id, item.fields)
+    return counts
+
+
+def _at_line(exc: Exception, lines: list[int]) -> Exception:
+    """A replay's error about ``changes[i]`` renamed to the line of the file it came from."""
+    match = re.fullmatch(r"changes\[(\d+)\](?:\.record(?=\.|$))?(.*)", str(getattr(exc, "field", "")))
+    if match is None:
+        return exc
+    field = f"line {lines[int(match[1])]}{match[2]}"
+    if isinstance(exc, UnknownId):
+        return UnknownId(exc.value, field)
+    if type(exc) in (InvalidInput, InvalidTime):
+        return type(exc)(field, exc.value, exc.reason)  # type: ignore[attr-defined]
+    return exc

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from t4dm import Memory
-from t4dm.errors import InvalidInput
+from t4dm.errors import InvalidInput, UnknownId
 from t4dm.memory.transfer import _decode, _encode
 
 from .conftest import bag_of_words
@@ -138,3 +138,137 @@ def test_the_export_and_import_commands(tmp_path, monkeypatch, capsys):
     assert "already" in capsys.readouterr().err
     assert main(["export", "--path", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert not (tmp_path / "nowhere").exists() and not (tmp_path / "x.jsonl").exists()
+
+
+def _with_history(path) -> tuple[Memory, dict[str, datetime]]:
+    """A memory with an updated fact, a forgotten chat turn and a removed edge; the times between."""
+    memory = _filled(path)
+    times = {"after update": datetime.now(UTC)}
+    turns = sorted(memory.db.scan(where={"user_id": "maya"}), key=lambda i: i.fields["text"])
+    miso_is_two = next(i for i in turns if i.fields["text"].endswith("Miso is two"))
+    edge = next(e for e in memory.db.edges(miso_is_two.id, direction="in"))
+    memory.db.remove_edges(edge.src, edge.dst, edge.rel)
+    times["before forget"] = datetime.now(UTC)
+    memory.delete(miso_is_two.id)
+    times["end"] = datetime.now(UTC)
+    return memory, times
+
+
+def _versions(memory: Memory, id: str) -> list[tuple]:
+    return [
+        (v.text, v.kind, v.kappa, v.valid_from, v.valid_to, v.recorded_at, v.superseded_at)
+        for v in memory.history(id)
+    ]
+
+
+def test_an_export_with_history_gives_the_same_past(tmp_path):
+    source, times = _with_history(tmp_path / "a")
+    with source:
+        counts = source.export_jsonl(tmp_path / "history.jsonl", history=True)
+        ids = sorted({c.record.id for c in source.db.changes() if not hasattr(c.record, "src")})
+        expected = {id: _versions(source, id) for id in ids}
+        revised = next(id for id in ids if len(expected[id]) == 2)
+        times["before update"] = expected[revised][0][5]  # the Paris version's recorded_at
+        paris = [h.text for h in source.search("Paris", user_id="alice", as_of=times["before update"])]
+        edges = {t: sorted((e.src, e.dst, e.rel, e.recorded_at, e.superseded_at)
+                           for e in source.db.edges(ids, known_at=t)) for t in times.values()}  # fmt: skip
+    # 4 first versions and one revision; the chat's two "next" edges; one turn forgotten, one edge removed
+    assert counts == {"memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1}
+    assert paris == ["Alice moved to Paris"]
+    header = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[0])
+    assert header["format"] == 2 and header["history"] is True
+
+    with Memory(tmp_path / "b", embedder=letters) as target:
+        assert target.import_jsonl(tmp_path / "history.jsonl") == counts
+        assert {id: _versions(target, id) for id in ids} == expected
+        for t, known in edges.items():
+            assert sorted((e.src, e.dst, e.rel, e.recorded_at, e.superseded_at)
+                          for e in target.db.edges(ids, known_at=t)) == known  # fmt: skip
+        [forgotten] = [id for id in ids if expected[id][-1][6] is not None]
+        assert target.get(forgotten) is None
+        assert target.get(forgotten, as_of=times["before forget"]).text == "Miso is two"
+        # each version embedded by the new embedder: the past is searchable, and the present through the
+        # lexical index too (the forgotten turn is not in it)
+        old = target.db.get(revised, as_of=times["before update"])
+        np.testing.assert_allclose(old.vector, target.embedder.embed(["Alice moved to Paris"])[0], rtol=1e-6)
+        assert [
+            h.text for h in target.search("Paris", user_id="alice", as_of=times["before update"])
+        ] == paris
+        [hit] = target.search("Lisbon", user_id="alice", k=1)
+        assert hit.text == "Alice moved to Lisbon"
+        assert forgotten not in target.lexical and revised in target.lexical
+        assert all(h.id != forgotten for h in target.search("Miso is two", user_id="maya", k=5))
+
+
+def test_a_history_import_needs_a_store_whose_past_ends_before_it(tmp_path):
+    source, _ = _with_history(tmp_path / "a")
+    with source:
+        source.export_jsonl(tmp_path / "history.jsonl", history=True)
+    with Memory(tmp_path / "b", embedder=letters) as target:
+        target.add("written after the source's history", user_id="bob")
+        with pytest.raises(InvalidInput) as info:
+            target.import_jsonl(tmp_path / "history.jsonl")
+        assert (
+            info.value.field == "line 2.recorded_at"
+            and "later than this store's last write" in info.value.reason
+        )
+        assert len(target) == 1 and len(list(target.db.changes())) == 1
+
+
+def _swap(lines: list[str], a: int, b: int) -> list[str]:
+    lines = list(lines)
+    lines[a], lines[b] = lines[b], lines[a]
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error", "field"),
+    [
+        (lambda lines: [lines[0], lines[1].replace('"recorded_at"', '"recorded"'), *lines[2:]], InvalidInput,
+         "line 2.recorded_at"),
+        (lambda lines: _swap(lines, 1, 7), InvalidInput, "line 3.recorded_at"),  # the revision first: times fall
+        (lambda lines: [*lines, lines[-1]], UnknownId, "line 11.id"),  # the turn forgotten twice
+        (lambda lines: [*lines, json.dumps({"type": "forget", "id": 7, "recorded_at": None})], InvalidInput,
+         "line 11.id"),
+        (lambda lines: [*lines, json.dumps({"type": "blob"})], InvalidInput, "line 11.type"),
+    ],
+)  # fmt: skip
+def test_a_bad_history_names_the_line_and_writes_nothing(tmp_path, mutate, error, field):
+    source, _ = _with_history(tmp_path / "a")
+    with source:
+        source.export_jsonl(tmp_path / "history.jsonl", history=True)
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["type"] for line in lines] == [
+        "t4dm-memory", "memory", "memory", "memory", "memory", "edge", "edge", "memory", "unlink", "forget",
+    ]  # fmt: skip
+    (tmp_path / "bad.jsonl").write_text("\n".join(mutate(lines)) + "\n")
+    with Memory(tmp_path / "b", embedder=letters) as target:
+        with pytest.raises(error) as info:
+            target.import_jsonl(tmp_path / "bad.jsonl")
+        assert info.value.field == field
+        assert len(target) == 0 and list(target.db.changes()) == []
+
+
+def test_the_export_command_with_history(tmp_path, monkeypatch, capsys):
+    import t4dm.memory.embedder as embedder_module
+    from t4dm.cli import main
+    from t4dm.memory.embedder import CallableEmbedder
+
+    stub = CallableEmbedder(bag_of_words, name="bag-of-words")
+    monkeypatch.setattr(embedder_module, "default_embedder", lambda: stub)
+    _with_history(tmp_path / "a")[0].close()
+    out = str(tmp_path / "a.jsonl")
+    assert main(["export", "--path", str(tmp_path / "a"), "--out", out, "--history"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "out": out, "memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1,
+    }  # fmt: skip
+    assert main(["import", "--path", str(tmp_path / "b"), "--file", out]) == 0
+    assert json.loads(capsys.readouterr().out)["forgotten"] == 1
+    with (
+        Memory(tmp_path / "b", embedder=bag_of_words) as copy,
+        Memory(tmp_path / "a", embedder=bag_of_words) as a,
+    ):
+        assert [c.record for c in copy.db.changes()] != [] and len(copy) == len(a) == 3
+        assert [(c.op, c.recorded_at) for c in copy.db.changes()] == [
+            (c.op, c.recorded_at) for c in a.db.changes()
+        ]

@@ -171,6 +171,25 @@ class StoreMachine(RuleBasedStateMachine):
         self.db.close()
         self.db = T4DX.open(self.dir + "/s", clock=self.clock, durability="none", **self.options)
 
+    @rule()
+    def replayed_copy_matches(self) -> None:
+        """The store's changes replayed into a new store: the copy answers every check as the model says."""
+        folder = tempfile.mkdtemp(prefix="t4dx-copy-")
+        try:
+            copy_clock = FakeClock(max(self.clock.now, self.last))  # bursts run the store ahead of the clock
+            with T4DX.open(folder + "/c", dim=DIM, clock=copy_clock, durability="none") as copy:
+                copy.replay(self.db.changes())
+                original, self.db = self.db, copy
+                try:
+                    self.gets_and_histories_match()
+                    self.scans_match()
+                    if self.checkpoints:
+                        self.time_travel_matches()
+                finally:
+                    self.db = original
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     # ------------------------------------------------------------ checks
     def _check_item(self, item: Item, id: str, v: Version, open_at: datetime | None = None) -> None:
         assert item.id == id

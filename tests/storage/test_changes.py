@@ -1,0 +1,215 @@
+"""The change feed (``T4DX.changes``) and its replay (``T4DX.replay``): a store's history copied into
+another store at its own transaction times."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from t4dm.errors import DimensionMismatch, InvalidInput, InvalidTime, UnknownId
+from t4dm.storage import T4DX, Change, Edge, Item
+
+from .conftest import DIM, FakeClock, vec
+
+_HALF = timedelta(milliseconds=500)
+
+
+def _write_history(db: T4DX, clock: FakeClock) -> list[str]:
+    """Every sort of write, one second apart: inserts, an update, edges, a weight update, a scale, a
+    deletion, an edge removal, a re-insert of a deleted id, a bulk insert."""
+    ids = db.insert(
+        [Item(vec(i), fields={"text": f"fact {i}", "user_id": "u1"}, kappa=0.1 * i) for i in range(5)]
+    )
+    clock.advance()
+    db.update_fields(ids[0], {"text": "fact 0, revised"}, kappa=0.9)
+    clock.advance()
+    db.add_edges([Edge(ids[0], ids[1], weight=2.0), Edge(ids[1], ids[2], rel="next"), Edge(ids[2], ids[3])])
+    clock.advance()
+    db.update_edge_weight(ids[0], ids[1], delta=0.5)
+    db.batch_scale_weights(0.5, rel="next")
+    clock.advance()
+    db.delete([ids[3], ids[4]])
+    clock.advance()
+    db.remove_edges(ids[1], ids[2], "next")
+    clock.advance()
+    db.insert(Item(vec(40), id=ids[4], kind="entity", fields={"text": "fact 4 again"}))
+    clock.advance()
+    more = db.insert_batch(
+        np.stack([vec(100 + i) for i in range(6)]), [{"text": f"bulk {i}"} for i in range(6)]
+    )
+    clock.advance()
+    db.add_edges(Edge(more[0], ids[0], rel="derived_from"))
+    clock.advance()
+    return ids + more
+
+
+def _views(db: T4DX, ids: list[str], times: list) -> dict:
+    """Everything a reader can ask of the store's history, in comparable form."""
+
+    def edge_rows(edges: list[Edge]) -> list[tuple]:
+        return sorted(
+            (e.src, e.dst, e.rel, e.weight, e.valid_from, e.valid_to, e.recorded_at, e.superseded_at)
+            for e in edges
+        )
+
+    def item_row(item: Item | None) -> tuple | None:
+        if item is None:
+            return None
+        return (item.id, item.kind, item.kappa, item.fields, item.valid_from, item.valid_to, item.recorded_at,
+                item.superseded_at, item.vector.tobytes())  # fmt: skip
+
+    views: dict = {"live": sorted(item_row(i) for i in db.scan()), "edges": edge_rows(db.edges(ids))}
+    for id in ids:
+        views[f"history {id}"] = [item_row(i) for i in db.history(id)]
+    for t in times:
+        views[f"scan {t}"] = sorted(item_row(i) for i in db.scan(known_at=t))
+        views[f"get {t}"] = [item_row(db.get(id, as_of=t)) for id in ids]
+        views[f"edges {t}"] = edge_rows(db.edges(ids, known_at=t))
+        views[f"in-edges {t}"] = edge_rows(db.edges(ids, direction="in", known_at=t))
+    return views
+
+
+def _times(changes: list[Change]) -> list:
+    recorded = sorted({c.recorded_at for c in changes})
+    return recorded + [t + _HALF for t in recorded] + [recorded[0] - _HALF]
+
+
+def test_a_replay_into_an_empty_store_gives_the_same_history(store, tmp_path) -> None:
+    db = store.db
+    ids = _write_history(db, store.clock)
+    db = store.settle()
+    changes = list(db.changes())
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+    assert {c.op for c in changes} == {"put", "delete"}
+    times = _times(changes)
+    before = _views(db, ids, times)
+
+    with T4DX.open(str(tmp_path / "copy"), dim=DIM, clock=store.clock) as copy:
+        assert copy.replay(changes) == len({c.recorded_at for c in changes})
+        assert _views(copy, ids, times) == before
+        again = list(copy.changes())
+        assert [dataclasses.replace(c, seq=0) for c in again] == [
+            dataclasses.replace(c, seq=0) for c in changes
+        ]
+    with T4DX.open(str(tmp_path / "copy"), clock=store.clock) as reopened:  # from its log and segments
+        assert _views(reopened, ids, times) == before
+        store.clock.advance()
+        [late] = reopened.insert(Item(vec(7), fields={"text": "after the replay"}))
+        assert reopened.get(late).recorded_at == store.clock.now > changes[-1].recorded_at
+
+
+def test_the_changes_record_deletions_and_ended_edges(db, clock) -> None:
+    ids = _write_history(db, clock)
+    changes = list(db.changes())
+    deleted = [c.record.id for c in changes if c.op == "delete" and isinstance(c.record, Item)]
+    assert deleted == [ids[3], ids[4]]
+    [removed] = [c.record for c in changes if c.op == "delete" and isinstance(c.record, Edge)]
+    assert (removed.src, removed.dst, removed.rel) == (ids[1], ids[2], "next")
+    # the live edge's weight as read now: (2.0 + 0.5), one put per edge version, none for the overlay
+    [first] = [c.record for c in changes if isinstance(c.record, Edge) and c.record.src == ids[0]]
+    assert first.weight == 2.5
+    puts = [c for c in changes if c.op == "put" and isinstance(c.record, Item)]
+    assert len(puts) == 5 + 1 + 1 + 6
+    one_transaction = [c for c in changes if c.recorded_at == changes[0].recorded_at]
+    assert [c.record.id for c in one_transaction] == ids[:5]
+
+
+def test_changes_since_a_time(db, clock) -> None:
+    ids = _write_history(db, clock)
+    changes = list(db.changes())
+    cut = changes[6].recorded_at
+    later = list(db.changes(since=cut))
+    assert later == [c for c in changes if c.recorded_at > cut]
+    assert later and all(c.recorded_at > cut for c in later)
+    assert list(db.changes(since=clock.now)) == []
+    assert ids  # the history was written
+    with pytest.raises(InvalidTime, match="since"):
+        list(db.changes(since=cut.replace(tzinfo=None)))
+
+
+@pytest.fixture
+def source(tmp_path, clock) -> list[Change]:
+    with T4DX.open(str(tmp_path / "source"), dim=DIM, clock=clock) as db:
+        _write_history(db, clock)
+        return list(db.changes())
+
+
+def _unchanged(db: T4DX) -> None:
+    assert list(db.changes()) == [] and len(db) == 0
+
+
+def test_a_replay_must_begin_after_the_stores_last_write(tmp_path, clock, source) -> None:
+    with T4DX.open(str(tmp_path / "later"), dim=DIM, clock=clock) as db:
+        [id] = db.insert(Item(vec(1), fields={"text": "written after the source's history"}))
+        with pytest.raises(
+            InvalidTime, match=r"changes\[0\]\.recorded_at.*later than this store's last write"
+        ):
+            db.replay(source)
+        assert [c.record.id for c in db.changes()] == [id]
+
+
+def test_a_replay_refuses_times_ahead_of_the_clock(tmp_path, source) -> None:
+    early = FakeClock(source[0].recorded_at + _HALF)
+    with T4DX.open(str(tmp_path / "early"), dim=DIM, clock=early) as db:
+        with pytest.raises(InvalidTime, match=r"changes\[\d+\]\.recorded_at.*ahead of the clock"):
+            db.replay(source)
+        _unchanged(db)
+
+
+def test_a_replay_refuses_falling_times(tmp_path, clock, source) -> None:
+    changes = [source[0], source[6], source[5]]
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        with pytest.raises(InvalidTime, match=r"changes\[2\]\.recorded_at.*must rise"):
+            db.replay(changes)
+        _unchanged(db)
+
+
+def test_a_replay_refuses_two_sorts_in_one_transaction(tmp_path, clock, source) -> None:
+    first = source[0]
+    edge = Edge(first.record.id, source[1].record.id, recorded_at=first.recorded_at)
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        with pytest.raises(InvalidInput, match=r"changes\[1\]=.*one sort of change"):
+            db.replay([first, Change(0, "put", edge)])
+        _unchanged(db)
+
+
+def test_a_replay_refuses_a_deletion_of_what_is_not_live(tmp_path, clock, source) -> None:
+    deletion = next(c for c in source if c.op == "delete" and isinstance(c.record, Item))
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        with pytest.raises(UnknownId, match=r"changes\[0\]\.record\.id"):
+            db.replay([deletion])
+        twice = [c for c in source if c.recorded_at <= deletion.recorded_at] + [
+            dataclasses.replace(deletion, record=dataclasses.replace(deletion.record, recorded_at=clock.now))
+        ]
+        with pytest.raises(UnknownId, match=rf"changes\[{len(twice) - 1}\]\.record\.id"):
+            db.replay(twice)
+        _unchanged(db)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "field"),
+    [
+        ("not a change", InvalidInput, r"changes\[3\]="),
+        (Change(0, "upsert", Item(vec(0), id="x")), InvalidInput, r"changes\[3\]\.op"),
+        (Change(0, "put", Item(vec(0), id="x")), InvalidTime, r"changes\[3\]\.recorded_at"),
+        ("short vector", DimensionMismatch, r"changes\[3\]\.record\.vector"),
+        ("bad weight", InvalidInput, r"changes\[3\]\.record\.weight"),
+    ],
+)
+def test_a_bad_change_names_itself_and_writes_nothing(tmp_path, clock, source, change, error, field) -> None:
+    late = source[-1].recorded_at + timedelta(seconds=1)
+    if change == "short vector":
+        change = Change(0, "put", Item(np.zeros(DIM - 1, np.float32), id="x", recorded_at=late))
+    elif change == "bad weight":
+        change = Change(
+            0, "put", Edge(source[0].record.id, source[1].record.id, weight=float("nan"), recorded_at=late)
+        )
+    elif not isinstance(change, str) and change.op == "upsert":
+        change = dataclasses.replace(change, record=dataclasses.replace(change.record, recorded_at=late))
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        with pytest.raises(error, match=field):
+            db.replay([*source[:3], change])
+        _unchanged(db)
