@@ -213,3 +213,29 @@ def test_a_bad_change_names_itself_and_writes_nothing(tmp_path, clock, source, c
         with pytest.raises(error, match=field):
             db.replay([*source[:3], change])
         _unchanged(db)
+
+
+def test_a_follower_kept_up_by_changes_since_its_last_replay(tmp_path, clock) -> None:
+    """Incremental copying: replaying ``changes(since=the follower's last change)`` in rounds gives the
+    leader's history, as one replay of everything does."""
+    with (
+        T4DX.open(str(tmp_path / "leader"), dim=DIM, clock=clock) as leader,
+        T4DX.open(str(tmp_path / "follower"), dim=DIM, clock=clock) as follower,
+    ):
+        ids = _write_history(leader, clock)
+        last = None
+        for round in range(3):
+            if round:
+                clock.advance()
+                leader.update_fields(ids[round], {"round": round})
+                clock.advance()
+                leader.delete(ids[5 + round])
+                clock.advance()
+            batch = list(leader.changes(since=last))
+            assert batch and all(last is None or c.recorded_at > last for c in batch)
+            follower.replay(batch)
+            last = batch[-1].recorded_at
+        changes = list(leader.changes())
+        times = _times(changes)
+        assert _views(follower, ids, times) == _views(leader, ids, times)
+        assert follower.replay(leader.changes(since=last)) == 0  # nothing new
