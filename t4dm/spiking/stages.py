@@ -59,9 +59,12 @@ class NoveltyDetector(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, trace: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``[B, T, D]``, ``trace`` ``[B, D]`` or None → (novelty ``[B, T]`` float32, new trace ``[B, D]``)."""
-        B, _, D = x.shape
+        B, T, D = x.shape
         xf = x.detach().float()
         m0 = xf.new_zeros(B, D) if trace is None else trace.float()
+        if T == 1:  # a decoding step: the scan's one step, without building its chunk matrices
+            cos = F.cosine_similarity(xf[:, 0], m0, dim=-1, eps=1e-8)[:, None]
+            return 1.0 - cos.clamp(min=0.0), (1.0 - self.decay) * xf[:, 0] + self.decay * m0
         m = decayed_scan((1.0 - self.decay) * xf, self.decay, m0)  # inclusive: m_t
         before = torch.cat([m0[:, None], m[:, :-1]], dim=1)  # m_{t-1}
         cos = F.cosine_similarity(xf, before, dim=-1, eps=1e-8)
@@ -311,10 +314,11 @@ class RWKVRecurrence(nn.Module):
         B, T, D = z.shape
         H, K = self.n_heads, self.head_dim
         first = z.new_zeros(B, 1, D) if shift is None else shift.to(z.dtype)[:, None]
-        delta = torch.cat([first, z[:, :-1]], dim=1) - z
+        delta = (first if T == 1 else torch.cat([first, z[:, :-1]], dim=1)) - z
         lora = torch.tanh((z + delta * self.mix_x) @ self.mix_w1).view(B, T, 5, -1)
         lora = torch.einsum("btfr,frd->fbtd", lora, self.mix_w2)  # [5, B, T, D]
-        x_w, x_k, x_v, x_r, x_g = (z + delta * (self.mix[i] + lora[i]) for i in range(5))
+        # the five mixes in one broadcast: x_* = z + Δ ⊙ (μ_* + LoRA_*)
+        x_w, x_k, x_v, x_r, x_g = (z + delta * (self.mix[:, None, None] + lora)).unbind(0)
         r = self.r_proj(x_r).view(B, T, H, K)
         k = self.k_proj(x_k).view(B, T, H, K)
         v = self.v_proj(x_v).view(B, T, H, K)
