@@ -6,6 +6,11 @@ for one ``user_id`` (``tokens={token: user_id}``, ``--tokens FILE``: each agent 
 reads and writes that user's memories only, and the calls that touch every user (consolidation, statistics) need
 an every-user token (:func:`allows`). Serve over TLS (a reverse proxy) beyond a trusted network: tokens travel in
 the clear otherwise.
+
+A tokens *file* (``tokens="path.json"``, ``--tokens FILE``) is watched: each request checks the file's
+modification time, size and inode (one ``stat``), and a changed file is read again, so tokens are issued and
+revoked without a restart. A new file that cannot be used (unreadable, not JSON, a bad entry) leaves the tables
+as they were and says why on stderr, once per version of the file; so does a file that disappears.
 """
 
 from __future__ import annotations
@@ -65,33 +70,74 @@ def bearer_matches(authorization: str, secret: bytes) -> bool:
 
 class Tokens:
     """The tokens a server accepts and whom each speaks for: ``token`` for every user, ``tokens`` maps a token
-    to one ``user_id`` (or to ``"*"``, every user). Empty when neither is given: the server is open."""
+    to one ``user_id`` (or to ``"*"``, every user), or is the path of a tokens file (:func:`load_tokens`), read
+    again whenever it changes. Empty when neither is given: the server is open."""
 
-    def __init__(self, token: str | None = None, tokens: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, token: str | None = None, tokens: Mapping[str, str] | str | os.PathLike[str] | None = None
+    ) -> None:
+        self._secret = check_token(token)
+        self._path: str | None = None
+        if isinstance(tokens, (str, os.PathLike)):
+            self._path = os.fspath(tokens)
+            self._stamp = _stamp(self._path)
+            tokens = load_tokens(self._path)
+        self._table = self._build(tokens)
+
+    def _build(self, tokens: Mapping[str, str] | None) -> list[tuple[bytes, str]]:
         table: list[tuple[bytes, str]] = []
-        secret = check_token(token)
-        if secret is not None:
-            table.append((secret, ALL_USERS))
+        if self._secret is not None:
+            table.append((self._secret, ALL_USERS))
         if tokens is not None:
             if not isinstance(tokens, Mapping):
-                raise InvalidInput("tokens", tokens, "expected a mapping of token to user_id")
+                raise InvalidInput(
+                    "tokens", tokens, "expected a mapping of token to user_id, or a tokens file"
+                )
             for key, user in tokens.items():
                 table.append((check_token(key), _check_user(user)))  # type: ignore[arg-type]
         if len({secret for secret, _ in table}) != len(table):
             raise InvalidInput("tokens", "<a repeated token>", "each token may speak for one principal only")
-        self._table = table
+        return table
 
     def __bool__(self) -> bool:
         return bool(self._table)
 
+    def refresh(self) -> bool:
+        """Read the tokens file again if it changed since it was last read; returns whether the tables changed.
+        A file that cannot be used keeps the tables as they are (said on stderr once per version of the file)."""
+        if self._path is None:
+            return False
+        stamp = _stamp(self._path)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            table = self._build(load_tokens(self._path))
+        except InvalidInput as exc:
+            print(f"t4dm: the tokens file changed but cannot be used; the tokens stay as they were: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return False
+        self._table = table  # one assignment: a request sees the old table or the new one
+        return True
+
     def principal(self, authorization: str) -> str | None:
         """The user (or :data:`ALL_USERS`) whose token an ``Authorization`` header carries; None for none.
         Every entry is compared (the time taken does not tell which one nearly matched)."""
+        self.refresh()
         found = None
         for secret, user in self._table:
             if bearer_matches(authorization, secret) and found is None:
                 found = user
         return found
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """What tells that a file changed: its modification time, size and inode (None when it is gone)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _check_user(user: Any) -> str:

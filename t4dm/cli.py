@@ -120,15 +120,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_tokens(command: str, path: str | None) -> dict[str, str] | bool | None:
-    """The tokens file's table, None without one, False (after saying why) when it cannot be used."""
+def _load_tokens(command: str, path: str | None) -> str | bool | None:
+    """The tokens file's path once it has been read and checked (the server watches it and reads it again when it
+    changes), None without one, False (after saying why) when it cannot be used."""
     from t4dm.auth import load_tokens
     from t4dm.errors import InvalidInput
 
     if path is None:
         return None
     try:
-        return load_tokens(path)
+        load_tokens(path)
+        return os.path.abspath(path)
     except InvalidInput as exc:
         print(f"t4dm {command}: {exc}", file=sys.stderr)
         return False

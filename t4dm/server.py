@@ -19,11 +19,11 @@ GET         ``/health``                     ``{"status": "ok", "memories": n}``
 
 With a token (``create_app(memory, token=...)``; ``t4dm serve --token`` or the ``T4DM_TOKEN`` variable) every
 route asks for ``Authorization: Bearer <token>`` and answers 401 without it; the OpenAPI pages stay open.
-Per-user tokens (``tokens={token: user_id}``, ``t4dm serve --tokens FILE``) each reach one user's memories:
-another ``user_id`` is 403 naming the field, another user's memory by id 404, ``/consolidate`` and ``/stats``
-(every user's) 403 (:mod:`t4dm.auth`). Without any token, anyone who can reach the port reads and writes every
-user's memories: ``t4dm serve`` binds 127.0.0.1 by default and warns when told to listen beyond this machine
-without a token.
+Per-user tokens (``tokens={token: user_id}``, ``t4dm serve --tokens FILE``, a file read again when it
+changes) each reach one user's memories: another ``user_id`` is 403 naming the field, another user's memory
+by id 404, ``/consolidate`` and ``/stats`` (every user's) 403 (:mod:`t4dm.auth`). Without any token, anyone
+who can reach the port reads and writes every user's memories: ``t4dm serve`` binds 127.0.0.1 by default and
+warns when told to listen beyond this machine without a token.
 
 Errors keep the SDK's types: bad input is 400 with ``{"error", "field", "value", "reason"}`` (the field
 the SDK names), an unknown id 404; a request body of the wrong shape is FastAPI's 422. Times are ISO 8601
@@ -34,6 +34,7 @@ with a time zone (a naive time is refused, as in the SDK). The OpenAPI schema is
 from __future__ import annotations
 
 import dataclasses
+import os
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -118,14 +119,14 @@ def create_app(
     memory: Memory,
     *,
     token: str | None = None,
-    tokens: dict[str, str] | None = None,
+    tokens: dict[str, str] | str | os.PathLike[str] | None = None,
     close_on_shutdown: bool = False,
 ) -> FastAPI:
-    """The API over ``memory``. With ``token`` (every user) and/or ``tokens`` (``{token: user_id}``, ``"*"`` for
-    every user) every route wants ``Authorization: Bearer <token>`` (401 otherwise), and a user's token reaches
-    that user's memories only: another ``user_id`` is 403, another user's memory by id 404 (as if absent),
-    ``/consolidate`` and ``/stats`` 403 (they touch every user). With ``close_on_shutdown`` the app closes the
-    memory when it stops (``t4dm serve``)."""
+    """The API over ``memory``. With ``token`` (every user) and/or ``tokens`` (``{token: user_id}``, ``"*"`` for every
+    user; or a tokens file's path, read again when it changes: :class:`~t4dm.auth.Tokens`) every route wants
+    ``Authorization: Bearer <token>`` (401 otherwise), and a user's token reaches that user's memories only: another
+    ``user_id`` is 403, another user's memory by id 404 (as if absent), ``/consolidate`` and ``/stats`` 403 (they
+    touch every user). With ``close_on_shutdown`` the app closes the memory when it stops (``t4dm serve``)."""
     table = Tokens(token, tokens)
 
     @asynccontextmanager
@@ -284,7 +285,7 @@ def serve(
     port: int = 8000,
     embedder: Any = None,
     token: str | None = None,
-    tokens: dict[str, str] | None = None,
+    tokens: dict[str, str] | str | os.PathLike[str] | None = None,
 ) -> None:
     """Open the memory at ``path`` and serve it until interrupted (uvicorn); the memory is closed after.
     ``token``, ``tokens``: see :func:`create_app`."""

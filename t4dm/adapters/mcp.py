@@ -25,6 +25,7 @@ specification's authorization section, which needs an authorization server.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -195,10 +196,14 @@ def create_mcp_server(
 
 
 def mcp_http_app(
-    memory: Memory, *, token: str | None = None, tokens: dict[str, str] | None = None, **options: Any
+    memory: Memory,
+    *,
+    token: str | None = None,
+    tokens: dict[str, str] | str | os.PathLike[str] | None = None,
+    **options: Any,
 ) -> Any:
     """The MCP server over ``memory`` as an ASGI app (streamable HTTP at ``/mcp``); with ``token`` (every user)
-    and/or ``tokens`` (``{token: user_id}``) every request wants ``Authorization: Bearer <token>`` and acts for
+    and/or ``tokens`` (``{token: user_id}``, or a tokens file's path, watched) every request wants ``Authorization: Bearer <token>`` and acts for
     the token's user. ``options`` go to the SDK's ``streamable_http_app`` (``json_response``,
     ``stateless_http``, ``host`` for its DNS-rebinding protection, ...)."""
     table = Tokens(token, tokens)
@@ -212,7 +217,7 @@ def run_mcp(
     transport: str = "stdio",
     embedder: Any = None,
     token: str | None = None,
-    tokens: dict[str, str] | None = None,
+    tokens: dict[str, str] | str | os.PathLike[str] | None = None,
     host: str = "127.0.0.1",
     port: int = 8001,
     **options: Any,

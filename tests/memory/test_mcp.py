@@ -236,3 +236,32 @@ def test_http_a_users_token_reaches_that_users_memories_only(tmp_path):
             assert [h["text"] for h in hits["structuredContent"]["result"]] == ["Alice moved to Paris"]
             assert not _call(client, "tok-ops", "consolidate", {})["isError"]
             assert not _call(client, "tok-ops", "history", {"id": mine["id"]})["isError"]
+
+
+def test_http_a_tokens_file_revokes_without_a_restart(tmp_path):
+    import json
+    import os
+
+    from starlette.testclient import TestClient
+
+    from t4dm.adapters.mcp import mcp_http_app
+
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tok-alice": "alice"}))
+    with Memory(tmp_path / "m", embedder=bag_of_words) as memory:
+        app = mcp_http_app(memory, tokens=str(path), json_response=True, stateless_http=True)
+        with TestClient(app, base_url="http://127.0.0.1:8001") as client:
+            assert not _call(client, "tok-alice", "remember", {"content": "kept", "user_id": "alice"})[
+                "isError"
+            ]
+            path.write_text(json.dumps({"tok-alice-2": "alice"}))
+            stat = os.stat(path)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+            response = client.post(
+                "/mcp", json=_remember("refused"), headers={**_HEADERS, "authorization": "Bearer tok-alice"}
+            )
+            assert response.status_code == 401
+            assert not _call(client, "tok-alice-2", "recall", {"query": "kept", "user_id": "alice"})[
+                "isError"
+            ]
+            assert len(memory) == 1

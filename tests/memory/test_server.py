@@ -298,11 +298,47 @@ def test_serve_and_mcp_read_a_tokens_file(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(server, "serve", lambda path, **kw: calls.append(kw["tokens"]))
     assert cli.main(["serve", "--path", str(tmp_path / "m"), "--tokens", str(tmp_path / "tokens.json")]) == 0
-    assert calls == [_TOKENS]
+    assert calls == [str(tmp_path / "tokens.json")]  # checked, then handed on as a path to watch
     assert cli.main(["serve", "--path", str(tmp_path / "m"), "--tokens", str(tmp_path / "bad.json")]) == 2
-    assert "t4dm serve: " in capsys.readouterr().err and calls == [_TOKENS]
+    assert "t4dm serve: " in capsys.readouterr().err and len(calls) == 1
     if importlib.util.find_spec("mcp") is not None:
         assert (
             cli.main(["mcp", "--path", str(tmp_path / "m"), "--tokens", str(tmp_path / "tokens.json")]) == 2
         )
         assert "stdio has no network side" in capsys.readouterr().err
+
+
+def test_a_tokens_file_is_read_again_when_it_changes(tmp_path, capsys):
+    """Tokens issued and revoked without a restart; a broken or vanished file keeps the tokens as they were."""
+    import json
+    import os
+
+    path = tmp_path / "tokens.json"
+
+    def write(content: str) -> None:
+        path.write_text(content)
+        stat = os.stat(path)  # a new mtime even where the file system's clock is coarse
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+    write(json.dumps({"tok-alice": "alice", "tok-ops": "*"}))
+    memory = Memory(tmp_path / "memories", embedder=bag_of_words)
+    with TestClient(create_app(memory, tokens=path, close_on_shutdown=True)) as client:
+
+        def status(token: str) -> int:
+            return client.post(
+                "/search", json={"query": "x", "user_id": "alice"}, headers=_as(token)
+            ).status_code
+
+        assert (status("tok-alice"), status("tok-bob"), status("tok-ops")) == (200, 401, 200)
+        # alice's token revoked, bob's issued, as a user of his own
+        write(json.dumps({"tok-bob": "bob", "tok-ops": "*"}))
+        assert (status("tok-alice"), status("tok-bob"), status("tok-ops")) == (401, 403, 200)
+        # a broken file: the tokens stay as they were, and it is said once
+        write('{"tok-eve": ""}')
+        assert (status("tok-eve"), status("tok-bob"), status("tok-ops")) == (401, 403, 200)
+        assert capsys.readouterr().err.count("cannot be used") == 1
+        path.unlink()
+        assert (status("tok-bob"), status("tok-ops")) == (403, 200)
+        assert capsys.readouterr().err.count("cannot be used") == 1
+        write(json.dumps({"tok-alice": "alice"}))  # back, and read again
+        assert (status("tok-alice"), status("tok-ops")) == (200, 401)
