@@ -1,6 +1,7 @@
 """``t4dm bench embed``: the default embedder through ONNX Runtime beside the same model through
 sentence-transformers (PyTorch), in one process, on the same texts: one short query at a time (what a search
-pays) and batches of longer conversation turns (what ``Memory.add`` pays); medians, the ratio, and the
+pays), a batch of conversation turns of one length and a session of turns of mixed lengths (what ``Memory.add``
+pays); medians, the ratio, and the
 largest difference between the two backends' vectors."""
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def run_embed_bench(repeat: int = 30, json_path: str | None = None) -> dict[str,
     path = get_model_path()
     ours, peer = OnnxEmbedder(path), SentenceTransformerEmbedder.from_path(path)
     turns = [_TURN.format(who=("Ann", "Bea")[i % 2], n=i) for i in range(20)]
+    # a conversation's session: turns of 6 to 94 tokens (a LoCoMo session pads to about twice its tokens)
+    words = _TURN.format(who="Ann", n=3).split()
+    rng = np.random.default_rng(0)
+    session = [" ".join(words[: int(n)]) for n in np.minimum(rng.geometric(1 / 18, size=24) + 2, len(words))]
+    session += [_TURN.format(who="Bea", n=7) + " " + _TURN.format(who="Bea", n=8)]  # one long turn
     report: dict[str, Any] = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
@@ -48,6 +54,7 @@ def run_embed_bench(repeat: int = 30, json_path: str | None = None) -> dict[str,
     for name, work, unit in [
         ("one short query", lambda e: [e.embed([q]) for q in QUERIES], len(QUERIES)),
         ("a batch of 20 turns (~45 tokens)", lambda e: e.embed(turns), len(turns)),
+        ("a session of 25 turns (6-94 tokens)", lambda e: e.embed(session), len(session)),
     ]:
         row = {}
         for label, embedder in (("onnx", ours), ("sentence_transformers", peer), ("onnx", ours)):
@@ -55,7 +62,7 @@ def run_embed_bench(repeat: int = 30, json_path: str | None = None) -> dict[str,
             row[label] = 1e3 * statistics.median(times) / unit  # the later of two onnx runs is kept
         row["ratio"] = row["sentence_transformers"] / row["onnx"]
         report[name] = row
-        print(f"  {name:34s} ONNX {row['onnx']:6.2f} ms/text   PyTorch {row['sentence_transformers']:6.2f} "
+        print(f"  {name:38s} ONNX {row['onnx']:6.2f} ms/text   PyTorch {row['sentence_transformers']:6.2f} "
               f"ms/text   {row['ratio']:.2f}x")  # fmt: skip
     if json_path:
         with open(json_path, "w") as f:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -199,23 +200,58 @@ class OnnxEmbedder:
                 os.unlink(tmp)
         return target
 
+    #: The fixed cost of one call of the model, in padded tokens (the time of a call is about
+    #: ``overhead + rows × longest``): 2-core VM, 2026-12-07, ~1.6 ms a call against ~0.13 ms a padded token.
+    BATCH_OVERHEAD_TOKENS = 13
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        # longest first, in batches (as sentence-transformers does): less padding per batch
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            encodings = self.tokenizer.encode_batch([texts[i] for i in batch])
+        if not texts:
+            return _unit_rows(out, 0, self.dim, self.name)
+        # every text tokenised once (padded to the longest), then run longest first in batches cut where the
+        # padding saved pays for another call (:func:`length_batches`): a session's turns of 5 to 100 tokens
+        # would otherwise be padded to about twice their tokens
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        attention = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        lengths = attention.sum(axis=1)
+        order = np.argsort(-lengths, kind="stable")
+        for start, stop in length_batches(
+            lengths[order].tolist(), self.batch_size, self.BATCH_OVERHEAD_TOKENS
+        ):
+            rows = order[start:stop]
+            width = int(lengths[rows[0]])
             columns = {
-                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+                "input_ids": ids[rows, :width],
+                "attention_mask": attention[rows, :width],
+                "token_type_ids": types[rows, :width],
             }
             hidden = self.session.run(None, {n: columns[n] for n in self.inputs})[0]
             mask = columns["attention_mask"][..., None].astype(np.float32)
-            out[batch] = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            out[rows] = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         return _unit_rows(out, len(texts), self.dim, self.name)  # scaled to unit length there
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, overhead: float) -> list[tuple[int, int]]:
+    """Cut texts sorted longest first (their token ``lengths``) into batches of at most ``batch_size`` that
+    cost least, a batch costing ``overhead + rows × its longest`` (padded tokens): ``(start, stop)`` of each,
+    in order. Exact (dynamic programming over the cut points, O(n · batch_size))."""
+    n = len(lengths)
+    best = [0.0] + [math.inf] * n  # best[i]: the cost of the first i texts
+    cut = [0] * (n + 1)
+    for stop in range(1, n + 1):
+        for start in range(max(0, stop - batch_size), stop):
+            cost = best[start] + overhead + (stop - start) * lengths[start]
+            if cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    batches = []
+    stop = n
+    while stop > 0:
+        batches.append((cut[stop], stop))
+        stop = cut[stop]
+    return batches[::-1]
 
 
 def _pad_token(path: str) -> str:

@@ -129,3 +129,47 @@ def test_a_damaged_cached_export_is_made_again(onnx_embedder, tmp_path):
         onnx_embedder.onnx_path
     )
     assert np.abs(again.embed(TEXTS) - onnx_embedder.embed(TEXTS)).max() == 0.0
+
+
+def test_length_batches_are_the_cheapest_cuts():
+    """Against every way of cutting small sorted lists (each batch within the size limit)."""
+    from itertools import combinations
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from t4dm.memory.embedder import length_batches
+
+    def cost(lengths, batches, overhead):
+        return sum(overhead + (stop - start) * lengths[start] for start, stop in batches)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.integers(1, 60), min_size=1, max_size=9),
+        st.integers(1, 5),
+        st.sampled_from([0, 3, 13, 50]),
+    )
+    def check(lengths, batch_size, overhead):
+        lengths = sorted(lengths, reverse=True)
+        n = len(lengths)
+        batches = length_batches(lengths, batch_size, overhead)
+        assert [b for b in batches if b[0] >= b[1] or b[1] - b[0] > batch_size] == []
+        assert [i for start, stop in batches for i in range(start, stop)] == list(range(n))  # all, in order
+        best = min(
+            cost(lengths, list(zip((0, *cuts), (*cuts, n), strict=True)), overhead)
+            for r in range(n)
+            for cuts in combinations(range(1, n), r)
+            if all(stop - start <= batch_size for start, stop in zip((0, *cuts), (*cuts, n), strict=True))
+        )
+        assert cost(lengths, batches, overhead) == best
+
+    check()
+    assert length_batches([], 4, 13) == []
+
+
+def test_a_session_of_mixed_lengths_gives_each_texts_own_vector(onnx_embedder):
+    """Cut into batches by length, each text's vector is what it gets alone."""
+    texts = [TEXTS[3], *(f"turn {i}: " + "so " * (i % 40) for i in range(30)), TEXTS[1]]
+    together = onnx_embedder.embed(texts)
+    alone = np.stack([onnx_embedder.embed([t])[0] for t in texts])
+    assert np.abs(together - alone).max() < 1e-5
