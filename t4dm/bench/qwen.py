@@ -10,7 +10,9 @@ quantisation). Measured, each with ``torch.cuda.max_memory_allocated`` reset bef
   stack, not ``transformers.generate``'s machinery);
 - **unified**: the same backbone with the six-block stack (d=1024, bf16) after decoder layer 17, LoRA r=16
   on q/v and a T4DX memory (``memory_dim`` 256, a store of random episodes read once from the prompt):
-  prefill and decoding through :meth:`~t4dm.qwen.UnifiedModel.generate` (peak memory: target ≤ 10 GiB);
+  prefill and decoding through :meth:`~t4dm.qwen.UnifiedModel.generate` (peak memory: target ≤ 10 GiB) — on
+  CUDA with the stack's decoding step as one CUDA graph (its default), and again with ``stack_graph=False``
+  (the stack's kernels launched one by one) for comparison;
 - **train step**: one phase-1 step on ``context`` tokens (forward with labels, backward through the stack
   and LoRA, AdamW step) — peak memory (target ≤ 16 GiB) and time;
 
@@ -220,13 +222,24 @@ def run_qwen_bench(
             decode_s = statistics.median(times) - unified["prefill_ms"] / 1e3
             unified["decode_tokens_per_s"] = (new_tokens - 1) / max(decode_s, 1e-9)
             unified["generate_first_s"] = first
+            unified["stack_graph"] = (
+                dev.type == "cuda"
+            )  # generate()'s default: the stack step as a CUDA graph
+            # the same decoding with the stack's kernels launched one by one (stack_graph=False)
+            _, times = _timed(lambda: model.generate(ids, new_tokens, stack_graph=False), dev, repeat)
+            eager_s = statistics.median(times) - unified["prefill_ms"] / 1e3
+            unified["decode_tokens_per_s_eager_stack"] = (new_tokens - 1) / max(eager_s, 1e-9)
             unified["peak_gib"] = _peak_gib(dev)
             unified["trainable"] = model.trainable_parameters()
             results["unified"] = unified
             results["decode_ratio"] = unified["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
+            results["decode_ratio_eager_stack"] = (
+                unified["decode_tokens_per_s_eager_stack"] / plain["decode_tokens_per_s"]
+            )
             results["prefill_ratio"] = plain["prefill_ms"] / unified["prefill_ms"]
             _say(f"unified: prefill {unified['prefill_ms']:.1f} ms, decoding {unified['decode_tokens_per_s']:.1f} "
-                 f"tokens/s ({results['decode_ratio']:.2f}x plain)"
+                 f"tokens/s ({results['decode_ratio']:.2f}x plain; with the stack's kernels launched one by one "
+                 f"{unified['decode_tokens_per_s_eager_stack']:.1f}, {results['decode_ratio_eager_stack']:.2f}x)"
                  + (f", peak {unified['peak_gib']:.2f} GiB" if unified["peak_gib"] is not None else ""))  # fmt: skip
             model.detach_memory()
 

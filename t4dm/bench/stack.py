@@ -269,6 +269,18 @@ def _bench_stack(
             else:
                 runs[name] = (lambda s=stack, st=states[name]: _no_grad(
                     lambda: s(x_step, ctx_step, state=st, return_state=True).hidden), repeat, None)  # fmt: skip
+        if (
+            mode == "step" and device == "cuda"
+        ):  # ours again, the whole step one CUDA graph (generate's default)
+            from t4dm.spiking import StackDecoder
+
+            with torch.no_grad():
+                decoder = StackDecoder(stacks[ours_name], states[ours_name], context=True)
+            runs[f"{ours_name}, CUDA graph"] = (
+                lambda d=decoder: _no_grad(lambda: d(x_step, ctx_step).hidden),
+                peers[ours_name][1][mode],
+                None,
+            )
         results = _interleaved(timer, runs)
         for stack in stacks.values():
             stack.zero_grad(set_to_none=True)

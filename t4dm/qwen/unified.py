@@ -24,7 +24,7 @@ from torch import nn
 
 from t4dm.errors import InvalidInput
 from t4dm.gate import WriteGate
-from t4dm.spiking import DEFAULT_KINDS, CorticalStack, GlassBox, StackOutput, StackState
+from t4dm.spiking import DEFAULT_KINDS, CorticalStack, GlassBox, StackDecoder, StackOutput, StackState
 
 from .backbone import decoder_layers, keep_nf4_layout, repacked_nf4_layers
 from .lora import lora_config
@@ -266,6 +266,8 @@ class UnifiedModel(nn.Module):
             self.memory_context = nn.Linear(memory_dim, d_stack, bias=False, **factory)
         self.memory: ModelMemory | None = None
         self._call: _HookCall | None = None
+        self._decoder: StackDecoder | None = None  # generate()'s decoding steps, when it uses one
+        self._decoders: dict[tuple[Any, ...], StackDecoder] = {}  # kept between generate() calls (graphs)
         self._cache_kw = _cache_keyword(backbone)
         self._hooked = (layers[layer],)  # a tuple: not registered as a submodule a second time
         self._hook = layers[layer].register_forward_hook(self._stack_hook, with_kwargs=True)
@@ -449,6 +451,8 @@ class UnifiedModel(nn.Module):
         if call.left_prefill:
             assert call.mask is not None
             out = self._stack_by_length(self.down(h), context, call.mask, call.return_state)
+        elif self._decoder is not None and call.state is self._decoder.state and h.shape[1] == 1:
+            out = self._decoder(self.down(h), context)  # generate()'s decoding step: the stack in its buffers
         else:
             out = self.stack(self.down(h), context, state=call.state, return_state=call.return_state)
         call.output = out
@@ -702,6 +706,7 @@ class UnifiedModel(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        stack_graph: bool | None = None,
     ) -> GenerationOutput:
         """Decoding token by token in eval mode: greedy, or sampled with ``do_sample=True``.
 
@@ -722,6 +727,11 @@ class UnifiedModel(nn.Module):
 
         Prompts of unequal length are padded on the left with ``attention_mask`` ``[B, T]`` (1: token): each
         row generates what it generates alone (its memory query, positions and oscillator clock are its own).
+
+        ``stack_graph``: run the stack's decoding steps through a :class:`~t4dm.spiking.StackDecoder` (its state
+        in fixed buffers, the whole six-block step one CUDA graph replay on CUDA, instead of ~900 kernel
+        launches a token). None (default): on CUDA; True: also elsewhere (the buffers run eagerly: the same
+        results); False: plain stack calls. Only with ``use_cache``.
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidInput("max_new_tokens", max_new_tokens, "must be an int >= 1")
@@ -745,6 +755,8 @@ class UnifiedModel(nn.Module):
             if mask is not None
             else torch.full((B, 1), float(input_ids.shape[1]), device=input_ids.device)
         )
+        if stack_graph is not None and not isinstance(stack_graph, bool):
+            raise InvalidInput("stack_graph", stack_graph, "expected True, False or None")
         with self.mode(False):
             out = self.forward(
                 input_ids,
@@ -754,6 +766,10 @@ class UnifiedModel(nn.Module):
                 read_memory=read_memory,
             )
             context = out.context
+            decoder = None
+            if use_cache and (stack_graph or (stack_graph is None and input_ids.device.type == "cuda")):
+                decoder = self._stack_decoder(out.stack_state, context is not None)
+            stack_state = decoder.state if decoder is not None else out.stack_state
             # contexts in force, as (first position, context): the uncached path rebuilds them per position
             spans: list[tuple[int, torch.Tensor | None]] = [(0, context)]
             # the hooked layer's state summed over each row's tokens
@@ -783,16 +799,21 @@ class UnifiedModel(nn.Module):
                     context = self._read_memory(state_sum / seen)
                     spans.append((sequences.shape[1] - 1, context))
                 if use_cache:
-                    out = self.forward(
-                        token[:, None].to(input_ids.dtype),
-                        attention_mask=mask,
-                        cache=out.cache,
-                        use_cache=True,
-                        stack_state=out.stack_state,
-                        return_stack_state=True,
-                        context=context,
-                        read_memory=False,
-                    )
+                    self._decoder = decoder
+                    try:
+                        out = self.forward(
+                            token[:, None].to(input_ids.dtype),
+                            attention_mask=mask,
+                            cache=out.cache,
+                            use_cache=True,
+                            stack_state=stack_state,
+                            return_stack_state=True,
+                            context=context,
+                            read_memory=False,
+                        )
+                    finally:
+                        self._decoder = None
+                    stack_state = out.stack_state
                     state_sum = state_sum + out.layer_mean
                 else:
                     out = self.forward(
@@ -808,6 +829,21 @@ class UnifiedModel(nn.Module):
             else []
         )
         return GenerationOutput(sequences, torch.stack(scores, dim=1), context, writes)
+
+    def _stack_decoder(self, state: StackState, context: bool) -> StackDecoder:
+        """A :class:`StackDecoder` starting from ``state``: the one kept for these shapes when it still fits (its
+        CUDA graph reused: capturing costs two warm-up steps), else a new one."""
+        dtype = self.down.weight.dtype
+        key = (tuple(state.blocks[0].membrane.shape), tuple(state.clock.shape), context, dtype)
+        decoder = self._decoders.get(key)
+        if decoder is not None and decoder.fits(state, context, dtype):
+            decoder.load(state)
+            return decoder
+        decoder = StackDecoder(
+            self.stack, state, context=context, dtype=dtype, graph=state.clock.device.type == "cuda"
+        )
+        self._decoders[key] = decoder
+        return decoder
 
     # ------------------------------------------------------------------ memory writes
     @torch.no_grad()

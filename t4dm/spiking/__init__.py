@@ -5,6 +5,7 @@ oscillations and glass-box recording, on the kernels of :mod:`t4dm.kernels`. Nee
     stack = CorticalStack(n_blocks=6, d_model=1024, n_heads=16)
     out = stack(x, context)                            # x [B, T, D] → out.hidden [B, T, D]
     out = stack(x_chunk, state=state, return_state=True)  # streaming: out.state for the next chunk
+    decoder = StackDecoder(stack, out.state)             # token by token, one CUDA graph per step on CUDA
 
 See docs/spiking.md.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from .block import BlockSignals, BlockState, CorticalBlock
 from .config import CorticalConfig
+from .decoder import StackDecoder
 from .glassbox import DEFAULT_KINDS, KINDS, LAYER_KINDS, GlassBox, membrane_trace
 from .neuromod import MODULATORS, NeuromodBus
 from .ops import KERNEL_OPS, SpikingOps
@@ -49,6 +51,7 @@ __all__ = [
     "RWKVRecurrence",
     "SpikeAttention",
     "SpikingOps",
+    "StackDecoder",
     "StackOutput",
     "StackState",
     "ThalamicGate",

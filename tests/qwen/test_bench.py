@@ -30,6 +30,13 @@ def test_the_qwen_benchmark_runs_on_a_tiny_model(tmp_path, quantize):
     assert results["decode_ratio"] == pytest.approx(
         results["unified"]["decode_tokens_per_s"] / results["plain"]["decode_tokens_per_s"]
     )
+    assert (
+        results["unified"]["decode_tokens_per_s_eager_stack"] > 0
+        and results["unified"]["stack_graph"] is False
+    )
+    assert results["decode_ratio_eager_stack"] == pytest.approx(
+        results["unified"]["decode_tokens_per_s_eager_stack"] / results["plain"]["decode_tokens_per_s"]
+    )
     assert results["train"]["step_ms"] > 0 and results["train"]["tokens"] == 12
     assert results["unified"]["trainable"]["lora"] > 0 and results["parameters"] > 0
     assert results["quantize"] == quantize

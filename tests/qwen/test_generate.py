@@ -167,3 +167,40 @@ def test_bad_sampling_options_name_the_field(kwargs, field):
     with pytest.raises(InvalidInput) as info:
         model.generate(random_ids(1, 4), 2, **kwargs)
     assert info.value.field == field
+
+
+def test_decoding_through_the_stack_decoder_gives_the_same_tokens_and_scores():
+    """stack_graph=True: the decoding steps run the stack in a StackDecoder's fixed buffers (on CUDA one graph
+    replay; here eagerly): bit for bit what plain stack calls give, left-padded rows included."""
+    from unittest import mock
+
+    from t4dm.errors import InvalidInput
+    from t4dm.spiking import StackDecoder
+
+    model = tiny_unified(7, lora=True, up_std=0.3)
+    ids = random_ids(2, 9, seed=7)
+    plain = model.generate(ids, 10, stack_graph=False)
+    with mock.patch.object(
+        StackDecoder, "__call__", autospec=True, side_effect=StackDecoder.__call__
+    ) as calls:
+        decoded = model.generate(ids, 10, stack_graph=True)
+    assert calls.call_count == 9  # every new token but the last is run through the decoder
+    assert torch.equal(decoded.sequences, plain.sequences) and torch.equal(decoded.scores, plain.scores)
+    assert torch.equal(model.generate(ids, 10).scores, plain.scores)  # the default off CUDA: plain calls
+    # the decoder is kept for the next generation of these shapes (a CUDA graph is captured once) ...
+    [kept] = model._decoders.values()
+    again = model.generate(ids, 10, stack_graph=True)
+    assert list(model._decoders.values()) == [kept] and torch.equal(again.scores, plain.scores)
+    # ... unless the stack's weights moved (a new tensor: the graph would read the old one)
+    weight = model.stack.blocks[0].out_proj.weight
+    model.stack.blocks[0].out_proj.weight = torch.nn.Parameter(weight.detach().clone())
+    moved = model.generate(ids, 10, stack_graph=True)
+    assert list(model._decoders.values()) != [kept] and torch.equal(moved.scores, plain.scores)
+    rows = [random_ids(1, n, seed=70 + n) for n in (6, 3)]
+    padded, mask = left_padded(rows)
+    a = model.generate(padded, 6, attention_mask=mask, stack_graph=True)
+    b = model.generate(padded, 6, attention_mask=mask, stack_graph=False)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.scores, b.scores)
+    with pytest.raises(InvalidInput) as info:
+        model.generate(ids, 2, stack_graph="yes")
+    assert info.value.field == "stack_graph"

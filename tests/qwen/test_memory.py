@@ -197,6 +197,9 @@ def test_generation_rereads_the_memory_every_n_tokens(store):
     # the uncached path gives each position the context in force when the cached path ran it
     full = model.generate(prompt, 12, reread_every=3, use_cache=False)
     assert torch.equal(full.sequences, out.sequences) and _rel(full.scores, out.scores) < 1e-5
+    # the decoding steps in a StackDecoder (new contexts copied into its buffer): the same, bit for bit
+    decoded = model.generate(prompt, 12, reread_every=3, stack_graph=True)
+    assert torch.equal(decoded.sequences, out.sequences) and torch.equal(decoded.scores, out.scores)
     # and without re-reads the whole generation keeps the prompt's context
     counting.calls.clear()
     model.generate(prompt, 12)
