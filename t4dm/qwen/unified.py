@@ -792,7 +792,8 @@ class UnifiedModel(nn.Module):
                 sequences = torch.cat([sequences, token[:, None].to(sequences.dtype)], dim=1)
                 if mask is not None:
                     mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-                if step == max_new_tokens - 1 or bool(finished.all()):
+                # (without an eos token nothing finishes early: no host sync, the next step is queued at once)
+                if step == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
                     break
                 if rereading and (step + 1) % reread_every == 0:  # type: ignore[operator]
                     seen = (real + step).to(state_sum.device)  # tokens whose layer state the model computed
