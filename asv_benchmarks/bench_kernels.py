@@ -102,6 +102,17 @@ class Stack:
             self.stack(self.x[:, :1], state=self.state, return_state=True)
         _sync()
 
+    def time_one_decoded_token(self) -> None:
+        """Through a StackDecoder: its state in fixed buffers (one CUDA graph replay on CUDA)."""
+        from t4dm.spiking import StackDecoder
+
+        if not hasattr(self, "decoder"):
+            with torch.no_grad():
+                self.decoder = StackDecoder(self.stack, self.state)
+        with torch.no_grad():
+            self.decoder(self.x[:, :1])
+        _sync()
+
 
 class UnifiedDecoding:
     """Greedy decoding of a tiny random Qwen2 with the stack after layer 2: 16 new tokens after an 8-token

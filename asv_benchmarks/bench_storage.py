@@ -61,6 +61,36 @@ class Insert:
                 db.insert_batch(self.vectors[i : i + 1000], self.fields[i : i + 1000])
 
 
+class Changes:
+    """The change feed and its replay: a store with 10,000 items, 2,000 revisions and 1,000 deletions."""
+
+    timeout = 300
+
+    def setup(self) -> None:
+        vectors, fields, _ = _data(10_000, 384)
+        _warm(384)
+        self.root = tempfile.mkdtemp()
+        self.count = 0
+        self.db = T4DX.open(self.root + "/source", dim=384, durability="none")
+        ids = self.db.insert_batch(vectors, fields)
+        for i in range(0, 2_000, 100):
+            self.db.insert_batch(vectors[i : i + 100] * 0.5, fields[i : i + 100], ids=ids[i : i + 100])
+        self.db.delete(ids[5_000:6_000])
+        self.changes = list(self.db.changes())
+
+    def teardown(self) -> None:
+        self.db.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def time_changes(self) -> None:
+        sum(1 for _ in self.db.changes())
+
+    def time_replay_into_a_new_store(self) -> None:
+        self.count += 1
+        with T4DX.open(f"{self.root}/{self.count}", dim=384, durability="none") as copy:
+            copy.replay(self.changes)
+
+
 class Read:
     params = [50_000]
     param_names = ["n"]
