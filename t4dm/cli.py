@@ -87,7 +87,10 @@ def _eval_locomo(args: argparse.Namespace) -> int:
 
     ks = [int(k) for k in args.k.split(",") if k.strip()]
     seed = None if args.seed < 0 else args.seed
-    run_locomo_eval(args.data, args.out, ks=ks, embedder=args.embedder, workdir=args.workdir, seed=seed)
+    run_locomo_eval(
+        args.data, args.out, ks=ks, embedder=args.embedder, workdir=args.workdir, seed=seed,
+        consolidate_after_days=args.consolidate_after,
+    )  # fmt: skip
     return 0
 
 
@@ -282,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the memories' ids, which break ties between equal scores: the same seed, the same figures "
         "(default 0; -1: random ids)",
+    )
+    locomo.add_argument(
+        "--consolidate-after",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="consolidate (NREM, REM, PRUNE) between ingest and questions, as if DAYS days had passed with no "
+        "search: what sleep costs retrieval",
     )
     locomo.set_defaults(func=_eval_locomo)
 

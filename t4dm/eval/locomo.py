@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -176,6 +176,30 @@ def _aggregate(rows: list[tuple[int, dict[str, float]]], latencies: list[float])
     return result
 
 
+def _sleep(
+    memory: Any, holds: dict[str, list[str]], questions: list[Question], days: float
+) -> dict[str, Any]:
+    """Consolidate ``memory`` as ``days`` after now; what it made and forgot."""
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not days >= 0:
+        raise InvalidInput("consolidate_after_days", days, "expected a number of days >= 0")
+    owner = {item.id: item.fields.get("user_id") for item in memory.db.scan()}
+    report = memory.consolidate(now=datetime.now(timezone.utc) + timedelta(days=days), progress=False)
+    forgotten = {(owner.get(id), dia) for id in report.pruned_ids for dia in holds.get(id, ())}
+    evidence = {(q.sample, e) for q in questions for e in q.evidence}
+    return {
+        "days": days,
+        "seconds": report.seconds,
+        "summary": report.summary(),
+        "memories_after": len(memory),
+        "prototypes": report.prototypes,
+        "prototype_members": report.members,
+        "pruned_memories": report.pruned,
+        "pruned_turns": len(forgotten),
+        "evidence_turns_forgotten": len(forgotten & evidence),
+        "evidence_turns": len(evidence),
+    }
+
+
 def run_locomo_eval(
     data: str,
     out: str | None = None,
@@ -184,11 +208,17 @@ def run_locomo_eval(
     workdir: str | None = None,
     say: Callable[[str], None] = print,
     seed: int | None = 0,
+    consolidate_after_days: float | None = None,
 ) -> dict[str, Any]:
     """Ingest every conversation of ``data`` into a fresh store, score the three methods, write ``out``.
 
     The memories' ids come from ``seed`` (:func:`t4dm.storage.keys.seeded_ids`; None: random), so that ties
-    between equal scores, broken by id, fall the same way in every run and two runs give the same figures."""
+    between equal scores, broken by id, fall the same way in every run and two runs give the same figures.
+
+    ``consolidate_after_days``: between ingest and questions, sleep (:meth:`~t4dm.memory.Memory.consolidate`:
+    NREM, REM, PRUNE) as if that many days had passed with no search — what consolidation costs retrieval.
+    A REM prototype stands for no turn (a result slot it takes is a miss); the report counts the memories
+    PRUNE forgot and the question evidence among their turns."""
     from t4dm.memory import Memory
     from t4dm.storage.keys import seeded_ids
 
@@ -221,6 +251,12 @@ def run_locomo_eval(
             stored = len(memory)
             say(f"ingested {counts['turns']} turns into {stored} memories in {ingest_s:.1f} s "
                 f"({memory.embedder.name})")  # fmt: skip
+            sleep = None
+            if consolidate_after_days is not None:
+                sleep = _sleep(memory, holds, questions, consolidate_after_days)
+                say(f"consolidated as {consolidate_after_days:g} days later in {sleep['seconds']:.1f} s: "
+                    f"{sleep['summary']}; {sleep['pruned_turns']} turns forgotten, "
+                    f"{sleep['evidence_turns_forgotten']} of them question evidence")  # fmt: skip
 
             def expand(ids: list[str]) -> list[str]:
                 ranked: list[str] = []
@@ -262,6 +298,8 @@ def run_locomo_eval(
                 "counts": {**counts, "memories": stored, "ingest_s": ingest_s},
                 "results": results,
             }
+            if sleep is not None:
+                report["consolidation"] = sleep
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if out:

@@ -123,3 +123,28 @@ def test_the_same_seed_gives_the_same_figures(tmp_path):
     assert {recall_at_1(seed) for seed in range(8)} == {0.0, 1.0}  # a real tie, decided by the ids
     for seed in (0, 1, 2):
         assert len({recall_at_1(seed) for _ in range(3)}) == 1
+
+
+def test_the_eval_can_sleep_between_ingest_and_questions(tmp_path):
+    """--consolidate-after: NREM, REM and PRUNE run as that many days later; the report says what they made and
+    forgot, and the questions are asked of what is left."""
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([SAMPLE]))
+    awake = run_locomo_eval(str(path), ks=(1, 5), embedder=bag_of_words, say=lambda _: None)
+    said = []
+    report = run_locomo_eval(
+        str(path), ks=(1, 5), embedder=bag_of_words, say=said.append, consolidate_after_days=365
+    )
+    sleep = report["consolidation"]
+    assert "consolidation" not in awake
+    assert sleep["days"] == 365 and sleep["evidence_turns"] == 4  # D1:1, D1:2, D1:3 (twice named), D2:1
+    assert (
+        sleep["memories_after"]
+        == report["counts"]["memories"] - sleep["pruned_memories"] + sleep["prototypes"]
+    )
+    assert 0 <= sleep["evidence_turns_forgotten"] <= sleep["pruned_turns"]
+    assert any(line.startswith("consolidated as 365 days later") for line in said)
+    for method in ("t4dm", "dense", "bm25"):
+        assert report["results"][method]["questions"] == awake["results"][method]["questions"] == 3
+    with pytest.raises(ValueError, match="consolidate_after_days"):
+        run_locomo_eval(str(path), embedder=bag_of_words, say=lambda _: None, consolidate_after_days=-1)
