@@ -5,11 +5,33 @@ Plain PyTorch (no Triton import): the public interfaces check their inputs with 
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import numpy as np
 import torch
 
-__all__ = ["Chunks", "check_cu_seqlens", "per_sequence"]
+__all__ = ["Chunks", "check_cu_seqlens", "host_bounds", "per_sequence"]
+
+_last_read: tuple[weakref.ref, int, list[int]] | None = None
+
+
+def host_bounds(cu_seqlens: torch.Tensor) -> list[int]:
+    """``cu_seqlens`` as a Python list: one read from the device (a host sync on CUDA) per tensor and version.
+
+    A packed call reads the bounds to check them, to plan its chunks and (on the CPU) to slice: the last
+    tensor read is remembered (by identity and its in-place version counter), so those are one sync, and an
+    in-place change of the tensor is read again."""
+    global _last_read
+    try:
+        version = cu_seqlens._version
+    except RuntimeError:  # an inference-mode tensor keeps no version counter: read it every time
+        return [int(b) for b in cu_seqlens.tolist()]
+    last = _last_read
+    if last is not None and last[0]() is cu_seqlens and last[1] == version:
+        return last[2]
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    _last_read = (weakref.ref(cu_seqlens), version, bounds)
+    return bounds
 
 
 def check_cu_seqlens(cu_seqlens: object, B: int, T: int, device: torch.device) -> int:
@@ -28,7 +50,7 @@ def check_cu_seqlens(cu_seqlens: object, B: int, T: int, device: torch.device) -
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but the inputs are on {device}")
     if B != 1:
         raise ValueError(f"with cu_seqlens the sequences are packed into one batch row: B must be 1, got {B}")
-    bounds = cu_seqlens.tolist()  # one host sync
+    bounds = host_bounds(cu_seqlens)
     if bounds[0] != 0 or bounds[-1] != T or any(b <= a for a, b in itertools.pairwise(bounds)):
         raise ValueError(
             f"cu_seqlens must rise strictly from 0 to T={T} (every sequence at least one token), got {bounds}"
@@ -41,8 +63,9 @@ class Chunks:
 
     ``n_seq`` sequences (batch rows, or ``len(cu_seqlens) - 1``), ``n_chunks`` chunks in all; with
     ``cu_seqlens``, ``chunk_indices`` ``[n_chunks, 2]`` (sequence, chunk within it) and ``chunk_offsets``
-    ``[n_seq + 1]`` (each sequence's first chunk), int32 on the tokens' device, built on the host from one
-    read of ``cu_seqlens`` (the autograd functions build it once per call, for forward and backward).
+    ``[n_seq + 1]`` (each sequence's first chunk), int32 on the tokens' device, built on the host from
+    ``cu_seqlens`` as the check read it (:func:`host_bounds`; the autograd functions build it once per call, for
+    forward and backward).
     """
 
     def __init__(self, B: int, T: int, BT: int, cu_seqlens: torch.Tensor | None) -> None:
@@ -53,7 +76,7 @@ class Chunks:
             self.chunk_indices = self.chunk_offsets = None
             self.intra_grid = (nt, B)  # x H heads
             return
-        bounds = np.asarray(cu_seqlens.tolist(), dtype=np.int64)  # one host sync
+        bounds = np.asarray(host_bounds(cu_seqlens), dtype=np.int64)  # read once per call (host_bounds)
         per_seq = (bounds[1:] - bounds[:-1] + BT - 1) // BT
         offsets = np.concatenate([[0], np.cumsum(per_seq)])
         self.n_seq, self.n_chunks = len(per_seq), int(offsets[-1])
@@ -107,7 +130,7 @@ def per_sequence(fn, tokens, shared, initial_state, output_final_state, cu_seqle
     **options)`` on each sequence (``tokens`` ``[1, T, ...]`` sliced along time, the state row ``n``);
     outputs concatenated along time, final states stacked ``[N, ...]``."""
     outputs, states = [], []
-    for n, (bos, eos) in enumerate(itertools.pairwise(int(b) for b in cu_seqlens.tolist())):
+    for n, (bos, eos) in enumerate(itertools.pairwise(host_bounds(cu_seqlens))):
         h0 = None if initial_state is None else initial_state[n : n + 1]
         o, ht = fn(*(x[:, bos:eos] for x in tokens), *shared, h0, output_final_state, **options)
         outputs.append(o)

@@ -287,6 +287,30 @@ def test_public_rwkv6_variable_length_on_cpu():
         assert_close(name, grad, ref_grad, 1e-5)
 
 
+def test_a_packed_call_reads_cu_seqlens_from_the_device_once(monkeypatch):
+    """The check, the chunk plan and the per-sequence slicing share one read of the bounds (a host sync on
+    CUDA); an in-place change of the tensor is read again."""
+    from t4dm.kernels import spike_attention
+    from t4dm.kernels.varlen import host_bounds
+
+    cu_seqlens = torch.tensor([0, 5, 6, 18])
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(
+        torch.Tensor,
+        "tolist",
+        lambda self: (reads.append(1) if self is cu_seqlens else None, tolist(self))[1],
+    )
+    r, k, v, w, u, _ = make_inputs(1, 18, 2, 8, 6, device="cpu")
+    rwkv6(r, k, v, w, u, cu_seqlens=cu_seqlens)
+    assert len(reads) == 1
+    q = torch.randn(1, 18, 2, 8)
+    spike_attention(q, q, torch.randn(1, 18, 2, 6), -torch.rand(2), cu_seqlens=cu_seqlens)
+    assert len(reads) == 1  # the same tensor, unchanged: not read again
+    cu_seqlens[1] = 4
+    assert host_bounds(cu_seqlens) == [0, 4, 6, 18] and len(reads) == 2
+
+
 @pytest.mark.parametrize(
     ("cu_seqlens", "B", "h0_rows", "message"),
     [
