@@ -4,34 +4,40 @@ Plain PyTorch (no Triton import): the public interfaces check their inputs with 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import weakref
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["Chunks", "check_cu_seqlens", "host_bounds", "per_sequence"]
+__all__ = ["Chunks", "check_cu_seqlens", "host_bounds", "one_read", "per_sequence"]
 
-_last_read: tuple[weakref.ref, int, list[int]] | None = None
+_scope = threading.local()
+
+
+@contextlib.contextmanager
+def one_read(cu_seqlens: torch.Tensor | None) -> Iterator[None]:
+    """Inside, :func:`host_bounds` reads ``cu_seqlens`` from the device once: a public call's check, chunk plan
+    and per-sequence slicing share one read (a host sync on CUDA) instead of one each. Nothing is kept after
+    the call, so a tensor changed between calls, however it was changed, is read again."""
+    previous = getattr(_scope, "entry", None)
+    _scope.entry = None if cu_seqlens is None else [cu_seqlens, None]
+    try:
+        yield
+    finally:
+        _scope.entry = previous
 
 
 def host_bounds(cu_seqlens: torch.Tensor) -> list[int]:
-    """``cu_seqlens`` as a Python list: one read from the device (a host sync on CUDA) per tensor and version.
-
-    A packed call reads the bounds to check them, to plan its chunks and (on the CPU) to slice: the last
-    tensor read is remembered (by identity and its in-place version counter), so those are one sync, and an
-    in-place change of the tensor is read again."""
-    global _last_read
-    try:
-        version = cu_seqlens._version
-    except RuntimeError:  # an inference-mode tensor keeps no version counter: read it every time
-        return [int(b) for b in cu_seqlens.tolist()]
-    last = _last_read
-    if last is not None and last[0]() is cu_seqlens and last[1] == version:
-        return last[2]
-    bounds = [int(b) for b in cu_seqlens.tolist()]
-    _last_read = (weakref.ref(cu_seqlens), version, bounds)
-    return bounds
+    """``cu_seqlens`` as a list of ints: read from the device, once per :func:`one_read` scope."""
+    entry = getattr(_scope, "entry", None)
+    if entry is not None and entry[0] is cu_seqlens:
+        if entry[1] is None:
+            entry[1] = [int(b) for b in cu_seqlens.tolist()]
+        return entry[1]
+    return [int(b) for b in cu_seqlens.tolist()]
 
 
 def check_cu_seqlens(cu_seqlens: object, B: int, T: int, device: torch.device) -> int:
@@ -64,7 +70,7 @@ class Chunks:
     ``n_seq`` sequences (batch rows, or ``len(cu_seqlens) - 1``), ``n_chunks`` chunks in all; with
     ``cu_seqlens``, ``chunk_indices`` ``[n_chunks, 2]`` (sequence, chunk within it) and ``chunk_offsets``
     ``[n_seq + 1]`` (each sequence's first chunk), int32 on the tokens' device, built on the host from
-    ``cu_seqlens`` as the check read it (:func:`host_bounds`; the autograd functions build it once per call, for
+    ``cu_seqlens`` as the check read it (:func:`host_bounds` in a :func:`one_read` scope; the autograd functions build it once per call, for
     forward and backward).
     """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_scale, check_shape, check_tensor, require
-from ..varlen import check_cu_seqlens
+from ..varlen import check_cu_seqlens, one_read
 from .naive import naive_chunk_rwkv6, naive_rwkv6_step
 
 __all__ = ["check_rwkv6_inputs", "check_rwkv6_step_inputs", "rwkv6", "rwkv6_step"]
@@ -149,14 +149,17 @@ def rwkv6(
     backward; elsewhere the chunked PyTorch form, differentiated by autograd. Gradients flow to
     r, k, v, w, u and the initial state.
     """
-    scale = check_rwkv6_inputs(r, k, v, w, u, scale, initial_state, check_decay, cu_seqlens)
-    if _use_triton(r):
-        from .chunk import chunk_rwkv6
+    with one_read(cu_seqlens):  # the check and the kernels share one read of the bounds
+        scale = check_rwkv6_inputs(r, k, v, w, u, scale, initial_state, check_decay, cu_seqlens)
+        if _use_triton(r):
+            from .chunk import chunk_rwkv6
 
-        return chunk_rwkv6(
-            r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens, check_inputs=False
+            return chunk_rwkv6(
+                r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens, check_inputs=False
+            )  # fmt: skip
+        return naive_chunk_rwkv6(
+            r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens
         )
-    return naive_chunk_rwkv6(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens)
 
 
 def rwkv6_step(

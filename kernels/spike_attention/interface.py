@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_scale, check_shape, check_tensor, require
-from ..varlen import check_cu_seqlens
+from ..varlen import check_cu_seqlens, one_read
 from .naive import naive_chunk_spike_attention, naive_spike_attention_step
 
 __all__ = [
@@ -152,19 +152,22 @@ def spike_attention(
     backward; elsewhere the chunked PyTorch form under autograd. Gradients flow to q, k, v,
     log_decay and the initial state.
     """
-    scale = check_spike_attention_inputs(q, k, v, log_decay, scale, initial_state, check_decay, cu_seqlens)
-    if _use_triton(q):
-        from .chunk import chunk_spike_attention
-
-        o, final_state = chunk_spike_attention(
-            q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens,
-            check_inputs=False,
-        )  # fmt: skip
-    else:
-        o, final_state = naive_chunk_spike_attention(
-            q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens
+    with one_read(cu_seqlens):  # the check and the kernels share one read of the bounds
+        scale = check_spike_attention_inputs(
+            q, k, v, log_decay, scale, initial_state, check_decay, cu_seqlens
         )
-    return (o, final_state) if output_final_state else o
+        if _use_triton(q):
+            from .chunk import chunk_spike_attention
+
+            o, final_state = chunk_spike_attention(
+                q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens,
+                check_inputs=False,
+            )  # fmt: skip
+        else:
+            o, final_state = naive_chunk_spike_attention(
+                q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens
+            )
+        return (o, final_state) if output_final_state else o
 
 
 def spike_attention_step(

@@ -289,7 +289,7 @@ def test_public_rwkv6_variable_length_on_cpu():
 
 def test_a_packed_call_reads_cu_seqlens_from_the_device_once(monkeypatch):
     """The check, the chunk plan and the per-sequence slicing share one read of the bounds (a host sync on
-    CUDA); an in-place change of the tensor is read again."""
+    CUDA) inside a call; the next call reads them again, whatever changed them."""
     from t4dm.kernels import spike_attention
     from t4dm.kernels.varlen import host_bounds
 
@@ -306,9 +306,9 @@ def test_a_packed_call_reads_cu_seqlens_from_the_device_once(monkeypatch):
     assert len(reads) == 1
     q = torch.randn(1, 18, 2, 8)
     spike_attention(q, q, torch.randn(1, 18, 2, 6), -torch.rand(2), cu_seqlens=cu_seqlens)
-    assert len(reads) == 1  # the same tensor, unchanged: not read again
-    cu_seqlens[1] = 4
-    assert host_bounds(cu_seqlens) == [0, 4, 6, 18] and len(reads) == 2
+    assert len(reads) == 2  # one read per call: nothing is kept between calls
+    cu_seqlens.data[1] = 4  # a change no version counter sees
+    assert host_bounds(cu_seqlens) == [0, 4, 6, 18] and len(reads) == 3
 
 
 @pytest.mark.parametrize(
