@@ -13,9 +13,15 @@ from typing import Any
 from t4dm import errors
 
 __version__ = "0.1.0"
-__all__ = ["T4DX", "Item", "Memory", "WriteGate", "__version__", "errors"]
+__all__ = ["T4DX", "AsyncMemory", "Item", "Memory", "WriteGate", "__version__", "errors"]
 
-_LAZY = {"T4DX": "t4dm.storage", "Item": "t4dm.storage", "Memory": "t4dm.memory", "WriteGate": "t4dm.gate"}
+_LAZY = {
+    "T4DX": "t4dm.storage",
+    "Item": "t4dm.storage",
+    "Memory": "t4dm.memory",
+    "AsyncMemory": "t4dm.memory",
+    "WriteGate": "t4dm.gate",
+}
 
 
 class _HubKernelNotice(logging.Filter):

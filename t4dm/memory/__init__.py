@@ -1,7 +1,9 @@
-"""The memory SDK: :class:`Memory` over an embedded T4DX store (``from t4dm import Memory``)."""
+"""The memory SDK: :class:`Memory` over an embedded T4DX store (``from t4dm import Memory``), and
+:class:`AsyncMemory`, the same calls as coroutines."""
 
 from __future__ import annotations
 
+from .aio import AsyncMemory
 from .consolidation import ConsolidationConfig, ConsolidationReport
 from .embedder import (
     CallableEmbedder,
@@ -17,6 +19,7 @@ from .memory import SCOPES, AddResult, Memory, MemoryHit, MemoryItem, content_ha
 __all__ = [
     "SCOPES",
     "AddResult",
+    "AsyncMemory",
     "CallableEmbedder",
     "ConsolidationConfig",
     "ConsolidationReport",
