@@ -2,8 +2,8 @@
 
 An agent's event loop should not stop while a text is embedded (milliseconds) or a consolidation runs
 (seconds): each call runs on a worker thread of the memory's own pool, as the HTTP server runs the same
-calls on its threads (the memory is safe to share between threads: writes are serialised, reads take
-snapshots).
+calls on its threads (the memory is safe to share between threads: texts are embedded side by side, the
+store and index work of each call holds the memory's lock).
 
     async with await AsyncMemory.open("./memories") as m:
         await m.add("Alice moved to Paris", user_id="alice")
@@ -34,7 +34,8 @@ T = TypeVar("T")
 class AsyncMemory:
     """A :class:`~t4dm.memory.Memory` behind coroutines. ``AsyncMemory(memory)`` wraps an open memory;
     ``await AsyncMemory.open(path, **options)`` opens one off the event loop (loading the embedder takes a
-    while). ``workers`` threads run the calls (default 4): searches run side by side, writes one at a time.
+    while). ``workers`` threads run the calls (default 4): their embedding runs side by side, the store and index
+    work of each takes the memory's lock in turn.
     ``aclose()`` (or ``async with``) closes the memory and the pool."""
 
     def __init__(self, memory: Memory, *, workers: int = 4) -> None:
