@@ -5,7 +5,8 @@
 #
 # Phases (PHASE=all by default; or "gpu-tests", "bench"):
 # 1. gpu-tests: tests/spiking/test_gpu.py (blocks on the Triton kernels vs the same blocks on the naive references,
-#    streaming with the fused step kernels, the width in bfloat16), T4DM_AUTOTUNE=0 (one config per kernel:
+#    streaming with the fused step kernels, the width in bfloat16, the CUDA-graph StackDecoder against plain
+#    steps and its time per token), T4DM_AUTOTUNE=0 (one config per kernel:
 #    the tests check numbers, not speed). Limit TESTS_TIMEOUT (default 240 s), most of it Triton compiling.
 # 2. bench: python -m t4dm.bench.stack --device cuda (six blocks, B=8, T=2048, d=1024, bf16: fwd, fwd+bwd and a
 #    decoding step, ours beside the naive references; JSON). Limit BENCH_TIMEOUT (default 330 s): the naive
