@@ -44,6 +44,9 @@ class ModelMemory:
         kind: the item kind written and searched (``"episode"``).
         where: a scope, field name → value (e.g. ``{"user_id": "alice"}``, as the memory SDK stores it):
             reads and the novelty search see only items whose fields match, and written episodes carry it.
+        kappa: a κ policy on reads, ``(lo, hi)`` inclusive: only memories consolidated that far are read
+            (e.g. ``(0.85, 1.0)``: semantic knowledge only; ``(0.0, 0.4)``: fresh episodes only). The novelty
+            a write is gated on still sees every κ (a new episode is not novel for repeating an old one).
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class ModelMemory:
         gate: WriteGate | None = None,
         kind: str = "episode",
         where: Mapping[str, Any] | None = None,
+        kappa: tuple[float, float] | None = None,
     ) -> None:
         store_dim = getattr(store, "dim", None)
         if store_dim is None or not callable(getattr(store, "search", None)):
@@ -73,6 +77,17 @@ class ModelMemory:
             raise InvalidInput(
                 "where", where, "must be a non-empty mapping of field names to values, or None"
             )
+        if kappa is not None:
+            ok = (
+                isinstance(kappa, (tuple, list))
+                and len(kappa) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in kappa)
+                and 0.0 <= kappa[0] <= kappa[1] <= 1.0
+            )
+            if not ok:
+                raise InvalidInput("kappa", kappa, "must be None or (lo, hi) with 0 <= lo <= hi <= 1")
+            kappa = (float(kappa[0]), float(kappa[1]))
+        self.kappa = kappa
         self.where = None if where is None else dict(where)
         self.store = store
         self.dim = dim
@@ -86,10 +101,13 @@ class ModelMemory:
             raise DimensionMismatch(name, f"<shape {vectors.shape}>", self.dim)
         return vectors
 
-    def _search(self, query: np.ndarray, k: int) -> list[Any]:
-        if self.where is None:
-            return self.store.search(query, k, kind=self.kind)
-        return self.store.search(query, k, kind=self.kind, where=self.where)
+    def _search(self, query: np.ndarray, k: int, kappa: tuple[float, float] | None = None) -> list[Any]:
+        filters: dict[str, Any] = {"kind": self.kind}
+        if self.where is not None:
+            filters["where"] = self.where
+        if kappa is not None:
+            filters["kappa"] = kappa
+        return self.store.search(query, k, **filters)
 
     def read(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """SEARCH the store once per query row ``[B, dim]``; returns the mean of each row's ``k`` nearest
@@ -98,7 +116,7 @@ class ModelMemory:
         retrieved = np.zeros_like(queries)
         found = np.zeros(len(queries), dtype=bool)
         for b, query in enumerate(queries):
-            hits = self._search(query, self.k)
+            hits = self._search(query, self.k, self.kappa)
             if hits:
                 retrieved[b] = np.mean([np.asarray(h.item.vector, dtype=np.float32) for h in hits], axis=0)
                 found[b] = True

@@ -328,13 +328,17 @@ class UnifiedModel(nn.Module):
         gate: WriteGate | None = None,
         kind: str = "episode",
         where: Mapping[str, Any] | None = None,
+        kappa: tuple[float, float] | None = None,
     ) -> ModelMemory:
         """Read and write the T4DX ``store`` (its ``dim`` must be ``memory_dim``: else
         :class:`~t4dm.errors.DimensionMismatch`), within the scope ``where`` (e.g. ``{"user_id": "alice"}``)
-        when given; returns the :class:`~t4dm.qwen.memory.ModelMemory`."""
+        when given, reading only memories with κ in ``kappa`` when given; returns the
+        :class:`~t4dm.qwen.memory.ModelMemory`."""
         if self.memory_query is None:
             raise InvalidInput("memory_dim", None, "this model was built without memory (pass memory_dim=)")
-        self.memory = ModelMemory(store, self.spec["memory_dim"], k=k, gate=gate, kind=kind, where=where)
+        self.memory = ModelMemory(
+            store, self.spec["memory_dim"], k=k, gate=gate, kind=kind, where=where, kappa=kappa
+        )
         return self.memory
 
     def detach_memory(self) -> None:

@@ -164,7 +164,9 @@ def test_memory_bad_input(store):
     with pytest.raises(InvalidInput) as info:
         model.remember(random_ids(1, 1))
     assert info.value.field == "input_ids"
-    for field, kwargs in (("k", {"k": 0}), ("gate", {"gate": 0.5}), ("kind", {"kind": ""})):
+    for field, kwargs in (("k", {"k": 0}), ("gate", {"gate": 0.5}), ("kind", {"kind": ""}),
+                          ("kappa", {"kappa": (0.9, 0.1)}), ("kappa", {"kappa": (0.0, 2.0)}),
+                          ("kappa", {"kappa": 0.5}), ("kappa", {"kappa": (True, 1.0)})):  # fmt: skip
         with pytest.raises(InvalidInput) as info:
             ModelMemory(store, DIM, **kwargs)
         assert info.value.field == field
@@ -271,3 +273,25 @@ def test_remember_can_drive_the_neuromodulator_bus(store):
     with pytest.raises(InvalidInput) as info:
         model.remember(prompt, modulate="yes")
     assert info.value.field == "modulate"
+
+
+def test_a_kappa_policy_on_reads(store):
+    """kappa=(lo, hi): only memories consolidated that far are read; the gate's novelty still sees them all."""
+    rng = np.random.default_rng(60)
+    fresh = rng.normal(size=(3, DIM)).astype(np.float32)
+    consolidated = rng.normal(size=(2, DIM)).astype(np.float32)
+    store.insert_batch(fresh, [{"n": i} for i in range(3)], kappa=0.0, kind="episode")
+    store.insert_batch(consolidated, [{"n": i} for i in range(2)], kappa=0.9, kind="episode")
+    semantic = ModelMemory(store, DIM, k=5, kappa=(0.85, 1.0))
+    everything = ModelMemory(store, DIM, k=5)
+    query = rng.normal(size=(1, DIM)).astype(np.float32)
+    read, found = semantic.read(query)
+    assert found.all()
+    np.testing.assert_allclose(read[0], consolidated.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        everything.read(query)[0][0], np.vstack([fresh, consolidated]).mean(axis=0), rtol=1e-5
+    )
+    assert not ModelMemory(store, DIM, kappa=(0.95, 1.0)).read(query)[1].any()  # none that consolidated
+    assert semantic.novelty(fresh[0]) == pytest.approx(0.0, abs=1e-6)  # a repeat of a fresh episode
+    model = tiny_unified(61, memory_dim=DIM)
+    assert model.attach_memory(store, kappa=(0.85, 1.0)).kappa == (0.85, 1.0)
