@@ -1533,10 +1533,11 @@ class T4DX:
         for i, (_, _, source) in enumerate(found):
             mine = np.flatnonzero(owner[best] == i)
             if mine.size:
-                items = self._items(source, rows[best[mine]], snap.seq)
-                for place, item in zip(mine.tolist(), items, strict=True):
+                chosen = rows[best[mine]]
+                load = _LazyItems(source, chosen, snap.seq)  # items built when one is first read
+                for j, (place, id) in enumerate(zip(mine.tolist(), source.ids_at(chosen), strict=True)):
                     score = min(1.0, max(-1.0, float(scores[best[place]])))  # float32 rounding
-                    hits[place] = Hit(item.id, score, item)
+                    hits[place] = Hit(id, score, load=load, index=j)
         return hits  # type: ignore[return-value]
 
     # ================================================================== flush and compaction
@@ -2186,6 +2187,23 @@ def _field(prefix: str | list[str], i: int, name: str) -> str:
 _OVERLAY_SUFFIX = "\x1d"  # overlay id = edge id + this: its own version chain, not the edge's
 _SCALE_ID = "\x1escale"
 PROVENANCE = "derived_from"
+
+
+class _LazyItems:
+    """The items of some rows of one source as a search saw them, built together on the first request (the
+    source's arrays stay alive while a hit holds this; segments are never unmapped, only unlinked)."""
+
+    __slots__ = ("_items", "_rows", "_seq", "_source")
+
+    def __init__(self, source: Any, rows: np.ndarray, snap_seq: int) -> None:
+        self._source, self._rows, self._seq = source, rows, snap_seq
+        self._items: list[Item] | None = None
+
+    def __call__(self, index: int) -> Item:
+        if self._items is None:
+            self._items = T4DX._items(self._source, self._rows, self._seq)
+            self._source = None
+        return self._items[index]
 
 
 def _sources(snap: _Snapshot) -> list[tuple[Any, int]]:

@@ -113,13 +113,45 @@ class Edge:
     superseded_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class Hit:
-    """One search result: the item's id, its cosine similarity to the query, and the item."""
+    """One search result: the item's id, its cosine similarity to the query, and the item.
 
-    id: str
-    score: float
-    item: Item
+    A search builds the items of its hits only when one is first read (``hit.item``), and then those of all
+    the hits from the same place at once: a caller that wants ids and scores pays for neither the payloads
+    nor the vectors. The item is the version the search saw, whatever the store has done since.
+    """
+
+    __slots__ = ("_id", "_index", "_item", "_load", "_score")
+
+    def __init__(self, id: str, score: float, item: Item | None = None, *, load: Any = None, index: int = 0):
+        if item is None and load is None:
+            raise TypeError("Hit needs an item (or, from a search, a loader)")
+        self._id, self._score, self._item, self._load, self._index = id, score, item, load, index
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def score(self) -> float:
+        return self._score
+
+    @property
+    def item(self) -> Item:
+        if self._item is None:
+            self._item = self._load(self._index)
+            self._load = None
+        return self._item
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Hit):
+            return NotImplemented
+        return self._id == other._id and self._score == other._score and self.item == other.item
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Hit(id={self._id!r}, score={self._score!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,3 +282,43 @@ def test_bad_hnsw_settings(tmp_path):
             T4DX.open(str(tmp_path / "s"), dim=DIM, hnsw=bad)
     with pytest.raises(errors.InvalidInput, match="index_build"):
         T4DX.open(str(tmp_path / "s"), dim=DIM, index_build="later")
+
+
+def test_hits_build_their_items_when_first_read_as_the_search_saw_them(tmp_path, clock, monkeypatch):
+    """A search decodes ids and scores only; the first hit.item builds the items of all hits from that place
+    (one batch); the items are the versions the search saw, after updates, compaction and close."""
+    db = T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock)
+    ids = db.insert_batch(np.stack([vec(i) for i in range(6)]), [{"text": f"t{i}"} for i in range(6)])
+    db.flush()
+    clock.advance()
+    db.insert(Item(vec(6), id="fresh", fields={"text": "in the memtable"}))
+    builds = []
+    original = T4DX._items
+    monkeypatch.setattr(
+        T4DX, "_items", staticmethod(lambda *a, **k: (builds.append(1), original(*a, **k))[1])
+    )
+    hits = db.search(vec(2), k=7)
+    assert builds == [] and {h.id for h in hits} == {*ids, "fresh"} and hits[0].id == ids[2]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-6)
+    seen = hits[0].item
+    assert builds == [1] and seen.fields == {"text": "t2"} and seen.id == ids[2]
+    assert [h.item.id for h in hits if h.id != "fresh"] and builds == [1]  # the segment's hits built once
+    assert (
+        next(h for h in hits if h.id == "fresh").item.fields == {"text": "in the memtable"}
+        and len(builds) == 2
+    )
+    # later writes, a compaction that unlinks the segment, and close: unread hits keep what the search saw
+    late = db.search(vec(3), k=1)
+    clock.advance()
+    db.update_fields(ids[3], {"text": "t3, revised"})
+    db.flush()
+    db.compact()
+    db.close()
+    [hit] = late
+    assert hit.item.fields == {"text": "t3"} and hit.item.superseded_at is None
+    np.testing.assert_array_equal(hit.item.vector, vec(3))
+    assert hit == late[0] and "score" in repr(hit)
+    with pytest.raises(TypeError):
+        from t4dm.storage import Hit
+
+        Hit("x", 1.0)
