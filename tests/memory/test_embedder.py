@@ -173,3 +173,18 @@ def test_a_session_of_mixed_lengths_gives_each_texts_own_vector(onnx_embedder):
     together = onnx_embedder.embed(texts)
     alone = np.stack([onnx_embedder.embed([t])[0] for t in texts])
     assert np.abs(together - alone).max() < 1e-5
+
+
+def test_the_pytorch_fallback_also_batches_by_length(torch_embedder, monkeypatch):
+    """sentence-transformers gets the same cut: a session of mixed lengths in several encode calls, each
+    text's vector what it gets alone."""
+    texts = [TEXTS[3], *(f"turn {i}: " + "so " * (i % 40) for i in range(30)), TEXTS[1]]
+    calls = []
+    encode = torch_embedder.model.encode
+    monkeypatch.setattr(
+        torch_embedder.model, "encode", lambda batch, **kw: (calls.append(len(batch)), encode(batch, **kw))[1]
+    )
+    together = torch_embedder.embed(texts)
+    assert len(calls) > 1 and sum(calls) == len(texts)
+    alone = np.stack([encode([t], normalize_embeddings=True, show_progress_bar=False)[0] for t in texts])
+    assert np.abs(together - alone).max() < 1e-5
