@@ -2200,10 +2200,10 @@ class _LazyItems:
         self._items: list[Item] | None = None
 
     def __call__(self, index: int) -> Item:
-        if self._items is None:
-            self._items = T4DX._items(self._source, self._rows, self._seq)
-            self._source = None
-        return self._items[index]
+        items = self._items
+        if items is None:  # two threads may both build: the same items, and either list will do
+            items = self._items = T4DX._items(self._source, self._rows, self._seq)
+        return items[index]
 
 
 def _sources(snap: _Snapshot) -> list[tuple[Any, int]]:

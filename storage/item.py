@@ -138,10 +138,10 @@ class Hit:
 
     @property
     def item(self) -> Item:
-        if self._item is None:
-            self._item = self._load(self._index)
-            self._load = None
-        return self._item
+        item = self._item
+        if item is None:  # safe from several threads: the loader keeps its source and returns the same item
+            item = self._item = self._load(self._index)
+        return item
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Hit):
