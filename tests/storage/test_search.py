@@ -322,3 +322,16 @@ def test_hits_build_their_items_when_first_read_as_the_search_saw_them(tmp_path,
         from t4dm.storage import Hit
 
         Hit("x", 1.0)
+
+
+def test_threads_reading_the_same_hits_get_the_same_items(tmp_path, clock):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        db.insert_batch(np.stack([vec(i) for i in range(40)]), [{"n": i} for i in range(40)])
+        db.flush()
+        for round in range(20):
+            hits = db.search(vec(round), k=10)
+            with ThreadPoolExecutor(8) as pool:
+                seen = list(pool.map(lambda i: hits[i % 10].item.fields["n"], range(80)))
+            assert seen == [hits[i % 10].item.fields["n"] for i in range(80)]
