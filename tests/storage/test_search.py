@@ -333,5 +333,5 @@ def test_threads_reading_the_same_hits_get_the_same_items(tmp_path, clock):
         for round in range(20):
             hits = db.search(vec(round), k=10)
             with ThreadPoolExecutor(8) as pool:
-                seen = list(pool.map(lambda i: hits[i % 10].item.fields["n"], range(80)))
+                seen = list(pool.map(lambda i, hits=hits: hits[i % 10].item.fields["n"], range(80)))
             assert seen == [hits[i % 10].item.fields["n"] for i in range(80)]
