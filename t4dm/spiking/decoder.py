@@ -18,6 +18,8 @@ plain streaming, token by token, exactly.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -80,6 +82,7 @@ class StackDecoder:
         if graph and device.type != "cuda":
             raise InvalidInput("graph", graph, f"a CUDA graph needs a CUDA device (the stack is on {device})")
         self.stack = stack
+        self._recordable = [m for m in stack.modules() if hasattr(m, "recorder")]  # the stack and its blocks
         B, D = state.batch_size, stack.config.d_model
         self.state = StackState(
             tuple(BlockState(*(t.detach().clone() for t in block)) for block in state.blocks),
@@ -139,9 +142,24 @@ class StackDecoder:
             dst.copy_(src)
         return StackOutput(out.hidden, self.state, out.signals)
 
+    def _recording(self) -> bool:
+        return any(m.recorder is not None for m in self._recordable)
+
+    @contextlib.contextmanager
+    def _unrecorded(self) -> Iterator[None]:
+        """No glass box while warming up and capturing: a graph would hold its records' tensors."""
+        previous = [m.recorder for m in self._recordable]
+        for m in self._recordable:
+            m.recorder = None
+        try:
+            yield
+        finally:
+            for m, recorder in zip(self._recordable, previous, strict=True):
+                m.recorder = recorder
+
     def _capture(self, warmup: int) -> None:
         saved = [t.clone() for t in _tensors(self.state)]
-        with torch.no_grad():
+        with torch.no_grad(), self._unrecorded():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -177,7 +195,7 @@ class StackDecoder:
             if context is not None:
                 assert self.context is not None
                 self.context.copy_(context.reshape(B, 1, D))
-            if self.graph is None or self.stack.recorder is not None:
+            if self.graph is None or self._recording():
                 return self._step()
             self.graph.replay()
             assert self._out is not None

@@ -97,3 +97,22 @@ def test_bad_decoder_input_is_refused():
     if not torch.cuda.is_available():
         with pytest.raises(InvalidInput, match=r"^graph=.*CUDA"):
             StackDecoder(stack, state, graph=True)
+
+
+def test_no_glass_box_sees_the_capture_and_any_recorder_makes_steps_eager():
+    """Warm-up and capture run with every recorder of the stack detached (a graph would keep its records'
+    tensors), restored after; a recorder on one block alone also sends steps down the eager path."""
+    stack = small_stack(2, D, H, seed=4)
+    with torch.no_grad():
+        state = stack(torch.randn(B, 3, D), return_state=True).state
+        decoder = StackDecoder(stack, state, graph=False)
+        box = GlassBox(("spikes",))
+        with box.attach(stack):
+            with decoder._unrecorded():
+                assert all(m.recorder is None for m in (stack, *stack.blocks))
+            assert stack.recorder is box and all(b.recorder is box for b in stack.blocks)
+        assert not decoder._recording()
+        with box.attach(stack.blocks[1]):
+            assert decoder._recording()
+            decoder(torch.randn(B, 1, D))
+        assert box.get(1, "spikes").shape == (B, 1, D)
