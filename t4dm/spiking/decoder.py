@@ -53,7 +53,8 @@ class StackDecoder:
 
     Calling it returns a :class:`~t4dm.spiking.stack.StackOutput` whose ``state`` is :attr:`state` (advanced in
     place) and whose ``hidden`` and ``signals`` are valid until the next step (clone to keep them). A glass-box
-    recorder on the stack makes the steps eager (a graph records nothing). Decoding needs no gradients: a call
+    recorder on the stack or any block makes the steps eager (a graph records nothing; none is attached while
+    the graph is captured). Decoding needs no gradients: a call
     with autograd on raises.
     """
 
