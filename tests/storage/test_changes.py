@@ -239,3 +239,67 @@ def test_a_follower_kept_up_by_changes_since_its_last_replay(tmp_path, clock) ->
         times = _times(changes)
         assert _views(follower, ids, times) == _views(leader, ids, times)
         assert follower.replay(leader.changes(since=last)) == 0  # nothing new
+
+
+def test_random_histories_replay_to_the_same_views(tmp_path) -> None:
+    """Hypothesis: random sequences of inserts, revisions, deletions, edges, removals, weight updates and
+    scales, with flushes and compactions between, replay into an empty store with the same views at every
+    transaction time."""
+    import shutil
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    ids = [f"n{i}" for i in range(5)]
+    step = st.one_of(
+        st.tuples(st.just("insert"), st.sampled_from(ids), st.integers(0, 50)),
+        st.tuples(st.just("revise"), st.sampled_from(ids), st.integers(0, 9)),
+        st.tuples(st.just("delete"), st.sampled_from(ids), st.just(0)),
+        st.tuples(st.just("link"), st.sampled_from(ids), st.sampled_from(ids)),
+        st.tuples(st.just("unlink"), st.sampled_from(ids), st.sampled_from(ids)),
+        st.tuples(st.just("weigh"), st.sampled_from(ids), st.sampled_from(ids)),
+        st.tuples(st.just("scale"), st.just(""), st.just(0)),
+        st.tuples(st.just("flush"), st.just(""), st.just(0)),
+        st.tuples(st.just("compact"), st.just(""), st.just(0)),
+    )
+    runs = iter(range(10**6))
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(step, min_size=1, max_size=25))
+    def check(steps) -> None:
+        folder = tmp_path / f"run{next(runs)}"
+        clock = FakeClock()
+        with T4DX.open(str(folder / "a"), dim=DIM, clock=clock) as db:
+            for op, a, b in steps:
+                clock.advance()
+                live = {i.id for i in db.scan()}
+                if op == "insert":
+                    db.insert(Item(vec(b), id=a, fields={"text": f"{a} {b}"}))
+                elif op == "revise" and a in live:
+                    db.update_fields(a, {"rev": b})
+                elif op == "delete" and a in live:
+                    db.delete(a)
+                elif op == "link" and a in live and b in live:
+                    db.add_edges(Edge(a, b, weight=1.0 + len(live)))
+                elif op in ("unlink", "weigh") and db.edges(a) and any(e.dst == b for e in db.edges(a)):
+                    if op == "unlink":
+                        db.remove_edges(a, b)
+                    else:
+                        db.update_edge_weight(a, b, delta=0.25)
+                elif op == "scale":
+                    db.batch_scale_weights(0.5)
+                elif op == "flush":
+                    db.flush()
+                elif op == "compact":
+                    db.compact()
+            changes = list(db.changes())
+            if not changes:
+                return
+            times = _times(changes)
+            want = _views(db, ids, times)
+            with T4DX.open(str(folder / "b"), dim=DIM, clock=clock) as copy:
+                copy.replay(changes)
+                assert _views(copy, ids, times) == want
+        shutil.rmtree(folder, ignore_errors=True)
+
+    check()
