@@ -236,34 +236,39 @@ class OnnxEmbedder:
     #: The fixed cost of one call of the model, in padded tokens (the time of a call is about
     #: ``overhead + rows × longest``): 2-core VM, 2026-12-07, ~1.6 ms a call against ~0.13 ms a padded token.
     BATCH_OVERHEAD_TOKENS = 13
+    #: Texts tokenised and cut into batches together (bounds the padded token arrays of a huge call).
+    TOKENISE_ROWS = 1024
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return _unit_rows(out, 0, self.dim, self.name)
-        # every text tokenised once (padded to the longest), then run longest first in batches cut where the
-        # padding saved pays for another call (:func:`length_batches`): a session's turns of 5 to 100 tokens
-        # would otherwise be padded to about twice their tokens
-        encodings = self.tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        attention = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        types = np.array([e.type_ids for e in encodings], dtype=np.int64)
-        lengths = attention.sum(axis=1)
-        order = np.argsort(-lengths, kind="stable")
-        for start, stop in length_batches(
-            lengths[order].tolist(), self.batch_size, self.BATCH_OVERHEAD_TOKENS
-        ):
-            rows = order[start:stop]
-            width = int(lengths[rows[0]])
-            columns = {
-                "input_ids": ids[rows, :width],
-                "attention_mask": attention[rows, :width],
-                "token_type_ids": types[rows, :width],
-            }
-            hidden = self.session.run(None, {n: columns[n] for n in self.inputs})[0]
-            mask = columns["attention_mask"][..., None].astype(np.float32)
-            out[rows] = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        # the texts tokenised once (padded to the longest of a slice of TOKENISE_ROWS, so a huge call holds
+        # no huge array), then run longest first in batches cut where the padding saved pays for another call
+        # (:func:`length_batches`): a session's turns of 5 to 100 tokens would otherwise be padded to about
+        # twice their tokens
+        for first in range(0, len(texts), self.TOKENISE_ROWS):
+            part = texts[first : first + self.TOKENISE_ROWS]
+            encodings = self.tokenizer.encode_batch(part)
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            attention = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+            lengths = attention.sum(axis=1)
+            order = np.argsort(-lengths, kind="stable")
+            for start, stop in length_batches(
+                lengths[order].tolist(), self.batch_size, self.BATCH_OVERHEAD_TOKENS
+            ):
+                rows = order[start:stop]
+                width = int(lengths[rows[0]])
+                columns = {
+                    "input_ids": ids[rows, :width],
+                    "attention_mask": attention[rows, :width],
+                    "token_type_ids": types[rows, :width],
+                }
+                hidden = self.session.run(None, {n: columns[n] for n in self.inputs})[0]
+                mask = columns["attention_mask"][..., None].astype(np.float32)
+                out[first + rows] = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         return _unit_rows(out, len(texts), self.dim, self.name)  # scaled to unit length there
 
 

@@ -188,3 +188,13 @@ def test_the_pytorch_fallback_also_batches_by_length(torch_embedder, monkeypatch
     assert len(calls) > 1 and sum(calls) == len(texts)
     alone = np.stack([encode([t], normalize_embeddings=True, show_progress_bar=False)[0] for t in texts])
     assert np.abs(together - alone).max() < 1e-5
+
+
+def test_a_call_longer_than_a_tokenising_slice_keeps_every_texts_vector(onnx_embedder, monkeypatch):
+    """A huge call is tokenised and cut in slices (TOKENISE_ROWS): each text still gets its own vector."""
+    texts = [f"turn {i}: " + "so " * (i * 7 % 40) for i in range(23)]
+    whole = onnx_embedder.embed(texts)
+    monkeypatch.setattr(OnnxEmbedder, "TOKENISE_ROWS", 5)
+    sliced = onnx_embedder.embed(texts)
+    assert np.abs(sliced - whole).max() < 1e-5
+    assert np.abs(sliced[17] - onnx_embedder.embed([texts[17]])[0]).max() < 1e-5
