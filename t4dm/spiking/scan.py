@@ -28,6 +28,10 @@ def decayed_scan(x: torch.Tensor, decay: float, initial: torch.Tensor | None = N
     B, T, N = x.shape
     xf = x.float()
     y_prev = xf.new_zeros(B, N) if initial is None else initial.float()
+    if T == 1:  # one step (decoding): the recurrence itself, no chunk matrices and no host-to-device constant
+        return (
+            xf + float(decay) * y_prev[:, None]
+        )  # (a CUDA graph capture refuses such copies); same float32 values
     C = min(SCAN_CHUNK, T)
     i = torch.arange(C, device=x.device, dtype=torch.float32)
     distance = i[:, None] - i[None, :]

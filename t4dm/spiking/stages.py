@@ -59,12 +59,9 @@ class NoveltyDetector(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, trace: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``[B, T, D]``, ``trace`` ``[B, D]`` or None → (novelty ``[B, T]`` float32, new trace ``[B, D]``)."""
-        B, T, D = x.shape
+        B, _, D = x.shape
         xf = x.detach().float()
         m0 = xf.new_zeros(B, D) if trace is None else trace.float()
-        if T == 1:  # a decoding step: the scan's one step, without building its chunk matrices
-            cos = F.cosine_similarity(xf[:, 0], m0, dim=-1, eps=1e-8)[:, None]
-            return 1.0 - cos.clamp(min=0.0), (1.0 - self.decay) * xf[:, 0] + self.decay * m0
         m = decayed_scan((1.0 - self.decay) * xf, self.decay, m0)  # inclusive: m_t
         before = torch.cat([m0[:, None], m[:, :-1]], dim=1)  # m_{t-1}
         cos = F.cosine_similarity(xf, before, dim=-1, eps=1e-8)
