@@ -650,26 +650,12 @@ class T4DX:
     ) -> VersionBatch:
         """Tombstone rows for the checked ``id_list`` (each keeps its last version's times and κ)."""
         n = len(id_list)
-        key_hi, key_lo = keys_of(id_list)
-        return VersionBatch(
-            seq_start=0,
-            recorded_at=0,
-            key_hi=key_hi,
-            key_lo=key_lo,
-            valid_from=valid_from,
-            valid_to=valid_to,
-            kappa=kappa,
-            kind=np.zeros(n, dtype=np.uint16),
-            flags=np.full(n, FLAG_TOMBSTONE, dtype=np.uint8),
-            tags=np.full((n, len(TAG_FIELDS)), TAG_ABSENT, dtype=np.int32),
-            vectors=np.zeros((n, self.dim), dtype=np.float32),
-            kinds=["tombstone"],
-            tag_values=[[] for _ in TAG_FIELDS],
-            ids=id_list,
-            payload_offsets=np.arange(n + 1, dtype=np.int64),
-            payload=_pack({}) * n,
-            fresh=False,
-        )
+        batch = self._build_batch(
+            id_list, *keys_of(id_list), np.zeros((n, self.dim), np.float32), kappa, "tombstone", [{}] * n,
+            valid_from, valid_to, False, "",
+        )  # fmt: skip
+        batch.flags[:] = FLAG_TOMBSTONE
+        return batch
 
     # ------------------------------------------------------------------ commit
     def _commit(
@@ -1242,7 +1228,7 @@ class T4DX:
             return live[id]
 
         batches = []
-        for recorded_at, start, stop in groups:
+        for _, start, stop in groups:
             part = changes[start:stop]
             names = [f"changes[{i}].record" for i in range(start, stop)]
             op, record = part[0].op, part[0].record
@@ -1256,7 +1242,6 @@ class T4DX:
                     for id, name in zip(ids, names, strict=True):
                         if not is_live(id):
                             raise UnknownId(id, f"{name}.id")
-                        live[id] = False
                     batch = self._tombstones(
                         ids,
                         self._time_column([it.valid_from for it in items], len(ids), "valid_from", _FILL),
@@ -1267,8 +1252,7 @@ class T4DX:
                                 for it, n in zip(items, names, strict=True)
                             ]
                         ),
-                    )
-                    batch.valid_from = np.where(batch.valid_from == _FILL, recorded_at, batch.valid_from)
+                    )  # an unknown valid_from is filled with the transaction time by _commit
                 for id in ids:
                     live[id] = op == "put"
             else:
@@ -1370,7 +1354,11 @@ class T4DX:
 
     @staticmethod
     def _items(
-        source: Any, rows: np.ndarray, snap_seq: int, payloads: list[bytes] | None = None
+        source: Any,
+        rows: np.ndarray,
+        snap_seq: int,
+        payloads: list[bytes] | None = None,
+        ids: list[str] | None = None,
     ) -> list[Item]:
         """:meth:`_item` for many rows at once: columns gathered once, vectors in one copy."""
         vectors = source.vectors[source.vector_row[rows]]
@@ -1392,7 +1380,7 @@ class T4DX:
             )
             for vector, id, kappa, kind, raw, vf, vt, rec, sup in zip(
                 vectors,
-                source.ids_at(rows),
+                source.ids_at(rows) if ids is None else ids,
                 source.kappa[rows].tolist(),
                 source.kind[rows].tolist(),
                 payloads,
@@ -1534,8 +1522,9 @@ class T4DX:
             mine = np.flatnonzero(owner[best] == i)
             if mine.size:
                 chosen = rows[best[mine]]
-                load = _LazyItems(source, chosen, snap.seq)  # items built when one is first read
-                for j, (place, id) in enumerate(zip(mine.tolist(), source.ids_at(chosen), strict=True)):
+                ids = source.ids_at(chosen)
+                load = _LazyItems(source, chosen, snap.seq, ids)  # items built when one is first read
+                for j, (place, id) in enumerate(zip(mine.tolist(), ids, strict=True)):
                     score = min(1.0, max(-1.0, float(scores[best[place]])))  # float32 rounding
                     hits[place] = Hit(id, score, load=load, index=j)
         return hits  # type: ignore[return-value]
@@ -2193,16 +2182,16 @@ class _LazyItems:
     """The items of some rows of one source as a search saw them, built together on the first request (the
     source's arrays stay alive while a hit holds this; segments are never unmapped, only unlinked)."""
 
-    __slots__ = ("_items", "_rows", "_seq", "_source")
+    __slots__ = ("_ids", "_items", "_rows", "_seq", "_source")
 
-    def __init__(self, source: Any, rows: np.ndarray, snap_seq: int) -> None:
-        self._source, self._rows, self._seq = source, rows, snap_seq
+    def __init__(self, source: Any, rows: np.ndarray, snap_seq: int, ids: list[str]) -> None:
+        self._source, self._rows, self._seq, self._ids = source, rows, snap_seq, ids  # ids: decoded already
         self._items: list[Item] | None = None
 
     def __call__(self, index: int) -> Item:
         items = self._items
         if items is None:  # two threads may both build: the same items, and either list will do
-            items = self._items = T4DX._items(self._source, self._rows, self._seq)
+            items = self._items = T4DX._items(self._source, self._rows, self._seq, ids=self._ids)
         return items[index]
 
 
