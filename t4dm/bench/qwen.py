@@ -222,9 +222,8 @@ def run_qwen_bench(
             decode_s = statistics.median(times) - unified["prefill_ms"] / 1e3
             unified["decode_tokens_per_s"] = (new_tokens - 1) / max(decode_s, 1e-9)
             unified["generate_first_s"] = first
-            unified["stack_graph"] = (
-                dev.type == "cuda"
-            )  # generate()'s default: the stack step as a CUDA graph
+            # generate()'s default on CUDA: the stack's decoding step as one CUDA graph
+            unified["stack_graph"] = dev.type == "cuda"
             # the same decoding with the stack's kernels launched one by one (stack_graph=False)
             _, times = _timed(lambda: model.generate(ids, new_tokens, stack_graph=False), dev, repeat)
             eager_s = statistics.median(times) - unified["prefill_ms"] / 1e3

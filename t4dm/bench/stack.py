@@ -269,9 +269,8 @@ def _bench_stack(
             else:
                 runs[name] = (lambda s=stack, st=states[name]: _no_grad(
                     lambda: s(x_step, ctx_step, state=st, return_state=True).hidden), repeat, None)  # fmt: skip
-        if (
-            mode == "step" and device == "cuda"
-        ):  # ours again, the whole step one CUDA graph (generate's default)
+        # ours again in step mode on CUDA, the whole step one CUDA graph (generate's default)
+        if mode == "step" and device == "cuda":
             from t4dm.spiking import StackDecoder
 
             with torch.no_grad():
