@@ -1242,6 +1242,7 @@ class T4DX:
                     for id, name in zip(ids, names, strict=True):
                         if not is_live(id):
                             raise UnknownId(id, f"{name}.id")
+                        live[id] = False  # at once: the same id deleted twice in one transaction is refused
                     batch = self._tombstones(
                         ids,
                         self._time_column([it.valid_from for it in items], len(ids), "valid_from", _FILL),
@@ -1268,6 +1269,7 @@ class T4DX:
                     for id, name in zip(ids, names, strict=True):
                         if not is_live(id):
                             raise UnknownId(id, name)
+                        live[id] = False  # at once, as for items
                     batch.flags[:] = FLAG_EDGE | FLAG_TOMBSTONE
                 for id in ids:
                     live[id] = op == "put"

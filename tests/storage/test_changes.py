@@ -303,3 +303,15 @@ def test_random_histories_replay_to_the_same_views(tmp_path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
     check()
+
+
+def test_one_transaction_cannot_delete_the_same_thing_twice(tmp_path, clock, source) -> None:
+    item_deletion = next(c for c in source if c.op == "delete" and isinstance(c.record, Item))
+    edge_removal = next(c for c in source if c.op == "delete" and isinstance(c.record, Edge))
+    for deletion in (item_deletion, edge_removal):
+        before = [c for c in source if c.recorded_at < deletion.recorded_at]
+        changes = [*before, deletion, deletion]  # the same recorded_at: one transaction
+        with T4DX.open(str(tmp_path / f"s{len(before)}"), dim=DIM, clock=clock) as db:
+            with pytest.raises(UnknownId, match=rf"changes\[{len(changes) - 1}\]"):
+                db.replay(changes)
+            _unchanged(db)
