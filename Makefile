@@ -62,11 +62,13 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Wheels of the GPU peers (SpikingJelly, flash-linear-attention) to carry to the GPU machine, which has no
-# network: run(command="bash scripts/gpu_check.sh lif", carry=[".wheels"]).
+# Every wheel the GPU machine lacks (it has no network): the peers (SpikingJelly, flash-linear-attention),
+# bitsandbytes (CPU and CUDA 13 libraries only) and T4DX's faiss-cpu, crc32c, snowballstemmer, for its
+# Python 3.12, in .wheels/ (~27 MiB, git-ignored). Then, on the GPU machine:
+# run(command="bash scripts/gpu_check.sh all", carry=[".wheels"]); rehearse it here first with
+# `bash scripts/gpu_dryrun.sh` (the same scripts on the CPU, the image's missing packages hidden).
 gpu-wheels:
-	$(PYTHON) -m pip download -q --no-deps -d .wheels fla-core==0.6.0 spikingjelly==2.0.0 loguru
-	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d .wheels-bnb bitsandbytes==0.50.2
+	$(PYTHON) scripts/gpu_wheels.py --dest .wheels
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .asv
