@@ -1575,9 +1575,15 @@ class T4DX:
         return Segment(path, segment_id, self.dim, verify=False)
 
     def _install(
-        self, removed: tuple[Segment, ...], added: Segment | None, index: int, wal_start: int | None = None
+        self,
+        removed: tuple[Segment, ...],
+        added: Segment | None,
+        index: int,
+        wal_start: int | None = None,
+        last_seq: int | None = None,
     ) -> None:
-        """Publish a manifest with ``removed`` replaced by ``added`` at ``index``, then drop old files."""
+        """Publish a manifest with ``removed`` replaced by ``added`` at ``index``, then drop old files.
+        ``last_seq``: every write up to it is in the segments or the manifest (recovery skips it in the WAL)."""
         segments = [s for s in self._segments if s not in removed]
         if added is not None:
             segments.insert(index, added)
@@ -1585,7 +1591,9 @@ class T4DX:
         manifest.segments = [SegmentEntry(s.id, s.n, s.min_seq, s.max_seq, s.nbytes) for s in segments]
         if wal_start is not None:
             manifest.wal_start = wal_start
-        manifest.last_seq = max(manifest.last_seq, max((s.max_seq for s in segments), default=0))
+        manifest.last_seq = max(
+            manifest.last_seq, last_seq or 0, max((s.max_seq for s in segments), default=0)
+        )
         manifest.last_recorded = max(manifest.last_recorded, self._last_recorded)
         manifest.edge_scales = dict(self._scales)
         manifest.publish(self.path)
@@ -1660,7 +1668,9 @@ class T4DX:
             segment.set_links(*memory_links)
         if folded:
             self._scales = {}  # published with the manifest that names the folded segment
-        self._install(removed=run, added=segment, index=start)
+        # A fold took in every write so far (the memtable is empty: what the WAL holds past the segments are
+        # batch scales, now in the weights), so recovery must not apply those scales again
+        self._install(removed=run, added=segment, index=start, last_seq=self._seq if folded else None)
         if segment is not None:
             self._schedule_index(segment, None if base is None else run[base])
         self._publish()

@@ -145,6 +145,25 @@ def test_weight_overlays_and_batch_scales(store, clock):
     assert db._snap.scales == {}
 
 
+def test_a_scale_folded_by_compaction_is_not_applied_again_at_reopen(store):
+    # a batch scale writes no row: after the last flush it lives in the WAL only, and a full compaction
+    # folds it into the weights; recovery applied it a second time (0.25 here) until the fold said so
+    db = store.db
+    _items(db, 2)
+    db.add_edges(Edge("n0", "n1", weight=1.0))
+    db = store.settle()
+    db.batch_scale_weights(0.5)
+    db.compact()
+    assert [e.weight for e in db.edges("n0")] == pytest.approx([0.5])
+    db.close()
+    db = store.open()
+    assert [e.weight for e in db.edges("n0")] == pytest.approx([0.5])
+    db.batch_scale_weights(0.5)  # and a scale after the fold still counts once
+    db.close()
+    db = store.open()
+    assert [e.weight for e in db.edges("n0")] == pytest.approx([0.25])
+
+
 def test_update_edge_weights_is_one_transaction(store):
     db = store.db
     _items(db, 3)
