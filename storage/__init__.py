@@ -13,7 +13,7 @@ from __future__ import annotations
 from .bloom import BloomFilter
 from .compaction import CompactionPolicy, MergedRows
 from .engine import T4DX, CompactionStats
-from .item import UTC, Change, Edge, Hit, Item
+from .item import UTC, Change, Edge, Hit, Item, WeightScale
 from .vector_index import HNSWParams
 from .wal import TornWALWarning
 
@@ -30,4 +30,5 @@ __all__ = [
     "Item",
     "MergedRows",
     "TornWALWarning",
+    "WeightScale",
 ]

@@ -13,6 +13,7 @@ files stay readable while mapped).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import fcntl
@@ -56,7 +57,7 @@ from .compaction import (
 )
 from .fsutil import fsync_dir, io_errors
 from .graph import Reached, breadth_first, graph_plan, neighbour_edges, neighbour_pairs
-from .item import OPEN, UTC, Change, Edge, Hit, Item, from_us, to_us
+from .item import OPEN, UTC, Change, Edge, Hit, Item, WeightScale, from_us, to_us
 from .keys import EDGE_PREFIX, check_id, edge_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
 from .memtable import Memtable
@@ -97,6 +98,9 @@ class _Snapshot(NamedTuple):
     mem_n: int
     segments: tuple[Segment, ...]  # oldest first
     scales: dict[str, float]  # BATCH_SCALE_WEIGHTS factors by relation ("*": every relation)
+    scale_log: tuple[
+        tuple[int, int, str, float], ...
+    ]  # those scales: (seq, recorded_at µs, relation, factor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +415,14 @@ class T4DX:
         self._seq = manifest.last_seq
         self._last_recorded = manifest.last_recorded
         self._scales = dict(manifest.edge_scales)
+        self._scale_log = tuple(
+            (int(a), int(b), str(c), float(d)) for a, b, c, d in manifest.edge_scale_log or ()
+        )
+        # the factors older than the log (a manifest written before there was one): the start of each product
+        self._scale_base = dict(
+            manifest.edge_scales if manifest.edge_scale_log is None else manifest.edge_scale_base
+        )
+        self._folded_through = manifest.folded_through
         self._mem = Memtable(manifest.dim, self._memtable_rows)
         self._publish()
         self._apply_segment_overlays()
@@ -741,8 +753,9 @@ class T4DX:
     def _apply(self, batch: VersionBatch) -> None:
         """Put a logged batch into the memtable, supersede older versions, publish (live and replay)."""
         if batch.n and batch.flags[0] & FLAG_SCALE:  # BATCH_SCALE_WEIGHTS: one factor, no row
-            rel = batch.kinds[int(batch.kind[0])]
-            self._scales = {**self._scales, rel: self._scales.get(rel, 1.0) * float(batch.weight[0])}
+            rel, factor = batch.kinds[int(batch.kind[0])], float(batch.weight[0])
+            self._scales = {**self._scales, rel: self._scales.get(rel, 1.0) * factor}
+            self._scale_log = (*self._scale_log, (batch.seq_start, batch.recorded_at, rel, factor))
         else:
             unseen = self._mem.append(batch)
             if unseen:
@@ -780,7 +793,9 @@ class T4DX:
                     break
 
     def _publish(self) -> None:
-        self._snap = _Snapshot(self._seq, self._mem, self._mem.n, self._segments, self._scales)
+        self._snap = _Snapshot(
+            self._seq, self._mem, self._mem.n, self._segments, self._scales, self._scale_log
+        )
 
     # ------------------------------------------------------------------ validation
     def _check_vectors(self, vectors: Any, field: str) -> np.ndarray:
@@ -1074,43 +1089,73 @@ class T4DX:
 
     # ------------------------------------------------------------------ change feed
     def changes(self, *, since: datetime | None = None) -> Iterator[Change]:
-        """Every item and edge version the store holds, and every deletion, as :class:`Change` records in
-        the order they were written (``seq``); with ``since``, those recorded after that time only.
+        """Every write the store holds as :class:`Change` records, in the order they were written (``seq``):
+        item and edge versions (``"put"``), deletions (``"delete"``), edge weights set (``"weight"``) and
+        batch scales (``"scale"``); with ``since``, those recorded after that time only.
 
         What :meth:`replay` takes: a store's changes replayed into an empty store give it the same
-        history (:meth:`history`, ``get(as_of=)``, ``scan(known_at=)``, ``edges(known_at=)``). Edge
-        weights are the effective weights as the store reports them now (UPDATE_EDGE_WEIGHT overlays and
-        BATCH_SCALE_WEIGHTS factors are not versions, so they have no history of their own); versions a
-        compaction has dropped (expired history) are not there to give.
+        history (:meth:`history`, ``get(as_of=)``, ``scan(known_at=)``, ``edges(known_at=)``) and the same
+        weights; a follower that replays ``changes(since=t)``, ``t`` the ``recorded_at`` of the last change
+        it has, stays a copy. Weights are not versions: an edge read ``known_at`` a past time has the weight
+        it has now, in both stores.
+
+        A full compaction folds weight overlays and scales into the edges, drops expired versions and
+        tombstones, and lets its policy change κ or drop rows in place: none of that is a change to give
+        any more. ``since`` before the last such loss (:attr:`folded_through`) raises
+        :class:`~t4dm.errors.InvalidTime`: the follower must copy the store anew (``changes()`` into an empty
+        store); ``changes()`` without ``since`` always gives the store as it stands.
         """
         self._check_open()
         since_us = None if since is None else to_us(since, "since")
+        if since_us is not None and since_us < self._folded_through:
+            raise InvalidTime(
+                "since", since,
+                f"a full compaction folded or dropped changes recorded up to {from_us(self._folded_through)} "
+                "(or changed rows in place): copy the store anew, from changes() without since",
+            )  # fmt: skip
         snap = self._snap
+        weights = _ScaleHistory(self._scale_base, snap.scale_log)
         sources = _sources(snap)
         places, rows, seqs = [], [], []
         for place, (source, n) in enumerate(sources):
-            keep = (source.flags[:n] & FLAG_OVERLAY) == 0
-            if since_us is not None:
-                keep &= source.recorded_at[:n] > since_us
-            found = np.flatnonzero(keep)
+            found = np.arange(n) if since_us is None else np.flatnonzero(source.recorded_at[:n] > since_us)
             places.append(np.full(found.size, place, dtype=np.int64))
             rows.append(found)
             seqs.append(source.seq[found])
         place_of, row_of = np.concatenate(places), np.concatenate(rows)
         order = np.argsort(np.concatenate(seqs), kind="stable")
+        scales = [
+            Change(seq, "scale", WeightScale(factor, None if rel == "*" else rel, from_us(recorded)))
+            for seq, recorded, rel, factor in snap.scale_log
+            if since_us is None or recorded > since_us
+        ]
         for start in range(0, order.size, _SCAN_CHUNK):
             chunk = order[start : start + _SCAN_CHUNK]
             out: list[Change | None] = [None] * chunk.size
             for place in np.unique(place_of[chunk]).tolist():
                 at = np.flatnonzero(place_of[chunk] == place)
                 for i, change in zip(
-                    at.tolist(), self._changes(sources[place][0], row_of[chunk[at]], snap), strict=True
+                    at.tolist(),
+                    self._changes(sources[place][0], row_of[chunk[at]], snap, weights),
+                    strict=True,
                 ):
                     out[i] = change
+            while scales and scales[0].seq < out[-1].seq:  # type: ignore[union-attr]
+                at = bisect.bisect_left([c.seq for c in out], scales[0].seq)  # type: ignore[union-attr]
+                out.insert(at, scales.pop(0))
             yield from out  # type: ignore[misc]
+        yield from scales
 
-    def _changes(self, source: Any, rows: np.ndarray, snap: _Snapshot) -> list[Change]:
-        """The :class:`Change` of each of ``rows`` of ``source`` (no overlays among them), in order."""
+    @property
+    def folded_through(self) -> datetime | None:
+        """The change feed lacks changes recorded at or before this time (None: it lacks none): see
+        :meth:`changes`."""
+        return from_us(self._folded_through) if self._folded_through else None
+
+    def _changes(
+        self, source: Any, rows: np.ndarray, snap: _Snapshot, weights: _ScaleHistory
+    ) -> list[Change]:
+        """The :class:`Change` of each of ``rows`` of ``source``, in order."""
         flags = source.flags[rows]
         seqs = source.seq[rows].tolist()
         out: list[Change | None] = [None] * rows.size
@@ -1118,22 +1163,23 @@ class T4DX:
         for i, item in zip(items.tolist(), self._items(source, rows[items], snap.seq), strict=True):
             out[i] = Change(seqs[i], "put", item)
         superseded = np.where(source.next_seq[rows] <= np.uint64(snap.seq), source.superseded_at[rows], OPEN)
-        scale_all = snap.scales.get("*", 1.0)
         for i in np.flatnonzero((flags & NOT_ITEM) != 0).tolist():
             row = int(rows[i])
+            tombstone = bool(flags[i] & FLAG_TOMBSTONE)
+            overlay = bool(flags[i] & FLAG_OVERLAY)
             times = (
                 from_us(int(source.valid_from[row])),
                 from_us(int(source.valid_to[row])),
                 from_us(int(source.recorded_at[row])),
-                from_us(int(superseded[i])),
+                None if overlay else from_us(int(superseded[i])),
             )
-            tombstone = bool(flags[i] & FLAG_TOMBSTONE)
             if flags[i] & FLAG_EDGE:
-                src, rel, dst = source.id_at(row)[len(EDGE_PREFIX) :].split("\x1f")
-                weight = float(source.weight[row]) * scale_all * snap.scales.get(rel, 1.0)
-                out[i] = Change(
-                    seqs[i], "delete" if tombstone else "put", Edge(src, dst, rel, weight, *times)
-                )
+                id = source.id_at(row)
+                src, rel, dst = id[len(EDGE_PREFIX) : -1 if overlay else None].split("\x1f")
+                # the weight as of this change: the stored weight times the scales written before it
+                weight = float(source.weight[row]) * weights.before(seqs[i], rel)
+                op = "weight" if overlay else "delete" if tombstone else "put"
+                out[i] = Change(seqs[i], op, Edge(src, dst, rel, weight, *times))
             else:  # an item's tombstone
                 item = Item(None, source.id_at(row), float(source.kappa[row]), "tombstone", {}, *times)
                 out[i] = Change(seqs[i], "delete", item)
@@ -1144,12 +1190,12 @@ class T4DX:
         own transaction times; returns the number of transactions written.
 
         The changes that share one ``recorded_at`` (they must be adjacent) become one transaction at that
-        time, and must all be of one sort: item versions, item deletions, edge versions or edge removals
-        (as one transaction of a store is). Times must rise from each transaction to the next, the first
+        time, and must all be of one sort: item versions, item deletions, edge versions, edge removals or
+        edge weights (as one transaction of a store is); a batch scale is a transaction of its own. Times must rise from each transaction to the next, the first
         must be later than every write this store has made, and the last must not be ahead of its clock:
         so the store keeps one timeline, and what it knew at any time before the replay does not change.
-        A put's ``superseded_at`` is ignored (the next version sets it); a deletion must name an item or
-        edge that is live at that point. An edge's endpoints are not checked (they were when it was first
+        A put's ``superseded_at`` is ignored (the next version sets it); a deletion or a weight must name an
+        item or edge that is live at that point. An edge's endpoints are not checked (they were when it was first
         written). Everything is checked before the first write: a bad change raises a typed error naming
         ``changes[i]`` and nothing is written.
         """
@@ -1188,10 +1234,13 @@ class T4DX:
             where = f"changes[{i}]"
             if not isinstance(change, Change):
                 raise InvalidInput(where, change, "expected a Change")
-            if change.op not in ("put", "delete"):
-                raise InvalidInput(f"{where}.op", change.op, "expected 'put' or 'delete'")
-            if not isinstance(change.record, (Item, Edge)):
-                raise InvalidInput(f"{where}.record", change.record, "expected an Item or an Edge")
+            if change.op not in _REPLAY_RECORDS:
+                raise InvalidInput(f"{where}.op", change.op, f"expected one of {sorted(_REPLAY_RECORDS)}")
+            if not isinstance(change.record, _REPLAY_RECORDS[change.op]):
+                expected = " or ".join(t.__name__ for t in _REPLAY_RECORDS[change.op])
+                raise InvalidInput(
+                    f"{where}.record", change.record, f"a {change.op} change needs an {expected}"
+                )
             if change.recorded_at is None:
                 raise InvalidTime(
                     f"{where}.recorded_at", None, "a replayed change needs its transaction time"
@@ -1199,6 +1248,12 @@ class T4DX:
             t = to_us(change.recorded_at, f"{where}.recorded_at")
             sort = (change.op, type(change.record))
             if groups and t == groups[-1][0]:
+                if change.op == "scale" or sorts[0] == "scale":  # type: ignore[index]
+                    raise InvalidInput(
+                        where,
+                        f"{change.op} at {change.recorded_at}",
+                        "a batch scale is a transaction of its own",
+                    )
                 if sort != sorts:
                     raise InvalidInput(
                         where, f"{change.op} {type(change.record).__name__}",
@@ -1227,12 +1282,16 @@ class T4DX:
                 live[id] = self._locate(id, self._snap) is not None
             return live[id]
 
+        scales = dict(self._scales)  # as they will be when each batch is written
         batches = []
         for _, start, stop in groups:
             part = changes[start:stop]
             names = [f"changes[{i}].record" for i in range(start, stop)]
             op, record = part[0].op, part[0].record
-            if isinstance(record, Item):
+            if isinstance(record, WeightScale):
+                batch, key = self._scale_batch(record.factor, record.rel, f"{names[0]}.")
+                scales[key] = scales.get(key, 1.0) * float(record.factor)
+            elif isinstance(record, Item):
                 items = [c.record for c in part]
                 ids = [check_id(item.id, f"{name}.id") for item, name in zip(items, names, strict=True)]
                 if op == "put":
@@ -1263,8 +1322,15 @@ class T4DX:
                     [e.weight for e in edges], [e.valid_from for e in edges], [e.valid_to for e in edges],
                     lambda i, name, start=start: f"changes[{start + i}].record.{name}",
                 )  # fmt: skip
-                batch = self._edge_batch(*columns)
+                batch = self._edge_batch(*columns, scales=scales)
                 ids = batch.ids
+                if op == "weight":
+                    for id, name in zip(ids, names, strict=True):
+                        if not is_live(id):
+                            raise UnknownId(id, name)
+                    batch = self._overlay_batch(batch)
+                    batches.append(batch)
+                    continue
                 if op == "delete":
                     for id, name in zip(ids, names, strict=True):
                         if not is_live(id):
@@ -1553,7 +1619,10 @@ class T4DX:
         segment = self._write_rows(rows)
         wal_number = self._wal.number + 1
         self._wal.rotate(wal_number)
-        self._install(removed=(), added=segment, index=len(self._segments), wal_start=wal_number)
+        # every write so far is in the segment (rows) or the manifest (scales): the WAL before it goes
+        self._install(
+            removed=(), added=segment, index=len(self._segments), wal_start=wal_number, last_seq=self._seq
+        )
         self._schedule_index(segment)
         self._mem = Memtable(self.dim, self._memtable_rows)
         self._publish()
@@ -1595,7 +1664,16 @@ class T4DX:
             manifest.last_seq, last_seq or 0, max((s.max_seq for s in segments), default=0)
         )
         manifest.last_recorded = max(manifest.last_recorded, self._last_recorded)
-        manifest.edge_scales = dict(self._scales)
+        # the scales recovery will not replay from the WAL (all of them unless a compaction ran after a
+        # scale with no flush between: that one is still in the WAL)
+        durable = [entry for entry in self._scale_log if entry[0] <= manifest.last_seq]
+        scales = dict(self._scale_base)
+        for _, _, rel, factor in durable:
+            scales[rel] = scales.get(rel, 1.0) * factor
+        manifest.edge_scales = scales
+        manifest.edge_scale_log = [list(entry) for entry in durable]
+        manifest.edge_scale_base = dict(self._scale_base)
+        manifest.folded_through = self._folded_through
         manifest.publish(self.path)
         self._segments = tuple(segments)
         wal_dir = os.path.join(self.path, _WAL)
@@ -1645,6 +1723,9 @@ class T4DX:
             # Weight overlays and batch scales are folded into the edges (their weights in memory
             # already hold the overlays); then the overlay rows go.
             keep = drop_expired(rows, cutoff) & ((rows.columns["flags"] & FLAG_OVERLAY) == 0)
+            # what the change feed loses: the dropped rows and the scales, as of when they were written
+            lost = [int(rows.columns["recorded_at"][~keep].max())] if not keep.all() else []
+            lost += [recorded for _, recorded, _, _ in self._scale_log]
             edges = (rows.columns["flags"] & FLAG_EDGE) != 0
             if self._scales and edges.any():
                 factor = np.array([self._scales.get("*", 1.0) * self._scales.get(k, 1.0) for k in rows.kinds])
@@ -1654,7 +1735,10 @@ class T4DX:
             folded = True
             rows = apply_keep(rows, keep)
             if policy is not None:
-                rows, added = self._run_policy(rows, policy)
+                rows, added, edited = self._run_policy(rows, policy)
+                if edited:  # κ changed or rows dropped in place: no follower has that, whenever it last read
+                    lost.append(self._tick())
+            self._folded_through = max([self._folded_through, *lost])
             version_chains(rows.columns)
             memory_links = None
         else:
@@ -1666,8 +1750,8 @@ class T4DX:
         segment = self._write_rows(rows) if rows.n else None
         if memory_links is not None and segment is not None:
             segment.set_links(*memory_links)
-        if folded:
-            self._scales = {}  # published with the manifest that names the folded segment
+        if folded:  # published with the manifest that names the folded segment
+            self._scales, self._scale_base, self._scale_log = {}, {}, ()
         # A fold took in every write so far (the memtable is empty: what the WAL holds past the segments are
         # batch scales, now in the weights), so recovery must not apply those scales again
         self._install(removed=run, added=segment, index=start, last_seq=self._seq if folded else None)
@@ -1731,8 +1815,11 @@ class T4DX:
             job.result()  # re-raise a failed build here
         return not pending
 
-    def _run_policy(self, rows: SegmentRows, policy: CompactionPolicy) -> tuple[SegmentRows, int]:
+    def _run_policy(self, rows: SegmentRows, policy: CompactionPolicy) -> tuple[SegmentRows, int, bool]:
+        """``rows`` as the policy left them, the number of items it added, and whether it changed or dropped
+        any row (not a version: the change feed cannot give it)."""
         view = MergedRows(rows, self._last_recorded)
+        before = np.array(rows.columns["kappa"], dtype=np.float64, copy=True)
         policy(view)
         kappa = np.asarray(view.kappa, dtype=np.float64)
         if kappa.shape != (rows.n,) or np.isnan(kappa).any():
@@ -1743,9 +1830,10 @@ class T4DX:
         if keep.shape != (rows.n,):
             raise InvalidInput("MergedRows.keep", f"<shape {keep.shape}>", f"must stay bool [{rows.n}]")
         rows.columns["kappa"] = np.clip(kappa, 0.0, 1.0)
+        edited = not keep.all() or not np.array_equal(rows.columns["kappa"], before)
         rows = apply_keep(rows, keep)
         if not view.added:
-            return rows, 0
+            return rows, 0, edited
         batch = self._batch_from_items(list(view.added), field_prefix="added")
         batch.seq_start = self._seq + 1
         batch.recorded_at = self._tick()
@@ -1775,7 +1863,7 @@ class T4DX:
             )
         )
         src = (np.searchsorted(sizes, order, side="right") - 1).astype(np.int32)
-        return assemble(sources, src, order - sizes[src]), batch.n
+        return assemble(sources, src, order - sizes[src]), batch.n, edited
 
     # ================================================================== graph
     def add_edges(self, edges: Edge | Iterable[Edge], *, check_endpoints: bool = True) -> None:
@@ -1874,14 +1962,16 @@ class T4DX:
         weights: np.ndarray,
         vf: np.ndarray,
         vt: np.ndarray,
+        scales: dict[str, float] | None = None,
     ) -> VersionBatch:
-        """Edge rows for validated columns; weights are stored divided by the current batch scales."""
+        """Edge rows for validated columns; weights are stored divided by the batch scales (``scales``, by
+        default the current ones)."""
         n = len(src_ids)
         src_hi, src_lo = keys_of(src_ids)
         dst_hi, dst_lo = keys_of(dst_ids)
         ids = [edge_id(s_, r, d) for s_, r, d in zip(src_ids, rels, dst_ids, strict=True)]
         key_hi, key_lo = keys_of(ids)
-        scales = self._scales
+        scales = self._scales if scales is None else scales
         stored = weights / np.array([scales.get("*", 1.0) * scales.get(r, 1.0) for r in rels])
         batch = self._build_batch(
             ids,
@@ -2008,14 +2098,7 @@ class T4DX:
         transaction (O(matching items + their edges)); edges added later are not scaled.
         """
         self._check_open()
-        if (
-            isinstance(factor, bool)
-            or not isinstance(factor, numbers.Real)
-            or not (math.isfinite(factor) and factor > 0)
-        ):
-            raise InvalidInput("factor", factor, "expected a finite number > 0")
-        if rel is not None and (not isinstance(rel, str) or not rel):
-            raise InvalidInput("rel", rel, "expected a relation name or None")
+        scale, _ = self._scale_batch(factor, rel)
         if where is not None:
             f = parse_filter(None, None, where, None, None, None)
             with self._write_lock:  # re-entrant: the read and the overlays see no write in between
@@ -2031,14 +2114,35 @@ class T4DX:
             return
         with self._write_lock:
             self._check_open()
-            key = "*" if rel is None else rel
-            batch = self._build_batch(
-                [_SCALE_ID], *keys_of([_SCALE_ID]), np.empty((1, 0), np.float32), np.zeros(1), [key], [{}],
-                np.array([_FILL]), np.array([OPEN]), False, "",
-            )  # fmt: skip
-            batch.flags[:] = FLAG_SCALE
-            batch.weight[0] = float(factor)
-            self._commit(batch)
+            self._commit(scale)
+
+    def _scale_batch(self, factor: Any, rel: Any, where: str = "") -> tuple[VersionBatch, str]:
+        """The one-row batch of a checked BATCH_SCALE_WEIGHTS, and its key (``rel``, or "*" for every one)."""
+        if (
+            isinstance(factor, bool)
+            or not isinstance(factor, numbers.Real)
+            or not (math.isfinite(factor) and factor > 0)
+        ):
+            raise InvalidInput(f"{where}factor", factor, "expected a finite number > 0")
+        if rel is not None and (not isinstance(rel, str) or not rel or rel == "*"):
+            raise InvalidInput(f"{where}rel", rel, "expected a relation name or None")
+        key = "*" if rel is None else rel
+        batch = self._build_batch(
+            [_SCALE_ID], *keys_of([_SCALE_ID]), np.empty((1, 0), np.float32), np.zeros(1), [key], [{}],
+            np.array([_FILL]), np.array([OPEN]), False, "",
+        )  # fmt: skip
+        batch.flags[:] = FLAG_SCALE
+        batch.weight[0] = float(factor)
+        return batch, key
+
+    @staticmethod
+    def _overlay_batch(edges: VersionBatch) -> VersionBatch:
+        """``edges`` (rows of edges, weights stored) as weight overlays: rows of their own version chains
+        (id + suffix) that set each edge's stored weight when applied."""
+        ids = [id + _OVERLAY_SUFFIX for id in edges.ids]
+        key_hi, key_lo = keys_of(ids)
+        flags = np.full_like(edges.flags, FLAG_EDGE | FLAG_OVERLAY)
+        return dataclasses.replace(edges, ids=ids, key_hi=key_hi, key_lo=key_lo, flags=flags)
 
     def _set_weight(self, edge: str, stored: float, seq: int) -> None:
         """Apply a weight overlay (stored, unscaled value) to the version of ``edge`` live before ``seq``."""
@@ -2185,6 +2289,35 @@ def _field(prefix: str | list[str], i: int, name: str) -> str:
     return f"{prefix}[{i}].{name}" if prefix else name
 
 
+class _ScaleHistory:
+    """The batch-scale factor in force before a write: ``base`` (factors older than the log) times the
+    log's factors written before it, for every relation ("*") and for the write's own. With no scale after
+    the write it equals the store's current factor, bit for bit (the same products in the same order)."""
+
+    def __init__(self, base: dict[str, float], log: tuple[tuple[int, int, str, float], ...]) -> None:
+        self._seqs: dict[str, list[int]] = {}
+        self._products: dict[str, list[float]] = {}
+        for rel in {*base, *(entry[2] for entry in log)}:
+            seqs, products, product = [], [base.get(rel, 1.0)], base.get(rel, 1.0)
+            for seq, _, key, factor in log:
+                if key == rel:
+                    product *= factor
+                    seqs.append(seq)
+                    products.append(product)
+            self._seqs[rel], self._products[rel] = seqs, products
+
+    def _factor(self, rel: str, seq: int) -> float:
+        seqs = self._seqs.get(rel)
+        return 1.0 if seqs is None else self._products[rel][bisect.bisect_left(seqs, seq)]
+
+    def before(self, seq: int, rel: str) -> float:
+        return self._factor("*", seq) * self._factor(rel, seq)
+
+
+# what each op of a replayed Change may carry
+_REPLAY_RECORDS: dict[str, tuple[type, ...]] = {
+    "put": (Item, Edge), "delete": (Item, Edge), "weight": (Edge,), "scale": (WeightScale,),
+}  # fmt: skip
 _OVERLAY_SUFFIX = "\x1d"  # overlay id = edge id + this: its own version chain, not the edge's
 _SCALE_ID = "\x1escale"
 PROVENANCE = "derived_from"

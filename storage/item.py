@@ -155,20 +155,35 @@ class Hit:
 
 
 @dataclass(frozen=True, slots=True)
+class WeightScale:
+    """A BATCH_SCALE_WEIGHTS as a change (:meth:`~t4dm.storage.T4DX.changes`): every edge of relation ``rel``
+    (None: of every relation) had its weight multiplied by ``factor`` at ``recorded_at``."""
+
+    factor: float
+    rel: str | None = None
+    recorded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
-    """One entry of a store's history (:meth:`~t4dm.storage.T4DX.changes`): a version of an item or an edge
-    written (``op="put"``), or an item deleted / an edge removed (``op="delete"``), at
-    ``record.recorded_at``.
+    """One entry of a store's history (:meth:`~t4dm.storage.T4DX.changes`), at ``record.recorded_at``:
+
+    - ``op="put"``: a version of an item or an edge written (``record``: the :class:`Item` or :class:`Edge`
+      version as the store holds it now, ``superseded_at`` included);
+    - ``op="delete"``: an item deleted or an edge removed (``record`` names it: an item's ``vector`` is None,
+      its ``fields`` empty);
+    - ``op="weight"``: an edge's weight set (UPDATE_EDGE_WEIGHT; ``record``: the :class:`Edge` with the
+      weight it then had);
+    - ``op="scale"``: BATCH_SCALE_WEIGHTS (``record``: a :class:`WeightScale`).
 
     ``seq`` is the store's write sequence number (the order of the changes; changes of one transaction share
-    ``recorded_at``). ``record`` is the :class:`Item` or :class:`Edge` version as the store holds it now
-    (``superseded_at`` included); for a deletion it names what was deleted (an item's ``vector`` is None,
-    its ``fields`` empty).
+    ``recorded_at``). An edge's weight in a ``put`` or ``weight`` change is the one it had when that change
+    was written, later weight changes and scales aside (those follow as their own changes).
     """
 
     seq: int
     op: str
-    record: Item | Edge
+    record: Item | Edge | WeightScale
 
     @property
     def recorded_at(self) -> datetime | None:

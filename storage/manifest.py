@@ -43,6 +43,13 @@ class Manifest:
     last_seq: int = 0
     last_recorded: int = 0
     edge_scales: dict[str, float] = field(default_factory=dict)  # BATCH_SCALE_WEIGHTS factors ("*": all)
+    # the scales since the last full compaction folded them, [seq, recorded_at µs, relation or "*", factor]
+    # each (the change feed gives them); None in a manifest written before the feed had them
+    edge_scale_log: list[list] | None = None
+    edge_scale_base: dict[str, float] = field(default_factory=dict)  # the factors older than the log
+    # the change feed lacks changes recorded at or before this time (µs; 0: none): what full compactions folded
+    # (weight overlays, scales), dropped (expired versions, tombstones) or edited in place (a policy's κ)
+    folded_through: int = 0
     format: int = FORMAT
 
     def publish(self, directory: str) -> None:

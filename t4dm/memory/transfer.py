@@ -16,12 +16,13 @@ the retrieval counts that steer consolidation.
 **With history** (``export_jsonl(memory, path, history=True)``, format 2): the store's change feed
 (:meth:`t4dm.storage.T4DX.changes`) in the order it was written: every version of every memory (a
 ``memory`` line, its ``recorded_at`` the time the store learnt it), every deletion (``{"type": "forget",
-"id", "recorded_at"}``), every edge version (an ``edge`` line with ``recorded_at``) and every removed edge
-(``{"type": "unlink", "src", "dst", "rel", "recorded_at"}``). The import replays them at those times
-(:meth:`~t4dm.storage.T4DX.replay`), each version's text embedded anew, so the target answers "what did we
-know when" as the source did: ``history``, ``get(as_of=)``, ``search(as_of=)``. Its store's own history
-must end before the export's begins (a new memory does); edge weights are those of the time of the export
-(weight updates are not versions).
+"id", "recorded_at"}``), every edge version (an ``edge`` line with ``recorded_at``), every removed edge
+(``{"type": "unlink", "src", "dst", "rel", "recorded_at"}``), every edge weight set (a ``reweigh`` line, as an
+``edge`` line) and every batch scale (``{"type": "scale", "factor", "rel", "recorded_at"}``, ``rel`` null for
+every relation). The import replays them at those times (:meth:`~t4dm.storage.T4DX.replay`), each version's
+text embedded anew, so the target answers "what did we know when" as the source did: ``history``,
+``get(as_of=)``, ``search(as_of=)``, and ends with the same edge weights. Its store's own history must end
+before the export's begins (a new memory does).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from t4dm.errors import InvalidInput, InvalidTime, UnknownId
-from t4dm.storage import Change, Edge, Item
+from t4dm.storage import Change, Edge, Item, WeightScale
 
 from .lexical import add_to_lexical, indexed_text
 
@@ -82,8 +83,8 @@ def _memory_line(item: Item) -> str:
     }, ensure_ascii=False)  # fmt: skip
 
 
-def _edge_line(e: Edge, history: bool) -> str:
-    record = {"type": "edge", "src": e.src, "dst": e.dst, "rel": e.rel, "weight": e.weight,
+def _edge_line(e: Edge, history: bool, kind: str = "edge") -> str:
+    record = {"type": kind, "src": e.src, "dst": e.dst, "rel": e.rel, "weight": e.weight,
               "valid_from": _iso(e.valid_from), "valid_to": _iso(e.valid_to)}  # fmt: skip
     if history:
         record["recorded_at"] = _iso(e.recorded_at)
@@ -93,8 +94,8 @@ def _edge_line(e: Edge, history: bool) -> str:
 def export_jsonl(memory: Any, path: str | os.PathLike[str], *, history: bool = False) -> dict[str, int]:
     """Write ``memory``'s live memories and the edges between them to ``path`` (replaced when the whole file
     is written); returns ``{"memories": n, "edges": m}``. With ``history``: every version, deletion, edge
-    and removed edge the store holds, in the order written (format 2); the counts are then of versions
-    and ``forgotten`` / ``unlinked`` are added."""
+    and removed edge the store holds, edge weights set and batch scales, in the order written (format 2); the
+    counts are then of versions, and ``forgotten``, ``unlinked``, ``reweighed`` and ``scales`` are added."""
     from t4dm.storage.fsutil import publish_bytes
 
     if history:
@@ -117,12 +118,19 @@ def _export_history(memory: Any, path: str) -> dict[str, int]:
     header = {"type": "t4dm-memory", "format": HISTORY_FORMAT, "history": True,
               "embedder": memory.embedder.name, "dim": memory.embedder.dim}  # fmt: skip
     lines = [json.dumps(header)]
-    counts = {"memories": 0, "edges": 0, "forgotten": 0, "unlinked": 0}
+    counts = {"memories": 0, "edges": 0, "forgotten": 0, "unlinked": 0, "reweighed": 0, "scales": 0}
     with memory._lock:
         changes = list(memory.db.changes())
     for change in changes:
         record = change.record
-        if isinstance(record, Item):
+        if isinstance(record, WeightScale):
+            lines.append(json.dumps({"type": "scale", "factor": record.factor, "rel": record.rel,
+                                     "recorded_at": _iso(record.recorded_at)}))  # fmt: skip
+            counts["scales"] += 1
+        elif change.op == "weight":
+            lines.append(_edge_line(record, history=True, kind="reweigh"))
+            counts["reweighed"] += 1
+        elif isinstance(record, Item):
             if change.op == "put":
                 lines.append(_memory_line(record))
                 counts["memories"] += 1
@@ -271,8 +279,19 @@ def _read_history(records: list[dict[str, Any]]) -> tuple[list[Change], list[int
         elif kind == "unlink":
             src, dst, rel = _ends(record, where)
             change = Change(0, "delete", Edge(src, dst, rel, recorded_at=_recorded(record, where)))
+        elif kind == "reweigh":
+            change = Change(0, "weight", _edge(record, where, history=True))
+        elif kind == "scale":
+            factor, rel = record.get("factor"), record.get("rel")
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+                raise InvalidInput(f"{where}.factor", factor, "must be a number")
+            if rel is not None and not isinstance(rel, str):
+                raise InvalidInput(f"{where}.rel", rel, "must be a relation name or null")
+            change = Change(0, "scale", WeightScale(float(factor), rel, _recorded(record, where)))
         else:
-            raise InvalidInput(f"{where}.type", kind, "expected 'memory', 'edge', 'forget' or 'unlink'")
+            raise InvalidInput(
+                f"{where}.type", kind, "expected 'memory', 'edge', 'forget', 'unlink', 'reweigh' or 'scale'"
+            )
         changes.append(change)
     return changes, [record["_line"] for record in records]
 
@@ -290,7 +309,8 @@ def _embed(memory: Any, items: list[Item]) -> list[Any]:
 
 def import_jsonl(memory: Any, path: str | os.PathLike[str]) -> dict[str, int]:
     """Add the memories and edges of an export to ``memory``, embedding each text with ``memory``'s embedder;
-    returns ``{"memories": n, "edges": m}`` (and ``forgotten`` / ``unlinked`` for an export with history).
+    returns ``{"memories": n, "edges": m}`` (and ``forgotten``, ``unlinked``, ``reweighed``, ``scales`` for an
+    export with history).
     The whole file is checked (and its texts embedded) before the first write, and an id already in
     ``memory`` refuses the import: a bad file writes nothing. An export with history is replayed at its own
     times (see the module's docstring)."""
@@ -323,6 +343,8 @@ def _import_history(memory: Any, folder: str, records: list[dict[str, Any]]) -> 
         "edges": sum(c.op == "put" and isinstance(c.record, Edge) for c in changes),
         "forgotten": sum(c.op == "delete" and isinstance(c.record, Item) for c in changes),
         "unlinked": sum(c.op == "delete" and isinstance(c.record, Edge) for c in changes),
+        "reweighed": sum(c.op == "weight" for c in changes),
+        "scales": sum(c.op == "scale" for c in changes),
     }
     with memory._lock:
         ids = list(dict.fromkeys(changes[i].record.id for i in puts))

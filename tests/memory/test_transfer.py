@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -173,7 +173,7 @@ def test_an_export_with_history_gives_the_same_past(tmp_path):
         edges = {t: sorted((e.src, e.dst, e.rel, e.recorded_at, e.superseded_at)
                            for e in source.db.edges(ids, known_at=t)) for t in times.values()}  # fmt: skip
     # 4 first versions and one revision; the chat's two "next" edges; one turn forgotten, one edge removed
-    assert counts == {"memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1}
+    assert counts == {"memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1, "reweighed": 0, "scales": 0}
     assert paris == ["Alice moved to Paris"]
     header = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[0])
     assert header["format"] == 2 and header["history"] is True
@@ -215,6 +215,17 @@ def test_a_history_import_needs_a_store_whose_past_ends_before_it(tmp_path):
         assert len(target) == 1 and len(list(target.db.changes())) == 1
 
 
+def _negative_scale(lines: list[str]) -> list[str]:
+    last = datetime.fromisoformat(json.loads(lines[-1])["recorded_at"])
+    scale = {
+        "type": "scale",
+        "factor": -1.0,
+        "rel": None,
+        "recorded_at": (last + timedelta(microseconds=1)).isoformat(),
+    }
+    return [*lines, json.dumps(scale)]
+
+
 def _swap(lines: list[str], a: int, b: int) -> list[str]:
     lines = list(lines)
     lines[a], lines[b] = lines[b], lines[a]
@@ -231,6 +242,9 @@ def _swap(lines: list[str], a: int, b: int) -> list[str]:
         (lambda lines: [*lines, json.dumps({"type": "forget", "id": 7, "recorded_at": None})], InvalidInput,
          "line 11.id"),
         (lambda lines: [*lines, json.dumps({"type": "blob"})], InvalidInput, "line 11.type"),
+        (lambda lines: [*lines, json.dumps({"type": "scale", "factor": "half", "rel": None, "recorded_at": None})],
+         InvalidInput, "line 11.factor"),
+        (_negative_scale, InvalidInput, "line 11.factor"),
     ],
 )  # fmt: skip
 def test_a_bad_history_names_the_line_and_writes_nothing(tmp_path, mutate, error, field):
@@ -249,6 +263,28 @@ def test_a_bad_history_names_the_line_and_writes_nothing(tmp_path, mutate, error
         assert len(target) == 0 and list(target.db.changes()) == []
 
 
+def test_an_export_with_history_carries_edge_weights_and_scales(tmp_path):
+    # weights are not versions: weight updates and scales travel as changes of their own, so the import
+    # ends with the weights the source has
+    source = _filled(tmp_path / "a")
+    with source:
+        edges = source.db.edges([i.id for i in source.db.scan()])
+        first, second = edges[0], edges[1]
+        source.db.update_edge_weight(first.src, first.dst, first.rel, delta=0.5)
+        source.db.batch_scale_weights(0.5)
+        source.db.update_edge_weight(second.src, second.dst, second.rel, weight=3.0)
+        want = {(e.src, e.dst, e.rel): e.weight for e in source.db.edges([i.id for i in source.db.scan()])}
+        counts = source.export_jsonl(tmp_path / "history.jsonl", history=True)
+    assert (counts["reweighed"], counts["scales"]) == (2, 1)
+    types = [json.loads(line)["type"] for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert types[-3:] == ["reweigh", "scale", "reweigh"]
+    with Memory(tmp_path / "b", embedder=letters) as target:
+        assert target.import_jsonl(tmp_path / "history.jsonl") == counts
+        got = {(e.src, e.dst, e.rel): e.weight for e in target.db.edges([i.id for i in target.db.scan()])}
+        assert got == pytest.approx(want) and len(want) == 2
+        assert want[(first.src, first.dst, first.rel)] == pytest.approx((first.weight + 0.5) * 0.5)
+
+
 def test_the_export_command_with_history(tmp_path, monkeypatch, capsys):
     import t4dm.memory.embedder as embedder_module
     from t4dm.cli import main
@@ -260,7 +296,7 @@ def test_the_export_command_with_history(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "a.jsonl")
     assert main(["export", "--path", str(tmp_path / "a"), "--out", out, "--history"]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "out": out, "memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1,
+        "out": out, "memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1, "reweighed": 0, "scales": 0,
     }  # fmt: skip
     assert main(["import", "--path", str(tmp_path / "b"), "--file", out]) == 0
     assert json.loads(capsys.readouterr().out)["forgotten"] == 1

@@ -4,13 +4,14 @@ another store at its own transaction times."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from datetime import timedelta
 
 import numpy as np
 import pytest
 
 from t4dm.errors import DimensionMismatch, InvalidInput, InvalidTime, UnknownId
-from t4dm.storage import T4DX, Change, Edge, Item
+from t4dm.storage import T4DX, Change, Edge, Item, MergedRows, WeightScale
 
 from .conftest import DIM, FakeClock, vec
 
@@ -83,7 +84,9 @@ def test_a_replay_into_an_empty_store_gives_the_same_history(store, tmp_path) ->
     db = store.settle()
     changes = list(db.changes())
     assert [c.seq for c in changes] == sorted(c.seq for c in changes)
-    assert {c.op for c in changes} == {"put", "delete"}
+    # a full compaction folds weight updates and scales into the edges: no changes of their own then
+    folded = store.place == "compacted"
+    assert {c.op for c in changes} == {"put", "delete"} | (set() if folded else {"weight", "scale"})
     times = _times(changes)
     before = _views(db, ids, times)
 
@@ -108,9 +111,14 @@ def test_the_changes_record_deletions_and_ended_edges(db, clock) -> None:
     assert deleted == [ids[3], ids[4]]
     [removed] = [c.record for c in changes if c.op == "delete" and isinstance(c.record, Edge)]
     assert (removed.src, removed.dst, removed.rel) == (ids[1], ids[2], "next")
-    # the live edge's weight as read now: (2.0 + 0.5), one put per edge version, none for the overlay
-    [first] = [c.record for c in changes if isinstance(c.record, Edge) and c.record.src == ids[0]]
-    assert first.weight == 2.5
+    # weights are not versions: the put has the edge's weight now (2.0 + 0.5), less the scales written after
+    # it (none of its relation); the weight update and the scale follow as changes of their own
+    first, weighed = [c for c in changes if isinstance(c.record, Edge) and c.record.src == ids[0]]
+    assert (first.op, first.record.weight, weighed.op, weighed.record.weight) == ("put", 2.5, "weight", 2.5)
+    assert (weighed.record.dst, weighed.record.rel) == (ids[1], "related")
+    [scale] = [c for c in changes if c.op == "scale"]
+    assert (scale.record.factor, scale.record.rel, scale.seq) == (0.5, "next", weighed.seq + 1)
+    assert scale.recorded_at > weighed.recorded_at
     puts = [c for c in changes if c.op == "put" and isinstance(c.record, Item)]
     assert len(puts) == 5 + 1 + 1 + 6
     one_transaction = [c for c in changes if c.recorded_at == changes[0].recorded_at]
@@ -197,6 +205,10 @@ def test_a_replay_refuses_a_deletion_of_what_is_not_live(tmp_path, clock, source
         (Change(0, "put", Item(vec(0), id="x")), InvalidTime, r"changes\[3\]\.recorded_at"),
         ("short vector", DimensionMismatch, r"changes\[3\]\.record\.vector"),
         ("bad weight", InvalidInput, r"changes\[3\]\.record\.weight"),
+        ("weight of an item", InvalidInput, r"changes\[3\]\.record=.*weight change needs an Edge"),
+        ("scale of zero", InvalidInput, r"changes\[3\]\.record\.factor"),
+        ("scale of '*'", InvalidInput, r"changes\[3\]\.record\.rel"),
+        ("unknown edge weighed", UnknownId, r"changes\[3\]\.record"),
     ],
 )
 def test_a_bad_change_names_itself_and_writes_nothing(tmp_path, clock, source, change, error, field) -> None:
@@ -206,6 +218,16 @@ def test_a_bad_change_names_itself_and_writes_nothing(tmp_path, clock, source, c
     elif change == "bad weight":
         change = Change(
             0, "put", Edge(source[0].record.id, source[1].record.id, weight=float("nan"), recorded_at=late)
+        )
+    elif change == "weight of an item":
+        change = Change(0, "weight", Item(vec(0), id="x", recorded_at=late))
+    elif change == "scale of zero":
+        change = Change(0, "scale", WeightScale(0.0, recorded_at=late))
+    elif change == "scale of '*'":
+        change = Change(0, "scale", WeightScale(0.5, "*", recorded_at=late))
+    elif change == "unknown edge weighed":
+        change = Change(
+            0, "weight", Edge(source[0].record.id, source[1].record.id, weight=3.0, recorded_at=late)
         )
     elif not isinstance(change, str) and change.op == "upsert":
         change = dataclasses.replace(change, record=dataclasses.replace(change.record, recorded_at=late))
@@ -231,6 +253,12 @@ def test_a_follower_kept_up_by_changes_since_its_last_replay(tmp_path, clock) ->
                 clock.advance()
                 leader.delete(ids[5 + round])
                 clock.advance()
+                # weights are not versions: the follower gets them as weight and scale changes
+                leader.update_edge_weight(ids[0], ids[1], delta=0.25 * round)
+                clock.advance()
+                leader.batch_scale_weights(0.5)
+                clock.advance()
+                leader.flush()
             batch = list(leader.changes(since=last))
             assert batch and all(last is None or c.recorded_at > last for c in batch)
             follower.replay(batch)
@@ -243,8 +271,9 @@ def test_a_follower_kept_up_by_changes_since_its_last_replay(tmp_path, clock) ->
 
 def test_random_histories_replay_to_the_same_views(tmp_path) -> None:
     """Hypothesis: random sequences of inserts, revisions, deletions, edges, removals, weight updates and
-    scales, with flushes and compactions between, replay into an empty store with the same views at every
-    transaction time."""
+    scales, with flushes, compactions and reopens between, replay into an empty store with the same views at
+    every transaction time; and a follower that syncs at random points (``changes(since=)``, or a new copy
+    when a compaction folded what it had not seen) ends with the same views."""
     import shutil
 
     from hypothesis import HealthCheck, given, settings
@@ -261,15 +290,36 @@ def test_random_histories_replay_to_the_same_views(tmp_path) -> None:
         st.tuples(st.just("scale"), st.just(""), st.just(0)),
         st.tuples(st.just("flush"), st.just(""), st.just(0)),
         st.tuples(st.just("compact"), st.just(""), st.just(0)),
+        st.tuples(st.just("reopen"), st.just(""), st.just(0)),
+        st.tuples(st.just("sync"), st.just(""), st.just(0)),
     )
     runs = iter(range(10**6))
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(st.lists(step, min_size=1, max_size=25))
     def check(steps) -> None:
         folder = tmp_path / f"run{next(runs)}"
         clock = FakeClock()
-        with T4DX.open(str(folder / "a"), dim=DIM, clock=clock) as db:
+        copies = iter(range(10**6))
+        follower, last = T4DX.open(str(folder / "f0"), dim=DIM, clock=clock), None
+
+        def sync() -> None:
+            nonlocal follower, last
+            try:
+                batch = list(db.changes(since=last))
+            except InvalidTime:  # folded before the follower saw it: a new copy
+                follower.close()
+                follower = T4DX.open(str(folder / f"f{next(copies) + 1}"), dim=DIM, clock=clock)
+                batch = list(db.changes())
+            follower.replay(batch)
+            last = batch[-1].recorded_at if batch else last
+
+        db = T4DX.open(str(folder / "a"), dim=DIM, clock=clock)
+        try:
+            # every id and a chain of edges to begin with, so that the steps have edges to weigh and unlink
+            db.insert([Item(vec(i), id=id, fields={"text": id}) for i, id in enumerate(ids)])
+            clock.advance()
+            db.add_edges([Edge(a, b, weight=2.0) for a, b in itertools.pairwise(ids)])
             for op, a, b in steps:
                 clock.advance()
                 live = {i.id for i in db.scan()}
@@ -292,6 +342,11 @@ def test_random_histories_replay_to_the_same_views(tmp_path) -> None:
                     db.flush()
                 elif op == "compact":
                     db.compact()
+                elif op == "reopen":
+                    db.close()
+                    db = T4DX.open(str(folder / "a"), clock=clock)
+                elif op == "sync":
+                    sync()
             changes = list(db.changes())
             if not changes:
                 return
@@ -300,6 +355,13 @@ def test_random_histories_replay_to_the_same_views(tmp_path) -> None:
             with T4DX.open(str(folder / "b"), dim=DIM, clock=clock) as copy:
                 copy.replay(changes)
                 assert _views(copy, ids, times) == want
+            sync()
+            # a follower's history holds what it saw, so compare its present: items and weights
+            assert _views(follower, ids, [])["live"] == want["live"]
+            assert _weights(follower, ids) == pytest.approx(_weights(db, ids))
+        finally:
+            db.close()
+            follower.close()
         shutil.rmtree(folder, ignore_errors=True)
 
     check()
@@ -315,3 +377,74 @@ def test_one_transaction_cannot_delete_the_same_thing_twice(tmp_path, clock, sou
             with pytest.raises(UnknownId, match=rf"changes\[{len(changes) - 1}\]"):
                 db.replay(changes)
             _unchanged(db)
+
+
+def test_two_scales_are_two_transactions(tmp_path, clock, source) -> None:
+    late = source[-1].recorded_at + timedelta(seconds=1)
+    scales = [
+        Change(0, "scale", WeightScale(0.5, recorded_at=late)),
+        Change(0, "scale", WeightScale(0.5, recorded_at=late)),
+    ]
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        with pytest.raises(InvalidInput, match=r"changes\[\d+\]=.*a batch scale is a transaction of its own"):
+            db.replay([*source, *scales])
+        _unchanged(db)
+
+
+def _weights(db: T4DX, ids: list[str]) -> dict:
+    return {(e.src, e.dst, e.rel): e.weight for e in db.edges(ids)}
+
+
+def test_a_compaction_that_folds_weights_ends_the_feed_before_them(tmp_path, clock) -> None:
+    """A full compaction folds overlays and scales into the edges: a follower that has not seen them must
+    copy anew (``since`` before them is refused); one that has goes on; a new copy gets the same weights."""
+    with (
+        T4DX.open(str(tmp_path / "leader"), dim=DIM, clock=clock) as leader,
+        T4DX.open(str(tmp_path / "follower"), dim=DIM, clock=clock) as follower,
+    ):
+        ids = _write_history(leader, clock)
+        follower.replay(leader.changes())
+        synced = list(leader.changes())[-1].recorded_at
+        assert leader.folded_through is None
+        leader.compact()  # folds what the follower has seen: it need not copy anew
+        assert leader.folded_through is not None and leader.folded_through <= synced
+        assert list(leader.changes(since=synced)) == []
+        clock.advance()
+        leader.update_edge_weight(ids[0], ids[1], delta=1.0)
+        clock.advance()
+        leader.batch_scale_weights(0.5, rel="derived_from")
+        clock.advance()
+        unseen = list(leader.changes())[-1].recorded_at
+        leader.compact()  # folds the two changes the follower has not seen
+        assert leader.folded_through == unseen
+        with pytest.raises(InvalidTime, match=r"since=.*copy the store anew"):
+            list(leader.changes(since=synced))
+        assert _weights(follower, ids) != _weights(leader, ids)
+    with T4DX.open(str(tmp_path / "leader"), clock=clock) as leader:  # the mark is kept
+        assert leader.folded_through == unseen
+        with pytest.raises(InvalidTime, match="since"):
+            list(leader.changes(since=synced))
+        assert list(leader.changes(since=unseen)) == []
+        with T4DX.open(str(tmp_path / "copy"), dim=DIM, clock=clock) as copy:
+            copy.replay(leader.changes())
+            assert _weights(copy, ids) == pytest.approx(_weights(leader, ids))
+            assert {c.op for c in copy.changes()} == {"put", "delete"}
+
+
+def test_a_policy_that_edits_rows_in_place_ends_the_feed_at_the_compaction(tmp_path, clock) -> None:
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        [id] = db.insert(Item(vec(1), kappa=0.1))
+        clock.advance()
+        db.compact(policy=lambda rows: None)  # edits nothing, folds nothing: the feed is whole
+        assert db.folded_through is None
+        synced = list(db.changes())[-1].recorded_at
+        clock.advance()
+
+        def consolidate(rows: MergedRows) -> None:
+            rows.kappa[:] = 0.5  # in place: no version, so no change a follower could read
+
+        db.compact(policy=consolidate)
+        assert db.get(id).kappa == 0.5
+        assert db.folded_through is not None and db.folded_through > synced
+        with pytest.raises(InvalidTime, match="since"):
+            list(db.changes(since=synced))
