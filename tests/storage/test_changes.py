@@ -269,7 +269,8 @@ def test_a_follower_kept_up_by_changes_since_its_last_replay(tmp_path, clock) ->
         assert follower.replay(leader.changes(since=last)) == 0  # nothing new
 
 
-def test_random_histories_replay_to_the_same_views(tmp_path) -> None:
+@pytest.mark.parametrize("examples", [50, pytest.param(400, marks=pytest.mark.slow)])
+def test_random_histories_replay_to_the_same_views(tmp_path, examples) -> None:
     """Hypothesis: random sequences of inserts, revisions, deletions, edges, removals, weight updates and
     scales, with flushes, compactions and reopens between, replay into an empty store with the same views at
     every transaction time; and a follower that syncs at random points (``changes(since=)``, or a new copy
@@ -295,7 +296,9 @@ def test_random_histories_replay_to_the_same_views(tmp_path) -> None:
     )
     runs = iter(range(10**6))
 
-    @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(st.lists(step, min_size=1, max_size=25))
     def check(steps) -> None:
         folder = tmp_path / f"run{next(runs)}"
