@@ -2,6 +2,8 @@
 
 Protocol on stdout, one line each, flushed: ``ready``, then for every operation ``begin <op> <id> <value>``
 before it and ``ack`` once it returned. The parent kills this process with SIGKILL at a random moment.
+Edge operations name the edge ``src>dst``: ``link`` (weight ``value``), ``weigh`` (delta ``value``); ``scale``
+multiplies every weight by 2 (``value`` 2) or 0.5 (``value`` -2).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 
 import numpy as np
 
-from t4dm.storage import T4DX, Item
+from t4dm.storage import T4DX, Edge, Item
 
 
 def main(path: str, seed: int) -> None:
@@ -19,13 +21,14 @@ def main(path: str, seed: int) -> None:
     out = sys.stdout
     with T4DX.open(path, dim=4, durability="sync", memtable_bytes=16 << 10, max_segments=3) as db:
         live = sorted(item.id for item in db.scan())
+        edges = sorted(f"{e.src}>{e.dst}" for e in db.edges(live)) if live else []
         counter = len(live) + 10_000 * seed
         out.write("ready\n")
         out.flush()
         while True:
             roll = rng.random()
             counter += 1
-            if roll < 0.55 or not live:
+            if roll < 0.45 or len(live) < 2:
                 op, id = "insert", f"k{counter}"
                 out.write(f"begin {op} {id} {counter}\n")
                 out.flush()
@@ -33,16 +36,33 @@ def main(path: str, seed: int) -> None:
                     Item(vector=np.full(4, counter % 97, dtype=np.float32), id=id, fields={"v": counter})
                 )
                 live.append(id)
-            elif roll < 0.8:
+            elif roll < 0.65:
                 op, id = "update", rng.choice(live)
                 out.write(f"begin {op} {id} {counter}\n")
                 out.flush()
                 db.update_fields(id, {"v": counter})
-            elif roll < 0.95:
+            elif roll < 0.72:
                 op, id = "delete", live.pop(rng.randrange(len(live)))
                 out.write(f"begin {op} {id} 0\n")
                 out.flush()
                 db.delete(id)
+            elif roll < 0.82:
+                src, dst = rng.sample(live, 2)
+                out.write(f"begin link {src}>{dst} {counter % 7 + 1}\n")
+                out.flush()
+                db.add_edges(Edge(src, dst, weight=float(counter % 7 + 1)))
+                if f"{src}>{dst}" not in edges:
+                    edges.append(f"{src}>{dst}")
+            elif roll < 0.9 and edges:
+                src, dst = rng.choice(edges).split(">")
+                out.write(f"begin weigh {src}>{dst} 1\n")
+                out.flush()
+                db.update_edge_weight(src, dst, delta=1.0)
+            elif roll < 0.95:
+                up = rng.random() < 0.5
+                out.write(f"begin scale - {2 if up else -2}\n")
+                out.flush()
+                db.batch_scale_weights(2.0 if up else 0.5)
             else:
                 out.write("begin compact - 0\n")
                 out.flush()

@@ -18,9 +18,16 @@ from t4dm.storage import T4DX
 WRITER = Path(__file__).with_name("crash_writer.py")
 
 
-def _apply(model: dict[str, tuple[int, int]], op: str, id: str, value: int) -> None:
-    """model: id -> (fields["v"], the vector's fill value, set at insert)."""
-    if op == "insert":
+def _apply(model: dict[str, tuple[int, int]], edges: dict[str, float], op: str, id: str, value: int) -> None:
+    """model: id -> (fields["v"], the vector's fill value, set at insert); edges: "src>dst" -> weight."""
+    if op == "link":
+        edges[id] = float(value)
+    elif op == "weigh":
+        edges[id] += value
+    elif op == "scale":
+        for edge in edges:
+            edges[edge] *= 2.0 if value > 0 else 0.5
+    elif op == "insert":
         model[id] = (value, value % 97)
     elif op == "update":
         model[id] = (value, model[id][1])
@@ -56,7 +63,8 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
     path = str(tmp_path / "store")
     model: dict[str, tuple[int, int]] = {}
-    counts = {"acked": 0, "in_flight_applied": 0, "in_flight_lost": 0}
+    edges: dict[str, float] = {}
+    counts = {"acked": 0, "in_flight_applied": 0, "in_flight_lost": 0, "edge_ops": 0}
     for trial in range(trials):
         lines = _run_and_kill(path, seed * 1000 + trial + 1, rng)
         pending = None
@@ -66,17 +74,22 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
                 pending = (op, id, int(value))
             elif line == "ack":
                 assert pending is not None, lines
-                _apply(model, *pending)
+                _apply(model, edges, *pending)
                 counts["acked"] += 1
+                counts["edge_ops"] += pending[0] in ("link", "weigh", "scale")
                 pending = None
         with T4DX.open(path) as db:
             state = {item.id: (item.fields["v"], int(item.vector[0])) for item in db.scan()}
-            if pending is not None and pending[0] != "compact" and state != model:
+            sources = sorted({e.split(">")[0] for e in edges} | set(state))  # edges outlive their items
+            weights = {f"{e.src}>{e.dst}": round(e.weight, 9) for e in db.edges(sources)} if sources else {}
+            agrees = state == model and weights == {e: round(w, 9) for e, w in edges.items()}
+            if pending is not None and pending[0] != "compact" and not agrees:
                 # the write in flight at the kill may have landed (written, not yet acknowledged)
-                _apply(model, *pending)
+                _apply(model, edges, *pending)
                 counts["in_flight_applied"] += 1
             elif pending is not None:
                 counts["in_flight_lost"] += 1
+            assert weights == {e: round(w, 9) for e, w in edges.items()}, (trial, pending)
             if state != model:
                 extra = {k: state[k] for k in state.keys() - model.keys()}
                 missing = {k: model[k] for k in model.keys() - state.keys()}
@@ -96,6 +109,7 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
 def test_sigkill_loses_no_acknowledged_write(tmp_path):
     counts = crash_trials(tmp_path, trials=20, seed=1)
     assert counts["acked"] > 20  # the writer got real work done between kills
+    assert counts["edge_ops"] > 5  # links, weight updates and scales among them
 
 
 @pytest.mark.slow
