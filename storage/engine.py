@@ -98,9 +98,11 @@ class _Snapshot(NamedTuple):
     mem_n: int
     segments: tuple[Segment, ...]  # oldest first
     scales: dict[str, float]  # BATCH_SCALE_WEIGHTS factors by relation ("*": every relation)
-    scale_log: tuple[
-        tuple[int, int, str, float], ...
-    ]  # those scales: (seq, recorded_at µs, relation, factor)
+    # those scales since the last fold, (seq, recorded_at µs, relation, factor) each, and the factors older
+    # than that log (of a store written before there was one)
+    scale_log: tuple[tuple[int, int, str, float], ...]
+    scale_base: dict[str, float]
+    folded_through: int  # µs: the change feed lacks changes recorded up to it (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -794,8 +796,9 @@ class T4DX:
 
     def _publish(self) -> None:
         self._snap = _Snapshot(
-            self._seq, self._mem, self._mem.n, self._segments, self._scales, self._scale_log
-        )
+            self._seq, self._mem, self._mem.n, self._segments,
+            self._scales, self._scale_log, self._scale_base, self._folded_through,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ validation
     def _check_vectors(self, vectors: Any, field: str) -> np.ndarray:
@@ -1107,14 +1110,14 @@ class T4DX:
         """
         self._check_open()
         since_us = None if since is None else to_us(since, "since")
-        if since_us is not None and since_us < self._folded_through:
+        snap = self._snap  # one snapshot: what it holds and what its compactions folded agree
+        if since_us is not None and since_us < snap.folded_through:
             raise InvalidTime(
                 "since", since,
-                f"a full compaction folded or dropped changes recorded up to {from_us(self._folded_through)} "
+                f"a full compaction folded or dropped changes recorded up to {from_us(snap.folded_through)} "
                 "(or changed rows in place): copy the store anew, from changes() without since",
             )  # fmt: skip
-        snap = self._snap
-        weights = _ScaleHistory(self._scale_base, snap.scale_log)
+        weights = _ScaleHistory(snap.scale_base, snap.scale_log)
         sources = _sources(snap)
         places, rows, seqs = [], [], []
         for place, (source, n) in enumerate(sources):
@@ -1150,7 +1153,8 @@ class T4DX:
     def folded_through(self) -> datetime | None:
         """The change feed lacks changes recorded at or before this time (None: it lacks none): see
         :meth:`changes`."""
-        return from_us(self._folded_through) if self._folded_through else None
+        folded = self._snap.folded_through
+        return from_us(folded) if folded else None
 
     def _changes(
         self, source: Any, rows: np.ndarray, snap: _Snapshot, weights: _ScaleHistory
