@@ -1195,13 +1195,13 @@ class T4DX:
 
         The changes that share one ``recorded_at`` (they must be adjacent) become one transaction at that
         time, and must all be of one sort: item versions, item deletions, edge versions, edge removals or
-        edge weights (as one transaction of a store is); a batch scale is a transaction of its own. Times must rise from each transaction to the next, the first
-        must be later than every write this store has made, and the last must not be ahead of its clock:
-        so the store keeps one timeline, and what it knew at any time before the replay does not change.
-        A put's ``superseded_at`` is ignored (the next version sets it); a deletion or a weight must name an
-        item or edge that is live at that point. An edge's endpoints are not checked (they were when it was first
-        written). Everything is checked before the first write: a bad change raises a typed error naming
-        ``changes[i]`` and nothing is written.
+        edge weights (as one transaction of a store is); a batch scale is a transaction of its own. Times
+        must rise from each transaction to the next, the first must be later than every write this store has
+        made, and the last must not be ahead of its clock: so the store keeps one timeline, and what it knew
+        at any time before the replay does not change. A put's ``superseded_at`` is ignored (the next version
+        sets it); a deletion or a weight must name an item or edge that is live at that point. An edge's
+        endpoints are not checked (they were when it was first written). Everything is checked before the
+        first write: a bad change raises a typed error naming ``changes[i]`` and nothing is written.
         """
         self._check_open()
         changes = list(changes)
@@ -1656,7 +1656,8 @@ class T4DX:
         last_seq: int | None = None,
     ) -> None:
         """Publish a manifest with ``removed`` replaced by ``added`` at ``index``, then drop old files.
-        ``last_seq``: every write up to it is in the segments or the manifest (recovery skips it in the WAL)."""
+        ``last_seq``: every write up to it is in the segments or the manifest (recovery skips it in the
+        WAL)."""
         segments = [s for s in self._segments if s not in removed]
         if added is not None:
             segments.insert(index, added)

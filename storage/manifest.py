@@ -47,8 +47,8 @@ class Manifest:
     # each (the change feed gives them); None in a manifest written before the feed had them
     edge_scale_log: list[list] | None = None
     edge_scale_base: dict[str, float] = field(default_factory=dict)  # the factors older than the log
-    # the change feed lacks changes recorded at or before this time (µs; 0: none): what full compactions folded
-    # (weight overlays, scales), dropped (expired versions, tombstones) or edited in place (a policy's κ)
+    # the change feed lacks changes recorded at or before this time (µs; 0: none): what full compactions
+    # folded (weight overlays, scales), dropped (expired versions, tombstones) or edited in place (a policy's κ)
     folded_through: int = 0
     format: int = FORMAT
 
