@@ -457,3 +457,42 @@ def test_a_policy_that_edits_rows_in_place_ends_the_feed_at_the_compaction(tmp_p
         assert db.folded_through is not None and db.folded_through > synced
         with pytest.raises(InvalidTime, match="since"):
             list(db.changes(since=synced))
+
+
+def test_a_store_from_before_the_scale_log_keeps_its_scales(tmp_path, clock) -> None:
+    """A manifest written before the feed gave scales has their product only: those factors stay in every
+    weight read, and the feed gives them inside the puts (no scale change to give)."""
+    import msgpack
+
+    from t4dm.storage import manifest as manifest_module
+    from t4dm.storage.fsutil import read_framed, write_framed
+
+    path = str(tmp_path / "old")
+    with T4DX.open(path, dim=DIM, clock=clock) as db:
+        a, b = db.insert([Item(vec(1)), Item(vec(2))])
+        db.add_edges(Edge(a, b, weight=3.0))
+        db.flush()
+        db.batch_scale_weights(0.5)
+        clock.advance()
+        db.insert(Item(vec(3)))
+        db.flush()  # the scale is in the manifest now
+    name = f"{path}/{manifest_module.NAME}"
+    version, body = read_framed(name, manifest_module._MAGIC, manifest_module.FORMAT)
+    raw = msgpack.unpackb(body, raw=False)
+    assert raw["edge_scales"] == {"*": 0.5} and raw["edge_scale_log"]
+    for key in ("edge_scale_log", "edge_scale_base", "folded_through"):
+        del raw[key]  # as an older version wrote it
+    write_framed(name, manifest_module._MAGIC, version, msgpack.packb(raw, use_bin_type=True))
+    with T4DX.open(path, clock=clock) as db:
+        assert [e.weight for e in db.edges(a)] == [1.5]
+        changes = list(db.changes())
+        assert [c.record.weight for c in changes if isinstance(c.record, Edge)] == [1.5]
+        assert not any(c.op == "scale" for c in changes)
+        clock.advance()
+        db.batch_scale_weights(2.0)  # a new scale joins the log on top of the old product
+        assert [e.weight for e in db.edges(a)] == [3.0]
+        with T4DX.open(str(tmp_path / "copy"), dim=DIM, clock=clock) as copy:
+            copy.replay(db.changes())
+            assert [e.weight for e in copy.edges(a)] == [3.0]
+    with T4DX.open(path, clock=clock) as db:
+        assert [e.weight for e in db.edges(a)] == [3.0]
