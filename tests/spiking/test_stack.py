@@ -212,6 +212,25 @@ def test_torch_compile_fullgraph_through_the_triton_kernels():
     assert rel_err(default(x, context).hidden, ref.hidden) <= 1e-4
 
 
+def test_torch_compile_dynamic_lengths_share_a_graph_on_the_kernels():
+    """With ``dynamic=True`` the stack on the kernels (the CUDA path; here under the interpreter) traces one
+    graph for lengths of five, six and seven novelty-scan chunks (the scan has no loop over time: a loop
+    specialised every length), and each length agrees with eager. (The kernels' own launch choices still
+    split lengths into a few buckets: the LIF's time-parallel path from T = 256 on is another graph.)"""
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()
+    stack = small_stack(2, 32, 2, ops=triton_ops())
+    context = torch.randn(1, 32)
+    compiled = torch.compile(stack, backend="aot_eager", fullgraph=True, dynamic=True)
+    graphs = []
+    for T in (260, 330, 400):
+        x = torch.randn(1, T, 32)
+        assert rel_err(compiled(x, context).hidden, stack(x, context).hidden) <= 1e-6
+        graphs.append(dynamo_utils.counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[0], graphs
+
+
 @pytest.mark.slow
 def test_torch_compile_inductor():
     """The inductor-compiled stack (CPU) matches eager, forward and backward, and streams token by token.
