@@ -2054,42 +2054,37 @@ class T4DX:
                 raise InvalidInput(name, value, "expected a finite number")
             if not isinstance(rel, str) or not rel:
                 raise InvalidInput("rel", rel, "expected a relation name")
-            checked.append((edge_id(check_id(src, "src"), rel, check_id(dst, "dst")), rel, float(value)))
+            src, dst = check_id(src, "src"), check_id(dst, "dst")
+            checked.append((edge_id(src, rel, dst), rel, float(value), src, dst))
         if not checked:
             return []
         with self._write_lock:
             self._check_open()
             snap = self._snap
             located: dict[str, tuple[Any, int]] = {}
-            for id, _, _ in checked:
+            for id, *_ in checked:
                 if id not in located:
                     found = self._locate(id, snap)
                     if found is None:
                         raise UnknownId(id, "edge")
                     located[id] = found
             stored_now = {id: float(source.weight[row]) for id, (source, row) in located.items()}
-            effective, rels = [], {}
-            for id, rel, value in checked:
+            effective, ends = [], {}
+            for id, rel, value, src, dst in checked:
                 scale = self._scales.get("*", 1.0) * self._scales.get(rel, 1.0)
                 stored_now[id] = value / scale if absolute else stored_now[id] + value / scale
                 effective.append(stored_now[id] * scale)
-                rels[id] = rel
-            edges = list(rels)  # one overlay row per edge: its final stored weight
-            overlays = [id + _OVERLAY_SUFFIX for id in edges]
-            stored = [stored_now[id] for id in edges]
+                ends[id] = (src, dst, rel)
+            edges = list(ends)  # one overlay row per edge: its final stored weight, its version's valid time
             rows = [located[id] for id in edges]
-            n = len(overlays)
-            batch = self._build_batch(
-                overlays, *keys_of(overlays), np.empty((n, 0), np.float32), np.zeros(n),
-                [rels[id] for id in edges], [{}] * n,
+            batch = self._edge_batch(
+                [ends[id][0] for id in edges], [ends[id][1] for id in edges], [ends[id][2] for id in edges],
+                np.array([stored_now[id] for id in edges]),
                 np.array([source.valid_from[row] for source, row in rows]),
-                np.array([source.valid_to[row] for source, row in rows]), False, "",
+                np.array([source.valid_to[row] for source, row in rows]),
+                scales={},  # the weights are stored values already
             )  # fmt: skip
-            batch.flags[:] = FLAG_EDGE | FLAG_OVERLAY
-            for column in ("src_hi", "src_lo", "dst_hi", "dst_lo"):
-                getattr(batch, column)[:] = [getattr(source, column)[row] for source, row in rows]
-            batch.weight[:] = stored
-            self._commit(batch)
+            self._commit(self._overlay_batch(batch))
             return effective
 
     def batch_scale_weights(
