@@ -2257,7 +2257,9 @@ class T4DX:
 
     # ================================================================== introspection
     def stats(self) -> dict[str, Any]:
-        """Counts and sizes: live items, version rows, segments, memtable, bytes on disk."""
+        """Counts and sizes: live items, version rows, segments, memtable, bytes on disk; the batch scales in
+        force (by relation, "*" for all) and how many are not yet folded into the edges; ``folded_through``
+        (ISO time or None: see :meth:`changes`)."""
         self._check_open()
         snap = self._snap
         return {
@@ -2269,6 +2271,9 @@ class T4DX:
             "segment_bytes": sum(s.nbytes for s in snap.segments),
             "last_seq": snap.seq,
             "durability": self.durability,
+            "edge_scales": dict(snap.scales),
+            "unfolded_scales": len(snap.scale_log),
+            "folded_through": from_us(snap.folded_through).isoformat() if snap.folded_through else None,
         }
 
 

@@ -424,8 +424,15 @@ def test_a_compaction_that_folds_weights_ends_the_feed_before_them(tmp_path, clo
         leader.batch_scale_weights(0.5, rel="derived_from")
         clock.advance()
         unseen = list(leader.changes())[-1].recorded_at
+        assert leader.stats()["unfolded_scales"] == 1
         leader.compact()  # folds the two changes the follower has not seen
         assert leader.folded_through == unseen
+        stats = leader.stats()
+        assert (stats["folded_through"], stats["unfolded_scales"], stats["edge_scales"]) == (
+            unseen.isoformat(),
+            0,
+            {},
+        )
         with pytest.raises(InvalidTime, match=r"since=.*copy the store anew"):
             list(leader.changes(since=synced))
         assert _weights(follower, ids) != _weights(leader, ids)
@@ -496,3 +503,31 @@ def test_a_store_from_before_the_scale_log_keeps_its_scales(tmp_path, clock) -> 
             assert [e.weight for e in copy.edges(a)] == [3.0]
     with T4DX.open(path, clock=clock) as db:
         assert [e.weight for e in db.edges(a)] == [3.0]
+
+
+def test_the_info_command_shows_the_scales_and_the_fold_mark(tmp_path, clock, capsys) -> None:
+    import json
+
+    from t4dm.cli import main
+
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        a, b = db.insert([Item(vec(1)), Item(vec(2))])
+        db.add_edges(Edge(a, b))
+        db.batch_scale_weights(0.5, rel="related")
+    assert main(["info", str(tmp_path / "s")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["edge_scales"], info["unfolded_scales"], info["folded_through"]) == (
+        {"related": 0.5},
+        1,
+        None,
+    )
+    with T4DX.open(str(tmp_path / "s"), clock=clock) as db:
+        db.compact()
+        folded = db.folded_through
+    assert main(["info", str(tmp_path / "s")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["edge_scales"], info["unfolded_scales"], info["folded_through"]) == (
+        {},
+        0,
+        folded.isoformat(),
+    )
