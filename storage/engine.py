@@ -17,6 +17,7 @@ import bisect
 import contextlib
 import dataclasses
 import fcntl
+import heapq
 import math
 import numbers
 import os
@@ -756,7 +757,7 @@ class T4DX:
         """Put a logged batch into the memtable, supersede older versions, publish (live and replay)."""
         if batch.n and batch.flags[0] & FLAG_SCALE:  # BATCH_SCALE_WEIGHTS: one factor, no row
             rel, factor = batch.kinds[int(batch.kind[0])], float(batch.weight[0])
-            self._scales = {**self._scales, rel: self._scales.get(rel, 1.0) * factor}
+            self._scales = _with_scale(self._scales, rel, factor)
             self._scale_log = (*self._scale_log, (batch.seq_start, batch.recorded_at, rel, factor))
         else:
             unseen = self._mem.append(batch)
@@ -1132,22 +1133,22 @@ class T4DX:
             for seq, recorded, rel, factor in snap.scale_log
             if since_us is None or recorded > since_us
         ]
-        for start in range(0, order.size, _SCAN_CHUNK):
-            chunk = order[start : start + _SCAN_CHUNK]
-            out: list[Change | None] = [None] * chunk.size
-            for place in np.unique(place_of[chunk]).tolist():
-                at = np.flatnonzero(place_of[chunk] == place)
-                for i, change in zip(
-                    at.tolist(),
-                    self._changes(sources[place][0], row_of[chunk[at]], snap, weights),
-                    strict=True,
-                ):
-                    out[i] = change
-            while scales and scales[0].seq < out[-1].seq:  # type: ignore[union-attr]
-                at = bisect.bisect_left([c.seq for c in out], scales[0].seq)  # type: ignore[union-attr]
-                out.insert(at, scales.pop(0))
-            yield from out  # type: ignore[misc]
-        yield from scales
+
+        def rows_in_order() -> Iterator[Change]:
+            for start in range(0, order.size, _SCAN_CHUNK):
+                chunk = order[start : start + _SCAN_CHUNK]
+                out: list[Change | None] = [None] * chunk.size
+                for place in np.unique(place_of[chunk]).tolist():
+                    at = np.flatnonzero(place_of[chunk] == place)
+                    picked = row_of[chunk[at]]
+                    for i, change in zip(
+                        at.tolist(), self._changes(sources[place][0], picked, snap, weights), strict=True
+                    ):
+                        out[i] = change
+                yield from out  # type: ignore[misc]
+
+        # the scales are in no source's rows: merged in by their write sequence numbers
+        yield from heapq.merge(rows_in_order(), scales, key=lambda change: change.seq)
 
     @property
     def folded_through(self) -> datetime | None:
@@ -1294,7 +1295,7 @@ class T4DX:
             op, record = part[0].op, part[0].record
             if isinstance(record, WeightScale):
                 batch, key = self._scale_batch(record.factor, record.rel, f"{names[0]}.")
-                scales[key] = scales.get(key, 1.0) * float(record.factor)
+                scales = _with_scale(scales, key, float(record.factor))
             elif isinstance(record, Item):
                 items = [c.record for c in part]
                 ids = [check_id(item.id, f"{name}.id") for item, name in zip(items, names, strict=True)]
@@ -1674,7 +1675,7 @@ class T4DX:
         durable = [entry for entry in self._scale_log if entry[0] <= manifest.last_seq]
         scales = dict(self._scale_base)
         for _, _, rel, factor in durable:
-            scales[rel] = scales.get(rel, 1.0) * factor
+            scales = _with_scale(scales, rel, factor)
         manifest.edge_scales = scales
         manifest.edge_scale_log = [list(entry) for entry in durable]
         manifest.edge_scale_base = dict(self._scale_base)
@@ -1733,7 +1734,7 @@ class T4DX:
             lost += [recorded for _, recorded, _, _ in self._scale_log]
             edges = (rows.columns["flags"] & FLAG_EDGE) != 0
             if self._scales and edges.any():
-                factor = np.array([self._scales.get("*", 1.0) * self._scales.get(k, 1.0) for k in rows.kinds])
+                factor = np.array([_scale_factor(self._scales, k) for k in rows.kinds])
                 rows.columns["weight"] = np.where(
                     edges, rows.columns["weight"] * factor[rows.columns["kind"]], rows.columns["weight"]
                 )
@@ -1977,7 +1978,7 @@ class T4DX:
         ids = [edge_id(s_, r, d) for s_, r, d in zip(src_ids, rels, dst_ids, strict=True)]
         key_hi, key_lo = keys_of(ids)
         scales = self._scales if scales is None else scales
-        stored = weights / np.array([scales.get("*", 1.0) * scales.get(r, 1.0) for r in rels])
+        stored = weights / np.array([_scale_factor(scales, r) for r in rels])
         batch = self._build_batch(
             ids,
             key_hi,
@@ -2071,7 +2072,7 @@ class T4DX:
             stored_now = {id: float(source.weight[row]) for id, (source, row) in located.items()}
             effective, ends = [], {}
             for id, rel, value, src, dst in checked:
-                scale = self._scales.get("*", 1.0) * self._scales.get(rel, 1.0)
+                scale = _scale_factor(self._scales, rel)
                 stored_now[id] = value / scale if absolute else stored_now[id] + value / scale
                 effective.append(stored_now[id] * scale)
                 ends[id] = (src, dst, rel)
@@ -2292,6 +2293,16 @@ def _field(prefix: str | list[str], i: int, name: str) -> str:
     if isinstance(prefix, list):
         return f"{prefix[i]}.{name}"
     return f"{prefix}[{i}].{name}" if prefix else name
+
+
+def _scale_factor(scales: Mapping[str, float], rel: str) -> float:
+    """The batch-scale factor of relation ``rel``: every relation's ("*") times its own."""
+    return scales.get("*", 1.0) * scales.get(rel, 1.0)
+
+
+def _with_scale(scales: Mapping[str, float], key: str, factor: float) -> dict[str, float]:
+    """``scales`` after one more BATCH_SCALE_WEIGHTS of ``factor`` on ``key`` (a relation or "*")."""
+    return {**scales, key: scales.get(key, 1.0) * factor}
 
 
 class _ScaleHistory:

@@ -31,10 +31,10 @@ def decayed_scan(x: torch.Tensor, decay: float, initial: torch.Tensor | None = N
     B, T, N = x.shape
     xf = x.float()
     y_prev = xf.new_zeros(B, N) if initial is None else initial.float()
-    if T == 1:  # one step (decoding): the recurrence itself, no chunk matrices and no host-to-device constant
-        return (
-            xf + float(decay) * y_prev[:, None]
-        )  # (a CUDA graph capture refuses such copies); same float32 values
+    if T == 1:
+        # one step (decoding): the recurrence itself, same float32 values, without the chunk matrices and
+        # their host-to-device constant (a CUDA graph capture refuses such copies)
+        return xf + float(decay) * y_prev[:, None]
     C = SCAN_CHUNK
     K = (T + C - 1) // C
     chunks = torch.nn.functional.pad(xf, (0, 0, 0, K * C - T)).view(B, K, C, N)
