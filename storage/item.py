@@ -177,8 +177,9 @@ class Change:
     - ``op="scale"``: BATCH_SCALE_WEIGHTS (``record``: a :class:`WeightScale`).
 
     ``seq`` is the store's write sequence number (the order of the changes; changes of one transaction share
-    ``recorded_at``). An edge's weight in a ``put`` or ``weight`` change is the one it had when that change
-    was written, later weight changes and scales aside (those follow as their own changes).
+    ``recorded_at``). Weights are not versions: a ``weight`` change has the weight that update set; a
+    ``put`` of an edge has the edge's present weight less the scales written after it (a later ``weight``
+    change repeats the value it set), so a replay ends with the store's weights.
     """
 
     seq: int
