@@ -1235,6 +1235,7 @@ class T4DX:
         """``(recorded_at µs, start, stop)`` of each transaction of a replay, checked for order and sort."""
         groups: list[tuple[int, int, int]] = []
         sorts = None
+        source_t = None  # the source's transaction time of the last group (a legacy split moves it on)
         for i, change in enumerate(changes):
             where = f"changes[{i}]"
             if not isinstance(change, Change):
@@ -1252,28 +1253,37 @@ class T4DX:
                 )
             t = to_us(change.recorded_at, f"{where}.recorded_at")
             sort = (change.op, type(change.record))
-            if groups and t == groups[-1][0]:
+            if groups and t == source_t:
                 if change.op == "scale" or sorts[0] == "scale":  # type: ignore[index]
                     raise InvalidInput(
                         where,
                         f"{change.op} at {change.recorded_at}",
                         "a batch scale is a transaction of its own",
                     )
+                if _legacy_provenance(sorts, change):
+                    # Stores before 2026-12-07 wrote a compaction policy's new items and their provenance
+                    # edges in one transaction: the edges are written as the next one, 1 µs later.
+                    if sorts[0] == "provenance":  # type: ignore[index]
+                        groups[-1] = (groups[-1][0], groups[-1][1], i + 1)
+                    else:
+                        groups.append((groups[-1][0] + 1, i, i + 1))
+                        sorts = ("provenance", Edge)
+                    continue
                 if sort != sorts:
                     raise InvalidInput(
                         where, f"{change.op} {type(change.record).__name__}",
                         f"one transaction (recorded_at {change.recorded_at}) holds one sort of change: "
                         f"{sorts[0]} {sorts[1].__name__} before it",  # type: ignore[index]
                     )  # fmt: skip
-                groups[-1] = (t, groups[-1][1], i + 1)
+                groups[-1] = (groups[-1][0], groups[-1][1], i + 1)
                 continue
-            if groups and t < groups[-1][0]:
+            if groups and t <= groups[-1][0]:
                 raise InvalidTime(
                     f"{where}.recorded_at", change.recorded_at,
                     f"transaction times must rise (the change before was recorded at {from_us(groups[-1][0])})",
                 )  # fmt: skip
             groups.append((t, i, i + 1))
-            sorts = sort
+            sorts, source_t = sort, t
         return groups
 
     def _replay_batches(
@@ -1859,7 +1869,8 @@ class T4DX:
                 [id for id, _ in links], [source for _, source in links], [PROVENANCE] * n, np.ones(n),
                 np.full(n, batch.recorded_at, dtype=np.int64), np.full(n, OPEN, dtype=np.int64),
             )  # fmt: skip
-            edges.seq_start, edges.recorded_at = self._seq + 1, batch.recorded_at
+            # a transaction of their own (one sort of change per transaction, so that replay can copy it)
+            edges.seq_start, edges.recorded_at = self._seq + 1, self._tick()
             self._seq += n
             sources.append(_BatchSource(edges))
         sizes = np.cumsum([0] + [source.n for source in sources])
@@ -2334,6 +2345,20 @@ class _ScaleHistory:
 _REPLAY_RECORDS: dict[str, tuple[type, ...]] = {
     "put": (Item, Edge), "delete": (Item, Edge), "weight": (Edge,), "scale": (WeightScale,),
 }  # fmt: skip
+
+
+def _legacy_provenance(sorts: tuple[str, type] | None, change: Change) -> bool:
+    """Whether ``change``, in the transaction of a ``sorts`` change, is a provenance edge after the items a
+    compaction policy added (one transaction in stores written before 2026-12-07)."""
+    record = change.record
+    return (
+        sorts in (("put", Item), ("provenance", Edge))
+        and change.op == "put"
+        and isinstance(record, Edge)
+        and record.rel == PROVENANCE
+    )
+
+
 _OVERLAY_SUFFIX = "\x1d"  # overlay id = edge id + this: its own version chain, not the edge's
 _SCALE_ID = "\x1escale"
 PROVENANCE = "derived_from"

@@ -308,3 +308,25 @@ def test_the_export_command_with_history(tmp_path, monkeypatch, capsys):
         assert [(c.op, c.recorded_at) for c in copy.db.changes()] == [
             (c.op, c.recorded_at) for c in a.db.changes()
         ]
+
+
+def test_an_export_with_history_after_consolidation_imports(tmp_path):
+    """REM's prototypes and their provenance are two transactions, so a consolidated memory's history
+    exports and imports (before, the import refused the prototypes' transaction: two sorts in one)."""
+    from t4dm.memory import ConsolidationConfig
+
+    source = Memory(tmp_path / "a", embedder=bag_of_words)
+    with source:
+        source.add([f"garden garden garden note {i} gardenx{i}" for i in range(8)], user_id="u")
+        report = source.consolidate(phases=("rem",), progress=False,
+                                    config=ConsolidationConfig(rem_cluster_size=8, rem_min_similarity=0.5))  # fmt: skip
+        assert report.prototypes == 1
+        [proto] = report.prototype_ids
+        sources = set(source.db.derived_from(proto))
+        counts = source.export_jsonl(tmp_path / "history.jsonl", history=True)
+        expected = {m.id: _versions(source, m.id) for m in source.db.scan()}
+    assert counts["memories"] == 9 and counts["edges"] == len(sources) >= 2
+    with Memory(tmp_path / "b", embedder=letters) as target:
+        assert target.import_jsonl(tmp_path / "history.jsonl") == counts
+        assert {id: _versions(target, id) for id in expected} == expected
+        assert set(target.db.derived_from(proto)) == sources and target.get(proto).kind == "prototype"

@@ -531,3 +531,64 @@ def test_the_info_command_shows_the_scales_and_the_fold_mark(tmp_path, clock, ca
         0,
         folded.isoformat(),
     )
+
+
+def _prototype_policy(sources: list[str]):
+    def rem(rows: MergedRows) -> None:
+        rows.add(Item(vec(90), id="proto", kind="prototype", kappa=0.85), derived_from=sources)
+
+    return rem
+
+
+def test_a_store_with_a_policys_new_items_replays_into_an_empty_one(tmp_path, clock) -> None:
+    """A compaction policy's new items and their provenance edges are two transactions (one sort of change
+    each), so ``changes()`` of a consolidated store replays; before, the copy was refused."""
+    with T4DX.open(str(tmp_path / "leader"), dim=DIM, clock=clock) as leader:
+        ids = leader.insert([Item(vec(i), fields={"text": f"episode {i}"}) for i in range(3)])
+        clock.advance()
+        leader.compact(policy=_prototype_policy(ids[:2]))
+        changes = list(leader.changes())
+        [proto] = [c for c in changes if isinstance(c.record, Item) and c.record.id == "proto"]
+        links = [c for c in changes if isinstance(c.record, Edge)]
+        assert [(e.record.src, e.record.rel) for e in links] == [("proto", "derived_from")] * 2
+        assert all(e.recorded_at > proto.recorded_at for e in links)  # the transaction after the items'
+        times = _times(changes)
+        everything = [*ids, "proto"]
+        before = _views(leader, everything, times)
+        assert before[f"edges {proto.recorded_at}"] == []  # the items alone at their own time
+    clock.advance()
+    with T4DX.open(str(tmp_path / "copy"), dim=DIM, clock=clock) as copy:
+        assert copy.replay(changes) == 3
+        assert _views(copy, everything, times) == before
+        assert set(copy.derived_from("proto")) == set(ids[:2])
+
+
+def test_a_replay_splits_a_policys_items_and_provenance_written_as_one_transaction(tmp_path, clock) -> None:
+    """Stores written before 2026-12-07 recorded a policy's new items and their provenance edges at one time:
+    such a transaction replays as two, the edges 1 µs after the items. Any other mix stays refused."""
+    with T4DX.open(str(tmp_path / "leader"), dim=DIM, clock=clock) as leader:
+        ids = leader.insert([Item(vec(i)) for i in range(2)])
+        clock.advance()
+        leader.compact(policy=_prototype_policy(ids))
+        changes = list(leader.changes())
+    clock.advance()
+    [proto] = [c for c in changes if isinstance(c.record, Item) and c.record.id == "proto"]
+    old = [
+        dataclasses.replace(c, record=dataclasses.replace(c.record, recorded_at=proto.recorded_at))
+        if isinstance(c.record, Edge)
+        else c
+        for c in changes
+    ]
+    with T4DX.open(str(tmp_path / "copy"), dim=DIM, clock=clock) as copy:
+        assert copy.replay(old) == 3
+        links = copy.edges("proto", rel="derived_from")
+        assert sorted(e.dst for e in links) == sorted(ids)
+        assert {e.recorded_at for e in links} == {proto.recorded_at + timedelta(microseconds=1)}
+        assert copy.get("proto").recorded_at == proto.recorded_at
+    related = dataclasses.replace(old[-1], record=dataclasses.replace(old[-1].record, rel="related"))
+    for mixed in ([*old[:-2], related, old[-2]], [*old[:-1], related]):  # a related edge first, or after
+        with T4DX.open(str(tmp_path / "refused"), dim=DIM, clock=clock) as refused:
+            at = mixed.index(related)
+            with pytest.raises(InvalidInput, match=rf"changes\[{at}\]=.*one sort of change"):
+                refused.replay(mixed)
+            _unchanged(refused)
