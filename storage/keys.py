@@ -33,6 +33,7 @@ _MASK64 = (1 << 64) - 1
 _HEX_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)], dtype=np.intp)
 MAX_ID_BYTES = 1024
 EDGE_PREFIX = "\x1e"  # edge and overlay ids start with it; item ids may not
+EDGE_SEPARATOR = "\x1f"  # between an edge id's src, rel and dst; no id or relation holds it
 
 
 def check_id(value: object, field: str = "id") -> str:
@@ -43,12 +44,14 @@ def check_id(value: object, field: str = "id") -> str:
         raise InvalidInput(field, value, f"an id must be at most {MAX_ID_BYTES} UTF-8 bytes")
     if value[0] == EDGE_PREFIX:
         raise InvalidInput(field, value, "ids starting with U+001E are reserved for edges")
+    if EDGE_SEPARATOR in value:
+        raise InvalidInput(field, value, "U+001F is reserved: it separates an edge's ends and relation")
     return value
 
 
 def edge_id(src: str, rel: str, dst: str) -> str:
     """The id of edge ``src -rel-> dst`` (its key is this string's, see :func:`key_of`)."""
-    return f"{EDGE_PREFIX}{src}\x1f{rel}\x1f{dst}"
+    return f"{EDGE_PREFIX}{src}{EDGE_SEPARATOR}{rel}{EDGE_SEPARATOR}{dst}"
 
 
 def key_of(id: str) -> tuple[int, int]:

@@ -272,6 +272,13 @@ def test_bad_graph_input_writes_nothing(db):
     assert info.value.field == "rel"
     with pytest.raises(errors.InvalidInput, match="reserved"):
         db.insert(Item(vector=vec(0), id="\x1eedge-like"))
+    # U+001F separates an edge id's parts: an id holding it made every read of its edges fail to parse
+    with pytest.raises(errors.InvalidInput, match="U\\+001F is reserved") as info:
+        db.insert([Item(vector=vec(0), id="fine"), Item(vector=vec(1), id="a\x1fb")])
+    assert info.value.field == "items[1].id" and db.get("fine") is None
+    with pytest.raises(errors.InvalidInput, match="reserved") as info:
+        db.add_edges(Edge("n0", "x\x1fy"), check_endpoints=False)
+    assert info.value.field == "edges[0].dst"
 
 
 def test_batch_scale_weights_where_scales_the_edges_of_matching_items(store):
