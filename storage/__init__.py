@@ -13,7 +13,7 @@ from __future__ import annotations
 from .bloom import BloomFilter
 from .compaction import CompactionPolicy, MergedRows
 from .engine import T4DX, CompactionStats
-from .item import UTC, Change, Edge, Hit, Item, WeightScale
+from .item import UTC, Change, Edge, Hit, Item, KappaUpdate, WeightScale
 from .vector_index import HNSWParams
 from .wal import TornWALWarning
 
@@ -28,6 +28,7 @@ __all__ = [
     "HNSWParams",
     "Hit",
     "Item",
+    "KappaUpdate",
     "MergedRows",
     "TornWALWarning",
     "WeightScale",

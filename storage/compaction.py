@@ -189,6 +189,9 @@ class SegmentRows:
     row: np.ndarray
 
     base: int | None = None  # source whose whole vector block is kept at its positions (see layout)
+    index_base: int | None = (
+        None  # the compaction input whose HNSW index the output extends (None: built anew)
+    )
     _layout: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -377,7 +380,8 @@ class MergedRows:
     item, or of an edge), ``is_item`` (a row of an item, not of an edge), ``is_tombstone``,
     :meth:`vectors`, :meth:`fields`, :meth:`item`.
 
-    Change: ``kappa`` (float64, edit in place; values are clipped to [0, 1] and NaN is refused),
+    Change: ``kappa`` (float64, edit in place; values are clipped to [0, 1] and NaN is refused; κ changed on
+    live items is also written as κ overlays, which the change feed gives),
     ``keep`` (bool, set False to drop a version; drop every version of an id to forget it), and
     :meth:`add` new items (they are written in the same compaction, atomically, as new versions).
     """

@@ -58,8 +58,8 @@ from .compaction import (
 )
 from .fsutil import fsync_dir, io_errors
 from .graph import Reached, breadth_first, graph_plan, neighbour_edges, neighbour_pairs
-from .item import OPEN, UTC, Change, Edge, Hit, Item, WeightScale, from_us, to_us
-from .keys import EDGE_PREFIX, check_id, edge_id, key_u64, keys_of, new_ids
+from .item import OPEN, UTC, Change, Edge, Hit, Item, KappaUpdate, WeightScale, from_us, to_us
+from .keys import EDGE_PREFIX, EDGE_SEPARATOR, check_id, edge_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
 from .memtable import Memtable
 from .query import Filter, check_payloads, live_rows, match_rows, parse_filter, same, search_source, unpack
@@ -635,6 +635,60 @@ class T4DX:
             source, row = self._locate(id, snap)  # type: ignore[misc]
             return self._item(source, row, snap.seq)
 
+    def update_kappa(self, id: str, *, kappa: float | None = None, delta: float | None = None) -> float:
+        """UPDATE_KAPPA: set (``kappa``) or move (``delta``; the result clipped to [0, 1]) the consolidation
+        level of item ``id``'s live version, in place.
+
+        An O(1) overlay record, not a new version: readers (GET, SEARCH and SCAN with their κ filters) see it
+        at once, a full compaction folds it in, and the change feed gives it (``op="kappa"``). κ is not
+        versioned, as weights are not: ``get(as_of=)`` of a past time gives that version with its present κ
+        (:meth:`update_fields` with ``kappa=`` writes a new version instead). Returns the new κ; an unknown or
+        deleted id raises :class:`~t4dm.errors.UnknownId`.
+        """
+        if (delta is None) == (kappa is None):
+            raise InvalidInput("delta", delta, "give exactly one of kappa= and delta=")
+        if delta is not None:
+            return self.update_kappas([(id, delta)])[0]
+        return self.update_kappas([(id, kappa)], absolute=True)[0]  # type: ignore[list-item]
+
+    def update_kappas(self, updates: Iterable[tuple[str, float]], *, absolute: bool = False) -> list[float]:
+        """UPDATE_KAPPA for many items in one transaction: ``(id, delta)`` pairs (or ``(id, kappa)`` with
+        ``absolute=True``); an id may appear more than once (in order: deltas add up, each result clipped).
+
+        Every update is checked before anything is written: a bad value or an unknown id raises, naming
+        ``updates[i]``, and writes nothing. Returns the new κ of each update, in order.
+        """
+        self._check_open()
+        checked = []
+        for i, update in enumerate(updates):
+            if not isinstance(update, tuple | list) or len(update) != 2:
+                raise InvalidInput(f"updates[{i}]", update, "expected an (id, value) pair")
+            id, value = update
+            if absolute:
+                value = self._check_kappa(value, f"updates[{i}].kappa")
+            elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise InvalidInput(f"updates[{i}].delta", value, "expected a finite number")
+            checked.append((check_id(id, f"updates[{i}].id"), float(value)))
+        if not checked:
+            return []
+        with self._write_lock:
+            self._check_open()
+            snap = self._snap
+            located: dict[str, tuple[Any, int]] = {}
+            for i, (id, _) in enumerate(checked):
+                if id not in located:
+                    found = self._locate(id, snap)
+                    if found is None:
+                        raise UnknownId(id, f"updates[{i}].id")
+                    located[id] = found
+            now = {id: float(source.kappa[row]) for id, (source, row) in located.items()}
+            out = []
+            for id, value in checked:
+                now[id] = value if absolute else min(1.0, max(0.0, now[id] + value))
+                out.append(now[id])
+            self._commit(self._kappa_batch(list(now), np.array(list(now.values()))))
+            return out
+
     def delete(self, ids: str | Iterable[str]) -> None:
         """DELETE: write a tombstone for each id (one transaction). Unknown or deleted ids raise
         :class:`~t4dm.errors.UnknownId` and nothing is deleted."""
@@ -766,8 +820,14 @@ class T4DX:
             overlays = np.flatnonzero(batch.flags & FLAG_OVERLAY)
             if overlays.size:
                 self._publish()  # the overlays' targets are older rows: find them in this snapshot
-                for i in overlays.tolist():
-                    self._set_weight(batch.ids[i][:-1], float(batch.weight[i]), batch.seq_start + i)
+                if batch.flags[overlays[0]] & FLAG_EDGE:
+                    for i in overlays.tolist():
+                        self._set_weight(batch.ids[i][:-1], float(batch.weight[i]), batch.seq_start + i)
+                else:
+                    self._set_kappas(
+                        [(batch.ids[i][len(_KAPPA_PREFIX) :], float(batch.kappa[i]), batch.seq_start + i)
+                         for i in overlays.tolist()]
+                    )  # fmt: skip
         self._seq = batch.seq_start + batch.n - 1
         self._last_recorded = max(self._last_recorded, batch.recorded_at)
         self._publish()
@@ -1178,7 +1238,10 @@ class T4DX:
                 from_us(int(source.recorded_at[row])),
                 None if overlay else from_us(int(superseded[i])),
             )
-            if flags[i] & FLAG_EDGE:
+            if overlay and not flags[i] & FLAG_EDGE:  # a κ overlay
+                id = source.id_at(row)[len(_KAPPA_PREFIX) :]
+                out[i] = Change(seqs[i], "kappa", KappaUpdate(id, float(source.kappa[row]), times[2]))
+            elif flags[i] & FLAG_EDGE:
                 id = source.id_at(row)
                 src, rel, dst = id[len(EDGE_PREFIX) : -1 if overlay else None].split("\x1f")
                 # the weight as of this change: the stored weight times the scales written before it
@@ -1306,6 +1369,14 @@ class T4DX:
             if isinstance(record, WeightScale):
                 batch, key = self._scale_batch(record.factor, record.rel, f"{names[0]}.")
                 scales = _with_scale(scales, key, float(record.factor))
+            elif isinstance(record, KappaUpdate):
+                targets: dict[str, float] = {}  # one overlay per item: its last value
+                for change, name in zip(part, names, strict=True):
+                    id = check_id(change.record.id, f"{name}.id")
+                    if not is_live(id):
+                        raise UnknownId(id, f"{name}.id")
+                    targets[id] = self._check_kappa(change.record.kappa, f"{name}.kappa")
+                batch = self._kappa_batch(list(targets), np.array(list(targets.values())))
             elif isinstance(record, Item):
                 items = [c.record for c in part]
                 ids = [check_id(item.id, f"{name}.id") for item, name in zip(items, names, strict=True)]
@@ -1733,7 +1804,7 @@ class T4DX:
             src, row = kway_merge(run)
         rows = assemble(run, src, row)
         added = 0
-        folded = False
+        folded = merged = False
         if full and self._mem.n == 0:
             cutoff = None if self._retention_us is None else self._tick() - self._retention_us
             # Weight overlays and batch scales are folded into the edges (their weights in memory
@@ -1751,8 +1822,10 @@ class T4DX:
             folded = True
             rows = apply_keep(rows, keep)
             if policy is not None:
-                rows, added, edited = self._run_policy(rows, policy)
-                if edited:  # κ changed or rows dropped in place: no follower has that, whenever it last read
+                rows, added, edited, merged = self._run_policy(rows, policy, run)
+                if (
+                    edited
+                ):  # rows dropped or old versions' κ changed: no follower has that, whenever it last read
                     lost.append(self._tick())
             self._folded_through = max([self._folded_through, *lost])
             version_chains(rows.columns)
@@ -1761,8 +1834,9 @@ class T4DX:
             # Rows may be superseded by newer segments: keep those links in memory, write the run's own.
             memory_links = (rows.columns["next_seq"].copy(), rows.columns["superseded_at"].copy())
             version_chains(rows.columns)
-        base = self._index_base(run, rows) if not added else None
-        rows.base = base
+        if not merged:  # a policy that merged rows in chose the base itself
+            rows.base = rows.index_base = self._index_base(run, rows)
+        base = rows.index_base
         segment = self._write_rows(rows) if rows.n else None
         if memory_links is not None and segment is not None:
             segment.set_links(*memory_links)
@@ -1831,9 +1905,17 @@ class T4DX:
             job.result()  # re-raise a failed build here
         return not pending
 
-    def _run_policy(self, rows: SegmentRows, policy: CompactionPolicy) -> tuple[SegmentRows, int, bool]:
-        """``rows`` as the policy left them, the number of items it added, and whether it changed or dropped
-        any row (not a version: the change feed cannot give it)."""
+    def _run_policy(
+        self, rows: SegmentRows, policy: CompactionPolicy, run: tuple[Segment, ...]
+    ) -> tuple[SegmentRows, int, bool, bool]:
+        """``rows`` as the policy left them, the number of items it added, whether it dropped any row or
+        changed κ of a version that is not live (the change feed cannot give those), and whether rows were
+        merged in.
+
+        κ it changed on live items becomes κ overlay rows, recorded now, which the change feed gives; its new
+        items and their provenance edges are two more transactions. Rows merged in so are assembled anew,
+        the input's vectors first as they were (``index_base``: the input whose HNSW index still serves).
+        """
         view = MergedRows(rows, self._last_recorded)
         before = np.array(rows.columns["kappa"], dtype=np.float64, copy=True)
         policy(view)
@@ -1846,10 +1928,41 @@ class T4DX:
         if keep.shape != (rows.n,):
             raise InvalidInput("MergedRows.keep", f"<shape {keep.shape}>", f"must stay bool [{rows.n}]")
         rows.columns["kappa"] = np.clip(kappa, 0.0, 1.0)
-        edited = not keep.all() or not np.array_equal(rows.columns["kappa"], before)
+        moved = rows.columns["kappa"] != before
+        feed = moved & keep & view.is_current & view.is_item  # live items' κ: overlays the feed gives
+        edited = not keep.all() or bool((moved & ~feed).any())
+        overlays = np.flatnonzero(feed)
+        overlay_ids = [view.ids[i] for i in overlays.tolist()]
+        overlay_kappas = rows.columns["kappa"][overlays]
         rows = apply_keep(rows, keep)
-        if not view.added:
-            return rows, 0, edited
+        if not view.added and not overlays.size:
+            return rows, 0, edited, False
+        rows.base = self._index_base(run, rows)
+        index_base = rows.base
+        sources: list[Any] = [_RowsSource(rows)]  # its vectors laid out with the base's block first
+        if overlays.size:
+            kappas = self._kappa_batch(overlay_ids, overlay_kappas)
+            kappas.seq_start, kappas.recorded_at = self._seq + 1, self._tick()
+            kappas.valid_from = np.full(kappas.n, kappas.recorded_at, dtype=np.int64)
+            self._seq += kappas.n
+            sources.append(_BatchSource(kappas))
+        if view.added:
+            sources += self._policy_items(view)
+        sizes = np.cumsum([0] + [source.n for source in sources])
+        order = np.lexsort(
+            tuple(
+                np.concatenate([getattr(s_, name) for s_ in sources]) for name in ("seq", "key_lo", "key_hi")
+            )
+        )
+        src = (np.searchsorted(sizes, order, side="right") - 1).astype(np.int32)
+        out = assemble(sources, src, order - sizes[src])
+        out.base = None if index_base is None else 0
+        out.index_base = index_base
+        return out, len(view.added), edited, True
+
+    def _policy_items(self, view: MergedRows) -> list[Any]:
+        """The items a compaction policy added, and their provenance edges, as row sources (two transactions,
+        recorded now)."""
         batch = self._batch_from_items(list(view.added), field_prefix="added")
         batch.seq_start = self._seq + 1
         batch.recorded_at = self._tick()
@@ -1857,7 +1970,7 @@ class T4DX:
         if (batch.valid_to <= batch.valid_from).any():
             raise InvalidTime("added.valid_to", "<policy item>", "must be after valid_from")
         self._seq += batch.n
-        sources: list[Any] = [_RowsSource(rows), _BatchSource(batch)]
+        sources: list[Any] = [_BatchSource(batch)]
         links = [
             (id, source) for id, derived in zip(batch.ids, view.provenance, strict=True) for source in derived
         ]
@@ -1868,19 +1981,13 @@ class T4DX:
             edges = self._edge_batch(
                 [id for id, _ in links], [source for _, source in links], [PROVENANCE] * n, np.ones(n),
                 np.full(n, batch.recorded_at, dtype=np.int64), np.full(n, OPEN, dtype=np.int64),
+                scales={},  # the full compaction folds the scales in force: after it there are none
             )  # fmt: skip
             # a transaction of their own (one sort of change per transaction, so that replay can copy it)
             edges.seq_start, edges.recorded_at = self._seq + 1, self._tick()
             self._seq += n
             sources.append(_BatchSource(edges))
-        sizes = np.cumsum([0] + [source.n for source in sources])
-        order = np.lexsort(
-            tuple(
-                np.concatenate([getattr(s_, name) for s_ in sources]) for name in ("seq", "key_lo", "key_hi")
-            )
-        )
-        src = (np.searchsorted(sizes, order, side="right") - 1).astype(np.int32)
-        return assemble(sources, src, order - sizes[src]), batch.n, edited
+        return sources
 
     # ================================================================== graph
     def add_edges(self, edges: Edge | Iterable[Edge], *, check_endpoints: bool = True) -> None:
@@ -2156,6 +2263,18 @@ class T4DX:
         flags = np.full_like(edges.flags, FLAG_EDGE | FLAG_OVERLAY)
         return dataclasses.replace(edges, ids=ids, key_hi=key_hi, key_lo=key_lo, flags=flags)
 
+    def _kappa_batch(self, ids: list[str], kappas: np.ndarray) -> VersionBatch:
+        """κ overlays of items ``ids``: rows of their own version chains (reserved prefix + item id) that set
+        κ of each item's live version when applied."""
+        n = len(ids)
+        keyed = [_KAPPA_PREFIX + id for id in ids]
+        batch = self._build_batch(
+            keyed, *keys_of(keyed), np.empty((n, 0), np.float32), np.asarray(kappas, dtype=np.float64), _KAPPA_KIND,
+            [{}] * n, np.full(n, _FILL, dtype=np.int64), np.full(n, OPEN, dtype=np.int64), False, "",
+        )  # fmt: skip
+        batch.flags[:] = FLAG_OVERLAY
+        return batch
+
     def _set_weight(self, edge: str, stored: float, seq: int) -> None:
         """Apply a weight overlay (stored, unscaled value) to the version of ``edge`` live before ``seq``."""
         snap = self._snap
@@ -2166,13 +2285,42 @@ class T4DX:
                 return
 
     def _apply_segment_overlays(self) -> None:
-        """At open: re-apply the weight overlays stored in segments, oldest first."""
-        found = []
+        """At open: re-apply the weight and κ overlays stored in segments, oldest first."""
+        weights, kappas = [], []
         for segment in self._segments:
             for row in np.flatnonzero(segment.flags & FLAG_OVERLAY).tolist():
-                found.append((int(segment.seq[row]), segment.id_at(row)[:-1], float(segment.weight[row])))
-        for seq, edge, stored in sorted(found):
+                if segment.flags[row] & FLAG_EDGE:
+                    weights.append(
+                        (int(segment.seq[row]), segment.id_at(row)[:-1], float(segment.weight[row]))
+                    )
+                else:
+                    id = segment.id_at(row)[len(_KAPPA_PREFIX) :]
+                    kappas.append((int(segment.seq[row]), id, float(segment.kappa[row])))
+        for seq, edge, stored in sorted(weights):
             self._set_weight(edge, stored, seq)
+        self._set_kappas([(id, kappa, seq) for seq, id, kappa in sorted(kappas)])
+
+    def _set_kappas(self, overlays: list[tuple[str, float, int]]) -> None:
+        """Apply κ overlays ``(item id, κ, seq)``, in order: each sets κ of the version of the item live
+        before its seq (a deleted item's is left alone), segments' rows through :meth:`Segment.set_kappa`."""
+        snap = self._snap
+        targets: dict[tuple[int, int], tuple[Any, int, float]] = {}  # (source, row) -> the last value
+        for item, kappa, seq in overlays:
+            for source, row in self._versions(item, snap):
+                if source.seq[row] < seq:
+                    if not source.flags[row] & FLAG_TOMBSTONE:
+                        targets[(id(source), row)] = (source, row, kappa)
+                    break
+        by_source: dict[int, tuple[Any, list[int], list[float]]] = {}
+        for source, row, kappa in targets.values():
+            _, rows, values = by_source.setdefault(id(source), (source, [], []))
+            rows.append(row)
+            values.append(kappa)
+        for source, rows, values in by_source.values():
+            if isinstance(source, Segment):
+                source.set_kappa(np.asarray(rows), np.asarray(values))
+            else:
+                source.kappa[rows] = values
 
     def edges(
         self,
@@ -2344,6 +2492,7 @@ class _ScaleHistory:
 # what each op of a replayed Change may carry
 _REPLAY_RECORDS: dict[str, tuple[type, ...]] = {
     "put": (Item, Edge), "delete": (Item, Edge), "weight": (Edge,), "scale": (WeightScale,),
+    "kappa": (KappaUpdate,),
 }  # fmt: skip
 
 
@@ -2359,6 +2508,8 @@ def _legacy_provenance(sorts: tuple[str, type] | None, change: Change) -> bool:
     )
 
 
+_KAPPA_PREFIX = EDGE_PREFIX + EDGE_SEPARATOR  # κ overlay id = this + item id: no item or edge id starts so
+_KAPPA_KIND = "\x1ekappa"  # the kind of κ overlay rows (never an item's: they are not items)
 _OVERLAY_SUFFIX = "\x1d"  # overlay id = edge id + this: its own version chain, not the edge's
 _SCALE_ID = "\x1escale"
 PROVENANCE = "derived_from"

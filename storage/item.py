@@ -155,6 +155,17 @@ class Hit:
 
 
 @dataclass(frozen=True, slots=True)
+class KappaUpdate:
+    """A κ overlay as a change (:meth:`~t4dm.storage.T4DX.changes`): the live version of item ``id`` had its
+    consolidation level set to ``kappa`` at ``recorded_at``, in place (UPDATE_KAPPA, or a compaction policy such
+    as consolidation)."""
+
+    id: str
+    kappa: float
+    recorded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WeightScale:
     """A BATCH_SCALE_WEIGHTS as a change (:meth:`~t4dm.storage.T4DX.changes`): every edge of relation ``rel``
     (None: of every relation) had its weight multiplied by ``factor`` at ``recorded_at``."""
@@ -174,17 +185,20 @@ class Change:
       its ``fields`` empty);
     - ``op="weight"``: an edge's weight set (UPDATE_EDGE_WEIGHT; ``record``: the :class:`Edge` with the
       weight it then had);
-    - ``op="scale"``: BATCH_SCALE_WEIGHTS (``record``: a :class:`WeightScale`).
+    - ``op="scale"``: BATCH_SCALE_WEIGHTS (``record``: a :class:`WeightScale`);
+    - ``op="kappa"``: an item's κ set in place (UPDATE_KAPPA, or a compaction policy; ``record``: a
+      :class:`KappaUpdate`).
 
     ``seq`` is the store's write sequence number (the order of the changes; changes of one transaction share
     ``recorded_at``). Weights are not versions: a ``weight`` change has the weight that update set; a
     ``put`` of an edge has the edge's present weight less the scales written after it (a later ``weight``
-    change repeats the value it set), so a replay ends with the store's weights.
+    change repeats the value it set), so a replay ends with the store's weights. Nor is κ: an item's ``put``
+    has its version's present κ, and a later ``kappa`` change repeats the value it set.
     """
 
     seq: int
     op: str
-    record: Item | Edge | WeightScale
+    record: Item | Edge | WeightScale | KappaUpdate
 
     @property
     def recorded_at(self) -> datetime | None:

@@ -42,7 +42,8 @@ FORMAT = 1
 _MAGIC = b"T4DXSEG\x00"
 _ALIGN = 64
 _TAIL = struct.Struct("<QI8s")
-_MUTABLE = ("superseded_at", "next_seq", "weight")  # changed in memory after the segment is written
+# changed in memory after the segment is written (links, and the weight and κ overlays)
+_MUTABLE = ("superseded_at", "next_seq", "weight", "kappa")
 _SYNC_EVERY = 32 << 20
 
 
@@ -392,6 +393,7 @@ class Segment:
         self.payload_bytes: np.ndarray = arrays["payload_bytes"]
         self.kappa_order: np.ndarray = arrays["kappa_order"]
         self.kappa_sorted: np.ndarray = arrays["kappa_sorted"]
+        self.kappa_moved = np.empty(0, dtype=np.int64)  # rows whose κ an overlay changed (sorted, unique)
         self.valid_from_order: np.ndarray = arrays["valid_from_order"]
         self.valid_from_sorted: np.ndarray = arrays["valid_from_sorted"]
         self.tag_order = [arrays[f"tag{slot}_order"] for slot in range(len(TAG_FIELDS))]
@@ -497,10 +499,27 @@ class Segment:
         return out
 
     def kappa_rows(self, lo: float, hi: float) -> np.ndarray:
-        """Rows with ``lo <= kappa <= hi`` (unordered), from the κ index (no scan)."""
+        """Rows with ``lo <= kappa <= hi`` (unordered), from the κ index (no scan) and the rows whose κ an
+        overlay has changed since the segment was written (checked on their present value)."""
         a = np.searchsorted(self.kappa_sorted, float(lo), side="left")
         b = np.searchsorted(self.kappa_sorted, float(hi), side="right")
-        return self.kappa_order[a:b]
+        rows = self.kappa_order[a:b]
+        moved = self.kappa_moved
+        if not moved.size:
+            return rows
+        now = self.kappa[moved]
+        return np.concatenate([rows[~np.isin(rows, moved)], moved[(now >= lo) & (now <= hi)]])
+
+    def set_kappa(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Set κ of ``rows`` in memory (a κ overlay); only the writer calls this. The rows join
+        ``kappa_moved`` before their values change, so :meth:`kappa_rows` never misses one."""
+        rows = np.asarray(rows, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        changed = self.kappa[rows] != values
+        if not changed.any():
+            return
+        self.kappa_moved = np.union1d(self.kappa_moved, rows[changed])
+        self.kappa[rows[changed]] = values[changed]
 
     def valid_from_rows(self, lo: int, hi: int) -> np.ndarray:
         """Rows with ``lo <= valid_from < hi`` (µs; unordered), from the valid-time index."""

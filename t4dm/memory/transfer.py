@@ -18,10 +18,11 @@ the retrieval counts that steer consolidation.
 ``memory`` line, its ``recorded_at`` the time the store learnt it), every deletion (``{"type": "forget",
 "id", "recorded_at"}``), every edge version (an ``edge`` line with ``recorded_at``), every removed edge
 (``{"type": "unlink", "src", "dst", "rel", "recorded_at"}``), every edge weight set (a ``reweigh`` line, as an
-``edge`` line) and every batch scale (``{"type": "scale", "factor", "rel", "recorded_at"}``, ``rel`` null for
-every relation). The import replays them at those times (:meth:`~t4dm.storage.T4DX.replay`), each version's
+``edge`` line), every batch scale (``{"type": "scale", "factor", "rel", "recorded_at"}``, ``rel`` null for
+every relation) and every κ set in place, by consolidation or UPDATE_KAPPA (``{"type": "kappa", "id", "kappa",
+"recorded_at"}``). The import replays them at those times (:meth:`~t4dm.storage.T4DX.replay`), each version's
 text embedded anew, so the target answers "what did we know when" as the source did: ``history``,
-``get(as_of=)``, ``search(as_of=)``, and ends with the same edge weights. Its store's own history must end
+``get(as_of=)``, ``search(as_of=)``, and ends with the same edge weights and κ. Its store's own history must end
 before the export's begins (a new memory does).
 """
 
@@ -36,7 +37,7 @@ from datetime import datetime
 from typing import Any
 
 from t4dm.errors import InvalidInput, InvalidTime, UnknownId
-from t4dm.storage import Change, Edge, Item, WeightScale
+from t4dm.storage import Change, Edge, Item, KappaUpdate, WeightScale
 
 from .lexical import add_to_lexical, indexed_text
 
@@ -95,7 +96,8 @@ def export_jsonl(memory: Any, path: str | os.PathLike[str], *, history: bool = F
     """Write ``memory``'s live memories and the edges between them to ``path`` (replaced when the whole file
     is written); returns ``{"memories": n, "edges": m}``. With ``history``: every version, deletion, edge
     and removed edge the store holds, edge weights set and batch scales, in the order written (format 2); the
-    counts are then of versions, and ``forgotten``, ``unlinked``, ``reweighed`` and ``scales`` are added."""
+    counts are then of versions, and ``forgotten``, ``unlinked``, ``reweighed``, ``scales`` and ``kappas`` are
+    added."""
     from t4dm.storage.fsutil import publish_bytes
 
     if history:
@@ -118,7 +120,15 @@ def _export_history(memory: Any, path: str) -> dict[str, int]:
     header = {"type": "t4dm-memory", "format": HISTORY_FORMAT, "history": True,
               "embedder": memory.embedder.name, "dim": memory.embedder.dim}  # fmt: skip
     lines = [json.dumps(header)]
-    counts = {"memories": 0, "edges": 0, "forgotten": 0, "unlinked": 0, "reweighed": 0, "scales": 0}
+    counts = {
+        "memories": 0,
+        "edges": 0,
+        "forgotten": 0,
+        "unlinked": 0,
+        "reweighed": 0,
+        "scales": 0,
+        "kappas": 0,
+    }
     with memory._lock:
         changes = list(memory.db.changes())
     for change in changes:
@@ -127,6 +137,10 @@ def _export_history(memory: Any, path: str) -> dict[str, int]:
             lines.append(json.dumps({"type": "scale", "factor": record.factor, "rel": record.rel,
                                      "recorded_at": _iso(record.recorded_at)}))  # fmt: skip
             counts["scales"] += 1
+        elif isinstance(record, KappaUpdate):
+            lines.append(json.dumps({"type": "kappa", "id": record.id, "kappa": record.kappa,
+                                     "recorded_at": _iso(record.recorded_at)}))  # fmt: skip
+            counts["kappas"] += 1
         elif change.op == "weight":
             lines.append(_edge_line(record, history=True, kind="reweigh"))
             counts["reweighed"] += 1
@@ -288,10 +302,18 @@ def _read_history(records: list[dict[str, Any]]) -> tuple[list[Change], list[int
             if rel is not None and not isinstance(rel, str):
                 raise InvalidInput(f"{where}.rel", rel, "must be a relation name or null")
             change = Change(0, "scale", WeightScale(float(factor), rel, _recorded(record, where)))
+        elif kind == "kappa":
+            id, kappa = record.get("id"), record.get("kappa")
+            if not isinstance(id, str):
+                raise InvalidInput(f"{where}.id", id, "a kappa line needs a string id")
+            if isinstance(kappa, bool) or not isinstance(kappa, (int, float)):
+                raise InvalidInput(f"{where}.kappa", kappa, "must be a number")
+            change = Change(0, "kappa", KappaUpdate(id, float(kappa), _recorded(record, where)))
         else:
             raise InvalidInput(
-                f"{where}.type", kind, "expected 'memory', 'edge', 'forget', 'unlink', 'reweigh' or 'scale'"
-            )
+                f"{where}.type", kind,
+                "expected 'memory', 'edge', 'forget', 'unlink', 'reweigh', 'scale' or 'kappa'",
+            )  # fmt: skip
         changes.append(change)
     return changes, [record["_line"] for record in records]
 
@@ -345,6 +367,7 @@ def _import_history(memory: Any, folder: str, records: list[dict[str, Any]]) -> 
         "unlinked": sum(c.op == "delete" and isinstance(c.record, Edge) for c in changes),
         "reweighed": sum(c.op == "weight" for c in changes),
         "scales": sum(c.op == "scale" for c in changes),
+        "kappas": sum(c.op == "kappa" for c in changes),
     }
     with memory._lock:
         ids = list(dict.fromkeys(changes[i].record.id for i in puts))

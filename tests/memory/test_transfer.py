@@ -173,7 +173,9 @@ def test_an_export_with_history_gives_the_same_past(tmp_path):
         edges = {t: sorted((e.src, e.dst, e.rel, e.recorded_at, e.superseded_at)
                            for e in source.db.edges(ids, known_at=t)) for t in times.values()}  # fmt: skip
     # 4 first versions and one revision; the chat's two "next" edges; one turn forgotten, one edge removed
-    assert counts == {"memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1, "reweighed": 0, "scales": 0}
+    assert counts == {
+        "memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1, "reweighed": 0, "scales": 0, "kappas": 0,
+    }  # fmt: skip
     assert paris == ["Alice moved to Paris"]
     header = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[0])
     assert header["format"] == 2 and header["history"] is True
@@ -226,6 +228,18 @@ def _negative_scale(lines: list[str]) -> list[str]:
     return [*lines, json.dumps(scale)]
 
 
+def _kappa_line(lines: list[str], id: str, kappa: object) -> str:
+    last = datetime.fromisoformat(json.loads(lines[-1])["recorded_at"])
+    return json.dumps(
+        {
+            "type": "kappa",
+            "id": id,
+            "kappa": kappa,
+            "recorded_at": (last + timedelta(microseconds=1)).isoformat(),
+        }
+    )
+
+
 def _swap(lines: list[str], a: int, b: int) -> list[str]:
     lines = list(lines)
     lines[a], lines[b] = lines[b], lines[a]
@@ -245,6 +259,10 @@ def _swap(lines: list[str], a: int, b: int) -> list[str]:
         (lambda lines: [*lines, json.dumps({"type": "scale", "factor": "half", "rel": None, "recorded_at": None})],
          InvalidInput, "line 11.factor"),
         (_negative_scale, InvalidInput, "line 11.factor"),
+        (lambda lines: [*lines, _kappa_line(lines, json.loads(lines[-1])["id"], 0.5)], UnknownId, "line 11.id"),
+        (lambda lines: [*lines, _kappa_line(lines, json.loads(lines[1])["id"], 1.5)], InvalidInput, "line 11.kappa"),
+        (lambda lines: [*lines, _kappa_line(lines, json.loads(lines[1])["id"], "high")], InvalidInput,
+         "line 11.kappa"),
     ],
 )  # fmt: skip
 def test_a_bad_history_names_the_line_and_writes_nothing(tmp_path, mutate, error, field):
@@ -297,6 +315,7 @@ def test_the_export_command_with_history(tmp_path, monkeypatch, capsys):
     assert main(["export", "--path", str(tmp_path / "a"), "--out", out, "--history"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "out": out, "memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1, "reweighed": 0, "scales": 0,
+        "kappas": 0,
     }  # fmt: skip
     assert main(["import", "--path", str(tmp_path / "b"), "--file", out]) == 0
     assert json.loads(capsys.readouterr().out)["forgotten"] == 1
@@ -312,7 +331,8 @@ def test_the_export_command_with_history(tmp_path, monkeypatch, capsys):
 
 def test_an_export_with_history_after_consolidation_imports(tmp_path):
     """REM's prototypes and their provenance are two transactions, so a consolidated memory's history
-    exports and imports (before, the import refused the prototypes' transaction: two sorts in one)."""
+    exports and imports (before, the import refused the prototypes' transaction: two sorts in one); the κ
+    consolidation set in place comes across as κ changes."""
     from t4dm.memory import ConsolidationConfig
 
     source = Memory(tmp_path / "a", embedder=bag_of_words)
@@ -323,9 +343,13 @@ def test_an_export_with_history_after_consolidation_imports(tmp_path):
         assert report.prototypes == 1
         [proto] = report.prototype_ids
         sources = set(source.db.derived_from(proto))
+        source.db.update_kappa(proto, delta=0.1)  # and one κ set by hand: UPDATE_KAPPA
         counts = source.export_jsonl(tmp_path / "history.jsonl", history=True)
         expected = {m.id: _versions(source, m.id) for m in source.db.scan()}
+    # REM moved its members to κ 0.4 in place: κ lines, not versions
     assert counts["memories"] == 9 and counts["edges"] == len(sources) >= 2
+    assert counts["kappas"] == len(sources) + 1
+    assert {expected[s][-1][2] for s in sources} == {0.4} and expected[proto][-1][2] == pytest.approx(0.95)
     with Memory(tmp_path / "b", embedder=letters) as target:
         assert target.import_jsonl(tmp_path / "history.jsonl") == counts
         assert {id: _versions(target, id) for id in expected} == expected

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from t4dm.errors import DimensionMismatch, InvalidInput, InvalidTime, UnknownId
-from t4dm.storage import T4DX, Change, Edge, Item, MergedRows, WeightScale
+from t4dm.storage import T4DX, Change, Edge, Item, KappaUpdate, MergedRows, WeightScale
 
 from .conftest import DIM, FakeClock, vec
 
@@ -447,23 +447,61 @@ def test_a_compaction_that_folds_weights_ends_the_feed_before_them(tmp_path, clo
             assert {c.op for c in copy.changes()} == {"put", "delete"}
 
 
-def test_a_policy_that_edits_rows_in_place_ends_the_feed_at_the_compaction(tmp_path, clock) -> None:
-    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
-        [id] = db.insert(Item(vec(1), kappa=0.1))
+def test_a_policys_kappa_edits_on_live_items_reach_a_follower(tmp_path, clock) -> None:
+    """κ a compaction policy sets on live items (consolidation's NREM and REM) is written as κ overlays, which
+    the feed gives: a follower keeps up without a new copy. Dropping rows, or κ of an old version, the feed
+    cannot give: those end it at the compaction."""
+    with (
+        T4DX.open(str(tmp_path / "leader"), dim=DIM, clock=clock) as leader,
+        T4DX.open(str(tmp_path / "follower"), dim=DIM, clock=clock) as follower,
+    ):
+        ids = leader.insert([Item(vec(i), kappa=0.1) for i in range(4)])
         clock.advance()
-        db.compact(policy=lambda rows: None)  # edits nothing, folds nothing: the feed is whole
-        assert db.folded_through is None
-        synced = list(db.changes())[-1].recorded_at
+        leader.update_fields(ids[0], {"text": "revised"})
+        clock.advance()
+        leader.compact(policy=lambda rows: None)  # edits nothing, folds nothing: the feed is whole
+        assert leader.folded_through is None
+        follower.replay(leader.changes())
+        synced = list(leader.changes())[-1].recorded_at
         clock.advance()
 
-        def consolidate(rows: MergedRows) -> None:
-            rows.kappa[:] = 0.5  # in place: no version, so no change a follower could read
+        def nrem(rows: MergedRows) -> None:
+            live = rows.is_current & rows.is_item
+            rows.kappa[live] = np.linspace(0.2, 0.8, int(live.sum()))
 
-        db.compact(policy=consolidate)
-        assert db.get(id).kappa == 0.5
-        assert db.folded_through is not None and db.folded_through > synced
+        leader.compact(policy=nrem)
+        assert leader.folded_through is None
+        news = list(leader.changes(since=synced))
+        assert {c.op for c in news} == {"kappa"} and len(news) == 4
+        assert all(isinstance(c.record, KappaUpdate) for c in news)
+        clock.advance()
+        follower.replay(news)
+        kappas = [leader.get(id).kappa for id in ids]
+        assert sorted(kappas) == pytest.approx(np.linspace(0.2, 0.8, 4).tolist())  # the rows' (key) order
+        for db in (leader, follower):
+            assert [db.get(id).kappa for id in ids] == kappas
+            assert db.history(ids[0])[0].kappa == 0.1  # the old version's κ stays
+        assert sorted(i.id for i in follower.scan(kappa=(0.5, 1.0))) == sorted(
+            i.id for i in leader.scan(kappa=(0.5, 1.0))
+        )
+        synced = news[-1].recorded_at
+
+        def old_versions(rows: MergedRows) -> None:
+            rows.kappa[~rows.is_current] = 0.9  # the revised item's first version: not a change to give
+
+        clock.advance()
+        leader.compact(policy=old_versions)
+        assert leader.folded_through is not None and leader.folded_through > synced
         with pytest.raises(InvalidTime, match="since"):
-            list(db.changes(since=synced))
+            list(leader.changes(since=synced))
+        synced = leader.folded_through
+
+        def prune(rows: MergedRows) -> None:
+            rows.keep[rows.is_item & (np.asarray(rows.ids) == ids[3])] = False
+
+        clock.advance()
+        leader.compact(policy=prune)
+        assert leader.get(ids[3]) is None and leader.folded_through > synced
 
 
 def test_a_store_from_before_the_scale_log_keeps_its_scales(tmp_path, clock) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from t4dm import errors
-from t4dm.storage import T4DX, Item, MergedRows
+from t4dm.storage import T4DX, Edge, Item, MergedRows
 from t4dm.storage.compaction import kway_merge
 
 from .conftest import DIM, vec
@@ -126,7 +126,8 @@ def test_policy_changes_kappa_drops_and_adds(tmp_path, clock):
 
         stats = db.compact(policy)
         assert seen == {"n": 9, "current": 8}
-        assert stats.rows_added == 1 and stats.rows_out == 9 - 1 + 1
+        # item 7's row dropped, the prototype added, and a κ overlay (for the change feed) per bumped episode
+        assert stats.rows_added == 1 and stats.rows_out == 9 - 1 + 1 + 6
         assert [round(i.kappa, 6) for i in db.scan(kind="episode")] == [0.15] * 6
         assert db.get(ids[7]) is None and db.history(ids[7]) == []
         proto = db.get("prototype-1")
@@ -138,7 +139,8 @@ def test_policy_changes_kappa_drops_and_adds(tmp_path, clock):
         assert db.get("prototype-1").kappa == 0.85
         assert db.count(kind="episode", kappa=(0.1, 0.2)) == 6
         db.insert(Item(vector=vec(50)))  # sequence numbers continue after the added row
-        assert db.stats()["last_seq"] == 8 + 1 + 1 + 1  # inserts, update, the added prototype, this insert
+        # inserts, update, the six κ overlays, the added prototype, this insert
+        assert db.stats()["last_seq"] == 8 + 1 + 6 + 1 + 1
         assert len(db) == 8 - 1 + 1 + 1
 
 
@@ -153,6 +155,25 @@ def test_policy_new_version_of_existing_item(tmp_path, clock):
         db.compact(policy)
         assert db.get("a").fields == {"v": 2}
         assert [v.fields["v"] for v in db.history("a")] == [1, 2]
+
+
+def test_policy_provenance_after_a_batch_scale_has_weight_one(tmp_path, clock):
+    # the compaction folds the scales in force into the edges and drops them; a policy's provenance edges
+    # were stored divided by those scales, so after a scale of 0.5 they read 2.0
+    with _store(tmp_path, clock) as db:
+        db.insert([Item(vector=vec(0), id="a"), Item(vector=vec(1), id="b")])
+        db.add_edges(Edge("a", "b", weight=3.0))
+        db.batch_scale_weights(0.5)
+
+        def policy(rows: MergedRows) -> None:
+            rows.add(Item(vector=vec(2), id="p", kind="prototype"), derived_from=["a", "b"])
+
+        db.compact(policy)
+        want = {("a", "b", "related"): 1.5, ("p", "a", "derived_from"): 1.0, ("p", "b", "derived_from"): 1.0}
+        assert {(e.src, e.dst, e.rel): e.weight for e in db.edges(["a", "p"])} == want
+        db.close()
+    with T4DX.open(str(tmp_path / "s"), clock=clock) as db:
+        assert {(e.src, e.dst, e.rel): e.weight for e in db.edges(["a", "p"])} == want
 
 
 def test_policy_errors_leave_store_unchanged(tmp_path, clock):
