@@ -1167,7 +1167,9 @@ class T4DX:
         tombstones, and lets its policy change κ or drop rows in place: none of that is a change to give
         any more. ``since`` before the last such loss (:attr:`folded_through`) raises
         :class:`~t4dm.errors.InvalidTime`: the follower must copy the store anew (``changes()`` into an empty
-        store); ``changes()`` without ``since`` always gives the store as it stands.
+        store); ``changes()`` without ``since`` always gives the store as it stands. A copy holds what the folds
+        took in, so it goes on from the later of its last change's ``recorded_at`` and :attr:`folded_through`
+        read just before the copy (from its last change alone it could be refused again at once).
         """
         self._check_open()
         since_us = None if since is None else to_us(since, "since")

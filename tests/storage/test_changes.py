@@ -269,10 +269,22 @@ def test_a_follower_kept_up_by_changes_since_its_last_replay(tmp_path, clock) ->
         assert follower.replay(leader.changes(since=last)) == 0  # nothing new
 
 
+def _consolidation(id: str, seed: int, sources: list[str]):
+    """A policy as consolidation's NREM and REM: every live item's κ up by 0.25, and a prototype version of
+    ``id`` derived from ``sources``."""
+
+    def policy(rows: MergedRows) -> None:
+        live = rows.is_current & rows.is_item
+        rows.kappa[live] = np.minimum(1.0, rows.kappa[live] + 0.25)
+        rows.add(Item(vec(seed), id=id, kind="prototype", kappa=0.85, fields={"text": f"{id} p"}), sources)
+
+    return policy
+
+
 @pytest.mark.parametrize("examples", [50, pytest.param(400, marks=pytest.mark.slow)])
 def test_random_histories_replay_to_the_same_views(tmp_path, examples) -> None:
-    """Hypothesis: random sequences of inserts, revisions, deletions, edges, removals, weight updates and
-    scales, with flushes, compactions and reopens between, replay into an empty store with the same views at
+    """Hypothesis: random sequences of inserts, revisions, deletions, edges, removals, weight updates,
+    scales, κ updates and consolidating compactions, with flushes, compactions and reopens between, replay into an empty store with the same views at
     every transaction time; and a follower that syncs at random points (``changes(since=)``, or a new copy
     when a compaction folded what it had not seen) ends with the same views."""
     import shutil
@@ -289,6 +301,8 @@ def test_random_histories_replay_to_the_same_views(tmp_path, examples) -> None:
         st.tuples(st.just("unlink"), st.sampled_from(ids), st.sampled_from(ids)),
         st.tuples(st.just("weigh"), st.sampled_from(ids), st.sampled_from(ids)),
         st.tuples(st.just("scale"), st.just(""), st.just(0)),
+        st.tuples(st.just("kappa"), st.sampled_from(ids), st.integers(0, 10)),
+        st.tuples(st.just("consolidate"), st.sampled_from(ids), st.integers(0, 50)),
         st.tuples(st.just("flush"), st.just(""), st.just(0)),
         st.tuples(st.just("compact"), st.just(""), st.just(0)),
         st.tuples(st.just("reopen"), st.just(""), st.just(0)),
@@ -313,7 +327,12 @@ def test_random_histories_replay_to_the_same_views(tmp_path, examples) -> None:
             except InvalidTime:  # folded before the follower saw it: a new copy
                 follower.close()
                 follower = T4DX.open(str(folder / f"f{next(copies) + 1}"), dim=DIM, clock=clock)
+                last = db.folded_through  # read before the copy, which holds what the folds took in
                 batch = list(db.changes())
+                follower.replay(batch)
+                last = max(last, batch[-1].recorded_at) if batch else last
+                assert list(db.changes(since=last)) == []  # and the follower goes on from there
+                return
             follower.replay(batch)
             last = batch[-1].recorded_at if batch else last
 
@@ -347,6 +366,14 @@ def test_random_histories_replay_to_the_same_views(tmp_path, examples) -> None:
                 elif op == "scale":
                     db.batch_scale_weights(0.5)
                     model = {edge: weight * 0.5 for edge, weight in model.items()}
+                elif op == "kappa" and a in live:
+                    db.update_kappa(a, kappa=b / 10)
+                elif op == "consolidate":
+                    sources = sorted(live - {a})[:2]
+                    linked = {(a, s_, "derived_from") for s_ in sources}
+                    db.compact(policy=_consolidation(a, b, sources))
+                    clock.advance()  # its transactions run microseconds ahead of this clock, which stands still
+                    model = {e: w for e, w in model.items() if e not in linked} | dict.fromkeys(linked, 1.0)
                 elif op == "flush":
                     db.flush()
                 elif op == "compact":

@@ -217,3 +217,37 @@ def test_kappa_is_clipped_to_unit_interval(tmp_path, clock):
 
         db.compact(boost)
         assert db.get("a").kappa == 1.0
+
+
+def test_a_policys_rows_keep_the_hnsw_index_extended(tmp_path, clock):
+    """A policy that adds items and moves κ: the merged rows are assembled with the input's vectors first,
+    so the output extends the input's HNSW index (before, it was rebuilt); searches through the index find
+    old and new items by their own vectors."""
+    from t4dm.storage import HNSWParams
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((400, DIM)).astype(np.float32)
+    params = HNSWParams(min_rows=64)
+    with _store(tmp_path, clock, hnsw=params, index_build="sync") as db:
+        ids = db.insert_batch(vectors)
+        db.compact()
+        built = []
+        real_build = db._build_index
+        db._build_index = lambda segment, base, count: (
+            built.append(base is not None),
+            real_build(segment, base, count),
+        )
+
+        def policy(rows: MergedRows) -> None:
+            live = rows.is_current & rows.is_item
+            rows.kappa[live] = 0.3
+            rows.add(Item(vector=vec(999), id="proto", kind="prototype", kappa=0.85), derived_from=ids[:3])
+
+        db.compact(policy)
+        assert built == [True]  # extended, not built anew
+        [segment] = db._segments
+        assert segment.index is not None and segment.index.ntotal == segment.vectors.shape[0]
+        for i in (0, 123, 399):
+            assert db.search(vectors[i], k=1)[0].id == ids[i]
+        assert db.search(vec(999), k=1)[0].id == "proto"
+        assert db.count(kappa=(0.3, 0.3)) == 400

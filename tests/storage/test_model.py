@@ -1,5 +1,6 @@
 """Property-based test: random operation sequences against a plain-dict model of a bitemporal store,
-items and weighted edges (weight updates, batch scales), with flushes, compactions and reopens interleaved."""
+items (κ set in place too) and weighted edges (weight updates, batch scales), with flushes, compactions,
+consolidating compactions and reopens interleaved, a full copy and a follower kept up by the change feed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from t4dm.errors import UnknownId
-from t4dm.storage import T4DX, UTC, Edge, Item
+from t4dm.storage import T4DX, UTC, Edge, Item, MergedRows
 
 from .conftest import FakeClock, vec
 
@@ -58,6 +59,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.checkpoints: list[datetime] = []
         self.edge_versions: dict[tuple[str, str, str], list[EdgeVersion]] = {}
         self.weights: dict[tuple[str, str, str], float] = {}  # live edges' weights (weights are not versions)
+        self.follower: T4DX | None = None  # a store kept up by changes(since=): sync_follower
+        self.follower_at = T0
+        self.follower_clock = FakeClock(T0)
 
     @initialize(memtable_bytes=st.sampled_from([200, 1024, 4096, 1 << 20]), max_segments=st.integers(1, 4))
     def open_store(self, memtable_bytes: int, max_segments: int) -> None:
@@ -70,6 +74,8 @@ class StoreMachine(RuleBasedStateMachine):
             self._link(src, dst, rel, 1.0)
 
     def teardown(self) -> None:
+        if self.follower is not None:
+            self.follower.close()
         self.db.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -241,6 +247,87 @@ class StoreMachine(RuleBasedStateMachine):
         for key in self.weights:
             if rel is None or key[2] == rel:
                 self.weights[key] *= factor
+
+    @rule(
+        data=st.data(), missing=st.booleans(), value=st.sampled_from([0.0, 0.3, 1.0]), absolute=st.booleans()
+    )
+    def rekappa(self, data: st.DataObject, missing: bool, value: float, absolute: bool) -> None:
+        """UPDATE_KAPPA: κ of the live version in place (not a version), or a delta clipped to [0, 1]."""
+        live_ids = sorted(id for id in self.model if self._live(id) is not None)
+        id = data.draw(st.sampled_from(live_ids if live_ids and not missing else list("abcdef")))
+        delta = value if absolute else value - 0.5  # deltas -0.5, -0.2, 0.5
+        live = self._live(id)
+        call = {"kappa": value} if absolute else {"delta": delta}
+        if live is None:
+            with pytest.raises(UnknownId):
+                self.db.update_kappa(id, **call)
+            return
+        got = self.db.update_kappa(id, **call)
+        self._tick()
+        live.kappa = value if absolute else min(1.0, max(0.0, live.kappa + delta))
+        assert got == live.kappa
+
+    @rule(step=st.sampled_from([0.05, 0.5]), prototype=st.integers(-1, 10**6))
+    def consolidate(self, step: float, prototype: int) -> None:
+        """A full compaction whose policy moves every live item's κ up by ``step`` (NREM) and, with
+        ``prototype`` ≥ 0, adds a version of "f" with provenance to two live items (REM). A follower synced
+        just before reads all of it from ``changes(since=)``: the policy's κ and items are changes."""
+        self.sync_follower()
+        live = {id: self._live(id) for id in sorted(self.model) if self._live(id) is not None}
+        sources = [id for id in live if id != "f"][:2] if prototype >= 0 else []
+
+        def policy(rows: MergedRows) -> None:
+            current = rows.is_current & rows.is_item
+            rows.kappa[current] = np.minimum(1.0, rows.kappa[current] + step)
+            if prototype >= 0:
+                item = Item(vec(prototype), id="f", kappa=0.85, kind="prototype",
+                            fields={"user_id": "bob", "seed": prototype})  # fmt: skip
+                rows.add(item, derived_from=sources)
+
+        self.db.compact(policy=policy)
+        if any(v.kappa < 1.0 for v in live.values()):  # the κ overlays: a transaction
+            self._tick()
+        for v in live.values():
+            v.kappa = min(1.0, v.kappa + step)
+        if prototype >= 0:
+            recorded = self._tick()
+            self._append("f", Version(prototype, 0.85, "prototype", {"user_id": "bob", "seed": prototype},
+                                      recorded, None, recorded))  # fmt: skip
+            if sources:
+                linked = self._tick()  # the provenance: the next transaction
+                for source in sources:
+                    self._append_edge(("f", source, "derived_from"), EdgeVersion(linked))
+                    self.weights["f", source, "derived_from"] = 1.0
+        folded = self.db.folded_through
+        assert folded is None or folded <= self.follower_at, "a consolidation cut the feed"
+        self.sync_follower()
+
+    @rule()
+    def sync_follower(self) -> None:
+        """A follower replays the changes since the last one it has (a new copy when a compaction has folded
+        what it had not read), and then answers every check as the model says."""
+        self.follower_clock.now = max(self.clock.now, self.last)  # bursts run the store ahead of the clock
+        folded = self.db.folded_through
+        if self.follower is None or (folded is not None and self.follower_at < folded):
+            if self.follower is not None:
+                self.follower.close()
+            folder = tempfile.mkdtemp(dir=self.dir, prefix="follower-")
+            self.follower = T4DX.open(folder, dim=DIM, clock=self.follower_clock, durability="none")
+            # a copy holds what the folds took in too: it goes on from the fold mark read before it
+            self.follower_at = folded or T0
+            changes = list(self.db.changes())
+        else:
+            changes = list(self.db.changes(since=self.follower_at))
+        self.follower.replay(changes)
+        if changes:
+            self.follower_at = max(self.follower_at, changes[-1].recorded_at)
+        original, self.db = self.db, self.follower
+        try:
+            self.gets_and_histories_match()
+            self.scans_match()
+            self.edges_match()
+        finally:
+            self.db = original
 
     @rule()
     def flush(self) -> None:
