@@ -184,23 +184,6 @@ class _BatchSource:
         self.payload_bytes = np.frombuffer(batch.payload, dtype=np.uint8)
 
 
-class _RowsSource:
-    """Already assembled rows presented as a row source (to merge policy-added rows in)."""
-
-    def __init__(self, rows: SegmentRows) -> None:
-        self.n = rows.n
-        for name in ROW_COLUMNS:
-            setattr(self, name, rows.columns[name])
-        self.tags = rows.tags
-        self.kinds, self.tag_values = rows.kinds, rows.tag_values
-        self.id_offsets, self.id_bytes = rows.ids
-        self.payload_offsets, self.payload_bytes = rows.payloads
-        chunks = list(rows.vector_chunks())  # also lays out columns["vector_row"]
-        dim = rows.sources[0].vectors.shape[1]
-        self.vectors = np.concatenate(chunks) if chunks else np.empty((0, dim), np.float32)
-        self.vector_row = rows.columns["vector_row"]
-
-
 class T4DX:
     """An embedded, durable, bitemporal store of memories (vectors + κ + kind + fields + times).
 
@@ -1806,7 +1789,7 @@ class T4DX:
             src, row = kway_merge(run)
         rows = assemble(run, src, row)
         added = 0
-        folded = merged = False
+        folded = False
         if full and self._mem.n == 0:
             cutoff = None if self._retention_us is None else self._tick() - self._retention_us
             # Weight overlays and batch scales are folded into the edges (their weights in memory
@@ -1824,7 +1807,7 @@ class T4DX:
             folded = True
             rows = apply_keep(rows, keep)
             if policy is not None:
-                rows, added, edited, merged = self._run_policy(rows, policy, run)
+                rows, added, edited = self._run_policy(rows, policy)
                 if (
                     edited
                 ):  # rows dropped or old versions' κ changed: no follower has that, whenever it last read
@@ -1836,9 +1819,7 @@ class T4DX:
             # Rows may be superseded by newer segments: keep those links in memory, write the run's own.
             memory_links = (rows.columns["next_seq"].copy(), rows.columns["superseded_at"].copy())
             version_chains(rows.columns)
-        if not merged:  # a policy that merged rows in chose the base itself
-            rows.base = rows.index_base = self._index_base(run, rows)
-        base = rows.index_base
+        base = rows.base = self._index_base(run, rows)
         segment = self._write_rows(rows) if rows.n else None
         if memory_links is not None and segment is not None:
             segment.set_links(*memory_links)
@@ -1907,16 +1888,14 @@ class T4DX:
             job.result()  # re-raise a failed build here
         return not pending
 
-    def _run_policy(
-        self, rows: SegmentRows, policy: CompactionPolicy, run: tuple[Segment, ...]
-    ) -> tuple[SegmentRows, int, bool, bool]:
-        """``rows`` as the policy left them, the number of items it added, whether it dropped any row or
-        changed κ of a version that is not live (the change feed cannot give those), and whether rows were
-        merged in.
+    def _run_policy(self, rows: SegmentRows, policy: CompactionPolicy) -> tuple[SegmentRows, int, bool]:
+        """``rows`` as the policy left them, the number of items it added, and whether it dropped any row or
+        changed κ of a version that is not live (the change feed cannot give those).
 
         κ it changed on live items becomes κ overlay rows, recorded now, which the change feed gives; its new
-        items and their provenance edges are two more transactions. Rows merged in so are assembled anew,
-        the input's vectors first as they were (``index_base``: the input whose HNSW index still serves).
+        items and their provenance edges are two more transactions. Those rows are merged in against the
+        compaction's own inputs (the merged rows' sources), so vectors stay where the inputs have them and
+        the output can still extend an input's HNSW index.
         """
         view = MergedRows(rows, self._last_recorded)
         before = np.array(rows.columns["kappa"], dtype=np.float64, copy=True)
@@ -1937,30 +1916,41 @@ class T4DX:
         overlay_ids = [view.ids[i] for i in overlays.tolist()]
         overlay_kappas = rows.columns["kappa"][overlays]
         rows = apply_keep(rows, keep)
-        if not view.added and not overlays.size:
-            return rows, 0, edited, False
-        rows.base = self._index_base(run, rows)
-        index_base = rows.base
-        sources: list[Any] = [_RowsSource(rows)]  # its vectors laid out with the base's block first
+        extra: list[Any] = []
         if overlays.size:
             kappas = self._kappa_batch(overlay_ids, overlay_kappas)
             kappas.seq_start, kappas.recorded_at = self._seq + 1, self._tick()
             kappas.valid_from = np.full(kappas.n, kappas.recorded_at, dtype=np.int64)
             self._seq += kappas.n
-            sources.append(_BatchSource(kappas))
+            extra.append(_BatchSource(kappas))
         if view.added:
-            sources += self._policy_items(view)
-        sizes = np.cumsum([0] + [source.n for source in sources])
+            extra += self._policy_items(view)
+        if not extra:
+            return rows, 0, edited
+        return self._merge_rows(rows, extra), len(view.added), edited
+
+    @staticmethod
+    def _merge_rows(rows: SegmentRows, extra: list[Any]) -> SegmentRows:
+        """``rows`` (assembled from the compaction's inputs) with the rows of ``extra`` sources merged in, in
+        (key, seq) order, gathered again from the inputs; what the fold and the policy changed in ``rows``
+        (weights, κ) is carried over."""
+        sources = [*rows.sources, *extra]
+        first = len(rows.sources)
+        src = np.concatenate(
+            [rows.src, *(np.full(e.n, first + i, dtype=np.int32) for i, e in enumerate(extra))]
+        )
+        row = np.concatenate([rows.row, *(np.arange(e.n, dtype=np.int64) for e in extra)])
         order = np.lexsort(
             tuple(
-                np.concatenate([getattr(s_, name) for s_ in sources]) for name in ("seq", "key_lo", "key_hi")
+                np.concatenate([rows.columns[name], *(getattr(e, name) for e in extra)])
+                for name in ("seq", "key_lo", "key_hi")
             )
         )
-        src = (np.searchsorted(sizes, order, side="right") - 1).astype(np.int32)
-        out = assemble(sources, src, order - sizes[src])
-        out.base = None if index_base is None else 0
-        out.index_base = index_base
-        return out, len(view.added), edited, True
+        out = assemble(sources, src[order].astype(np.int32), row[order])
+        kept = np.flatnonzero(order < rows.n)  # where the merged rows went
+        for name in ("kappa", "weight"):
+            out.columns[name][kept] = rows.columns[name][order[kept]]
+        return out
 
     def _policy_items(self, view: MergedRows) -> list[Any]:
         """The items a compaction policy added, and their provenance edges, as row sources (two transactions,
