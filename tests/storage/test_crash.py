@@ -18,8 +18,10 @@ from t4dm.storage import T4DX
 WRITER = Path(__file__).with_name("crash_writer.py")
 
 
-def _apply(model: dict[str, tuple[int, int]], edges: dict[str, float], op: str, id: str, value: int) -> None:
-    """model: id -> (fields["v"], the vector's fill value, set at insert); edges: "src>dst" -> weight."""
+def _apply(
+    model: dict[str, tuple[int, int, float]], edges: dict[str, float], op: str, id: str, value: int
+) -> None:
+    """model: id -> (fields["v"], the vector's fill value set at insert, κ); edges: "src>dst" -> weight."""
     if op == "link":
         edges[id] = float(value)
     elif op == "weigh":
@@ -28,11 +30,16 @@ def _apply(model: dict[str, tuple[int, int]], edges: dict[str, float], op: str, 
         for edge in edges:
             edges[edge] *= 2.0 if value > 0 else 0.5
     elif op == "insert":
-        model[id] = (value, value % 97)
+        model[id] = (value, value % 97, 0.0)
     elif op == "update":
-        model[id] = (value, model[id][1])
+        model[id] = (value, *model[id][1:])
     elif op == "delete":
         del model[id]
+    elif op == "kappa":
+        model[id] = (*model[id][:2], value / 100)
+    elif op == "consolidate":
+        for key, (v, fill, kappa) in model.items():
+            model[key] = (v, fill, min(1.0, kappa + 0.125))
 
 
 def _run_and_kill(path: str, seed: int, rng: random.Random) -> list[str]:
@@ -62,9 +69,9 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
     """Run ``trials`` kill-and-reopen rounds on one store; the model carries over between rounds."""
     rng = random.Random(seed)
     path = str(tmp_path / "store")
-    model: dict[str, tuple[int, int]] = {}
+    model: dict[str, tuple[int, int, float]] = {}
     edges: dict[str, float] = {}
-    counts = {"acked": 0, "in_flight_applied": 0, "in_flight_lost": 0, "edge_ops": 0}
+    counts = {"acked": 0, "in_flight_applied": 0, "in_flight_lost": 0, "edge_ops": 0, "kappa_ops": 0}
     for trial in range(trials):
         lines = _run_and_kill(path, seed * 1000 + trial + 1, rng)
         pending = None
@@ -77,9 +84,10 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
                 _apply(model, edges, *pending)
                 counts["acked"] += 1
                 counts["edge_ops"] += pending[0] in ("link", "weigh", "scale")
+                counts["kappa_ops"] += pending[0] in ("kappa", "consolidate")
                 pending = None
         with T4DX.open(path) as db:
-            state = {item.id: (item.fields["v"], int(item.vector[0])) for item in db.scan()}
+            state = {item.id: (item.fields["v"], int(item.vector[0]), item.kappa) for item in db.scan()}
             sources = sorted({e.split(">")[0] for e in edges} | set(state))  # edges outlive their items
             weights = {f"{e.src}>{e.dst}": round(e.weight, 9) for e in db.edges(sources)} if sources else {}
             agrees = state == model and weights == {e: round(w, 9) for e, w in edges.items()}
@@ -100,9 +108,10 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
                     f"trial {trial}: store and acknowledged writes differ: extra {extra}, missing {missing}, "
                     f"changed (store, model) {changed}, in flight {pending}"
                 )
-            for id, (value, fill) in model.items():
+            for id, (value, fill, kappa) in model.items():
                 item = db.get(id)
                 assert item is not None and item.fields == {"v": value} and (item.vector == fill).all()
+                assert item.kappa == kappa
     return counts
 
 
@@ -110,6 +119,7 @@ def test_sigkill_loses_no_acknowledged_write(tmp_path):
     counts = crash_trials(tmp_path, trials=20, seed=1)
     assert counts["acked"] > 20  # the writer got real work done between kills
     assert counts["edge_ops"] > 5  # links, weight updates and scales among them
+    assert counts["kappa_ops"] > 3  # κ updates and consolidations
 
 
 @pytest.mark.slow
