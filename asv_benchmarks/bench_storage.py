@@ -127,6 +127,49 @@ class Read:
             pass
 
 
+class Kappa:
+    """UPDATE_KAPPA: κ overlays written, the κ index read with moved rows, and a compaction whose policy moves
+    a tenth of the items' κ (consolidation's NREM: κ overlays written for the change feed)."""
+
+    params = [50_000]
+    param_names = ["n"]
+    timeout = 300
+
+    def setup(self, n: int) -> None:
+        vectors, fields, kappa = _data(n, 384)
+        _warm(384)
+        self.root = tempfile.mkdtemp()
+        self.db = T4DX.open(self.root + "/s", dim=384, durability="none")
+        self.ids = self.db.insert_batch(vectors, fields, kappa=kappa)
+        self.db.compact()
+        rng = np.random.default_rng(3)
+        self.updates = [
+            (self.ids[i], float(k)) for i, k in zip(rng.integers(0, n, 1000), rng.random(1000), strict=True)
+        ]
+        moved = rng.choice(n, 5000, replace=False)
+        self.db.update_kappas(
+            [(self.ids[i], float(k)) for i, k in zip(moved, rng.random(5000), strict=True)], absolute=True
+        )
+
+    def teardown(self, n: int) -> None:
+        self.db.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def time_update_kappas_1000(self, n: int) -> None:
+        self.db.update_kappas(self.updates, absolute=True)
+
+    def time_scan_kappa_10pct_5000_moved(self, n: int) -> None:
+        for _ in self.db.scan(kappa=(0.0, 0.1)):
+            pass
+
+    def time_compaction_moving_a_tenth(self, n: int) -> None:
+        def nrem(rows) -> None:
+            pick = rows.is_current & rows.is_item & (np.arange(rows.n) % 10 == 0)
+            rows.kappa[pick] = np.minimum(1.0, rows.kappa[pick] + 0.01)
+
+        self.db.compact(policy=nrem)
+
+
 class Compaction:
     params = [50_000]
     param_names = ["n"]
