@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 
-from t4dm.storage import T4DX, BloomFilter
+from t4dm.storage import T4DX, BloomFilter, Item
 
 
 def _data(n: int, dim: int, seed: int = 0):
@@ -128,8 +128,9 @@ class Read:
 
 
 class Kappa:
-    """UPDATE_KAPPA: κ overlays written, the κ index read with moved rows, and a compaction whose policy moves
-    a tenth of the items' κ (consolidation's NREM: κ overlays written for the change feed)."""
+    """UPDATE_KAPPA: κ overlays written, the κ index read with moved rows, and compactions whose policy moves
+    a tenth of the items' κ (consolidation's NREM: κ overlays written for the change feed) or adds a prototype
+    (REM: the output extends the input's HNSW index)."""
 
     params = [50_000]
     param_names = ["n"]
@@ -142,6 +143,7 @@ class Kappa:
         self.db = T4DX.open(self.root + "/s", dim=384, durability="none")
         self.ids = self.db.insert_batch(vectors, fields, kappa=kappa)
         self.db.compact()
+        self.db.wait_indexed()
         rng = np.random.default_rng(3)
         self.updates = [
             (self.ids[i], float(k)) for i, k in zip(rng.integers(0, n, 1000), rng.random(1000), strict=True)
@@ -161,6 +163,17 @@ class Kappa:
     def time_scan_kappa_10pct_5000_moved(self, n: int) -> None:
         for _ in self.db.scan(kappa=(0.0, 0.1)):
             pass
+
+    def time_compaction_adding_a_prototype(self, n: int) -> None:
+        """A policy as REM: one prototype derived from 50 items; the output's HNSW index included."""
+
+        def rem(rows) -> None:
+            live = np.flatnonzero(rows.is_current & rows.is_item)[:50]
+            prototype = Item(rows.vectors(live).mean(axis=0), id="prototype", kind="prototype", kappa=0.85)
+            rows.add(prototype, derived_from=[rows.ids[i] for i in live])
+
+        self.db.compact(policy=rem)
+        self.db.wait_indexed()
 
     def time_compaction_moving_a_tenth(self, n: int) -> None:
         def nrem(rows) -> None:
