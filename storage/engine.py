@@ -65,6 +65,7 @@ from .memtable import Memtable
 from .query import Filter, check_payloads, live_rows, match_rows, parse_filter, same, search_source, unpack
 from .rows import (
     FLAG_EDGE,
+    FLAG_ERASE,
     FLAG_OVERLAY,
     FLAG_SCALE,
     FLAG_TOMBSTONE,
@@ -697,6 +698,40 @@ class T4DX:
             )
             self._commit(batch)
 
+    def erase(self, ids: str | Iterable[str]) -> None:
+        """ERASE: every version of each id goes (one transaction): the right to be forgotten, or consolidation's
+        PRUNE. :meth:`delete` keeps the past; this does not.
+
+        Each id gets an erasing tombstone: from now on it is gone as after :meth:`delete`, and the next full
+        compaction (:meth:`compact`) drops every row of it, the tombstone too, so that no read of any past
+        time finds it any more; until then ``get(as_of=)`` and :meth:`history` of earlier times still do.
+        A version written after it (the id inserted again) stays. An id that was deleted may be erased; one
+        with no row at all raises :class:`~t4dm.errors.UnknownId` and nothing is written. Its edges stay
+        (remove them with :meth:`remove_edges`). The change feed gives it as ``op="erase"``.
+        """
+        self._check_open()
+        id_list = [ids] if isinstance(ids, str) else list(ids)
+        id_list = list(dict.fromkeys(check_id(v, f"ids[{i}]") for i, v in enumerate(id_list)))
+        if not id_list:
+            return
+        with self._write_lock:
+            self._check_open()
+            snap = self._snap
+            last = []
+            for i, id in enumerate(id_list):
+                newest = next(self._versions(id, snap), None)
+                if newest is None:
+                    raise UnknownId(id, f"ids[{i}]")
+                last.append(newest)
+            batch = self._tombstones(
+                id_list,
+                np.array([s.valid_from[r] for s, r in last], dtype=np.int64),
+                np.array([s.valid_to[r] for s, r in last], dtype=np.int64),
+                np.array([s.kappa[r] for s, r in last], dtype=np.float64),
+            )
+            batch.flags[:] = FLAG_TOMBSTONE | FLAG_ERASE
+            self._commit(batch)
+
     def _tombstones(
         self, id_list: list[str], valid_from: np.ndarray, valid_to: np.ndarray, kappa: np.ndarray
     ) -> VersionBatch:
@@ -1233,9 +1268,9 @@ class T4DX:
                 weight = float(source.weight[row]) * weights.before(seqs[i], rel)
                 op = "weight" if overlay else "delete" if tombstone else "put"
                 out[i] = Change(seqs[i], op, Edge(src, dst, rel, weight, *times))
-            else:  # an item's tombstone
+            else:  # an item's tombstone, erasing or not
                 item = Item(None, source.id_at(row), float(source.kappa[row]), "tombstone", {}, *times)
-                out[i] = Change(seqs[i], "delete", item)
+                out[i] = Change(seqs[i], "erase" if flags[i] & FLAG_ERASE else "delete", item)
         return out  # type: ignore[return-value]
 
     def replay(self, changes: Iterable[Change]) -> int:
@@ -1370,7 +1405,7 @@ class T4DX:
                     batch = self._batch_from_items(timeless, names)
                 else:
                     for id, name in zip(ids, names, strict=True):
-                        if not is_live(id):
+                        if op == "delete" and not is_live(id):  # an erase needs no live version
                             raise UnknownId(id, f"{name}.id")
                         live[id] = False  # at once: the same id deleted twice in one transaction is refused
                     batch = self._tombstones(
@@ -1384,6 +1419,8 @@ class T4DX:
                             ]
                         ),
                     )  # an unknown valid_from is filled with the transaction time by _commit
+                    if op == "erase":
+                        batch.flags[:] = FLAG_TOMBSTONE | FLAG_ERASE
                 for id in ids:
                     live[id] = op == "put"
             else:
@@ -1795,6 +1832,7 @@ class T4DX:
             # Weight overlays and batch scales are folded into the edges (their weights in memory
             # already hold the overlays); then the overlay rows go.
             keep = drop_expired(rows, cutoff) & ((rows.columns["flags"] & FLAG_OVERLAY) == 0)
+            keep &= ~_erased(rows.columns)  # ERASE: every row of an id up to its erasing tombstone
             # what the change feed loses: the dropped rows and the scales, as of when they were written
             lost = [int(rows.columns["recorded_at"][~keep].max())] if not keep.all() else []
             lost += [recorded for _, recorded, _, _ in self._scale_log]
@@ -1908,21 +1946,28 @@ class T4DX:
         keep = np.asarray(view.keep, dtype=np.bool_)
         if keep.shape != (rows.n,):
             raise InvalidInput("MergedRows.keep", f"<shape {keep.shape}>", f"must stay bool [{rows.n}]")
-        rows.columns["kappa"] = np.clip(kappa, 0.0, 1.0)
-        moved = rows.columns["kappa"] != before
+        c = rows.columns
+        c["kappa"] = np.clip(kappa, 0.0, 1.0)
+        moved = c["kappa"] != before
         feed = moved & keep & view.is_current & view.is_item  # live items' κ: overlays the feed gives
-        edited = not keep.all() or bool((moved & ~feed).any())
+        forgotten, partial = _forgotten(c, keep)  # ids every row of which the policy dropped (PRUNE)
+        edited = bool(partial.any()) or bool((moved & keep & ~feed).any())
         overlays = np.flatnonzero(feed)
         overlay_ids = [view.ids[i] for i in overlays.tolist()]
-        overlay_kappas = rows.columns["kappa"][overlays]
+        overlay_kappas = c["kappa"][overlays]
+        erase = self._tombstones(
+            [view.ids[i] for i in forgotten.tolist()], c["valid_from"][forgotten], c["valid_to"][forgotten],
+            c["kappa"][forgotten],
+        )  # fmt: skip
+        erase.flags[:] = FLAG_TOMBSTONE | FLAG_ERASE
         rows = apply_keep(rows, keep)
         extra: list[Any] = []
-        if overlays.size:
-            kappas = self._kappa_batch(overlay_ids, overlay_kappas)
-            kappas.seq_start, kappas.recorded_at = self._seq + 1, self._tick()
-            kappas.valid_from = np.full(kappas.n, kappas.recorded_at, dtype=np.int64)
-            self._seq += kappas.n
-            extra.append(_BatchSource(kappas))
+        for batch in (self._kappa_batch(overlay_ids, overlay_kappas), erase):
+            if batch.n:  # each a transaction of its own, recorded now
+                batch.seq_start, batch.recorded_at = self._seq + 1, self._tick()
+                batch.valid_from = np.where(batch.valid_from == _FILL, batch.recorded_at, batch.valid_from)
+                self._seq += batch.n
+                extra.append(_BatchSource(batch))
         if view.added:
             extra += self._policy_items(view)
         if not extra:
@@ -2484,8 +2529,43 @@ class _ScaleHistory:
 # what each op of a replayed Change may carry
 _REPLAY_RECORDS: dict[str, tuple[type, ...]] = {
     "put": (Item, Edge), "delete": (Item, Edge), "weight": (Edge,), "scale": (WeightScale,),
-    "kappa": (KappaUpdate,),
+    "kappa": (KappaUpdate,), "erase": (Item,),
 }  # fmt: skip
+
+
+def _erased(columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Which rows (sorted by key, then seq) an erasing tombstone (ERASE) of their id takes: every row of
+    the id up to its last such tombstone, that one included (a version written after it stays)."""
+    flags = columns["flags"]
+    marks = (flags & (FLAG_TOMBSTONE | FLAG_ERASE)) == (FLAG_TOMBSTONE | FLAG_ERASE)
+    n = flags.shape[0]
+    if not marks.any():
+        return np.zeros(n, dtype=np.bool_)
+    hi, lo = columns["key_hi"], columns["key_lo"]
+    first = np.ones(n, dtype=np.bool_)
+    first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    group = np.cumsum(first) - 1
+    last_mark = np.maximum.reduceat(np.where(marks, np.arange(n), -1), np.flatnonzero(first))
+    return np.arange(n) <= last_mark[group]
+
+
+def _forgotten(columns: dict[str, np.ndarray], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For a policy's ``keep`` over rows sorted by (key, seq): the newest row of each item id whose every row
+    it dropped (forgotten: an erasing tombstone gives that to the change feed), and a mask of the other
+    dropped rows (some versions of an id, or edges: changes the feed cannot give)."""
+    n = keep.shape[0]
+    dropped = ~keep
+    if not dropped.any():
+        return np.empty(0, dtype=np.int64), dropped
+    hi, lo = columns["key_hi"], columns["key_lo"]
+    first = np.ones(n, dtype=np.bool_)
+    first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    starts = np.flatnonzero(first)
+    group = np.cumsum(first) - 1
+    items = (columns["flags"] & (FLAG_EDGE | FLAG_OVERLAY)) == 0
+    whole = np.logical_and.reduceat(dropped, starts) & np.logical_or.reduceat(items, starts)
+    last = np.append(starts[1:], n) - 1
+    return last[whole], dropped & ~whole[group]
 
 
 def _legacy_provenance(sorts: tuple[str, type] | None, change: Change) -> bool:

@@ -76,6 +76,7 @@ FLAG_OVERLAY = (
     4  # an overlay: sets the stored weight of the edge (FLAG_EDGE), or κ of the item, live at its seq
 )
 FLAG_SCALE = 8  # a batch-wide weight scale (BATCH_SCALE_WEIGHTS); never stored as a row
+FLAG_ERASE = 16  # on a tombstone (ERASE): every row of its id goes at the next full compaction
 NOT_ITEM = FLAG_TOMBSTONE | FLAG_EDGE | FLAG_OVERLAY
 NO_SEQ = np.uint64(np.iinfo(np.uint64).max)
 MAX_KINDS = 65535

@@ -89,6 +89,10 @@ class AsyncMemory:
         """:meth:`Memory.delete <t4dm.memory.Memory.delete>`."""
         await self._run(self.memory.delete, *args, **kwargs)
 
+    async def erase(self, *args: Any, **kwargs: Any) -> None:
+        """:meth:`Memory.erase <t4dm.memory.Memory.erase>`."""
+        await self._run(self.memory.erase, *args, **kwargs)
+
     async def delete_all(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`Memory.delete_all <t4dm.memory.Memory.delete_all>`."""
         return await self._run(self.memory.delete_all, *args, **kwargs)

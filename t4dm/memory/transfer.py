@@ -19,8 +19,9 @@ the retrieval counts that steer consolidation.
 "id", "recorded_at"}``), every edge version (an ``edge`` line with ``recorded_at``), every removed edge
 (``{"type": "unlink", "src", "dst", "rel", "recorded_at"}``), every edge weight set (a ``reweigh`` line, as an
 ``edge`` line), every batch scale (``{"type": "scale", "factor", "rel", "recorded_at"}``, ``rel`` null for
-every relation) and every κ set in place, by consolidation or UPDATE_KAPPA (``{"type": "kappa", "id", "kappa",
-"recorded_at"}``). The import replays them at those times (:meth:`~t4dm.storage.T4DX.replay`), each version's
+every relation), every κ set in place, by consolidation or UPDATE_KAPPA (``{"type": "kappa", "id", "kappa",
+"recorded_at"}``) and every memory erased, by ``Memory.erase`` or consolidation's PRUNE (``{"type": "erase",
+"id", "recorded_at"}``). The import replays them at those times (:meth:`~t4dm.storage.T4DX.replay`), each version's
 text embedded anew, so the target answers "what did we know when" as the source did: ``history``,
 ``get(as_of=)``, ``search(as_of=)``, and ends with the same edge weights and κ. Its store's own history must end
 before the export's begins (a new memory does).
@@ -96,8 +97,8 @@ def export_jsonl(memory: Any, path: str | os.PathLike[str], *, history: bool = F
     """Write ``memory``'s live memories and the edges between them to ``path`` (replaced when the whole file
     is written); returns ``{"memories": n, "edges": m}``. With ``history``: every version, deletion, edge
     and removed edge the store holds, edge weights set and batch scales, in the order written (format 2); the
-    counts are then of versions, and ``forgotten``, ``unlinked``, ``reweighed``, ``scales`` and ``kappas`` are
-    added."""
+    counts are then of versions, and ``forgotten``, ``unlinked``, ``reweighed``, ``scales``, ``kappas`` and
+    ``erased`` are added."""
     from t4dm.storage.fsutil import publish_bytes
 
     if history:
@@ -128,6 +129,7 @@ def _export_history(memory: Any, path: str) -> dict[str, int]:
         "reweighed": 0,
         "scales": 0,
         "kappas": 0,
+        "erased": 0,
     }
     with memory._lock:
         changes = list(memory.db.changes())
@@ -144,6 +146,11 @@ def _export_history(memory: Any, path: str) -> dict[str, int]:
         elif change.op == "weight":
             lines.append(_edge_line(record, history=True, kind="reweigh"))
             counts["reweighed"] += 1
+        elif isinstance(record, Item) and change.op == "erase":
+            lines.append(
+                json.dumps({"type": "erase", "id": record.id, "recorded_at": _iso(record.recorded_at)})
+            )
+            counts["erased"] += 1
         elif isinstance(record, Item):
             if change.op == "put":
                 lines.append(_memory_line(record))
@@ -286,10 +293,11 @@ def _read_history(records: list[dict[str, Any]]) -> tuple[list[Change], list[int
             change = Change(0, "put", _memory(record, where, history=True))
         elif kind == "edge":
             change = Change(0, "put", _edge(record, where, history=True))
-        elif kind == "forget":
+        elif kind in ("forget", "erase"):
             if not isinstance(record.get("id"), str):
-                raise InvalidInput(f"{where}.id", record.get("id"), "a forget line needs a string id")
-            change = Change(0, "delete", Item(None, record["id"], recorded_at=_recorded(record, where)))
+                raise InvalidInput(f"{where}.id", record.get("id"), f"a {kind} line needs a string id")
+            op = "delete" if kind == "forget" else "erase"  # a forget line is a deletion (it keeps the past)
+            change = Change(0, op, Item(None, record["id"], recorded_at=_recorded(record, where)))
         elif kind == "unlink":
             src, dst, rel = _ends(record, where)
             change = Change(0, "delete", Edge(src, dst, rel, recorded_at=_recorded(record, where)))
@@ -312,7 +320,7 @@ def _read_history(records: list[dict[str, Any]]) -> tuple[list[Change], list[int
         else:
             raise InvalidInput(
                 f"{where}.type", kind,
-                "expected 'memory', 'edge', 'forget', 'unlink', 'reweigh', 'scale' or 'kappa'",
+                "expected 'memory', 'edge', 'forget', 'unlink', 'reweigh', 'scale', 'kappa' or 'erase'",
             )  # fmt: skip
         changes.append(change)
     return changes, [record["_line"] for record in records]
@@ -368,6 +376,7 @@ def _import_history(memory: Any, folder: str, records: list[dict[str, Any]]) -> 
         "reweighed": sum(c.op == "weight" for c in changes),
         "scales": sum(c.op == "scale" for c in changes),
         "kappas": sum(c.op == "kappa" for c in changes),
+        "erased": sum(c.op == "erase" for c in changes),
     }
     with memory._lock:
         ids = list(dict.fromkeys(changes[i].record.id for i in puts))

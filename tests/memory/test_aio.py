@@ -33,8 +33,11 @@ def test_concurrent_calls_lose_nothing_and_keep_their_results(tmp_path):
             assert (await m.stats())["memories"] == 8
             await m.delete(id)
             assert await m.get(id) is None
-            report = await m.consolidate()
+            await m.erase(added[1][0].id)
+            assert await m.get(added[1][0].id) is None
+            report = await m.consolidate()  # a full compaction: the erased memory's past goes too
             assert report.phases == ("nrem", "rem", "prune")
+            assert await m.history(added[1][0].id) == [] and len(await m.history(id)) == 2
             # the SDK's errors, with their fields
             with pytest.raises(InvalidInput) as info:
                 await m.add("", user_id="user1")
@@ -45,7 +48,7 @@ def test_concurrent_calls_lose_nothing_and_keep_their_results(tmp_path):
 
     asyncio.run(main())
     with Memory(tmp_path / "m", embedder=bag_of_words) as memory:  # closed cleanly: it opens again
-        assert len(memory) == 7
+        assert len(memory) == 6  # 8 added, one deleted, one erased
 
 
 def test_the_event_loop_runs_while_a_call_works(tmp_path):

@@ -175,6 +175,7 @@ def test_an_export_with_history_gives_the_same_past(tmp_path):
     # 4 first versions and one revision; the chat's two "next" edges; one turn forgotten, one edge removed
     assert counts == {
         "memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1, "reweighed": 0, "scales": 0, "kappas": 0,
+        "erased": 0,
     }  # fmt: skip
     assert paris == ["Alice moved to Paris"]
     header = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[0])
@@ -256,6 +257,8 @@ def _swap(lines: list[str], a: int, b: int) -> list[str]:
         (lambda lines: [*lines, json.dumps({"type": "forget", "id": 7, "recorded_at": None})], InvalidInput,
          "line 11.id"),
         (lambda lines: [*lines, json.dumps({"type": "blob"})], InvalidInput, "line 11.type"),
+        (lambda lines: [*lines, json.dumps({"type": "erase", "id": ["x"], "recorded_at": None})], InvalidInput,
+         "line 11.id"),
         (lambda lines: [*lines, json.dumps({"type": "scale", "factor": "half", "rel": None, "recorded_at": None})],
          InvalidInput, "line 11.factor"),
         (_negative_scale, InvalidInput, "line 11.factor"),
@@ -315,7 +318,7 @@ def test_the_export_command_with_history(tmp_path, monkeypatch, capsys):
     assert main(["export", "--path", str(tmp_path / "a"), "--out", out, "--history"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "out": out, "memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1, "reweighed": 0, "scales": 0,
-        "kappas": 0,
+        "kappas": 0, "erased": 0,
     }  # fmt: skip
     assert main(["import", "--path", str(tmp_path / "b"), "--file", out]) == 0
     assert json.loads(capsys.readouterr().out)["forgotten"] == 1
@@ -354,3 +357,26 @@ def test_an_export_with_history_after_consolidation_imports(tmp_path):
         assert target.import_jsonl(tmp_path / "history.jsonl") == counts
         assert {id: _versions(target, id) for id in expected} == expected
         assert set(target.db.derived_from(proto)) == sources and target.get(proto).kind == "prototype"
+
+
+def test_an_erased_memory_travels_as_an_erase_line(tmp_path):
+    """Memory.erase: gone at once, its past gone after the next full compaction; a history export made
+    before that compaction carries its versions and an erase line, and the import erases it too."""
+    source = _filled(tmp_path / "a")
+    with source:
+        [paris] = source.search("Paris", user_id="alice", k=1)
+        before = paris.memory.recorded_at
+        source.erase(paris.id)
+        assert source.get(paris.id) is None and paris.id not in source.lexical
+        assert source.get(paris.id, as_of=before) is not None  # until the next full compaction
+        counts = source.export_jsonl(tmp_path / "history.jsonl", history=True)
+        source.db.compact()
+        assert source.history(paris.id) == [] and source.get(paris.id, as_of=before) is None
+    assert counts["erased"] == 1
+    assert json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])["type"] == "erase"
+    with Memory(tmp_path / "b", embedder=letters) as target:
+        assert target.import_jsonl(tmp_path / "history.jsonl") == counts
+        assert target.get(paris.id) is None and paris.id not in target.lexical
+        target.db.compact()
+        assert target.history(paris.id) == []
+        assert not target.search("Paris", user_id="alice")

@@ -3,6 +3,7 @@ another store at its own transaction times."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 from datetime import timedelta
@@ -284,7 +285,7 @@ def _consolidation(id: str, seed: int, sources: list[str]):
 @pytest.mark.parametrize("examples", [50, pytest.param(400, marks=pytest.mark.slow)])
 def test_random_histories_replay_to_the_same_views(tmp_path, examples) -> None:
     """Hypothesis: random sequences of inserts, revisions, deletions, edges, removals, weight updates,
-    scales, κ updates and consolidating compactions, with flushes, compactions and reopens between, replay into an empty store with the same views at
+    scales, κ updates, erasures and consolidating compactions, with flushes, compactions and reopens between, replay into an empty store with the same views at
     every transaction time; and a follower that syncs at random points (``changes(since=)``, or a new copy
     when a compaction folded what it had not seen) ends with the same views."""
     import shutil
@@ -302,6 +303,7 @@ def test_random_histories_replay_to_the_same_views(tmp_path, examples) -> None:
         st.tuples(st.just("weigh"), st.sampled_from(ids), st.sampled_from(ids)),
         st.tuples(st.just("scale"), st.just(""), st.just(0)),
         st.tuples(st.just("kappa"), st.sampled_from(ids), st.integers(0, 10)),
+        st.tuples(st.just("erase"), st.sampled_from(ids), st.just(0)),
         st.tuples(st.just("consolidate"), st.sampled_from(ids), st.integers(0, 50)),
         st.tuples(st.just("flush"), st.just(""), st.just(0)),
         st.tuples(st.just("compact"), st.just(""), st.just(0)),
@@ -368,6 +370,9 @@ def test_random_histories_replay_to_the_same_views(tmp_path, examples) -> None:
                     model = {edge: weight * 0.5 for edge, weight in model.items()}
                 elif op == "kappa" and a in live:
                     db.update_kappa(a, kappa=b / 10)
+                elif op == "erase":
+                    with contextlib.suppress(UnknownId):  # no row of it left: erased before
+                        db.erase(a)
                 elif op == "consolidate":
                     sources = sorted(live - {a})[:2]
                     linked = {(a, s_, "derived_from") for s_ in sources}
@@ -475,9 +480,10 @@ def test_a_compaction_that_folds_weights_ends_the_feed_before_them(tmp_path, clo
 
 
 def test_a_policys_kappa_edits_on_live_items_reach_a_follower(tmp_path, clock) -> None:
-    """κ a compaction policy sets on live items (consolidation's NREM and REM) is written as κ overlays, which
-    the feed gives: a follower keeps up without a new copy. Dropping rows, or κ of an old version, the feed
-    cannot give: those end it at the compaction."""
+    """κ a compaction policy sets on live items (consolidation's NREM and REM) is written as κ overlays, and an
+    id it drops whole (PRUNE) as an erasing tombstone, which the feed gives: a follower keeps up without a new
+    copy. κ of an old version, or some versions of an id dropped, the feed cannot give: those end it at the
+    compaction."""
     with (
         T4DX.open(str(tmp_path / "leader"), dim=DIM, clock=clock) as leader,
         T4DX.open(str(tmp_path / "follower"), dim=DIM, clock=clock) as follower,
@@ -524,11 +530,30 @@ def test_a_policys_kappa_edits_on_live_items_reach_a_follower(tmp_path, clock) -
         synced = leader.folded_through
 
         def prune(rows: MergedRows) -> None:
-            rows.keep[rows.is_item & (np.asarray(rows.ids) == ids[3])] = False
+            rows.keep[np.asarray(rows.ids) == ids[3]] = False  # every row of it: forgotten
 
+        follower.close()
+        follower = T4DX.open(str(tmp_path / "copy"), dim=DIM, clock=clock)
+        follower.replay(leader.changes())
         clock.advance()
         leader.compact(policy=prune)
-        assert leader.get(ids[3]) is None and leader.folded_through > synced
+        assert leader.get(ids[3]) is None and leader.history(ids[3]) == []
+        assert leader.folded_through == synced  # unmoved: the erasure is a change
+        [erase] = leader.changes(since=synced)
+        assert (erase.op, erase.record.id) == ("erase", ids[3])
+        clock.advance()
+        follower.replay([erase])
+        assert follower.get(ids[3]) is None and len(follower.history(ids[3])) == 1  # until it compacts
+        follower.compact()
+        assert follower.history(ids[3]) == [] and len(follower) == len(leader) == 3
+
+        def one_version(rows: MergedRows) -> None:
+            rows.keep[(np.asarray(rows.ids) == ids[0]) & ~rows.is_current] = False  # some of its versions
+
+        clock.advance()
+        leader.compact(policy=one_version)
+        assert leader.folded_through > synced and len(leader.history(ids[0])) == 1
+        follower.close()
 
 
 def test_a_store_from_before_the_scale_log_keeps_its_scales(tmp_path, clock) -> None:

@@ -126,8 +126,9 @@ def test_policy_changes_kappa_drops_and_adds(tmp_path, clock):
 
         stats = db.compact(policy)
         assert seen == {"n": 9, "current": 8}
-        # item 7's row dropped, the prototype added, and a κ overlay (for the change feed) per bumped episode
-        assert stats.rows_added == 1 and stats.rows_out == 9 - 1 + 1 + 6
+        # item 7's row dropped, the prototype added, and for the change feed a κ overlay per bumped episode
+        # and an erasing tombstone of item 7 (forgotten)
+        assert stats.rows_added == 1 and stats.rows_out == 9 - 1 + 1 + 6 + 1
         assert [round(i.kappa, 6) for i in db.scan(kind="episode")] == [0.15] * 6
         assert db.get(ids[7]) is None and db.history(ids[7]) == []
         proto = db.get("prototype-1")
@@ -139,8 +140,8 @@ def test_policy_changes_kappa_drops_and_adds(tmp_path, clock):
         assert db.get("prototype-1").kappa == 0.85
         assert db.count(kind="episode", kappa=(0.1, 0.2)) == 6
         db.insert(Item(vector=vec(50)))  # sequence numbers continue after the added row
-        # inserts, update, the six κ overlays, the added prototype, this insert
-        assert db.stats()["last_seq"] == 8 + 1 + 6 + 1 + 1
+        # inserts, update, the six κ overlays, the erasing tombstone, the added prototype, this insert
+        assert db.stats()["last_seq"] == 8 + 1 + 6 + 1 + 1 + 1
         assert len(db) == 8 - 1 + 1 + 1
 
 

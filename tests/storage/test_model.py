@@ -40,6 +40,7 @@ class Version:
     recorded_at: datetime
     superseded_at: datetime | None = None
     tombstone: bool = False
+    erase: bool = False  # an erasing tombstone (FORGET): the next full compaction drops it and all before it
 
 
 @dataclass
@@ -59,6 +60,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.checkpoints: list[datetime] = []
         self.edge_versions: dict[tuple[str, str, str], list[EdgeVersion]] = {}
         self.weights: dict[tuple[str, str, str], float] = {}  # live edges' weights (weights are not versions)
+        self.pending: set[str] = set()  # ids with an erasing tombstone that no full compaction has taken yet
         self.follower: T4DX | None = None  # a store kept up by changes(since=): sync_follower
         self.follower_at = T0
         self.follower_clock = FakeClock(T0)
@@ -267,28 +269,41 @@ class StoreMachine(RuleBasedStateMachine):
         live.kappa = value if absolute else min(1.0, max(0.0, live.kappa + delta))
         assert got == live.kappa
 
-    @rule(step=st.sampled_from([0.05, 0.5]), prototype=st.integers(-1, 10**6))
-    def consolidate(self, step: float, prototype: int) -> None:
-        """A full compaction whose policy moves every live item's κ up by ``step`` (NREM) and, with
-        ``prototype`` ≥ 0, adds a version of "f" with provenance to two live items (REM). A follower synced
-        just before reads all of it from ``changes(since=)``: the policy's κ and items are changes."""
+    @rule(step=st.sampled_from([0.05, 0.5]), prototype=st.integers(-1, 10**6), prune=st.booleans())
+    def consolidate(self, step: float, prototype: int, prune: bool) -> None:
+        """A full compaction whose policy moves every live item's κ up by ``step`` (NREM), with ``prune`` drops
+        every row of one live item (PRUNE: it is erased) and, with ``prototype`` ≥ 0, adds a version of "f"
+        with provenance to two live items (REM). A follower synced just before reads all of it from
+        ``changes(since=)``: the policy's κ, erasures and items are changes."""
         self.sync_follower()
         live = {id: self._live(id) for id in sorted(self.model) if self._live(id) is not None}
         sources = [id for id in live if id != "f"][:2] if prototype >= 0 else []
+        # an erasure completes at a full compaction, which with max_segments 1 an automatic one may be
+        pruned = [id for id in live if id != "f" and id not in sources][:1]
+        pruned = pruned if prune and self.options["max_segments"] > 1 else []
 
         def policy(rows: MergedRows) -> None:
             current = rows.is_current & rows.is_item
             rows.kappa[current] = np.minimum(1.0, rows.kappa[current] + step)
+            rows.keep[np.isin(np.asarray(rows.ids), pruned)] = False
             if prototype >= 0:
                 item = Item(vec(prototype), id="f", kappa=0.85, kind="prototype",
                             fields={"user_id": "bob", "seed": prototype})  # fmt: skip
                 rows.add(item, derived_from=sources)
 
         self.db.compact(policy=policy)
-        if any(v.kappa < 1.0 for v in live.values()):  # the κ overlays: a transaction
+        self._erase_pending()
+        kept = {id: v for id, v in live.items() if id not in pruned}
+        if any(v.kappa < 1.0 for v in kept.values()):  # the κ overlays: a transaction
             self._tick()
-        for v in live.values():
+        for v in kept.values():
             v.kappa = min(1.0, v.kappa + step)
+        if pruned:  # its rows dropped now; an erasing tombstone for the feed, a transaction of its own
+            [id] = pruned
+            v = live[id]
+            self.model[id] = [Version(v.seed, v.kappa, v.kind, {}, v.valid_from, v.valid_to, self._tick(),
+                                      tombstone=True, erase=True)]  # fmt: skip
+            self.pending.add(id)
         if prototype >= 0:
             recorded = self._tick()
             self._append("f", Version(prototype, 0.85, "prototype", {"user_id": "bob", "seed": prototype},
@@ -300,12 +315,16 @@ class StoreMachine(RuleBasedStateMachine):
                     self.weights["f", source, "derived_from"] = 1.0
         folded = self.db.folded_through
         assert folded is None or folded <= self.follower_at, "a consolidation cut the feed"
-        self.sync_follower()
+        self._sync_follower(compact=True)
 
     @rule()
     def sync_follower(self) -> None:
+        self._sync_follower(compact=False)
+
+    def _sync_follower(self, compact: bool) -> None:
         """A follower replays the changes since the last one it has (a new copy when a compaction has folded
-        what it had not read), and then answers every check as the model says."""
+        what it had not read), compacts with ``compact`` (as the leader just did: so both have erased what was
+        forgotten), and then answers every check as the model says."""
         self.follower_clock.now = max(self.clock.now, self.last)  # bursts run the store ahead of the clock
         folded = self.db.folded_through
         if self.follower is None or (folded is not None and self.follower_at < folded):
@@ -321,6 +340,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.follower.replay(changes)
         if changes:
             self.follower_at = max(self.follower_at, changes[-1].recorded_at)
+        if compact:
+            self.follower.compact()
         original, self.db = self.db, self.follower
         try:
             self.gets_and_histories_match()
@@ -336,6 +357,32 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def compact(self) -> None:
         self.db.compact()
+        self._erase_pending()
+        if self.follower is not None:
+            self._sync_follower(compact=True)
+
+    def _erase_pending(self) -> None:
+        """What a full compaction did to forgotten ids: every version up to the last erasing tombstone gone."""
+        for id in self.pending:
+            versions = self.model[id]
+            last = max(i for i, v in enumerate(versions) if v.erase)
+            self.model[id] = versions[last + 1 :]
+        self.pending.clear()
+
+    @precondition(lambda self: self.options["max_segments"] > 1)  # see consolidate
+    @rule(id=IDS)
+    def erase(self, id: str) -> None:
+        """ERASE: gone at once, its past gone at the next full compaction; a deleted id may be erased."""
+        versions = self.model.get(id)
+        if not versions:  # no row of it in the store
+            with pytest.raises(UnknownId):
+                self.db.erase(id)
+            return
+        self.db.erase(id)
+        last = versions[-1]
+        self._append(id, Version(last.seed, last.kappa, last.kind, {}, last.valid_from, last.valid_to,
+                                 self._tick(), tombstone=True, erase=True))  # fmt: skip
+        self.pending.add(id)
 
     @rule()
     def reopen(self) -> None:
