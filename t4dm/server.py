@@ -8,7 +8,7 @@ method      path                            SDK call
 POST        ``/memories``                   :meth:`Memory.add` → ``{"results": [AddResult, ...]}``
 GET         ``/memories/{id}``              :meth:`Memory.get` (``?as_of=``) → the memory, or 404
 PATCH       ``/memories/{id}``              :meth:`Memory.update` → the new version
-DELETE      ``/memories/{id}``              :meth:`Memory.delete` → 204
+DELETE      ``/memories/{id}``              :meth:`Memory.delete` → 204; ``?erase=true``: :meth:`Memory.erase`
 DELETE      ``/memories``                   :meth:`Memory.delete_all` (``?user_id=`` ...) → ``{"deleted": n}``
 GET         ``/memories/{id}/history``      :meth:`Memory.history` → every version, oldest first
 POST        ``/search``                     :meth:`Memory.search` → ``{"hits": [MemoryHit, ...]}``
@@ -225,7 +225,13 @@ def create_app(
         )
 
     @app.delete("/memories/{id}", status_code=204, response_model=None)
-    def delete(id: str, http: Request) -> Any:
+    def delete(id: str, http: Request, erase: bool = False) -> Any:
+        if erase:  # every version, a deleted memory's too: the owner is the last version's
+            versions = memory.history(id)
+            if not versions or not owned(http, versions[-1]):
+                return not_found(id)
+            memory.erase(id)
+            return Response(status_code=204)
         if not owned(http, memory.get(id)):
             return not_found(id)
         memory.delete(id)

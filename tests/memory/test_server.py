@@ -61,6 +61,13 @@ def test_add_search_get_update_history_delete(client):
     assert client.delete(f"/memories/{paris['id']}").status_code == 404
     assert client.delete("/memories", params={"user_id": "bob"}).json() == {"deleted": 1}
     assert client.get("/health").json() == {"status": "ok", "memories": 0}
+    # erase: the deleted memory's past too, once the store compacts (a consolidation does)
+    assert client.get(f"/memories/{paris['id']}/history").status_code == 200
+    assert client.delete(f"/memories/{paris['id']}", params={"erase": True}).status_code == 204
+    assert client.post("/consolidate").status_code == 200
+    assert client.get(f"/memories/{paris['id']}/history").status_code == 404
+    assert client.get(f"/memories/{paris['id']}", params={"as_of": before_update}).status_code == 404
+    assert client.delete(f"/memories/{paris['id']}", params={"erase": True}).status_code == 404
 
 
 def test_chat_messages_stats_and_consolidation(client):
@@ -246,6 +253,7 @@ def test_a_users_token_reaches_that_users_memories_only(tmp_path):
             == 404
         )
         assert client.delete(f"/memories/{id}", headers=bob).status_code == 404
+        assert client.delete(f"/memories/{id}", params={"erase": True}, headers=bob).status_code == 404
         assert memory.get(id).text == "Alice moved to Paris" and len(memory.history(id)) == 1
         # the calls that touch every user need an every-user token
         for method, path in [("post", "/consolidate"), ("get", "/stats")]:
