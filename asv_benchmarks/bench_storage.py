@@ -33,6 +33,17 @@ def _warm(dim: int) -> None:
     shutil.rmtree(root)
 
 
+def _compacted_store(n: int) -> tuple[str, T4DX, list[str]]:
+    """A folder, a store in it of ``n`` seeded 384-d items with κ, compacted, and the items' ids."""
+    vectors, fields, kappa = _data(n, 384)
+    _warm(384)
+    root = tempfile.mkdtemp()
+    db = T4DX.open(root + "/s", dim=384, durability="none")
+    ids = db.insert_batch(vectors, fields, kappa=kappa)
+    db.compact()
+    return root, db, ids
+
+
 class Insert:
     params = ([10_000, 50_000], ["batch", "sync"])
     param_names = ["n", "durability"]
@@ -97,12 +108,7 @@ class Read:
     timeout = 300
 
     def setup(self, n: int) -> None:
-        vectors, fields, kappa = _data(n, 384)
-        _warm(384)
-        self.root = tempfile.mkdtemp()
-        self.db = T4DX.open(self.root + "/s", dim=384, durability="none")
-        self.ids = self.db.insert_batch(vectors, fields, kappa=kappa)
-        self.db.compact()
+        self.root, self.db, self.ids = _compacted_store(n)
         rng = np.random.default_rng(2)
         self.sample = [self.ids[i] for i in rng.integers(0, n, 1000)]
 
@@ -137,12 +143,7 @@ class Kappa:
     timeout = 300
 
     def setup(self, n: int) -> None:
-        vectors, fields, kappa = _data(n, 384)
-        _warm(384)
-        self.root = tempfile.mkdtemp()
-        self.db = T4DX.open(self.root + "/s", dim=384, durability="none")
-        self.ids = self.db.insert_batch(vectors, fields, kappa=kappa)
-        self.db.compact()
+        self.root, self.db, self.ids = _compacted_store(n)
         self.db.wait_indexed()
         rng = np.random.default_rng(3)
         self.updates = [

@@ -657,14 +657,7 @@ class T4DX:
             return []
         with self._write_lock:
             self._check_open()
-            snap = self._snap
-            located: dict[str, tuple[Any, int]] = {}
-            for i, (id, _) in enumerate(checked):
-                if id not in located:
-                    found = self._locate(id, snap)
-                    if found is None:
-                        raise UnknownId(id, f"updates[{i}].id")
-                    located[id] = found
+            located = self._locate_live([id for id, _ in checked], lambda i: f"updates[{i}].id")
             now = {id: float(source.kappa[row]) for id, (source, row) in located.items()}
             out = []
             for id, value in checked:
@@ -676,27 +669,7 @@ class T4DX:
     def delete(self, ids: str | Iterable[str]) -> None:
         """DELETE: write a tombstone for each id (one transaction). Unknown or deleted ids raise
         :class:`~t4dm.errors.UnknownId` and nothing is deleted."""
-        self._check_open()
-        id_list = [ids] if isinstance(ids, str) else list(ids)
-        id_list = list(dict.fromkeys(check_id(v, f"ids[{i}]") for i, v in enumerate(id_list)))
-        if not id_list:
-            return
-        with self._write_lock:
-            self._check_open()
-            snap = self._snap
-            found = []
-            for id in id_list:
-                hit = self._locate(id, snap)
-                if hit is None:
-                    raise UnknownId(id)
-                found.append(hit)
-            batch = self._tombstones(
-                id_list,
-                np.array([s.valid_from[r] for s, r in found], dtype=np.int64),
-                np.array([s.valid_to[r] for s, r in found], dtype=np.int64),
-                np.array([s.kappa[r] for s, r in found], dtype=np.float64),
-            )
-            self._commit(batch)
+        self._end(ids, erase=False)
 
     def erase(self, ids: str | Iterable[str]) -> None:
         """ERASE: every version of each id goes (one transaction): the right to be forgotten, or consolidation's
@@ -709,27 +682,34 @@ class T4DX:
         with no row at all raises :class:`~t4dm.errors.UnknownId` and nothing is written. Its edges stay
         (remove them with :meth:`remove_edges`). The change feed gives it as ``op="erase"``.
         """
+        self._end(ids, erase=True)
+
+    def _end(self, ids: str | Iterable[str], erase: bool) -> None:
+        """One transaction of tombstones, each with its id's last row's times and κ: for live ids (DELETE), or
+        erasing ones for ids with any row (ERASE)."""
         self._check_open()
-        id_list = [ids] if isinstance(ids, str) else list(ids)
+        one = isinstance(ids, str)
+        id_list = [ids] if one else list(ids)
         id_list = list(dict.fromkeys(check_id(v, f"ids[{i}]") for i, v in enumerate(id_list)))
         if not id_list:
             return
         with self._write_lock:
             self._check_open()
             snap = self._snap
-            last = []
+            found = []
             for i, id in enumerate(id_list):
-                newest = next(self._versions(id, snap), None)
-                if newest is None:
-                    raise UnknownId(id, f"ids[{i}]")
-                last.append(newest)
+                hit = next(self._versions(id, snap), None) if erase else self._locate(id, snap)
+                if hit is None:
+                    raise UnknownId(id, "id" if one else f"ids[{i}]")
+                found.append(hit)
             batch = self._tombstones(
                 id_list,
-                np.array([s.valid_from[r] for s, r in last], dtype=np.int64),
-                np.array([s.valid_to[r] for s, r in last], dtype=np.int64),
-                np.array([s.kappa[r] for s, r in last], dtype=np.float64),
+                np.array([s.valid_from[r] for s, r in found], dtype=np.int64),
+                np.array([s.valid_to[r] for s, r in found], dtype=np.int64),
+                np.array([s.kappa[r] for s, r in found], dtype=np.float64),
             )
-            batch.flags[:] = FLAG_TOMBSTONE | FLAG_ERASE
+            if erase:
+                batch.flags[:] = FLAG_TOMBSTONE | FLAG_ERASE
             self._commit(batch)
 
     def _tombstones(
@@ -1468,6 +1448,19 @@ class T4DX:
             if row >= 0:
                 return None if segment.flags.item(row) & FLAG_TOMBSTONE else (segment, row)
         return None
+
+    def _locate_live(self, ids: list[str], field: Callable[[int], str]) -> dict[str, tuple[Any, int]]:
+        """(source, row) of the live version of each distinct id, in first-seen order (under the write lock);
+        a missing one raises :class:`~t4dm.errors.UnknownId` naming ``field(i)``, ``i`` its first place."""
+        snap = self._snap
+        located: dict[str, tuple[Any, int]] = {}
+        for i, id in enumerate(ids):
+            if id not in located:
+                found = self._locate(id, snap)
+                if found is None:
+                    raise UnknownId(id, field(i))
+                located[id] = found
+        return located
 
     def _locate_many(self, keys: list[str], snap: _Snapshot) -> list[tuple[Any, int] | None]:
         """:meth:`_locate` for many ids: the memtable by its dict, then each segment, newest first, in one
@@ -2216,14 +2209,7 @@ class T4DX:
             return []
         with self._write_lock:
             self._check_open()
-            snap = self._snap
-            located: dict[str, tuple[Any, int]] = {}
-            for id, *_ in checked:
-                if id not in located:
-                    found = self._locate(id, snap)
-                    if found is None:
-                        raise UnknownId(id, "edge")
-                    located[id] = found
+            located = self._locate_live([id for id, *_ in checked], lambda i: "edge")
             stored_now = {id: float(source.weight[row]) for id, (source, row) in located.items()}
             effective, ends = [], {}
             for id, rel, value, src, dst in checked:
