@@ -7,7 +7,8 @@ Tools, each one SDK call scoped by ``user_id`` (and optionally ``run_id``):
 - ``recall(query, user_id, k=5, valid_at=None, as_of=None)``: :meth:`Memory.search`, the hits with their
   valid time and scores;
 - ``revise(id, text)``: :meth:`Memory.update` (the old version stays in the history);
-- ``forget(id)``: :meth:`Memory.delete`;
+- ``forget(id, erase=False)``: :meth:`Memory.delete` (it stays in the past), or with ``erase``
+  :meth:`Memory.erase` (gone from the past too, at the store's next compaction: the right to be forgotten);
 - ``history(id)``: every version, oldest first ("what did we know when");
 - ``consolidate(phases=["nrem", "rem", "prune"])``: sleep.
 
@@ -161,9 +162,13 @@ def create_mcp_server(
 
     @server.tool()
     @_client_errors
-    def forget(id: str, ctx: Context | None = None) -> dict[str, Any]:
-        """Forget a memory (it stays visible to questions about the past)."""
+    def forget(id: str, erase: bool = False, ctx: Context | None = None) -> dict[str, Any]:
+        """Forget a memory: it stays visible to questions about the past, unless ``erase`` (the right to be
+        forgotten: every version goes, at the store's next compaction; a forgotten memory may be erased)."""
         owned(ctx, id)
+        if erase:
+            memory.erase(id)
+            return {"erased": id}
         memory.delete(id)  # an unknown or deleted id: UnknownId
         return {"forgotten": id}
 

@@ -71,6 +71,11 @@ def test_tools_remember_recall_revise_history_forget(tmp_path):
         assert [v["text"] for v in versions] == ["Alice moved to Paris", "Alice moved to Lisbon"]
         assert forgotten == {"forgotten": first["id"]} and after == []
         assert memory.get(first["id"]) is None and len(memory) == 1  # bob's is still there
+        # erased: the past too, once the store compacts (a consolidation does)
+        [erased] = _run(memory, [("forget", {"id": first["id"], "erase": True})])[1:]
+        assert erased == {"erased": first["id"]} and len(memory.history(first["id"])) == 2
+        memory.consolidate(progress=False)
+        assert memory.history(first["id"]) == []
 
 
 def test_bad_input_is_a_tool_error_naming_the_field(tmp_path):
