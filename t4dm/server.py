@@ -9,7 +9,8 @@ POST        ``/memories``                   :meth:`Memory.add` → ``{"results":
 GET         ``/memories/{id}``              :meth:`Memory.get` (``?as_of=``) → the memory, or 404
 PATCH       ``/memories/{id}``              :meth:`Memory.update` → the new version
 DELETE      ``/memories/{id}``              :meth:`Memory.delete` → 204; ``?erase=true``: :meth:`Memory.erase`
-DELETE      ``/memories``                   :meth:`Memory.delete_all` (``?user_id=`` ...) → ``{"deleted": n}``
+DELETE      ``/memories``                   :meth:`Memory.delete_all` (``?user_id=`` ...) → ``{"deleted": n}``;
+                                            ``&erase=true``: :meth:`Memory.erase_all` → ``{"erased": n}``
 GET         ``/memories/{id}/history``      :meth:`Memory.history` → every version, oldest first
 POST        ``/search``                     :meth:`Memory.search` → ``{"hits": [MemoryHit, ...]}``
 POST        ``/consolidate``                :meth:`Memory.consolidate` → the report
@@ -239,9 +240,15 @@ def create_app(
 
     @app.delete("/memories")
     def delete_all(
-        http: Request, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
+        http: Request,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        erase: bool = False,
     ) -> Any:
         check_user(http, user_id)
+        if erase:
+            return {"erased": memory.erase_all(user_id=user_id, agent_id=agent_id, run_id=run_id)}
         return {"deleted": memory.delete_all(user_id=user_id, agent_id=agent_id, run_id=run_id)}
 
     @app.get("/memories/{id}/history")

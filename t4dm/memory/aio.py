@@ -93,6 +93,10 @@ class AsyncMemory:
         """:meth:`Memory.erase <t4dm.memory.Memory.erase>`."""
         await self._run(self.memory.erase, *args, **kwargs)
 
+    async def erase_all(self, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`Memory.erase_all <t4dm.memory.Memory.erase_all>`."""
+        return await self._run(self.memory.erase_all, *args, **kwargs)
+
     async def delete_all(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`Memory.delete_all <t4dm.memory.Memory.delete_all>`."""
         return await self._run(self.memory.delete_all, *args, **kwargs)

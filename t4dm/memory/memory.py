@@ -527,6 +527,28 @@ class Memory:
             self.db.erase(id)
             self.lexical.remove(id)
 
+    def erase_all(
+        self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
+    ) -> int:
+        """:meth:`erase` every memory the scope ever had (at least one of the three ids): deleted ones and
+        past versions too, found in the store's change feed (a pass over the whole store). Returns how many."""
+        scope = _scope(user_id, agent_id, run_id, required=True)
+        with self._lock:
+            ids = list(
+                dict.fromkeys(
+                    c.record.id
+                    for c in self.db.changes()
+                    if c.op == "put"
+                    and isinstance(c.record, Item)
+                    and all(c.record.fields.get(name) == value for name, value in scope.items())
+                )
+            )
+            if ids:
+                self.db.erase(ids)
+                for id in ids:
+                    self.lexical.remove(id)
+            return len(ids)
+
     def delete_all(
         self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
     ) -> int:

@@ -186,6 +186,9 @@ def test_bad_input_writes_nothing(memory, tmp_path):
         (lambda: memory.update("no-such-id"), errors.InvalidInput, "text"),
         (lambda: memory.delete("no-such-id"), errors.UnknownId, "id"),
         (lambda: memory.delete_all(), errors.InvalidInput, "user_id"),
+        (lambda: memory.erase("no-such-id"), errors.UnknownId, "id"),
+        (lambda: memory.erase_all(), errors.InvalidInput, "user_id"),
+        (lambda: memory.erase_all(user_id=""), errors.InvalidInput, "user_id"),
         (lambda: memory.search("", user_id="u"), errors.InvalidInput, "query"),
         (lambda: memory.search("q", user_id="u", k=0), errors.InvalidInput, "k"),
         (lambda: memory.search("q", user_id="u", policy="dreamy"), errors.InvalidInput, "policy"),
@@ -289,3 +292,20 @@ def test_sessions_of_different_users_are_not_one_session(memory):
     assert {h.id for h in hits} == {a[0].id, b[0].id}
     assert not any("spread" in h.scores for h in hits)  # neither is held back for the other's session
     assert all("run" in h.scores for h in hits)  # each user's session matched, scored in its user's corpus
+
+
+def test_erase_all_erases_every_memory_the_scope_ever_had(memory):
+    """A user's memories, deleted and revised ones with their past too, once the store compacts; another
+    user's stay as they were."""
+    paris, lisbon = (
+        r.id for r in memory.add(["Alice moved to Paris", "Alice moved to Lisbon"], user_id="alice")
+    )
+    [cello] = (r.id for r in memory.add("Bob plays the cello", user_id="bob"))
+    memory.update(paris, text="Alice moved to Rome")
+    memory.delete(lisbon)
+    assert memory.erase_all(user_id="alice") == 2
+    assert memory.get(paris) is None and not memory.search("Alice", user_id="alice")
+    memory.db.compact()
+    assert memory.history(paris) == [] and memory.history(lisbon) == []
+    assert [v.text for v in memory.history(cello)] == ["Bob plays the cello"] and len(memory) == 1
+    assert memory.erase_all(user_id="alice") == 0  # nothing of alice's left to find

@@ -68,6 +68,7 @@ def test_add_search_get_update_history_delete(client):
     assert client.get(f"/memories/{paris['id']}/history").status_code == 404
     assert client.get(f"/memories/{paris['id']}", params={"as_of": before_update}).status_code == 404
     assert client.delete(f"/memories/{paris['id']}", params={"erase": True}).status_code == 404
+    assert client.delete("/memories", params={"user_id": "bob", "erase": True}).json() == {"erased": 1}
 
 
 def test_chat_messages_stats_and_consolidation(client):
