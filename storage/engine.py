@@ -80,7 +80,8 @@ from .rows import (
 )
 from .segment import Segment, SegmentWriter, segment_path, write_segment
 from .vector_index import HNSWParams, build_hnsw, extend_hnsw, load_hnsw, save_hnsw
-from .wal import DURABILITY_MODES, WAL, read_records, wal_files
+from .wal import DURABILITY_MODES, WAL, file_format, read_records, wal_files
+from .wal import FORMAT as WAL_FORMAT
 
 __all__ = ["T4DX", "CompactionStats"]
 
@@ -421,13 +422,12 @@ class T4DX:
                 if batch.seq_start + batch.n - 1 <= manifest.last_seq:
                     continue  # already in a segment
                 self._apply(batch)
-        self._wal = WAL(
-            wal_dir,
-            numbers_[-1] if numbers_ else manifest.wal_start,
-            manifest.dim,
-            self.durability,
-            sync_interval,
-        )
+        tail = numbers_[-1] if numbers_ else manifest.wal_start
+        if (file_format(wal_dir, tail) or WAL_FORMAT) < WAL_FORMAT:
+            # an older library's log: this one's records go to a file of its own format (recovery replays
+            # both, from the manifest's wal_start), so that library refuses them instead of misreading them
+            tail += 1
+        self._wal = WAL(wal_dir, tail, manifest.dim, self.durability, sync_interval)
 
     def backup(self, path: str | os.PathLike[str]) -> str:
         """Copy the store as it is now into the new folder ``path`` (a store that opens on its own); returns

@@ -38,7 +38,9 @@ from .rows import NO_SEQ, ROW_COLUMNS, TAG_FIELDS, TAG_OTHER
 
 __all__ = ["FORMAT", "Segment", "SegmentWriter", "segment_path", "write_segment"]
 
-FORMAT = 1
+# 2 (2026-12-07): rows may be κ overlays (FLAG_OVERLAY without FLAG_EDGE) or erasing tombstones (FLAG_ERASE),
+# which a library that reads only format 1 would misread; format-1 segments read as before
+FORMAT = 2
 _MAGIC = b"T4DXSEG\x00"
 _ALIGN = 64
 _TAIL = struct.Struct("<QI8s")

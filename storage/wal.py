@@ -31,10 +31,18 @@ from t4dm.errors import CorruptWAL, StorageIOError, T4DXError
 
 from .fsutil import checksum, fsync_dir, io_errors
 
-__all__ = ["DURABILITY_MODES", "WAL", "TornWALWarning", "read_records", "wal_files", "wal_path"]
+__all__ = [
+    "DURABILITY_MODES",
+    "WAL",
+    "TornWALWarning",
+    "file_format",
+    "read_records",
+    "wal_files",
+    "wal_path",
+]
 
 DURABILITY_MODES = ("sync", "batch", "none")
-FORMAT = 1
+FORMAT = 2  # 2 (2026-12-07): records may hold κ overlays and erasing tombstones (see segment.FORMAT)
 _MAGIC = b"T4DXWAL\x00"
 _HEADER = struct.Struct("<8sIIQ")
 _HEADER_SIZE = _HEADER.size + 4
@@ -224,6 +232,17 @@ def _valid_record_after(data: bytes, pos: int) -> int | None:
             return at
         at = data.find(marker, at + 1)
     return None
+
+
+def file_format(directory: str, number: int) -> int | None:
+    """The format in WAL file ``number``'s header (None: no such file, or no whole header)."""
+    path = wal_path(directory, number)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+    except FileNotFoundError:
+        return None
+    return _HEADER.unpack_from(head)[1] if len(head) == _HEADER.size else None
 
 
 def read_records(directory: str, number: int, dim: int, last: bool) -> Iterator[tuple[int, bytes]]:

@@ -147,3 +147,36 @@ def test_leftovers_of_a_crash_are_removed(tmp_path):
     with T4DX.open(path) as db:
         assert db.get("a") is not None
     assert sorted(os.listdir(seg_dir)) == [os.path.basename(_segment_file(path))]
+
+
+def test_format_1_stores_open_and_upgrade_and_a_format_1_reader_refuses_format_2(tmp_path, monkeypatch):
+    """Segments and WAL files are format 2 since κ overlays and erasing tombstones (a reader of format 1 would
+    misread those rows). A store written in format 1 opens, and its new writes go to a new WAL file of format
+    2 (the old file's records replay too); a library that reads format 1 only refuses the new files."""
+    from t4dm.storage import segment as segment_module
+    from t4dm.storage import wal as wal_module
+
+    path = str(tmp_path / "s")
+    with monkeypatch.context() as old:  # write as a format-1 library
+        old.setattr(segment_module, "FORMAT", 1)
+        old.setattr(wal_module, "FORMAT", 1)
+        with T4DX.open(path, dim=DIM) as db:
+            ids = db.insert([Item(vec(i), kappa=0.1) for i in range(3)])
+            db.flush()
+            db.insert(Item(vec(9), id="in-the-log"))
+    wal_dir = os.path.join(path, "wal")
+    [number] = wal_module.wal_files(wal_dir)
+    assert wal_module.file_format(wal_dir, number) == 1
+    with T4DX.open(path) as db:  # this library: reads both, writes format 2
+        assert [db.get(id).kappa for id in ids] == [0.1] * 3 and db.get("in-the-log") is not None
+        db.update_kappa(ids[0], kappa=0.9)
+    assert wal_module.wal_files(wal_dir) == [number, number + 1]
+    assert wal_module.file_format(wal_dir, number + 1) == 2
+    with T4DX.open(path) as db:
+        assert db.get(ids[0]).kappa == 0.9 and db.get("in-the-log") is not None
+        db.flush()  # a segment of format 2
+    with monkeypatch.context() as old:  # a format-1 library refuses, instead of misreading the κ overlay
+        old.setattr(segment_module, "FORMAT", 1)
+        old.setattr(wal_module, "FORMAT", 1)
+        with pytest.raises((errors.CorruptSegment, errors.CorruptWAL), match="format 2 is newer"):
+            T4DX.open(path)
