@@ -151,8 +151,8 @@ def test_leftovers_of_a_crash_are_removed(tmp_path):
 
 def test_format_1_stores_open_and_upgrade_and_a_format_1_reader_refuses_format_2(tmp_path, monkeypatch):
     """Segments and WAL files are format 2 since κ overlays and erasing tombstones (a reader of format 1 would
-    misread those rows). A store written in format 1 opens, and its new writes go to a new WAL file of format
-    2 (the old file's records replay too); a library that reads format 1 only refuses the new files."""
+    misread those rows). A store written in format 1 opens, and its writes go to a new WAL file of format 2
+    (the old file's records replay too); a library that reads format 1 only refuses the new files."""
     from t4dm.storage import segment as segment_module
     from t4dm.storage import wal as wal_module
 
