@@ -5,6 +5,7 @@ Seeded data, JIT warm-up inside ``setup``; sizes kept small so the suite runs in
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 
@@ -149,6 +150,11 @@ class Kappa:
         self.updates = [
             (self.ids[i], float(k)) for i, k in zip(rng.integers(0, n, 1000), rng.random(1000), strict=True)
         ]
+        # the peer: the same κ as new versions (what update_fields(kappa=) writes), one transaction
+        self.versions = [
+            dataclasses.replace(self.db.get(id), kappa=k, recorded_at=None, superseded_at=None)
+            for id, k in self.updates
+        ]
         moved = rng.choice(n, 5000, replace=False)
         self.db.update_kappas(
             [(self.ids[i], float(k)) for i, k in zip(moved, rng.random(5000), strict=True)], absolute=True
@@ -160,6 +166,9 @@ class Kappa:
 
     def time_update_kappas_1000(self, n: int) -> None:
         self.db.update_kappas(self.updates, absolute=True)
+
+    def time_new_versions_1000(self, n: int) -> None:
+        self.db.insert(self.versions)
 
     def time_scan_kappa_10pct_5000_moved(self, n: int) -> None:
         for _ in self.db.scan(kappa=(0.0, 0.1)):

@@ -189,9 +189,6 @@ class SegmentRows:
     row: np.ndarray
 
     base: int | None = None  # source whose whole vector block is kept at its positions (see layout)
-    index_base: int | None = (
-        None  # the compaction input whose HNSW index the output extends (None: built anew)
-    )
     _layout: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -382,7 +379,8 @@ class MergedRows:
 
     Change: ``kappa`` (float64, edit in place; values are clipped to [0, 1] and NaN is refused; κ changed on
     live items is also written as κ overlays, which the change feed gives),
-    ``keep`` (bool, set False to drop a version; drop every version of an id to forget it), and
+    ``keep`` (bool, set False to drop a version; drop every row of an id to erase it, which the change feed
+    gives as an erasure), and
     :meth:`add` new items (they are written in the same compaction, atomically, as new versions).
     """
 

@@ -80,8 +80,7 @@ from .rows import (
 )
 from .segment import Segment, SegmentWriter, segment_path, write_segment
 from .vector_index import HNSWParams, build_hnsw, extend_hnsw, load_hnsw, save_hnsw
-from .wal import DURABILITY_MODES, WAL, file_format, read_records, wal_files
-from .wal import FORMAT as WAL_FORMAT
+from .wal import DURABILITY_MODES, WAL, read_records, wal_files
 
 __all__ = ["T4DX", "CompactionStats"]
 
@@ -423,10 +422,6 @@ class T4DX:
                     continue  # already in a segment
                 self._apply(batch)
         tail = numbers_[-1] if numbers_ else manifest.wal_start
-        if (file_format(wal_dir, tail) or WAL_FORMAT) < WAL_FORMAT:
-            # an older library's log: this one's records go to a file of its own format (recovery replays
-            # both, from the manifest's wal_start), so that library refuses them instead of misreading them
-            tail += 1
         self._wal = WAL(wal_dir, tail, manifest.dim, self.durability, sync_interval)
 
     def backup(self, path: str | os.PathLike[str]) -> str:
@@ -707,21 +702,26 @@ class T4DX:
                 np.array([s.valid_from[r] for s, r in found], dtype=np.int64),
                 np.array([s.valid_to[r] for s, r in found], dtype=np.int64),
                 np.array([s.kappa[r] for s, r in found], dtype=np.float64),
+                erase=erase,
             )
-            if erase:
-                batch.flags[:] = FLAG_TOMBSTONE | FLAG_ERASE
             self._commit(batch)
 
     def _tombstones(
-        self, id_list: list[str], valid_from: np.ndarray, valid_to: np.ndarray, kappa: np.ndarray
+        self,
+        id_list: list[str],
+        valid_from: np.ndarray,
+        valid_to: np.ndarray,
+        kappa: np.ndarray,
+        erase: bool = False,
     ) -> VersionBatch:
-        """Tombstone rows for the checked ``id_list`` (each keeps its last version's times and κ)."""
+        """Tombstone rows for the checked ``id_list`` (each keeps its last version's times and κ); erasing ones
+        (ERASE) with ``erase``."""
         n = len(id_list)
         batch = self._build_batch(
             id_list, *keys_of(id_list), np.zeros((n, self.dim), np.float32), kappa, "tombstone", [{}] * n,
             valid_from, valid_to, False, "",
         )  # fmt: skip
-        batch.flags[:] = FLAG_TOMBSTONE
+        batch.flags[:] = (FLAG_TOMBSTONE | FLAG_ERASE) if erase else FLAG_TOMBSTONE
         return batch
 
     # ------------------------------------------------------------------ commit
@@ -822,10 +822,13 @@ class T4DX:
                     for i in overlays.tolist():
                         self._set_weight(batch.ids[i][:-1], float(batch.weight[i]), batch.seq_start + i)
                 else:
+                    # a batch's κ overlays name distinct items, each set on its live version (what it is
+                    # before this batch, live or replayed): found together, as a GET of many ids
+                    items = [batch.ids[i][len(_KAPPA_PREFIX) :] for i in overlays.tolist()]
+                    hits = self._locate_many(items, self._snap)
                     self._set_kappas(
-                        [(batch.ids[i][len(_KAPPA_PREFIX) :], float(batch.kappa[i]), batch.seq_start + i)
-                         for i in overlays.tolist()]
-                    )  # fmt: skip
+                        [(*hit, float(k)) for hit, k in zip(hits, batch.kappa[overlays], strict=True) if hit]
+                    )
         self._seq = batch.seq_start + batch.n - 1
         self._last_recorded = max(self._last_recorded, batch.recorded_at)
         self._publish()
@@ -1243,7 +1246,7 @@ class T4DX:
                 out[i] = Change(seqs[i], "kappa", KappaUpdate(id, float(source.kappa[row]), times[2]))
             elif flags[i] & FLAG_EDGE:
                 id = source.id_at(row)
-                src, rel, dst = id[len(EDGE_PREFIX) : -1 if overlay else None].split("\x1f")
+                src, rel, dst = id[len(EDGE_PREFIX) : -1 if overlay else None].split(EDGE_SEPARATOR)
                 # the weight as of this change: the stored weight times the scales written before it
                 weight = float(source.weight[row]) * weights.before(seqs[i], rel)
                 op = "weight" if overlay else "delete" if tombstone else "put"
@@ -1258,12 +1261,15 @@ class T4DX:
         own transaction times; returns the number of transactions written.
 
         The changes that share one ``recorded_at`` (they must be adjacent) become one transaction at that
-        time, and must all be of one sort: item versions, item deletions, edge versions, edge removals or
-        edge weights (as one transaction of a store is); a batch scale is a transaction of its own. Times
+        time, and must all be of one sort: item versions, item deletions, erasures, κ updates, edge versions,
+        edge removals or edge weights (as one transaction of a store is; stores written before 2026-12-07
+        recorded a compaction policy's items and their provenance edges at one time, and those edges are
+        written as the next transaction, 1 µs later); a batch scale is a transaction of its own. Times
         must rise from each transaction to the next, the first must be later than every write this store has
         made, and the last must not be ahead of its clock: so the store keeps one timeline, and what it knew
         at any time before the replay does not change. A put's ``superseded_at`` is ignored (the next version
-        sets it); a deletion or a weight must name an item or edge that is live at that point. An edge's
+        sets it); a deletion, a weight or a κ update must name an item or edge that is live at that point
+        (an erasure need not). An edge's
         endpoints are not checked (they were when it was first written). Everything is checked before the
         first write: a bad change raises a typed error naming ``changes[i]`` and nothing is written.
         """
@@ -1398,9 +1404,8 @@ class T4DX:
                                 for it, n in zip(items, names, strict=True)
                             ]
                         ),
+                        erase=op == "erase",
                     )  # an unknown valid_from is filled with the transaction time by _commit
-                    if op == "erase":
-                        batch.flags[:] = FLAG_TOMBSTONE | FLAG_ERASE
                 for id in ids:
                     live[id] = op == "put"
             else:
@@ -1452,15 +1457,12 @@ class T4DX:
     def _locate_live(self, ids: list[str], field: Callable[[int], str]) -> dict[str, tuple[Any, int]]:
         """(source, row) of the live version of each distinct id, in first-seen order (under the write lock);
         a missing one raises :class:`~t4dm.errors.UnknownId` naming ``field(i)``, ``i`` its first place."""
-        snap = self._snap
-        located: dict[str, tuple[Any, int]] = {}
-        for i, id in enumerate(ids):
-            if id not in located:
-                found = self._locate(id, snap)
-                if found is None:
-                    raise UnknownId(id, field(i))
-                located[id] = found
-        return located
+        distinct = list(dict.fromkeys(ids))
+        located = dict(zip(distinct, self._locate_many(distinct, self._snap), strict=True))
+        for id, found in located.items():
+            if found is None:
+                raise UnknownId(id, field(ids.index(id)))
+        return located  # type: ignore[return-value]
 
     def _locate_many(self, keys: list[str], snap: _Snapshot) -> list[tuple[Any, int] | None]:
         """:meth:`_locate` for many ids: the memtable by its dict, then each segment, newest first, in one
@@ -1839,9 +1841,8 @@ class T4DX:
             rows = apply_keep(rows, keep)
             if policy is not None:
                 rows, added, edited = self._run_policy(rows, policy)
-                if (
-                    edited
-                ):  # rows dropped or old versions' κ changed: no follower has that, whenever it last read
+                # rows dropped or old versions' κ changed: no follower has that, whenever it last read
+                if edited:
                     lost.append(self._tick())
             self._folded_through = max([self._folded_through, *lost])
             version_chains(rows.columns)
@@ -1950,9 +1951,8 @@ class T4DX:
         overlay_kappas = c["kappa"][overlays]
         erase = self._tombstones(
             [view.ids[i] for i in forgotten.tolist()], c["valid_from"][forgotten], c["valid_to"][forgotten],
-            c["kappa"][forgotten],
+            c["kappa"][forgotten], erase=True,
         )  # fmt: skip
-        erase.flags[:] = FLAG_TOMBSTONE | FLAG_ERASE
         rows = apply_keep(rows, keep)
         extra: list[Any] = []
         for batch in (self._kappa_batch(overlay_ids, overlay_kappas), erase):
@@ -2092,7 +2092,7 @@ class T4DX:
         if len(rels) != n:
             raise InvalidInput("rel", f"<{len(rels)} relations>", f"expected one or {n}")
         for i, r in enumerate(rels):
-            if not isinstance(r, str) or not r or len(r) > 255 or "\x1f" in r:
+            if not isinstance(r, str) or not r or len(r) > 255 or EDGE_SEPARATOR in r:
                 raise InvalidInput(field(i, "rel"), r, "a relation is a non-empty string (≤ 255 chars)")
         weights = (
             np.broadcast_to(np.asarray(weight, dtype=np.float64), (n,))
@@ -2321,29 +2321,28 @@ class T4DX:
                     kappas.append((int(segment.seq[row]), id, float(segment.kappa[row])))
         for seq, edge, stored in sorted(weights):
             self._set_weight(edge, stored, seq)
-        self._set_kappas([(id, kappa, seq) for seq, id, kappa in sorted(kappas)])
-
-    def _set_kappas(self, overlays: list[tuple[str, float, int]]) -> None:
-        """Apply κ overlays ``(item id, κ, seq)``, in order: each sets κ of the version of the item live
-        before its seq (a deleted item's is left alone), segments' rows through :meth:`Segment.set_kappa`."""
-        snap = self._snap
-        targets: dict[tuple[int, int], tuple[Any, int, float]] = {}  # (source, row) -> the last value
-        for item, kappa, seq in overlays:
+        # each on the version of its item live before it (a deleted item's is left alone), oldest first
+        snap, targets = self._snap, []
+        for seq, item, kappa in sorted(kappas):
             for source, row in self._versions(item, snap):
                 if source.seq[row] < seq:
                     if not source.flags[row] & FLAG_TOMBSTONE:
-                        targets[(id(source), row)] = (source, row, kappa)
+                        targets.append((source, row, kappa))
                     break
-        by_source: dict[int, tuple[Any, list[int], list[float]]] = {}
-        for source, row, kappa in targets.values():
-            _, rows, values = by_source.setdefault(id(source), (source, [], []))
-            rows.append(row)
-            values.append(kappa)
-        for source, rows, values in by_source.values():
+        self._set_kappas(targets)
+
+    def _set_kappas(self, targets: list[tuple[Any, int, float]]) -> None:
+        """Set κ of rows ``(source, row, κ)``, in order (a row set twice keeps its last value); segments'
+        rows through :meth:`Segment.set_kappa`, which keeps their κ index right."""
+        by_source: dict[int, tuple[Any, dict[int, float]]] = {}  # per source: row -> its last value
+        for source, row, kappa in targets:
+            by_source.setdefault(id(source), (source, {}))[1][row] = kappa
+        for source, values in by_source.values():
+            rows, kappas = np.array(list(values), dtype=np.int64), np.array(list(values.values()))
             if isinstance(source, Segment):
-                source.set_kappa(np.asarray(rows), np.asarray(values))
+                source.set_kappa(rows, kappas)
             else:
-                source.kappa[rows] = values
+                source.kappa[rows] = kappas
 
     def edges(
         self,
@@ -2527,12 +2526,17 @@ def _erased(columns: dict[str, np.ndarray]) -> np.ndarray:
     n = flags.shape[0]
     if not marks.any():
         return np.zeros(n, dtype=np.bool_)
-    hi, lo = columns["key_hi"], columns["key_lo"]
-    first = np.ones(n, dtype=np.bool_)
-    first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
-    group = np.cumsum(first) - 1
-    last_mark = np.maximum.reduceat(np.where(marks, np.arange(n), -1), np.flatnonzero(first))
+    starts, group = _key_groups(columns)
+    last_mark = np.maximum.reduceat(np.where(marks, np.arange(n), -1), starts)
     return np.arange(n) <= last_mark[group]
+
+
+def _key_groups(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """For rows sorted by key: where each key's run of rows starts, and each row's run number."""
+    hi, lo = columns["key_hi"], columns["key_lo"]
+    first = np.ones(hi.shape[0], dtype=np.bool_)
+    first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    return np.flatnonzero(first), np.cumsum(first) - 1
 
 
 def _forgotten(columns: dict[str, np.ndarray], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -2543,11 +2547,7 @@ def _forgotten(columns: dict[str, np.ndarray], keep: np.ndarray) -> tuple[np.nda
     dropped = ~keep
     if not dropped.any():
         return np.empty(0, dtype=np.int64), dropped
-    hi, lo = columns["key_hi"], columns["key_lo"]
-    first = np.ones(n, dtype=np.bool_)
-    first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
-    starts = np.flatnonzero(first)
-    group = np.cumsum(first) - 1
+    starts, group = _key_groups(columns)
     items = (columns["flags"] & (FLAG_EDGE | FLAG_OVERLAY)) == 0
     whole = np.logical_and.reduceat(dropped, starts) & np.logical_or.reduceat(items, starts)
     last = np.append(starts[1:], n) - 1

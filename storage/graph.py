@@ -23,7 +23,7 @@ import numpy as np
 from t4dm.errors import InvalidInput
 
 from .item import OPEN, Edge, from_us, to_us
-from .keys import EDGE_PREFIX, key_u64, keys_of
+from .keys import EDGE_PREFIX, EDGE_SEPARATOR, key_u64, keys_of
 from .memtable import Memtable
 from .rows import FLAG_EDGE, FLAG_OVERLAY
 
@@ -464,7 +464,7 @@ def _memtable_adjacency(mem: Memtable, n: int, near: str) -> dict[str, np.ndarra
 
 
 def _far_id(source: Any, row: int, near: str) -> str:
-    src, _, dst = source.id_at(row)[len(EDGE_PREFIX) :].split("\x1f")
+    src, _, dst = source.id_at(row)[len(EDGE_PREFIX) :].split(EDGE_SEPARATOR)
     return dst if near == "src" else src
 
 
@@ -755,7 +755,7 @@ def neighbour_edges(steps: list[_Step], ids: list[str]) -> list[Edge]:
         _, _, weights, rows = expand(step, frontier)
         source = step.source
         for row, w in zip(rows.tolist(), weights.tolist(), strict=True):
-            src, rel, dst = source.id_at(row)[len(EDGE_PREFIX) :].split("\x1f")
+            src, rel, dst = source.id_at(row)[len(EDGE_PREFIX) :].split(EDGE_SEPARATOR)
             superseded = int(source.superseded_at[row]) if source.next_seq[row] <= step.snap_seq else OPEN
             edges.append(
                 Edge(src, dst, rel, w, from_us(int(source.valid_from[row])), from_us(int(source.valid_to[row])),
@@ -778,7 +778,7 @@ def neighbour_pairs(steps: list[_Step], ids: list[str], direction: str) -> list[
         if isinstance(source, Memtable):  # one split of each edge id gives both ends
             cut = len(EDGE_PREFIX)
             for row in rows.tolist():
-                src, _, dst = source.id_at(row)[cut:].split("\x1f")
+                src, _, dst = source.id_at(row)[cut:].split(EDGE_SEPARATOR)
                 pairs.append((src, dst) if near_side == "src" else (dst, src))
         else:  # _far_ids(rows, side) names the endpoint opposite ``side``, decoded in bulk
             near, far = _far_ids(source, rows, far_side), _far_ids(source, rows, near_side)

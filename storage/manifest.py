@@ -48,7 +48,8 @@ class Manifest:
     edge_scale_log: list[list] | None = None
     edge_scale_base: dict[str, float] = field(default_factory=dict)  # the factors older than the log
     # the change feed lacks changes recorded at or before this time (µs; 0: none): what full compactions
-    # folded (weight overlays, scales), dropped (expired versions, tombstones) or edited in place (a policy's κ)
+    # folded (overlays, scales), dropped (expired versions, tombstones, erased ids, a policy's dropped
+    # versions) or edited in place (a policy's κ of versions no longer live)
     folded_through: int = 0
     format: int = FORMAT
 

@@ -72,9 +72,8 @@ TAG_ABSENT = -1
 TAG_OTHER = -2
 FLAG_TOMBSTONE = 1
 FLAG_EDGE = 2  # a version of an edge (src, rel, dst); its ``kind`` is the relation
-FLAG_OVERLAY = (
-    4  # an overlay: sets the stored weight of the edge (FLAG_EDGE), or κ of the item, live at its seq
-)
+# an overlay: sets the stored weight of the edge (with FLAG_EDGE), or κ of the item, live at its seq
+FLAG_OVERLAY = 4
 FLAG_SCALE = 8  # a batch-wide weight scale (BATCH_SCALE_WEIGHTS); never stored as a row
 FLAG_ERASE = 16  # on a tombstone (ERASE): every row of its id goes at the next full compaction
 NOT_ITEM = FLAG_TOMBSTONE | FLAG_EDGE | FLAG_OVERLAY

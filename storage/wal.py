@@ -98,6 +98,10 @@ class WAL:
         self._broken: BaseException | None = None
         self._fd = -1
         self.number = -1
+        if (file_format(directory, number) or FORMAT) < FORMAT:
+            # an older library's file: this one's records go to a new file of its own format (recovery replays
+            # both, from the manifest's wal_start), so that library refuses them instead of misreading them
+            number += 1
         self._open_file(number)
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None

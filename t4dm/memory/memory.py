@@ -520,9 +520,10 @@ class Memory:
             self.lexical.remove(id)
 
     def erase(self, id: str) -> None:
-        """Erase memory ``id``, its past versions too (the right to be forgotten; :meth:`delete` keeps them): gone from now on, and from
-        every ``as_of`` read after the store's next full compaction (``consolidate`` runs one, or
-        ``memory.db.compact()``). Its edges stay. A deleted memory may be forgotten too."""
+        """Erase memory ``id``, its past versions too (the right to be forgotten; :meth:`delete` keeps them):
+        gone from now on, and from every ``as_of`` read after the store's next full compaction
+        (``consolidate`` runs one, or ``memory.db.compact()``). Its edges stay. A deleted memory may be
+        erased too."""
         with self._lock:
             self.db.erase(id)
             self.lexical.remove(id)
