@@ -193,6 +193,44 @@ class Kappa:
         self.db.compact(policy=nrem)
 
 
+class Erase:
+    """ERASE of 100 items of a compacted 50k store whose items are chained by ``next`` edges: with their
+    edges (the default: each id's edges found in every source's CSR and erased, a second transaction),
+    leaving them, and the peer, DELETE (a tombstone each, one transaction). Each call takes ids no call
+    took before."""
+
+    params = [50_000]
+    param_names = ["n"]
+    timeout = 300
+    number = 1
+    repeat = (5, 20, 60.0)
+
+    def setup(self, n: int) -> None:
+        from t4dm.storage import Edge
+
+        self.root, self.db, self.ids = _compacted_store(n)
+        self.db.add_edges([Edge(a, b, "next") for a, b in zip(self.ids[:-1], self.ids[1:], strict=True)])
+        self.db.flush()
+        self.db.compact()
+        self.db.wait_indexed()
+        chunks = [self.ids[i : i + 100] for i in range(0, n, 100)]
+        self.chunks = {name: iter(chunks[k::3]) for k, name in enumerate(("edges", "items", "delete"))}
+        self.db.erase(next(self.chunks["edges"]))  # warm-up (Numba)
+
+    def teardown(self, n: int) -> None:
+        self.db.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def time_erase_100_with_edges(self, n: int) -> None:
+        self.db.erase(next(self.chunks["edges"]))
+
+    def time_erase_100_leaving_edges(self, n: int) -> None:
+        self.db.erase(next(self.chunks["items"]), edges=False)
+
+    def time_delete_100(self, n: int) -> None:
+        self.db.delete(next(self.chunks["delete"]))
+
+
 class Compaction:
     params = [50_000]
     param_names = ["n"]

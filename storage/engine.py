@@ -57,7 +57,7 @@ from .compaction import (
     version_chains,
 )
 from .fsutil import fsync_dir, io_errors
-from .graph import Reached, breadth_first, graph_plan, neighbour_edges, neighbour_pairs
+from .graph import Reached, breadth_first, graph_plan, neighbour_edges, neighbour_pairs, touching_rows
 from .item import OPEN, UTC, Change, Edge, Hit, Item, KappaUpdate, WeightScale, from_us, to_us
 from .keys import EDGE_PREFIX, EDGE_SEPARATOR, check_id, edge_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
@@ -666,7 +666,7 @@ class T4DX:
         :class:`~t4dm.errors.UnknownId` and nothing is deleted."""
         self._end(ids, erase=False)
 
-    def erase(self, ids: str | Iterable[str]) -> None:
+    def erase(self, ids: str | Iterable[str], *, edges: bool = True) -> None:
         """ERASE: every version of each id goes (one transaction): the right to be forgotten, or consolidation's
         PRUNE. :meth:`delete` keeps the past; this does not.
 
@@ -674,14 +674,20 @@ class T4DX:
         compaction (:meth:`compact`) drops every row of it, the tombstone too, so that no read of any past
         time finds it any more; until then ``get(as_of=)`` and :meth:`history` of earlier times still do.
         A version written after it (the id inserted again) stays. An id that was deleted may be erased; one
-        with no row at all raises :class:`~t4dm.errors.UnknownId` and nothing is written. Its edges stay
-        (remove them with :meth:`remove_edges`). The change feed gives it as ``op="erase"``.
-        """
-        self._end(ids, erase=True)
+        with no row at all raises :class:`~t4dm.errors.UnknownId` and nothing is written.
 
-    def _end(self, ids: str | Iterable[str], erase: bool) -> None:
+        With ``edges`` (the default) every edge leaving or reaching one of the ids is erased the same way,
+        whatever its relation, whether live or removed, every version of it (an edge names the id). Those
+        erasures are a transaction of their own, written just before the items' one: a call cut short by a
+        crash between the two is completed by calling it again. ``edges=False`` leaves the edges as they
+        are. The change feed gives both as ``op="erase"`` (an :class:`Item` or an :class:`Edge`).
+        """
+        self._end(ids, erase=True, edges=edges)
+
+    def _end(self, ids: str | Iterable[str], erase: bool, edges: bool = False) -> None:
         """One transaction of tombstones, each with its id's last row's times and κ: for live ids (DELETE), or
-        erasing ones for ids with any row (ERASE)."""
+        erasing ones for ids with any row (ERASE), after one of erasing tombstones for their edges
+        (``edges``)."""
         self._check_open()
         one = isinstance(ids, str)
         id_list = [ids] if one else list(ids)
@@ -704,7 +710,42 @@ class T4DX:
                 np.array([s.kappa[r] for s, r in found], dtype=np.float64),
                 erase=erase,
             )
+            if erase and edges:
+                erasures = self._edge_tombstones(self._edges_touching(id_list, snap), erase=True)
+                if erasures is not None:
+                    self._commit(erasures)
             self._commit(batch)
+
+    def _edges_touching(self, ids: list[str], snap: _Snapshot) -> list[tuple[str, Any, int]]:
+        """``(edge id, source, row of its newest version)`` of every edge leaving or reaching one of ``ids``
+        that has a row in ``snap`` and is not erased already."""
+        found: dict[str, None] = {}
+        for source, rows in touching_rows(_sources(snap), *keys_of(ids)):
+            found.update(dict.fromkeys(source.ids_at(rows)))
+        out = []
+        for id in found:
+            source, row = next(self._versions(id, snap))
+            if not source.flags[row] & FLAG_ERASE:
+                out.append((id, source, row))
+        return out
+
+    def _edge_tombstones(self, found: list[tuple[str, Any, int]], erase: bool = False) -> VersionBatch | None:
+        """Tombstones (erasing ones with ``erase``) for edges ``(edge id, source, row)``, each a copy of that
+        row's ends, relation, stored weight and valid times; None for no edge."""
+        if not found:
+            return None
+        ids = [id for id, _, _ in found]
+        n = len(ids)
+        batch = self._build_batch(
+            ids, *keys_of(ids), np.empty((n, 0), np.float32), np.zeros(n),
+            [source.kinds[source.kind[row]] for _, source, row in found], [{}] * n,
+            np.array([source.valid_from[row] for _, source, row in found], dtype=np.int64),
+            np.array([source.valid_to[row] for _, source, row in found], dtype=np.int64), False, "",
+        )  # fmt: skip
+        batch.flags[:] = FLAG_EDGE | FLAG_TOMBSTONE | (FLAG_ERASE if erase else 0)
+        for name in ("src_hi", "src_lo", "dst_hi", "dst_lo", "weight"):
+            getattr(batch, name)[:] = [getattr(source, name)[row] for _, source, row in found]
+        return batch
 
     def _tombstones(
         self,
@@ -1249,7 +1290,15 @@ class T4DX:
                 src, rel, dst = id[len(EDGE_PREFIX) : -1 if overlay else None].split(EDGE_SEPARATOR)
                 # the weight as of this change: the stored weight times the scales written before it
                 weight = float(source.weight[row]) * weights.before(seqs[i], rel)
-                op = "weight" if overlay else "delete" if tombstone else "put"
+                op = (
+                    "weight"
+                    if overlay
+                    else "put"
+                    if not tombstone
+                    else "erase"
+                    if flags[i] & FLAG_ERASE
+                    else "delete"
+                )
                 out[i] = Change(seqs[i], op, Edge(src, dst, rel, weight, *times))
             else:  # an item's tombstone, erasing or not
                 item = Item(None, source.id_at(row), float(source.kappa[row]), "tombstone", {}, *times)
@@ -1424,12 +1473,12 @@ class T4DX:
                     batch = self._overlay_batch(batch)
                     batches.append(batch)
                     continue
-                if op == "delete":
+                if op in ("delete", "erase"):
                     for id, name in zip(ids, names, strict=True):
-                        if not is_live(id):
+                        if op == "delete" and not is_live(id):  # an erase needs no live version
                             raise UnknownId(id, name)
                         live[id] = False  # at once, as for items
-                    batch.flags[:] = FLAG_EDGE | FLAG_TOMBSTONE
+                    batch.flags[:] = FLAG_EDGE | FLAG_TOMBSTONE | (FLAG_ERASE if op == "erase" else 0)
                 for id in ids:
                     live[id] = op == "put"
             batches.append(batch)
@@ -2153,15 +2202,7 @@ class T4DX:
             found = self._locate(id, self._snap)
             if found is None:
                 raise UnknownId(id, "edge")
-            source, row = found
-            batch = self._build_batch(
-                [id], *keys_of([id]), np.empty((1, 0), np.float32), np.zeros(1), [rel], [{}],
-                np.array([source.valid_from[row]]), np.array([source.valid_to[row]]), False, "",
-            )  # fmt: skip
-            batch.flags[:] = FLAG_EDGE | FLAG_TOMBSTONE
-            for name in ("src_hi", "src_lo", "dst_hi", "dst_lo", "weight"):
-                getattr(batch, name)[0] = getattr(source, name)[row]
-            self._commit(batch)
+            self._commit(self._edge_tombstones([(id, *found)]))  # type: ignore[arg-type]
 
     def update_edge_weight(
         self,
@@ -2514,7 +2555,7 @@ class _ScaleHistory:
 # what each op of a replayed Change may carry
 _REPLAY_RECORDS: dict[str, tuple[type, ...]] = {
     "put": (Item, Edge), "delete": (Item, Edge), "weight": (Edge,), "scale": (WeightScale,),
-    "kappa": (KappaUpdate,), "erase": (Item,),
+    "kappa": (KappaUpdate,), "erase": (Item, Edge),
 }  # fmt: skip
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "graph_plan",
     "mark_dirty",
     "neighbour_edges",
+    "touching_rows",
 ]
 
 
@@ -291,6 +292,57 @@ def mark_dirty(
     index = np.empty(len(near_hi), dtype=np.int64)
     _find_many(adjacency["node_hi"], adjacency["node_lo"], near_hi, near_lo, index)
     dirty[index[index >= 0]] = 1
+
+
+def touching_rows(
+    sources: Iterable[tuple[Any, int]], hi: np.ndarray, lo: np.ndarray
+) -> list[tuple[Any, np.ndarray]]:
+    """Every edge row of each source (its first ``n`` rows) leaving or reaching one of the keys ``hi, lo``:
+    every version at every time, tombstones too, weight overlays not. In a segment a binary search per key
+    in each direction's node table; in the memtable, whose CSR would be built anew after every write, one
+    vectorised pass over its rows."""
+    out: list[tuple[Any, np.ndarray]] = []
+    if hi.size == 0:
+        return out
+    wanted = set(zip(hi.tolist(), lo.tolist(), strict=True))
+    for source, n in sources:
+        if n == 0:
+            continue
+        if isinstance(source, Memtable):
+            edge = (source.flags[:n] & (FLAG_EDGE | FLAG_OVERLAY)) == FLAG_EDGE
+            keys = np.sort(hi)  # a binary search of each row's ends among the keys: O(n log k), no sort of n
+            near = edge & (_among(source.src_hi[:n], keys) | _among(source.dst_hi[:n], keys))
+            rows = [
+                r
+                for r in np.flatnonzero(near).tolist()
+                if (int(source.src_hi[r]), int(source.src_lo[r])) in wanted
+                or (int(source.dst_hi[r]), int(source.dst_lo[r])) in wanted
+            ]
+            if rows:
+                out.append((source, np.array(rows, dtype=np.int64)))
+            continue
+        found = []
+        for near in ("src", "dst"):
+            adjacency = (
+                _memtable_adjacency(source, n, near)
+                if isinstance(source, Memtable)
+                else source.adjacency[near]
+            )
+            if adjacency["rows"].size == 0:
+                continue
+            index = np.empty(len(hi), dtype=np.int64)
+            _find_many(adjacency["node_hi"], adjacency["node_lo"], hi, lo, index)
+            offsets = adjacency["offsets"]
+            found.extend(adjacency["rows"][offsets[i] : offsets[i + 1]] for i in index[index >= 0].tolist())
+        if found:
+            out.append((source, np.unique(np.concatenate(found))))
+    return out
+
+
+def _among(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Which of ``values`` are in the sorted non-empty ``keys``."""
+    at = np.minimum(np.searchsorted(keys, values), keys.shape[0] - 1)
+    return keys[at] == values
 
 
 # ---------------------------------------------------------------------- visited set

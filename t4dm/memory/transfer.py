@@ -21,7 +21,8 @@ the retrieval counts that steer consolidation.
 ``edge`` line), every batch scale (``{"type": "scale", "factor", "rel", "recorded_at"}``, ``rel`` null for
 every relation), every κ set in place, by consolidation or UPDATE_KAPPA (``{"type": "kappa", "id", "kappa",
 "recorded_at"}``) and every memory erased, by ``Memory.erase`` or consolidation's PRUNE (``{"type": "erase",
-"id", "recorded_at"}``). The import replays them at those times (:meth:`~t4dm.storage.T4DX.replay`), each version's
+"id", "recorded_at"}``), and every edge erased with an endpoint (``{"type": "erase", "src", "dst", "rel",
+"recorded_at"}``). The import replays them at those times (:meth:`~t4dm.storage.T4DX.replay`), each version's
 text embedded anew, so the target answers "what did we know when" as the source did: ``history``,
 ``get(as_of=)``, ``search(as_of=)``, and ends with the same edge weights and κ. Its store's own history must end
 before the export's begins (a new memory does).
@@ -97,8 +98,8 @@ def export_jsonl(memory: Any, path: str | os.PathLike[str], *, history: bool = F
     """Write ``memory``'s live memories and the edges between them to ``path`` (replaced when the whole file
     is written); returns ``{"memories": n, "edges": m}``. With ``history``: every version, deletion, edge
     and removed edge the store holds, edge weights set and batch scales, in the order written (format 2); the
-    counts are then of versions, and ``forgotten``, ``unlinked``, ``reweighed``, ``scales``, ``kappas`` and
-    ``erased`` are added."""
+    counts are then of versions, and ``forgotten``, ``unlinked``, ``reweighed``, ``scales``, ``kappas``,
+    ``erased`` and ``erased_edges`` are added."""
     from t4dm.storage.fsutil import publish_bytes
 
     if history:
@@ -130,6 +131,7 @@ def _export_history(memory: Any, path: str) -> dict[str, int]:
         "scales": 0,
         "kappas": 0,
         "erased": 0,
+        "erased_edges": 0,
     }
     with memory._lock:
         changes = list(memory.db.changes())
@@ -151,6 +153,10 @@ def _export_history(memory: Any, path: str) -> dict[str, int]:
                 json.dumps({"type": "erase", "id": record.id, "recorded_at": _iso(record.recorded_at)})
             )
             counts["erased"] += 1
+        elif change.op == "erase":  # an edge erased with an endpoint
+            lines.append(json.dumps({"type": "erase", "src": record.src, "dst": record.dst, "rel": record.rel,
+                                     "recorded_at": _iso(record.recorded_at)}))  # fmt: skip
+            counts["erased_edges"] += 1
         elif isinstance(record, Item):
             if change.op == "put":
                 lines.append(_memory_line(record))
@@ -293,6 +299,9 @@ def _read_history(records: list[dict[str, Any]]) -> tuple[list[Change], list[int
             change = Change(0, "put", _memory(record, where, history=True))
         elif kind == "edge":
             change = Change(0, "put", _edge(record, where, history=True))
+        elif kind == "erase" and "id" not in record:  # an edge's erasure names its ends
+            src, dst, rel = _ends(record, where)
+            change = Change(0, "erase", Edge(src, dst, rel, recorded_at=_recorded(record, where)))
         elif kind in ("forget", "erase"):
             if not isinstance(record.get("id"), str):
                 raise InvalidInput(f"{where}.id", record.get("id"), f"a {kind} line needs a string id")
@@ -376,7 +385,8 @@ def _import_history(memory: Any, folder: str, records: list[dict[str, Any]]) -> 
         "reweighed": sum(c.op == "weight" for c in changes),
         "scales": sum(c.op == "scale" for c in changes),
         "kappas": sum(c.op == "kappa" for c in changes),
-        "erased": sum(c.op == "erase" for c in changes),
+        "erased": sum(c.op == "erase" and isinstance(c.record, Item) for c in changes),
+        "erased_edges": sum(c.op == "erase" and isinstance(c.record, Edge) for c in changes),
     }
     with memory._lock:
         ids = list(dict.fromkeys(changes[i].record.id for i in puts))

@@ -175,7 +175,7 @@ def test_an_export_with_history_gives_the_same_past(tmp_path):
     # 4 first versions and one revision; the chat's two "next" edges; one turn forgotten, one edge removed
     assert counts == {
         "memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1, "reweighed": 0, "scales": 0, "kappas": 0,
-        "erased": 0,
+        "erased": 0, "erased_edges": 0,
     }  # fmt: skip
     assert paris == ["Alice moved to Paris"]
     header = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[0])
@@ -318,7 +318,7 @@ def test_the_export_command_with_history(tmp_path, monkeypatch, capsys):
     assert main(["export", "--path", str(tmp_path / "a"), "--out", out, "--history"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "out": out, "memories": 5, "edges": 2, "forgotten": 1, "unlinked": 1, "reweighed": 0, "scales": 0,
-        "kappas": 0, "erased": 0,
+        "kappas": 0, "erased": 0, "erased_edges": 0,
     }  # fmt: skip
     assert main(["import", "--path", str(tmp_path / "b"), "--file", out]) == 0
     assert json.loads(capsys.readouterr().out)["forgotten"] == 1
@@ -361,22 +361,30 @@ def test_an_export_with_history_after_consolidation_imports(tmp_path):
 
 def test_an_erased_memory_travels_as_an_erase_line(tmp_path):
     """Memory.erase: gone at once, its past gone after the next full compaction; a history export made
-    before that compaction carries its versions and an erase line, and the import erases it too."""
+    before that compaction carries its versions and an erase line, and the import erases it too. Its edges
+    (here one live, one removed before) travel as erase lines naming their ends."""
     source = _filled(tmp_path / "a")
     with source:
         [paris] = source.search("Paris", user_id="alice", k=1)
+        [reply] = source.search("how old is Miso", user_id="maya", k=1)
+        [(_, first)] = source.db.neighbours(reply.id, direction="in", rel="next")
         before = paris.memory.recorded_at
+        source.db.remove_edges(first, reply.id, "next")
         source.erase(paris.id)
+        source.erase(reply.id)
         assert source.get(paris.id) is None and paris.id not in source.lexical
         assert source.get(paris.id, as_of=before) is not None  # until the next full compaction
         counts = source.export_jsonl(tmp_path / "history.jsonl", history=True)
         source.db.compact()
         assert source.history(paris.id) == [] and source.get(paris.id, as_of=before) is None
-    assert counts["erased"] == 1
-    assert json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])["type"] == "erase"
+    assert counts["erased"] == 2 and counts["erased_edges"] == 2
+    lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [line["type"] for line in lines[-4:]] == ["erase"] * 4
+    assert {line.get("src") for line in lines[-4:]} == {None, first, reply.id}
     with Memory(tmp_path / "b", embedder=letters) as target:
         assert target.import_jsonl(tmp_path / "history.jsonl") == counts
         assert target.get(paris.id) is None and paris.id not in target.lexical
+        assert target.db.edges(reply.id) == [] and target.db.edges(reply.id, known_at=before) != []
         target.db.compact()
-        assert target.history(paris.id) == []
+        assert target.history(paris.id) == [] and target.db.edges([reply.id, first], known_at=before) == []
         assert not target.search("Paris", user_id="alice")

@@ -18,7 +18,11 @@ def test_erase_hides_at_once_and_erases_at_the_next_full_compaction(store) -> No
     first = clock.now
     clock.advance()
     db.update_fields(ids[0], {"text": "t0, revised"})
-    db.add_edges(Edge(ids[0], ids[2]))
+    db.add_edges([Edge(ids[0], ids[2]), Edge(ids[3], ids[0], "next"), Edge(ids[2], ids[3])])
+    clock.advance()
+    db.update_edge_weight(ids[0], ids[2], delta=0.5)  # an overlay row of an erased edge
+    db.remove_edges(ids[3], ids[0], "next")  # a removed edge has a past to erase too
+    with_edges = clock.now
     clock.advance()
     db.delete(ids[1])
     db = store.settle()
@@ -30,19 +34,69 @@ def test_erase_hides_at_once_and_erases_at_the_next_full_compaction(store) -> No
         assert db.get(ids[0]) is None and db.get(ids[1]) is None and len(db) == 2
         assert sorted(i.id for i in db.scan()) == sorted(ids[2:])
         assert all(h.id not in ids[:2] for h in db.search(vec(0), k=4))
+        # its edges go with it (every relation, both directions); an edge between others stays
+        assert db.edges(ids[0]) == [] and db.edges(ids[0], direction="in") == []
+        assert [(e.src, e.dst) for e in db.edges(ids[2:])] == [(ids[2], ids[3])]
+        assert db.traverse(ids[3], depth=2, direction="in") == {ids[3]: 0, ids[2]: 1}
         if store.place != "compacted":  # the past stays until a full compaction
             assert [v.fields["text"] for v in db.history(ids[0])] == ["t0", "t0, revised"]
             assert db.get(ids[1], as_of=first) is not None
+            assert {e.dst for e in db.edges(ids[0], known_at=with_edges)} == {ids[2]}
     clock.advance()
     db.compact()
     for id in ids[:2]:
         assert db.history(id) == [] and db.get(id, as_of=first) is None
     assert sorted(i.id for i in db.scan(known_at=first)) == sorted(ids[2:])
     assert all(h.id not in ids[:2] for h in db.search(vec(0), k=4, known_at=first, exact=True))
-    assert not [c for c in db.changes() if getattr(c.record, "id", None) in ids[:2]]
+    named = [
+        c for c in db.changes() if {getattr(c.record, a, None) for a in ("id", "src", "dst")} & set(ids[:2])
+    ]
+    assert named == []  # no row of the store names an erased id any more: items and edges
+    assert db.edges(ids[0], known_at=with_edges) == [] and db.edges(ids[3], known_at=with_edges) == []
     assert db.folded_through is not None and db.folded_through >= erased_at
-    assert [(e.src, e.dst) for e in db.edges(ids[0])] == [(ids[0], ids[2])]  # its edges stay
+    assert [(e.src, e.dst) for e in db.edges(ids[2])] == [(ids[2], ids[3])]
     assert len(db) == 2
+
+
+def test_erase_may_leave_the_edges(tmp_path, clock) -> None:
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        ids = db.insert([Item(vec(i)) for i in range(2)])
+        db.add_edges(Edge(ids[0], ids[1]))
+        clock.advance()
+        db.erase(ids[0], edges=False)
+        db.compact()
+        assert db.history(ids[0]) == [] and [(e.src, e.dst) for e in db.edges(ids[0])] == [(ids[0], ids[1])]
+
+
+def test_an_erase_cut_short_between_its_two_transactions_is_completed_by_a_second_call(
+    tmp_path, clock, monkeypatch
+) -> None:
+    """The edges' erasures are written first: a crash before the items' transaction leaves the item, and
+    calling erase again (as a caller whose call failed would) erases it; nothing was half-written."""
+    with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
+        ids = db.insert([Item(vec(i)) for i in range(3)])
+        db.add_edges([Edge(ids[0], ids[1]), Edge(ids[2], ids[0])])
+        clock.advance()
+        commit, calls = db._commit, []
+
+        def crash_on_the_second(batch, *args, **kwargs):
+            calls.append(batch.n)
+            if len(calls) == 2:
+                raise OSError("power cut")
+            return commit(batch, *args, **kwargs)
+
+        monkeypatch.setattr(db, "_commit", crash_on_the_second)
+        with pytest.raises(OSError, match="power cut"):
+            db.erase(ids[0])
+        monkeypatch.undo()
+        assert calls == [2, 1]  # the two edges, then (not written) the item
+        assert db.get(ids[0]) is not None and db.edges(ids[0]) == []
+        failed = clock.now
+        clock.advance()
+        db.erase(ids[0])
+        assert [(c.op, type(c.record).__name__) for c in db.changes(since=failed)] == [("erase", "Item")]
+        db.compact()
+        assert db.history(ids[0]) == [] and len(db) == 2
 
 
 def test_a_version_written_after_an_erase_stays(tmp_path, clock) -> None:
@@ -65,19 +119,24 @@ def test_erase_is_a_change_a_follower_replays(tmp_path, clock) -> None:
     ):
         ids = leader.insert([Item(vec(i)) for i in range(3)])
         clock.advance()
+        leader.add_edges([Edge(ids[0], ids[1]), Edge(ids[1], ids[2])])
+        clock.advance()
         follower.replay(leader.changes())
         synced = clock.now
         clock.advance()
         leader.erase(ids[0])
-        [change] = leader.changes(since=synced)
+        unlinked, change = leader.changes(since=synced)
+        assert unlinked.op == "erase" and (unlinked.record.src, unlinked.record.dst) == (ids[0], ids[1])
         assert change.op == "erase" and change.record.id == ids[0] and change.record.vector is None
         clock.advance()
-        follower.replay([change])
+        follower.replay([unlinked, change])
         assert follower.get(ids[0]) is None and len(follower.history(ids[0])) == 1
+        assert follower.edges(ids[0]) == [] and len(follower.edges(ids[0], known_at=synced)) == 1
         follower.compact()
         leader.compact()
         for db in (leader, follower):
             assert db.history(ids[0]) == [] and len(db) == 2
+            assert db.edges(ids[0], known_at=synced) == [] and len(db.edges(ids[1])) == 1
         # an id a replay never saw may be erased (a copy made after the leader erased it)
         clock.advance()
         follower.replay([type(change)(0, "erase", Item(None, "never-seen", recorded_at=clock.now))])

@@ -48,6 +48,7 @@ class EdgeVersion:
     recorded_at: datetime
     superseded_at: datetime | None = None
     tombstone: bool = False
+    erase: bool = False  # an erasing tombstone (ERASE of an endpoint)
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -61,6 +62,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.edge_versions: dict[tuple[str, str, str], list[EdgeVersion]] = {}
         self.weights: dict[tuple[str, str, str], float] = {}  # live edges' weights (weights are not versions)
         self.pending: set[str] = set()  # ids with an erasing tombstone that no full compaction has taken yet
+        self.pending_edges: set[tuple[str, str, str]] = set()  # the same for edges
         self.follower: T4DX | None = None  # a store kept up by changes(since=): sync_follower
         self.follower_at = T0
         self.follower_clock = FakeClock(T0)
@@ -368,17 +370,32 @@ class StoreMachine(RuleBasedStateMachine):
             last = max(i for i, v in enumerate(versions) if v.erase)
             self.model[id] = versions[last + 1 :]
         self.pending.clear()
+        for key in self.pending_edges:
+            versions = self.edge_versions[key]
+            last = max(i for i, v in enumerate(versions) if v.erase)
+            self.edge_versions[key] = versions[last + 1 :]
+        self.pending_edges.clear()
 
     @precondition(lambda self: self.options["max_segments"] > 1)  # see consolidate
     @rule(id=IDS)
     def erase(self, id: str) -> None:
-        """ERASE: gone at once, its past gone at the next full compaction; a deleted id may be erased."""
+        """ERASE: gone at once, its past gone at the next full compaction; a deleted id may be erased. Every
+        edge to or from it with a row goes the same way, in a transaction just before the item's."""
         versions = self.model.get(id)
         if not versions:  # no row of it in the store
             with pytest.raises(UnknownId):
                 self.db.erase(id)
             return
         self.db.erase(id)
+        edges = sorted(
+            key for key, vs in self.edge_versions.items() if id in key[:2] and vs and not vs[-1].erase
+        )
+        if edges:
+            erased = self._tick()
+            for key in edges:
+                self._append_edge(key, EdgeVersion(erased, tombstone=True, erase=True))
+                self.weights.pop(key, None)
+                self.pending_edges.add(key)
         last = versions[-1]
         self._append(id, Version(last.seed, last.kappa, last.kind, {}, last.valid_from, last.valid_to,
                                  self._tick(), tombstone=True, erase=True))  # fmt: skip
