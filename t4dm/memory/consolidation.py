@@ -6,8 +6,9 @@
   co-retrieval (Hebbian, as UPDATE_EDGE_WEIGHT overlays).
 * **REM** (abstraction): the low-κ episodes of each user are clustered (spherical k-means, faiss); a
   cluster whose members lie close to its centre becomes a ``prototype`` item (κ ``prototype_kappa``, the
-  centre as its vector, the texts of its three most central members) with provenance to every member; the members
-  move to the transitional band (``member_kappa``), so they are not clustered again.
+  centre of those members as its vector, the texts of its three most central: :func:`prototype_of`) with
+  provenance to every member; the members move to the transitional band (``member_kappa``), so they are
+  not clustered again.
 * **PRUNE**: memories still in the lowest band (κ ≤ ``prune_max_kappa``), weak when written
   (τ ≤ ``prune_max_tau``), seen once, never retrieved and older than ``prune_after`` are forgotten (every
   version dropped); the compaction itself drops tombstones and expired history.
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .memory import Memory
 
 
-__all__ = ["PHASES", "ConsolidationConfig", "ConsolidationReport", "band_of", "consolidate"]
+__all__ = ["PHASES", "ConsolidationConfig", "ConsolidationReport", "band_of", "consolidate", "prototype_of"]
 
 PHASES = ("nrem", "rem", "prune")
 BANDS = ("episodic", "transitional", "semantic")  # κ < 0.4, 0.4 ≤ κ < 0.85, κ ≥ 0.85
@@ -212,32 +213,15 @@ class _Policy:
                 close = mine[similarity >= c.rem_min_similarity]
                 if close.size < c.rem_min_members:
                     continue
-                order = close[np.argsort(-(vectors[close] @ centre), kind="stable")]
-                central = members[int(order[0])]
-                rows_of = [members[int(j)] for j in order]
-                scope = {
-                    name: fields[central][name]
-                    for name in ("user_id", "agent_id", "run_id")
-                    if name in fields[central]
-                    and all(fields[r].get(name) == fields[central][name] for r in rows_of)
-                }
-                text = " | ".join(fields[r].get("text", "") for r in rows_of[:3])
-                first = min(int(rows.valid_from[r]) for r in rows_of)
-                prototype = Item(
-                    vector=centre,
-                    id=str(uuid.uuid4()),
+                rows_of = [members[int(j)] for j in close]
+                prototype, order = prototype_of(
+                    vectors[close],
+                    [fields[r] for r in rows_of],
+                    [_EPOCH + timedelta(microseconds=int(rows.valid_from[r])) for r in rows_of],
                     kappa=c.prototype_kappa,
-                    kind="prototype",
-                    fields={
-                        **scope,
-                        "text": text,
-                        "members": len(rows_of),
-                        "tau": None,
-                        "seen": 1,
-                        "consolidated_at": self.now.isoformat(),
-                    },
-                    valid_from=_EPOCH + timedelta(microseconds=first),
+                    consolidated_at=self.now.isoformat(),
                 )
+                rows_of = [rows_of[j] for j in order]
                 rows.add(prototype, derived_from=[rows.ids[r] for r in rows_of])
                 for r in rows_of:
                     rows.kappa[r] = max(rows.kappa[r], c.member_kappa)
@@ -247,6 +231,47 @@ class _Policy:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+SCOPE_FIELDS = ("user_id", "agent_id", "run_id")
+
+
+def prototype_of(
+    vectors: np.ndarray,
+    fields: list[Mapping[str, Any]],
+    valid_from: list[datetime],
+    *,
+    kappa: float,
+    consolidated_at: str,
+    id: str | None = None,
+) -> tuple[Item, np.ndarray]:
+    """The prototype of some members (their unit vectors, fields and valid times), and the members' order,
+    most central first: the normalised centre of the members as its vector, the texts of the three most
+    central, the scope the members share, the earliest valid time. It holds nothing but what the members
+    hold, so that erasing one of them can rebuild it from the others (``Memory.erase``)."""
+    centre = vectors.mean(axis=0)
+    centre /= max(float(np.linalg.norm(centre)), 1e-12)
+    order = np.argsort(-(vectors @ centre), kind="stable")
+    ranked = [fields[int(j)] for j in order]
+    scope = {
+        name: ranked[0][name]
+        for name in SCOPE_FIELDS
+        if name in ranked[0] and all(f.get(name) == ranked[0][name] for f in ranked)
+    }
+    prototype = Item(
+        vector=centre.astype(np.float32),
+        id=id or str(uuid.uuid4()),
+        kappa=kappa,
+        kind="prototype",
+        fields={
+            **scope,
+            "text": " | ".join(str(f.get("text", "")) for f in ranked[:3]),
+            "members": len(ranked),
+            "tau": None,
+            "seen": 1,
+            "consolidated_at": consolidated_at,
+        },
+        valid_from=min(valid_from),
+    )
+    return prototype, order
 
 
 def consolidate(

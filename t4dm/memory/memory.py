@@ -27,6 +27,7 @@ import numpy as np
 from t4dm.errors import InvalidInput, InvalidTime, UnknownId
 from t4dm.gate import WriteGate
 from t4dm.storage import T4DX, Edge, Item
+from t4dm.storage.keys import check_id
 
 from .consolidation import ConsolidationConfig, ConsolidationReport, consolidate
 from .embedder import Embedder, load_embedder
@@ -37,6 +38,7 @@ __all__ = ["SCOPES", "AddResult", "Memory", "MemoryHit", "MemoryItem", "default_
 UTC = timezone.utc
 SCOPES = ("user_id", "agent_id", "run_id")
 NEXT = "next"  # temporal contiguity: one turn of a conversation -> the next
+PROVENANCE = "derived_from"  # the store's provenance relation (T4DX.add_provenance): derived -> source
 # κ bands a search may keep to (inclusive ranges): raw and replayed episodes, anything consolidated
 # (transitional and semantic), semantic prototypes and stable knowledge
 POLICIES = {"all": None, "episodic": (0.0, 0.4 - 1e-9), "consolidated": (0.4, 1.0), "semantic": (0.85, 1.0)}
@@ -520,19 +522,23 @@ class Memory:
             self.lexical.remove(id)
 
     def erase(self, id: str) -> None:
-        """Erase memory ``id``, its past versions too (the right to be forgotten; :meth:`delete` keeps them):
-        gone from now on, and from every ``as_of`` read after the store's next full compaction
-        (``consolidate`` runs one, or ``memory.db.compact()``). Its edges stay. A deleted memory may be
-        erased too."""
+        """Erase memory ``id`` (the right to be forgotten; :meth:`delete` keeps the past): gone from now on,
+        its past versions too from every ``as_of`` read after the store's next full compaction
+        (``consolidate`` runs one, or ``memory.db.compact()``). A deleted memory may be erased too.
+
+        What holds or names it goes with it: its edges (``next``, ``co_retrieved``, provenance), its
+        retrieval counts, and what was derived from it: a REM prototype (whose text and vector are made of
+        its members) is rebuilt from the members that remain, under the same id, its old versions erased
+        (erased outright when none remains); any other memory with a provenance edge to it is erased too."""
         with self._lock:
-            self.db.erase(id)
-            self.lexical.remove(id)
+            self._erase([check_id(id, "id")], one=True)
 
     def erase_all(
         self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
     ) -> int:
         """:meth:`erase` every memory the scope ever had (at least one of the three ids): deleted ones and
-        past versions too, found in the store's change feed (a pass over the whole store). Returns how many."""
+        past versions too, found in the store's change feed (a pass over the whole store). Returns how many
+        memories were erased, those derived from them included (prototypes rebuilt are not counted)."""
         scope = _scope(user_id, agent_id, run_id, required=True)
         with self._lock:
             ids = list(
@@ -544,11 +550,74 @@ class Memory:
                     and all(c.record.fields.get(name) == value for name, value in scope.items())
                 )
             )
-            if ids:
-                self.db.erase(ids)
-                for id in ids:
-                    self.lexical.remove(id)
-            return len(ids)
+            return self._erase(ids) if ids else 0
+
+    def _erase(self, ids: list[str], one: bool = False) -> int:
+        """ERASE ``ids`` and what derives from them (see :meth:`erase`), under the lock; returns how many
+        ids were erased. The memories and their edges are one call to the store (``T4DX.erase``); each
+        prototype rebuilt is then erased and written again (a crash between the two leaves it erased)."""
+        gone = dict.fromkeys(ids)
+        rebuild: dict[str, None] = {}
+        frontier = list(gone)
+        while frontier:  # the derivation closure: prototypes to rebuild, other derived memories to erase
+            derived = dict.fromkeys(e.src for e in self.db.edges(frontier, direction="in", rel=PROVENANCE))
+            frontier = []
+            for id in derived:
+                if id in gone or id in rebuild:
+                    continue
+                item = self.db.get(id)
+                if item is not None and item.kind == "prototype":
+                    rebuild[id] = None
+                else:
+                    gone[id] = None
+                    frontier.append(id)
+        erased = list(gone)
+        self.db.erase(erased[0] if one and len(erased) == 1 else erased)
+        lexical = self.lexical
+        for id in erased:
+            lexical.remove(id)
+        for id in rebuild:
+            self._rebuild_prototype(id, gone)
+        # nothing kept beside the store names them any more (the saved state included)
+        named = any(id in self.retrievals for id in gone) or any(
+            id in gone for hits in self.co_retrievals for id in hits
+        )
+        for id in gone:
+            self.retrievals.pop(id, None)
+        self.co_retrievals = [
+            t for t in (tuple(i for i in h if i not in gone) for h in self.co_retrievals) if t
+        ]
+        self._last_in_run = {run: id for run, id in self._last_in_run.items() if id not in gone}
+        if named:
+            self.save_state()
+        return len(erased)
+
+    def _rebuild_prototype(self, id: str, gone: Mapping[str, None]) -> None:
+        """Prototype ``id`` again from its members that remain (not in ``gone``): its versions erased, then
+        the prototype of what is left written under the same id with its κ, provenance and consolidation
+        time; erased only when no member remains."""
+        from .consolidation import prototype_of
+
+        old = self.db.get(id)
+        members = [m for m in self.db.derived_from(id) if m not in gone]
+        items = [item for item in (self.db.get(m) for m in members) if item is not None]
+        self.db.erase(id)  # its provenance edges too
+        self.lexical.remove(id)
+        if old is None or not items:
+            return
+        vectors = np.stack([item.vector for item in items]).astype(np.float32)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        prototype, order = prototype_of(
+            vectors,
+            [item.fields for item in items],
+            [item.valid_from for item in items],
+            kappa=old.kappa,
+            consolidated_at=str(old.fields.get("consolidated_at", "")),
+            id=id,
+        )
+        self.db.insert(prototype)
+        self.db.add_provenance(id, [items[int(j)].id for j in order])
+        add_to_lexical(self.lexical, id, prototype.fields)
 
     def delete_all(
         self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None

@@ -186,3 +186,59 @@ def test_rem_clusters_are_pure_whatever_the_members_order(tmp_path):
             for p in report.prototype_ids:
                 sources = set(memory.db.derived_from(p))
                 assert sources <= garden or sources <= music, trial
+
+
+def test_erasing_a_member_rebuilds_its_prototype_from_the_others(memory):
+    """A prototype is made of its members (the centre of their vectors, the texts of the three most central):
+    erasing one rebuilds it from the rest under the same id, so no read of any time finds the erased text,
+    and its edges, retrieval counts and provenance go with it."""
+    garden = [r.id for r in memory.add(_topic("garden", 8), user_id="u", run_id="s1", link=True)]
+    memory.search("garden note 1", user_id="u")  # retrieval counts and co-retrievals name the members
+    report = memory.consolidate(phases=("rem",), progress=False, now=NOW,
+                                config=ConsolidationConfig(rem_cluster_size=8, rem_min_similarity=0.5))  # fmt: skip
+    [prototype] = [memory.get(id) for id in report.prototype_ids]
+    members = memory.db.derived_from(prototype.id)
+    secret = prototype.text.split(" | ")[0]  # the most central member's text
+    [victim] = [m for m in members if memory.get(m).text == secret]
+    assert memory.db.edges(victim, rel="next") or memory.db.edges(victim, direction="in", rel="next")
+    before = datetime.now(UTC)
+    memory.erase(victim)
+    rebuilt = memory.get(prototype.id)
+    assert rebuilt.kind == "prototype" and rebuilt.kappa == pytest.approx(prototype.kappa)
+    fields = memory.db.get(prototype.id).fields
+    assert secret not in rebuilt.text and fields["members"] == len(members) - 1
+    assert rebuilt.user_id == "u" and fields["consolidated_at"] == NOW.isoformat()
+    assert set(memory.db.derived_from(prototype.id)) == set(members) - {victim}
+    vectors = np.stack([memory.db.get(m).vector for m in members if m != victim])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    centre = vectors.mean(axis=0) / np.linalg.norm(vectors.mean(axis=0))
+    np.testing.assert_allclose(memory.db.get(prototype.id).vector, centre, rtol=1e-5, atol=1e-6)
+    assert victim not in memory.retrievals and all(victim not in hits for hits in memory.co_retrievals)
+    assert not [h for h in memory.search(secret, user_id="u", k=20) if secret in h.text]
+    assert memory.get(victim, as_of=before) is not None  # the past stays until the next full compaction
+    memory.db.compact()
+    # nothing of the victim at any time: itself, its edges, the prototype's old versions
+    assert memory.get(victim, as_of=before) is None and memory.get(prototype.id, as_of=before) is None
+    assert memory.history(victim) == [] and [v.text for v in memory.history(prototype.id)] == [rebuilt.text]
+    assert not [
+        c for c in memory.db.changes() if victim in {getattr(c.record, a, None) for a in ("id", "src", "dst")}
+    ]
+    assert not [c for c in memory.db.changes() if secret in str(getattr(c.record, "fields", {}).get("text"))]
+    ends = 1 if victim in (garden[0], garden[-1]) else 2  # the victim's links in the chain of 8 turns
+    assert len(memory.db.edges(garden, rel="next")) == 7 - ends  # the others' stay
+    # erasing every member erases the prototype
+    for m in set(members) - {victim}:
+        memory.erase(m)
+    assert memory.get(prototype.id) is None and memory.db.derived_from(prototype.id) == []
+
+
+def test_a_memory_derived_from_an_erased_one_is_erased_with_it(memory):
+    [a, b] = [r.id for r in memory.add(["alice was born in Lyon", "alice moved to Paris"], user_id="u")]
+    [summary] = memory.add("a summary of alice's life", user_id="u", kind="fact")
+    memory.db.add_provenance(summary.id, [a, b])
+    assert memory.erase_all(user_id="u") == 3
+    [other] = memory.add("bob likes tea", user_id="v")
+    [derived] = memory.add("tea drinkers", user_id="v", kind="fact")
+    memory.db.add_provenance(derived.id, [other.id])
+    memory.erase(other.id)
+    assert memory.get(derived.id) is None and len(memory) == 0
