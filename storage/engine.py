@@ -152,6 +152,17 @@ class _FrozenMemtable:
         self.payload_bytes = mem.payload_blob()
 
 
+class _ColumnsView:
+    """A compaction's rows as a source of their columns by attribute (what :meth:`T4DX._edge_tombstones`
+    reads of a memtable or a segment)."""
+
+    def __init__(self, rows: SegmentRows) -> None:
+        self._columns, self.kinds = rows.columns, rows.kinds
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        return self._columns[name]
+
+
 class _BatchSource:
     """A validated batch (a bulk ingest, or rows a compaction policy adds) presented as a row source."""
 
@@ -2002,10 +2013,11 @@ class T4DX:
             [view.ids[i] for i in forgotten.tolist()], c["valid_from"][forgotten], c["valid_to"][forgotten],
             c["kappa"][forgotten], erase=True,
         )  # fmt: skip
+        unlinked = self._policy_edge_erasures(rows, view, keep, forgotten)  # drops their rows from ``keep``
         rows = apply_keep(rows, keep)
         extra: list[Any] = []
-        for batch in (self._kappa_batch(overlay_ids, overlay_kappas), erase):
-            if batch.n:  # each a transaction of its own, recorded now
+        for batch in (self._kappa_batch(overlay_ids, overlay_kappas), unlinked, erase):
+            if batch is not None and batch.n:  # each a transaction of its own, recorded now
                 batch.seq_start, batch.recorded_at = self._seq + 1, self._tick()
                 batch.valid_from = np.where(batch.valid_from == _FILL, batch.recorded_at, batch.valid_from)
                 self._seq += batch.n
@@ -2015,6 +2027,31 @@ class T4DX:
         if not extra:
             return rows, 0, edited
         return self._merge_rows(rows, extra), len(view.added), edited
+
+    def _policy_edge_erasures(
+        self, rows: SegmentRows, view: MergedRows, keep: np.ndarray, forgotten: np.ndarray
+    ) -> VersionBatch | None:
+        """As :meth:`erase` does for its ids' edges, for the ids a policy dropped whole (rows ``forgotten``):
+        every row of each edge leaving or reaching one is dropped (``keep`` edited), and an erasing
+        tombstone per edge, a copy of its newest row, goes to the change feed. Rows sorted by (key, seq)."""
+        c = rows.columns
+        edge = (c["flags"] & (FLAG_EDGE | FLAG_OVERLAY)) == FLAG_EDGE
+        if not forgotten.size or not edge.any():
+            return None
+        gone = set(zip(c["key_hi"][forgotten].tolist(), c["key_lo"][forgotten].tolist(), strict=True))
+        touching = []
+        for end in ("src", "dst"):  # candidates by the key's high word, then checked whole
+            hi, lo = c[f"{end}_hi"], c[f"{end}_lo"]
+            candidates = np.flatnonzero(edge & np.isin(hi, c["key_hi"][forgotten])).tolist()
+            touching += [r for r in candidates if (int(hi[r]), int(lo[r])) in gone]
+        if not touching:
+            return None
+        starts, group = _key_groups(c)
+        last = np.append(starts[1:], rows.n) - 1
+        newest = sorted({int(last[group[r]]) for r in touching})
+        for r in newest:
+            keep[starts[group[r]] : r + 1] = False
+        return self._edge_tombstones([(view.ids[r], _ColumnsView(rows), r) for r in newest], erase=True)
 
     @staticmethod
     def _merge_rows(rows: SegmentRows, extra: list[Any]) -> SegmentRows:

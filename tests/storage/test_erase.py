@@ -4,10 +4,11 @@ it stays."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from t4dm.errors import InvalidInput, UnknownId
-from t4dm.storage import T4DX, Edge, Item
+from t4dm.storage import T4DX, Edge, Item, MergedRows
 
 from .conftest import DIM, vec
 
@@ -159,3 +160,39 @@ def test_a_bad_erase_names_the_id_and_writes_nothing(db, ids, error, field) -> N
         db.erase(ids)
     assert info.value.field == field
     assert list(db.changes()) == before and db.get("a") is not None
+
+
+def test_a_policy_that_drops_an_id_whole_erases_its_edges_too(tmp_path, clock) -> None:
+    """PRUNE: a compaction policy that drops every row of an id erases it (an erasing tombstone in the feed),
+    and its edges go the same way, live or removed; a follower keeps up through it."""
+    with (
+        T4DX.open(str(tmp_path / "leader"), dim=DIM, clock=clock) as leader,
+        T4DX.open(str(tmp_path / "follower"), dim=DIM, clock=clock) as follower,
+    ):
+        ids = leader.insert([Item(vec(i)) for i in range(4)])
+        leader.add_edges([Edge(ids[0], ids[1]), Edge(ids[2], ids[0], "next"), Edge(ids[2], ids[3])])
+        clock.advance()
+        leader.update_edge_weight(ids[0], ids[1], delta=1.0)
+        leader.remove_edges(ids[2], ids[0], "next")
+        clock.advance()
+        follower.replay(leader.changes())
+        synced = clock.now
+        clock.advance()
+
+        def prune(rows: MergedRows) -> None:
+            rows.keep[np.asarray(rows.ids) == ids[0]] = False
+
+        leader.compact(policy=prune)
+        assert leader.get(ids[0]) is None and leader.history(ids[0]) == []
+        assert leader.edges(ids[0], known_at=synced) == [] and leader.edges(ids[2], known_at=synced) != []
+        assert [(e.src, e.dst) for e in leader.edges(ids)] == [(ids[2], ids[3])]
+        changes = list(leader.changes(since=synced))  # not refused: nothing the feed cannot give was dropped
+        assert [(c.op, type(c.record).__name__) for c in changes] == [("erase", "Edge")] * 2 + [
+            ("erase", "Item")
+        ]
+        assert {(c.record.src, c.record.dst) for c in changes[:2]} == {(ids[0], ids[1]), (ids[2], ids[0])}
+        clock.advance()
+        follower.replay(changes)
+        follower.compact()
+        assert follower.history(ids[0]) == [] and follower.edges(ids[0], known_at=synced) == []
+        assert [(e.src, e.dst, e.weight) for e in follower.edges(ids)] == [(ids[2], ids[3], 1.0)]

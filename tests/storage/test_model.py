@@ -274,7 +274,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(step=st.sampled_from([0.05, 0.5]), prototype=st.integers(-1, 10**6), prune=st.booleans())
     def consolidate(self, step: float, prototype: int, prune: bool) -> None:
         """A full compaction whose policy moves every live item's κ up by ``step`` (NREM), with ``prune`` drops
-        every row of one live item (PRUNE: it is erased) and, with ``prototype`` ≥ 0, adds a version of "f"
+        every row of one live item (PRUNE: it is erased, its edges too) and, with ``prototype`` ≥ 0, adds a version of "f"
         with provenance to two live items (REM). A follower synced just before reads all of it from
         ``changes(since=)``: the policy's κ, erasures and items are changes."""
         self.sync_follower()
@@ -302,6 +302,13 @@ class StoreMachine(RuleBasedStateMachine):
             v.kappa = min(1.0, v.kappa + step)
         if pruned:  # its rows dropped now; an erasing tombstone for the feed, a transaction of its own
             [id] = pruned
+            edges = sorted(key for key, vs in self.edge_versions.items() if id in key[:2] and vs)
+            if edges:  # its edges' rows dropped too, their erasing tombstones a transaction just before
+                erased = self._tick()
+                for key in edges:
+                    self.edge_versions[key] = [EdgeVersion(erased, tombstone=True, erase=True)]
+                    self.weights.pop(key, None)
+                    self.pending_edges.add(key)
             v = live[id]
             self.model[id] = [Version(v.seed, v.kappa, v.kind, {}, v.valid_from, v.valid_to, self._tick(),
                                       tombstone=True, erase=True)]  # fmt: skip
