@@ -1633,6 +1633,7 @@ class T4DX:
         known_at: datetime | None = None,
         valid_from: tuple[datetime, datetime] | None = None,
         limit: int | None = None,
+        history: bool = False,
     ) -> Iterator[Item]:
         """SCAN items matching every filter given, in no particular order.
 
@@ -1646,9 +1647,13 @@ class T4DX:
             valid_from: ``(start, end)``: items whose ``valid_from`` is in ``[start, end)`` (e.g. the
                 last 30 days); answered from each segment's valid-time index.
             limit: stop after this many items.
+            history: every version the store holds that matches (superseded ones, and those of deleted
+                ids; not tombstones), each with its ``recorded_at`` / ``superseded_at``, instead of the live
+                ones; not with ``known_at``. What a full compaction dropped (expired history, erased ids) is
+                not held any more.
         """
         self._check_open()
-        f = parse_filter(kappa, kind, where, valid_at, known_at, valid_from)
+        f = parse_filter(kappa, kind, where, valid_at, known_at, valid_from, history)
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0
         ):

@@ -44,6 +44,7 @@ class Filter(NamedTuple):
     valid_us: int | None = None
     known_us: int | None = None
     valid_from: tuple[int, int] | None = None  # [lo, hi) in µs
+    history: bool = False  # every version the store holds, not only the live (or ``known_us``) ones
 
     @property
     def empty(self) -> bool:
@@ -54,6 +55,7 @@ class Filter(NamedTuple):
             and self.valid_us is None
             and self.known_us is None
             and self.valid_from is None
+            and not self.history
         )
 
 
@@ -64,6 +66,7 @@ def parse_filter(
     valid_at: Any = None,
     known_at: Any = None,
     valid_from: Any = None,
+    history: Any = False,
 ) -> Filter:
     """Check and normalise the filter arguments of ``scan`` / ``search`` / ``count`` (typed errors)."""
     if kappa is not None:
@@ -103,6 +106,10 @@ def parse_filter(
         range_us = (to_us(start, "valid_from[0]"), to_us(end, "valid_from[1]"))
         if range_us[0] > range_us[1]:
             raise InvalidInput("valid_from", valid_from, "start must not be after end")
+    if not isinstance(history, bool):
+        raise InvalidInput("history", history, "expected True or False")
+    if history and known_at is not None:
+        raise InvalidInput("history", history, "every version, or those known at known_at: not both")
     return Filter(
         kappa=kappa,
         kinds=kinds,
@@ -110,6 +117,7 @@ def parse_filter(
         valid_us=None if valid_at is None else to_us(valid_at, "valid_at"),
         known_us=None if known_at is None else to_us(known_at, "known_at"),
         valid_from=range_us,
+        history=history,
     )
 
 
@@ -156,14 +164,20 @@ def match_rows(
         return values if rows is None else values[rows]
 
     snap = np.uint64(snap_seq)
-    live = live_mask(source, snap_seq) if f.known_us is None and isinstance(source, Segment) else None
+    live = (
+        live_mask(source, snap_seq)
+        if f.known_us is None and not f.history and isinstance(source, Segment)
+        else None
+    )
     if live is not None:  # cached: items only (no tombstones, edges or overlays), not superseded
         mask = live if rows is None else live[rows]
     else:
         mask = (col("flags") & NOT_ITEM) == 0
         if isinstance(source, Memtable):
             mask &= col("seq") <= snap
-        if f.known_us is None:
+        if f.history:
+            pass  # superseded versions too, and those of deleted ids (not their tombstones)
+        elif f.known_us is None:
             mask &= col("next_seq") > snap
         else:
             mask &= (col("recorded_at") <= f.known_us) & (

@@ -537,19 +537,12 @@ class Memory:
         self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
     ) -> int:
         """:meth:`erase` every memory the scope ever had (at least one of the three ids): deleted ones and
-        past versions too, found in the store's change feed (a pass over the whole store). Returns how many
-        memories were erased, those derived from them included (prototypes rebuilt are not counted)."""
+        past versions too, found by one SCAN of every version the store holds (``history=True``: the scope's
+        indexed tag columns). Returns how many memories were erased, those derived from them included
+        (prototypes rebuilt are not counted)."""
         scope = _scope(user_id, agent_id, run_id, required=True)
         with self._lock:
-            ids = list(
-                dict.fromkeys(
-                    c.record.id
-                    for c in self.db.changes()
-                    if c.op == "put"
-                    and isinstance(c.record, Item)
-                    and all(c.record.fields.get(name) == value for name, value in scope.items())
-                )
-            )
+            ids = list(dict.fromkeys(item.id for item in self.db.scan(where=scope, history=True)))
             return self._erase(ids) if ids else 0
 
     def _erase(self, ids: list[str], one: bool = False) -> int:

@@ -202,6 +202,39 @@ def test_scan_filters(store, clock):
     assert db.count(where={"user_id": "alice"}) == 6
 
 
+def test_scan_of_every_version(store, clock):
+    """``history=True``: every version the store holds that matches, superseded ones and those of deleted
+    ids, with their transaction times; filters apply to each version as it was."""
+    db = store.db
+    db.insert([Item(vec(i), id=id, kappa=0.1, fields={"user_id": "u"}) for i, id in enumerate("abc")])
+    first = clock.now
+    clock.advance()
+    db.insert(Item(vec(9), id="z", fields={"user_id": "v"}))
+    z_at = clock.now
+    clock.advance()
+    db.update_fields("a", {"user_id": "v"})  # a's second version is v's
+    a_at = clock.now
+    clock.advance()
+    db.update_fields("b", {"note": 1}, kappa=0.9)
+    b_at = clock.now
+    clock.advance()
+    db.delete("c")
+    c_at = clock.now
+    db = store.settle()
+    every = sorted(
+        (i.id, i.fields["user_id"], i.kappa, i.recorded_at, i.superseded_at) for i in db.scan(history=True)
+    )
+    assert every == [
+        ("a", "u", 0.1, first, a_at), ("a", "v", 0.1, a_at, None),
+        ("b", "u", 0.1, first, b_at), ("b", "u", 0.9, b_at, None),
+        ("c", "u", 0.1, first, c_at), ("z", "v", 0.0, z_at, None),
+    ]  # fmt: skip
+    assert sorted(i.id for i in db.scan(where={"user_id": "u"}, history=True)) == ["a", "b", "b", "c"]
+    assert sorted(i.id for i in db.scan(where={"user_id": "u"})) == ["b"]
+    assert sorted(i.id for i in db.scan(kappa=(0.5, 1.0), history=True)) == ["b"]
+    assert [i.id for i in db.scan(history=True, limit=2)] and len(list(db.scan(history=True, limit=2))) == 2
+
+
 def test_where_on_non_string_tag_and_missing_field(store):
     db = store.db
     db.insert(

@@ -176,6 +176,8 @@ def test_update_and_delete_errors(db):
         ({"valid_at": NAIVE}, "valid_at"),
         ({"known_at": "yesterday"}, "known_at"),
         ({"limit": -1}, "limit"),
+        ({"history": "yes"}, "history"),
+        ({"history": True, "known_at": datetime(2025, 1, 1, tzinfo=UTC)}, "history"),
     ],
 )
 def test_bad_scan_arguments(db, kwargs, field):
