@@ -688,17 +688,15 @@ class T4DX:
         with no row at all raises :class:`~t4dm.errors.UnknownId` and nothing is written.
 
         With ``edges`` (the default) every edge leaving or reaching one of the ids is erased the same way,
-        whatever its relation, whether live or removed, every version of it (an edge names the id). Those
-        erasures are a transaction of their own, written just before the items' one: a call cut short by a
-        crash between the two is completed by calling it again. ``edges=False`` leaves the edges as they
-        are. The change feed gives both as ``op="erase"`` (an :class:`Item` or an :class:`Edge`).
+        whatever its relation, whether live or removed, every version of it (an edge names the id), in
+        the same transaction. ``edges=False`` leaves the edges as they are. The change feed gives both as
+        ``op="erase"`` (an :class:`Item` or an :class:`Edge`), at the same ``recorded_at``.
         """
         self._end(ids, erase=True, edges=edges)
 
     def _end(self, ids: str | Iterable[str], erase: bool, edges: bool = False) -> None:
         """One transaction of tombstones, each with its id's last row's times and κ: for live ids (DELETE), or
-        erasing ones for ids with any row (ERASE), after one of erasing tombstones for their edges
-        (``edges``)."""
+        erasing ones for ids with any row (ERASE), with erasing tombstones for their edges (``edges``)."""
         self._check_open()
         one = isinstance(ids, str)
         id_list = [ids] if one else list(ids)
@@ -721,10 +719,10 @@ class T4DX:
                 np.array([s.kappa[r] for s, r in found], dtype=np.float64),
                 erase=erase,
             )
-            if erase and edges:
+            if erase and edges:  # the edges' erasures in the same transaction
                 erasures = self._edge_tombstones(self._edges_touching(id_list, snap), erase=True)
                 if erasures is not None:
-                    self._commit(erasures)
+                    batch = VersionBatch.concat([erasures, batch], self.dim)
             self._commit(batch)
 
     def _edges_touching(self, ids: list[str], snap: _Snapshot) -> list[tuple[str, Any, int]]:
@@ -1321,8 +1319,8 @@ class T4DX:
         own transaction times; returns the number of transactions written.
 
         The changes that share one ``recorded_at`` (they must be adjacent) become one transaction at that
-        time, and must all be of one sort: item versions, item deletions, erasures, κ updates, edge versions,
-        edge removals or edge weights (as one transaction of a store is; stores written before 2026-12-07
+        time, and must all be of one sort: item versions, item deletions, erasures (of items and their
+        edges together), κ updates, edge versions, edge removals or edge weights (as one transaction of a store is; stores written before 2026-12-07
         recorded a compaction policy's items and their provenance edges at one time, and those edges are
         written as the next transaction, 1 µs later); a batch scale is a transaction of its own. Times
         must rise from each transaction to the next, the first must be later than every write this store has
@@ -1381,7 +1379,8 @@ class T4DX:
                     f"{where}.recorded_at", None, "a replayed change needs its transaction time"
                 )
             t = to_us(change.recorded_at, f"{where}.recorded_at")
-            sort = (change.op, type(change.record))
+            # an erasure's items and their edges are one sort (ERASE writes them as one transaction)
+            sort = ("erase", Item) if change.op == "erase" else (change.op, type(change.record))
             if groups and t == source_t:
                 if change.op == "scale" or sorts[0] == "scale":  # type: ignore[index]
                     raise InvalidInput(
@@ -1399,10 +1398,11 @@ class T4DX:
                         sorts = ("provenance", Edge)
                     continue
                 if sort != sorts:
+                    before = "erase" if sorts[0] == "erase" else f"{sorts[0]} {sorts[1].__name__}"  # type: ignore[index]
                     raise InvalidInput(
                         where, f"{change.op} {type(change.record).__name__}",
                         f"one transaction (recorded_at {change.recorded_at}) holds one sort of change: "
-                        f"{sorts[0]} {sorts[1].__name__} before it",  # type: ignore[index]
+                        f"{before} before it",
                     )  # fmt: skip
                 groups[-1] = (groups[-1][0], groups[-1][1], i + 1)
                 continue
@@ -1427,10 +1427,12 @@ class T4DX:
             return live[id]
 
         scales = dict(self._scales)  # as they will be when each batch is written
-        batches = []
-        for _, start, stop in groups:
-            part = changes[start:stop]
-            names = [f"changes[{i}].record" for i in range(start, stop)]
+
+        def build(indices: list[int]) -> VersionBatch:
+            """The batch of the changes at ``indices``: one sort of change."""
+            nonlocal scales
+            part = [changes[i] for i in indices]
+            names = [f"changes[{i}].record" for i in indices]
             op, record = part[0].op, part[0].record
             if isinstance(record, WeightScale):
                 batch, key = self._scale_batch(record.factor, record.rel, f"{names[0]}.")
@@ -1473,7 +1475,7 @@ class T4DX:
                 columns = self._edge_columns(
                     [e.src for e in edges], [e.dst for e in edges], [e.rel for e in edges],
                     [e.weight for e in edges], [e.valid_from for e in edges], [e.valid_to for e in edges],
-                    lambda i, name, start=start: f"changes[{start + i}].record.{name}",
+                    lambda i, name: f"changes[{indices[i]}].record.{name}",
                 )  # fmt: skip
                 batch = self._edge_batch(*columns, scales=scales)
                 ids = batch.ids
@@ -1481,9 +1483,7 @@ class T4DX:
                     for id, name in zip(ids, names, strict=True):
                         if not is_live(id):
                             raise UnknownId(id, name)
-                    batch = self._overlay_batch(batch)
-                    batches.append(batch)
-                    continue
+                    return self._overlay_batch(batch)
                 if op in ("delete", "erase"):
                     for id, name in zip(ids, names, strict=True):
                         if op == "delete" and not is_live(id):  # an erase needs no live version
@@ -1492,7 +1492,18 @@ class T4DX:
                     batch.flags[:] = FLAG_EDGE | FLAG_TOMBSTONE | (FLAG_ERASE if op == "erase" else 0)
                 for id in ids:
                     live[id] = op == "put"
-            batches.append(batch)
+            return batch
+
+        batches = []
+        for _, start, stop in groups:
+            indices = list(range(start, stop))
+            if changes[start].op == "erase":  # an erasure's items and their edges: one transaction
+                edges = [i for i in indices if isinstance(changes[i].record, Edge)]
+                items = [i for i in indices if not isinstance(changes[i].record, Edge)]
+                if edges and items:
+                    batches.append(VersionBatch.concat([build(edges), build(items)], self.dim))
+                    continue
+            batches.append(build(indices))
         return batches
 
     def _locate(self, id: str, snap: _Snapshot) -> tuple[Any, int] | None:
@@ -2019,10 +2030,12 @@ class T4DX:
             c["kappa"][forgotten], erase=True,
         )  # fmt: skip
         unlinked = self._policy_edge_erasures(rows, view, keep, forgotten)  # drops their rows from ``keep``
+        if unlinked is not None:  # the ids' edges go in the same transaction, as with erase()
+            erase = VersionBatch.concat([unlinked, erase], self.dim)
         rows = apply_keep(rows, keep)
         extra: list[Any] = []
-        for batch in (self._kappa_batch(overlay_ids, overlay_kappas), unlinked, erase):
-            if batch is not None and batch.n:  # each a transaction of its own, recorded now
+        for batch in (self._kappa_batch(overlay_ids, overlay_kappas), erase):
+            if batch.n:  # each a transaction of its own, recorded now
                 batch.seq_start, batch.recorded_at = self._seq + 1, self._tick()
                 batch.valid_from = np.where(batch.valid_from == _FILL, batch.recorded_at, batch.valid_from)
                 self._seq += batch.n
@@ -2038,7 +2051,8 @@ class T4DX:
     ) -> VersionBatch | None:
         """As :meth:`erase` does for its ids' edges, for the ids a policy dropped whole (rows ``forgotten``):
         every row of each edge leaving or reaching one is dropped (``keep`` edited), and an erasing
-        tombstone per edge, a copy of its newest row, goes to the change feed. Rows sorted by (key, seq)."""
+        tombstone per edge, a copy of its newest row, is returned for the change feed (None: no edge). Rows
+        sorted by (key, seq)."""
         c = rows.columns
         edge = (c["flags"] & (FLAG_EDGE | FLAG_OVERLAY)) == FLAG_EDGE
         if not forgotten.size or not edge.any():

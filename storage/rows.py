@@ -133,6 +133,49 @@ class VersionBatch:
     def n(self) -> int:
         return int(self.key_hi.shape[0])
 
+    @classmethod
+    def concat(cls, batches: list[VersionBatch], dim: int) -> VersionBatch:
+        """The rows of ``batches``, in order, as one batch (one transaction): kind and tag codes mapped onto
+        shared tables, payloads joined; rows of a batch without vectors (``[n, 0]``: edges) get zero vectors
+        of ``dim`` when another batch carries vectors (they are not items: no index reads them)."""
+        kind_codes: dict[str, int] = {}
+        tag_codes: list[dict[str, int]] = [{} for _ in TAG_FIELDS]
+        width = dim if any(b.vectors.shape[1] for b in batches) else 0
+        kinds, tags, vectors, offsets, base = [], [], [], [np.zeros(1, dtype=np.int64)], 0
+        for b in batches:
+            table = [kind_codes.setdefault(name, len(kind_codes)) for name in b.kinds]
+            kinds.append(np.asarray(table, dtype=np.uint16)[b.kind] if b.n else b.kind)
+            codes = np.array(b.tags, dtype=np.int32, copy=True)
+            for slot, values in enumerate(b.tag_values):
+                shared = np.asarray(
+                    [tag_codes[slot].setdefault(v, len(tag_codes[slot])) for v in values], np.int32
+                )
+                present = codes[:, slot] >= 0  # TAG_ABSENT / TAG_OTHER stay as they are
+                codes[present, slot] = shared[codes[present, slot]]
+            tags.append(codes)
+            vectors.append(b.vectors if b.vectors.shape[1] == width else np.zeros((b.n, width), np.float32))
+            offsets.append(np.asarray(b.payload_offsets[1:], dtype=np.int64) + base)
+            base += len(b.payload)
+        columns = {
+            name: np.concatenate([getattr(b, name) for b in batches]).astype(ROW_COLUMNS[name], copy=False)
+            for name in _BATCH_COLUMNS
+            if name != "kind"
+        }
+        return cls(
+            seq_start=0,
+            recorded_at=0,
+            kind=np.concatenate(kinds).astype(np.uint16, copy=False),
+            tags=np.concatenate(tags),
+            vectors=np.concatenate(vectors),
+            kinds=list(kind_codes),
+            tag_values=[list(codes) for codes in tag_codes],
+            ids=[id for b in batches for id in b.ids],
+            payload_offsets=np.concatenate(offsets),
+            payload=b"".join(b.payload for b in batches),
+            fresh=all(b.fresh for b in batches),
+            **columns,
+        )
+
     def fields_bytes(self, i: int) -> bytes:
         return self.payload[self.payload_offsets[i] : self.payload_offsets[i + 1]]
 

@@ -69,35 +69,36 @@ def test_erase_may_leave_the_edges(tmp_path, clock) -> None:
         assert db.history(ids[0]) == [] and [(e.src, e.dst) for e in db.edges(ids[0])] == [(ids[0], ids[1])]
 
 
-def test_an_erase_cut_short_between_its_two_transactions_is_completed_by_a_second_call(
-    tmp_path, clock, monkeypatch
-) -> None:
-    """The edges' erasures are written first: a crash before the items' transaction leaves the item, and
-    calling erase again (as a caller whose call failed would) erases it; nothing was half-written."""
+def test_an_erase_and_its_edges_are_one_transaction(tmp_path, clock, monkeypatch) -> None:
+    """The items' and the edges' erasing tombstones are one batch, one WAL record: a write that fails leaves
+    all of it unwritten, and the change feed gives them at one transaction time."""
     with T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock) as db:
         ids = db.insert([Item(vec(i)) for i in range(3)])
-        db.add_edges([Edge(ids[0], ids[1]), Edge(ids[2], ids[0])])
+        db.add_edges([Edge(ids[0], ids[1]), Edge(ids[2], ids[0], "next")])
+        synced = clock.advance()
         clock.advance()
-        commit, calls = db._commit, []
+        calls = []
 
-        def crash_on_the_second(batch, *args, **kwargs):
+        def fail(batch, *args, **kwargs):
             calls.append(batch.n)
-            if len(calls) == 2:
-                raise OSError("power cut")
-            return commit(batch, *args, **kwargs)
+            raise OSError("disk full")
 
-        monkeypatch.setattr(db, "_commit", crash_on_the_second)
-        with pytest.raises(OSError, match="power cut"):
+        monkeypatch.setattr(db, "_commit", fail)
+        with pytest.raises(OSError, match="disk full"):
             db.erase(ids[0])
         monkeypatch.undo()
-        assert calls == [2, 1]  # the two edges, then (not written) the item
-        assert db.get(ids[0]) is not None and db.edges(ids[0]) == []
-        failed = clock.now
-        clock.advance()
+        assert calls == [3]  # the two edges and the item, one batch
+        assert db.get(ids[0]) is not None and len(db.edges(ids[0])) == 1 and len(db.edges(ids[2])) == 1
         db.erase(ids[0])
-        assert [(c.op, type(c.record).__name__) for c in db.changes(since=failed)] == [("erase", "Item")]
-        db.compact()
-        assert db.history(ids[0]) == [] and len(db) == 2
+        changes = list(db.changes(since=synced))
+        assert [(c.op, type(c.record).__name__) for c in changes] == [("erase", "Edge")] * 2 + [
+            ("erase", "Item")
+        ]
+        assert len({c.recorded_at for c in changes}) == 1
+        db.close()
+        with T4DX.open(str(tmp_path / "s"), clock=clock) as again:  # the WAL record replays whole
+            assert again.get(ids[0]) is None and again.edges(ids) == []
+            assert [c.op for c in again.changes(since=synced)] == ["erase"] * 3
 
 
 def test_a_version_written_after_an_erase_stays(tmp_path, clock) -> None:
@@ -196,3 +197,35 @@ def test_a_policy_that_drops_an_id_whole_erases_its_edges_too(tmp_path, clock) -
         follower.compact()
         assert follower.history(ids[0]) == [] and follower.edges(ids[0], known_at=synced) == []
         assert [(e.src, e.dst, e.weight) for e in follower.edges(ids)] == [(ids[2], ids[3], 1.0)]
+
+
+def test_batches_joined_into_one_keep_every_row_as_it_was(tmp_path) -> None:
+    """``VersionBatch.concat`` (an erasure's items and edges as one transaction): each row keeps its kind,
+    tags, id, fields and vector through the shared code tables and a WAL round trip; edge rows get zero
+    vectors."""
+    from t4dm.storage.query import unpack
+    from t4dm.storage.rows import TAG_FIELDS, VersionBatch
+
+    with T4DX.open(str(tmp_path / "s"), dim=DIM) as db:
+        a = db._batch_from_items([Item(vec(0), id="a", kind="fact", fields={"user_id": "u", "run_id": "r1"}),
+                                  Item(vec(1), id="b", fields={"user_id": "v", "x": 1})])  # fmt: skip
+        b = db._batch_from_items(
+            [Item(vec(2), id="c", kind="episode", fields={"user_id": "v", "agent_id": 7})]
+        )
+        e = db._edge_batch(["a"], ["c"], ["next"], np.array([2.0]), np.array([0]), np.array([2**62]))
+        batches = [e, a, b]
+        joined = VersionBatch.concat(batches, DIM)
+        joined.seq_start, joined.recorded_at = 1, 5
+        again = VersionBatch.decode(b"".join(bytes(p) for p in joined.encode()), "wal", 0)
+        rows = [(batch, i) for batch in batches for i in range(batch.n)]
+        assert again.n == len(rows) == 4 and again.ids == ["\x1ea\x1fnext\x1fc", "a", "b", "c"]
+        for j, (batch, i) in enumerate(rows):
+            assert again.kinds[again.kind[j]] == batch.kinds[batch.kind[i]]
+            for slot in range(len(TAG_FIELDS)):
+                code, was = int(again.tags[j, slot]), int(batch.tags[i, slot])
+                assert code == was if was < 0 else again.tag_values[slot][code] == batch.tag_values[slot][was]
+            assert unpack(again.fields_bytes(j)) == unpack(batch.fields_bytes(i))
+            vector = batch.vectors[i] if batch.vectors.shape[1] else np.zeros(DIM, np.float32)
+            np.testing.assert_array_equal(again.vectors[j], vector)
+            for name in ("key_hi", "key_lo", "flags", "src_hi", "dst_lo", "weight", "valid_to"):
+                assert getattr(again, name)[j] == getattr(batch, name)[i]

@@ -302,16 +302,15 @@ class StoreMachine(RuleBasedStateMachine):
             v.kappa = min(1.0, v.kappa + step)
         if pruned:  # its rows dropped now; an erasing tombstone for the feed, a transaction of its own
             [id] = pruned
-            edges = sorted(key for key, vs in self.edge_versions.items() if id in key[:2] and vs)
-            if edges:  # its edges' rows dropped too, their erasing tombstones a transaction just before
-                erased = self._tick()
-                for key in edges:
-                    self.edge_versions[key] = [EdgeVersion(erased, tombstone=True, erase=True)]
-                    self.weights.pop(key, None)
-                    self.pending_edges.add(key)
             v = live[id]
-            self.model[id] = [Version(v.seed, v.kappa, v.kind, {}, v.valid_from, v.valid_to, self._tick(),
+            erased = self._tick()
+            self.model[id] = [Version(v.seed, v.kappa, v.kind, {}, v.valid_from, v.valid_to, erased,
                                       tombstone=True, erase=True)]  # fmt: skip
+            for key in sorted(key for key, vs in self.edge_versions.items() if id in key[:2] and vs):
+                # its edges' rows dropped too, their erasing tombstones in the same transaction
+                self.edge_versions[key] = [EdgeVersion(erased, tombstone=True, erase=True)]
+                self.weights.pop(key, None)
+                self.pending_edges.add(key)
             self.pending.add(id)
         if prototype >= 0:
             recorded = self._tick()
@@ -387,25 +386,22 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(id=IDS)
     def erase(self, id: str) -> None:
         """ERASE: gone at once, its past gone at the next full compaction; a deleted id may be erased. Every
-        edge to or from it with a row goes the same way, in a transaction just before the item's."""
+        edge to or from it with a row goes the same way, in the same transaction."""
         versions = self.model.get(id)
         if not versions:  # no row of it in the store
             with pytest.raises(UnknownId):
                 self.db.erase(id)
             return
         self.db.erase(id)
-        edges = sorted(
-            key for key, vs in self.edge_versions.items() if id in key[:2] and vs and not vs[-1].erase
-        )
-        if edges:
-            erased = self._tick()
-            for key in edges:
+        erased = self._tick()
+        for key, vs in self.edge_versions.items():
+            if id in key[:2] and vs and not vs[-1].erase:
                 self._append_edge(key, EdgeVersion(erased, tombstone=True, erase=True))
                 self.weights.pop(key, None)
                 self.pending_edges.add(key)
         last = versions[-1]
         self._append(id, Version(last.seed, last.kappa, last.kind, {}, last.valid_from, last.valid_to,
-                                 self._tick(), tombstone=True, erase=True))  # fmt: skip
+                                 erased, tombstone=True, erase=True))  # fmt: skip
         self.pending.add(id)
 
     @rule()
