@@ -309,3 +309,41 @@ def test_erase_all_erases_every_memory_the_scope_ever_had(memory):
     assert memory.history(paris) == [] and memory.history(lisbon) == []
     assert [v.text for v in memory.history(cello)] == ["Bob plays the cello"] and len(memory) == 1
     assert memory.erase_all(user_id="alice") == 0  # nothing of alice's left to find
+
+
+def _files_holding(folder, needles: list[bytes]) -> list[str]:
+    """The files under ``folder`` whose bytes hold any of ``needles``."""
+    import os
+
+    found = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                data = f.read()
+            if any(needle in data for needle in needles):
+                found.append(os.path.relpath(os.path.join(root, name), folder))
+    return found
+
+
+def test_after_an_erasure_and_a_consolidation_no_file_of_the_memory_holds_it(tmp_path):
+    """The right to be forgotten on disk: once the store has compacted, no file under the memory's folder
+    (segments, write-ahead log, manifest, the saved retrieval state) holds the erased memory's text, any of
+    its versions' texts, or its id; another memory's text is still there."""
+    with Memory(tmp_path / "m", embedder=bag_of_words) as memory:
+        chat = memory.add(
+            [{"role": "user", "content": "my locker code is 9182"}, {"role": "assistant", "content": "noted"}],
+            user_id="ann", run_id="s1",
+        )  # fmt: skip
+        secret = chat[0].id
+        memory.update(secret, text="my locker code is 5531")
+        memory.search("locker code", user_id="ann")  # retrieval counts name it, saved below
+        memory.save_state()
+        memory.db.flush()
+    needles = [b"9182", b"5531", secret.encode()]
+    assert _files_holding(tmp_path / "m", needles)  # there before
+    with Memory(tmp_path / "m", embedder=bag_of_words) as memory:
+        memory.erase(secret)
+        memory.consolidate(progress=False)
+        assert _files_holding(tmp_path / "m", needles) == []
+        assert _files_holding(tmp_path / "m", [b"noted"])  # the rest stays
+    assert _files_holding(tmp_path / "m", needles) == []

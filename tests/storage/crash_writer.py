@@ -4,7 +4,8 @@ Protocol on stdout, one line each, flushed: ``ready``, then for every operation 
 before it and ``ack`` once it returned. The parent kills this process with SIGKILL at a random moment.
 Edge operations name the edge ``src>dst``: ``link`` (weight ``value``), ``weigh`` (delta ``value``); ``scale``
 multiplies every weight by 2 (``value`` 2) or 0.5 (``value`` -2). ``kappa`` sets an item's κ to ``value`` / 100
-(UPDATE_KAPPA); ``consolidate`` is a full compaction whose policy moves every live item's κ up by 0.125.
+(UPDATE_KAPPA); ``consolidate`` is a full compaction whose policy moves every live item's κ up by 0.125;
+``erase`` erases an item and every edge to or from it.
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ def main(path: str, seed: int) -> None:
                 out.write(f"begin {op} {id} {counter}\n")
                 out.flush()
                 db.update_fields(id, {"v": counter})
-            elif roll < 0.68:
+            elif roll < 0.655:
                 op, id = "delete", live.pop(rng.randrange(len(live)))
                 out.write(f"begin {op} {id} 0\n")
                 out.flush()
                 db.delete(id)
+            elif roll < 0.68:  # ERASE with its edges: one transaction, all of it or none after a crash
+                op, id = "erase", live.pop(rng.randrange(len(live)))
+                out.write(f"begin {op} {id} 0\n")
+                out.flush()
+                db.erase(id)
+                edges = [e for e in edges if id not in e.split(">")]
             elif roll < 0.76:
                 src, dst = rng.sample(live, 2)
                 out.write(f"begin link {src}>{dst} {counter % 7 + 1}\n")

@@ -35,6 +35,10 @@ def _apply(
         model[id] = (value, *model[id][1:])
     elif op == "delete":
         del model[id]
+    elif op == "erase":  # the item and its edges, at once
+        del model[id]
+        for edge in [e for e in edges if id in e.split(">")]:
+            del edges[edge]
     elif op == "kappa":
         model[id] = (*model[id][:2], value / 100)
     elif op == "consolidate":
@@ -71,7 +75,14 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
     path = str(tmp_path / "store")
     model: dict[str, tuple[int, int, float]] = {}
     edges: dict[str, float] = {}
-    counts = {"acked": 0, "in_flight_applied": 0, "in_flight_lost": 0, "edge_ops": 0, "kappa_ops": 0}
+    counts = {
+        "acked": 0,
+        "in_flight_applied": 0,
+        "in_flight_lost": 0,
+        "edge_ops": 0,
+        "kappa_ops": 0,
+        "erasures": 0,
+    }
     for trial in range(trials):
         lines = _run_and_kill(path, seed * 1000 + trial + 1, rng)
         pending = None
@@ -85,6 +96,7 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
                 counts["acked"] += 1
                 counts["edge_ops"] += pending[0] in ("link", "weigh", "scale")
                 counts["kappa_ops"] += pending[0] in ("kappa", "consolidate")
+                counts["erasures"] += pending[0] == "erase"
                 pending = None
         with T4DX.open(path) as db:
             state = {item.id: (item.fields["v"], int(item.vector[0]), item.kappa) for item in db.scan()}
@@ -126,3 +138,4 @@ def test_sigkill_loses_no_acknowledged_write(tmp_path):
 def test_sigkill_500_trials(tmp_path):
     counts = crash_trials(tmp_path, trials=500, seed=2)
     assert counts["acked"] > 500
+    assert counts["erasures"] > 10  # erasures with their edges among them
