@@ -1693,10 +1693,11 @@ class T4DX:
         valid_at: datetime | None = None,
         known_at: datetime | None = None,
         valid_from: tuple[datetime, datetime] | None = None,
+        history: bool = False,
     ) -> int:
         """Number of items :meth:`scan` would yield with these filters (no item is built)."""
         self._check_open()
-        f = parse_filter(kappa, kind, where, valid_at, known_at, valid_from)
+        f = parse_filter(kappa, kind, where, valid_at, known_at, valid_from, history)
         snap = self._snap
         total = 0
         for source, n in _sources(snap):

@@ -230,6 +230,7 @@ def test_scan_of_every_version(store, clock):
         ("c", "u", 0.1, first, c_at), ("z", "v", 0.0, z_at, None),
     ]  # fmt: skip
     assert sorted(i.id for i in db.scan(where={"user_id": "u"}, history=True)) == ["a", "b", "b", "c"]
+    assert db.count(where={"user_id": "u"}, history=True) == 4 and db.count(history=True) == 6
     assert sorted(i.id for i in db.scan(where={"user_id": "u"})) == ["b"]
     assert sorted(i.id for i in db.scan(kappa=(0.5, 1.0), history=True)) == ["b"]
     assert [i.id for i in db.scan(history=True, limit=2)] and len(list(db.scan(history=True, limit=2))) == 2
