@@ -122,6 +122,9 @@ class Read:
         for id in self.sample:
             get(id)
 
+    def time_get_many_1000(self, n: int) -> None:
+        self.db.get_many(self.sample)
+
     def time_matching_1000(self, n: int) -> None:
         self.db.matching(self.sample, where={"user_id": "user3"}, kappa=(0.0, 0.5))
 

@@ -1127,6 +1127,32 @@ class T4DX:
         found = self._locate(id, snap)
         return None if found is None else self._item(found[0], found[1], snap.seq, id)
 
+    def get_many(self, ids: Iterable[str], *, as_of: datetime | None = None) -> list[Item | None]:
+        """GET for many ids at once: the live version of each (or the one known at ``as_of``), None where
+        there is none, in the order given. The ids are located together (the memtable's dict, then one
+        batched Bloom probe and binary search per segment) and each source's items built in one pass."""
+        self._check_open()
+        keys = [check_id(key, f"ids[{i}]") for i, key in enumerate(ids)]
+        if as_of is not None:
+            to_us(as_of, "as_of")
+            return [self.get(key, as_of=as_of) for key in keys]
+        snap = self._snap
+        out: list[Item | None] = [None] * len(keys)
+        groups: dict[int, tuple[Any, list[int], list[int]]] = {}  # per source: rows and their positions
+        for position, found in enumerate(self._locate_many(keys, snap)):
+            if found is not None:
+                source, row = found
+                group = groups.setdefault(id(source), (source, [], []))
+                group[1].append(row)
+                group[2].append(position)
+        for source, rows, positions in groups.values():
+            items = self._items(
+                source, np.asarray(rows, dtype=np.int64), snap.seq, ids=[keys[p] for p in positions]
+            )
+            for position, item in zip(positions, items, strict=True):
+                out[position] = item
+        return out
+
     def matching(
         self,
         ids: Iterable[str],

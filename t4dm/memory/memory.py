@@ -593,7 +593,7 @@ class Memory:
 
         old = self.db.get(id)
         members = [m for m in self.db.derived_from(id) if m not in gone]
-        items = [item for item in (self.db.get(m) for m in members) if item is not None]
+        items = [item for item in self.db.get_many(members) if item is not None]
         self.db.erase(id)  # its provenance edges too
         self.lexical.remove(id)
         if old is None or not items:
@@ -809,7 +809,7 @@ class Memory:
     def _fetch(self, items: dict[str, Item], ids: list[str], as_of: datetime | None) -> list[str]:
         """GET into ``items`` the ones among ``ids`` (checked visible already) it lacks; returns ``ids`` less
         any deleted since the check (by another thread)."""
-        for id in ids:
+        for id in ids:  # a few (at most k): one GET each is as fast as get_many here
             if id not in items:
                 item = self.db.get(id, as_of=as_of)
                 if item is not None:

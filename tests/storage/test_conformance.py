@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from t4dm.errors import UnknownId
+from t4dm.errors import InvalidInput, UnknownId
 from t4dm.storage import UTC, Item
 
 from .conftest import DIM, vec
@@ -234,6 +234,36 @@ def test_scan_of_every_version(store, clock):
     assert sorted(i.id for i in db.scan(where={"user_id": "u"})) == ["b"]
     assert sorted(i.id for i in db.scan(kappa=(0.5, 1.0), history=True)) == ["b"]
     assert [i.id for i in db.scan(history=True, limit=2)] and len(list(db.scan(history=True, limit=2))) == 2
+
+
+def test_get_many_is_get_for_each_id(store, clock):
+    """GET of many ids at once, wherever their versions live: in order, None for missing and deleted ids,
+    the version known ``as_of`` a time; a bad id is refused by its position."""
+    db = store.db
+    db.insert([Item(vec(i), id=f"g{i}", fields={"v": i}) for i in range(6)])
+    first = clock.now
+    clock.advance()
+    db.update_fields("g1", {"v": 10})
+    db.delete("g2")
+    db = store.settle()
+    db.insert(Item(vec(9), id="g3", fields={"v": 30}))  # a newer version in the memtable
+    ids = ["g3", "nope", "g1", "g2", "g0", "g1"]
+    got = db.get_many(ids)
+    assert [None if i is None else i.fields["v"] for i in got] == [30, None, 10, None, 0, 10]
+    for id, item in zip(ids, got, strict=True):
+        want = db.get(id)
+        assert (item is None) == (want is None)
+        if item is not None:
+            assert (item.id, item.fields, item.recorded_at, item.superseded_at) == (
+                want.id, want.fields, want.recorded_at, want.superseded_at,
+            )  # fmt: skip
+            np.testing.assert_array_equal(item.vector, want.vector)
+    past = db.get_many(["g1", "g2", "g3"], as_of=first)
+    assert [i.fields["v"] for i in past] == [1, 2, 3]
+    assert db.get_many([]) == []
+    with pytest.raises(InvalidInput) as info:
+        db.get_many(["g0", 7])
+    assert info.value.field == "ids[1]"
 
 
 def test_where_on_non_string_tag_and_missing_field(store):
