@@ -547,8 +547,10 @@ class Memory:
 
     def _erase(self, ids: list[str], one: bool = False) -> int:
         """ERASE ``ids`` and what derives from them (see :meth:`erase`), under the lock; returns how many
-        ids were erased. The memories and their edges are one call to the store (``T4DX.erase``); each
-        prototype rebuilt is then erased and written again (a crash between the two leaves it erased)."""
+        ids were erased. The prototypes are rebuilt first, then the memories and their edges erased in one
+        call to the store (``T4DX.erase``, one transaction): a crash anywhere leaves no prototype holding
+        an erased memory's text with its provenance edge gone (at worst a prototype erased and not yet
+        written again, or the memories not yet erased: calling ``erase`` again finishes)."""
         gone = dict.fromkeys(ids)
         rebuild: dict[str, None] = {}
         frontier = list(gone)
@@ -564,13 +566,13 @@ class Memory:
                 else:
                     gone[id] = None
                     frontier.append(id)
+        for id in rebuild:
+            self._rebuild_prototype(id, gone)
         erased = list(gone)
         self.db.erase(erased[0] if one and len(erased) == 1 else erased)
         lexical = self.lexical
         for id in erased:
             lexical.remove(id)
-        for id in rebuild:
-            self._rebuild_prototype(id, gone)
         # nothing kept beside the store names them any more (the saved state included)
         named = any(id in self.retrievals for id in gone) or any(
             id in gone for hits in self.co_retrievals for id in hits
@@ -586,15 +588,16 @@ class Memory:
         return len(erased)
 
     def _rebuild_prototype(self, id: str, gone: Mapping[str, None]) -> None:
-        """Prototype ``id`` again from its members that remain (not in ``gone``): its versions erased, then
-        the prototype of what is left written under the same id with its κ, provenance and consolidation
-        time; erased only when no member remains."""
+        """Prototype ``id`` again from its members that remain (not in ``gone``): its versions erased (its
+        provenance edges too), then its provenance to those members written, then the prototype of what is
+        left under the same id with its κ and consolidation time (in that order, so that no crash leaves it
+        without provenance); erased only when no member remains."""
         from .consolidation import prototype_of
 
         old = self.db.get(id)
         members = [m for m in self.db.derived_from(id) if m not in gone]
         items = [item for item in self.db.get_many(members) if item is not None]
-        self.db.erase(id)  # its provenance edges too
+        self.db.erase(id)
         self.lexical.remove(id)
         if old is None or not items:
             return
@@ -608,8 +611,8 @@ class Memory:
             consolidated_at=str(old.fields.get("consolidated_at", "")),
             id=id,
         )
+        self.db.add_edges([Edge(id, items[int(j)].id, PROVENANCE) for j in order], check_endpoints=False)
         self.db.insert(prototype)
-        self.db.add_provenance(id, [items[int(j)].id for j in order])
         add_to_lexical(self.lexical, id, prototype.fields)
 
     def delete_all(

@@ -242,3 +242,30 @@ def test_a_memory_derived_from_an_erased_one_is_erased_with_it(memory):
     memory.db.add_provenance(derived.id, [other.id])
     memory.erase(other.id)
     assert memory.get(derived.id) is None and len(memory) == 0
+
+
+def test_an_erase_cut_short_while_rebuilding_leaks_nothing_and_finishes_when_called_again(
+    memory, monkeypatch
+):
+    """The prototype is rebuilt before its member is erased: a write that fails half-way leaves no item
+    holding the member's text but the member itself (still linked, so a second call finds it all)."""
+    memory.add(_topic("garden", 8), user_id="u")
+    report = memory.consolidate(phases=("rem",), progress=False, now=NOW,
+                                config=ConsolidationConfig(rem_cluster_size=8, rem_min_similarity=0.5))  # fmt: skip
+    [prototype] = [memory.get(id) for id in report.prototype_ids]
+    secret = prototype.text.split(" | ")[0]
+    [victim] = [m for m in memory.db.derived_from(prototype.id) if memory.get(m).text == secret]
+    insert = memory.db.insert
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(memory.db, "insert", fail)
+    with pytest.raises(OSError, match="disk full"):
+        memory.erase(victim)
+    monkeypatch.setattr(memory.db, "insert", insert)
+    holders = [item.id for item in memory.db.scan() if secret in item.fields.get("text", "")]
+    assert holders == [victim]  # the prototype is erased, not yet written again; the member not yet erased
+    memory.erase(victim)
+    assert [item.id for item in memory.db.scan() if secret in item.fields.get("text", "")] == []
+    assert memory.get(victim) is None
