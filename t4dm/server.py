@@ -13,6 +13,7 @@ DELETE      ``/memories``                   :meth:`Memory.delete_all` (``?user_i
                                             ``&erase=true``: :meth:`Memory.erase_all` → ``{"erased": n}``
 GET         ``/memories/{id}/history``      :meth:`Memory.history` → every version, oldest first
 POST        ``/search``                     :meth:`Memory.search` → ``{"hits": [MemoryHit, ...]}``
+POST        ``/search/batch``               :meth:`Memory.search_many` (``queries``) → ``{"results": [{"hits"}]}``
 POST        ``/consolidate``                :meth:`Memory.consolidate` → the report
 GET         ``/stats``                      :meth:`Memory.stats`
 GET         ``/health``                     ``{"status": "ok", "memories": n}``
@@ -84,8 +85,7 @@ class UpdateRequest(BaseModel):
     valid_at: datetime | None = None
 
 
-class SearchRequest(Scope):
-    query: str
+class SearchOptions(Scope):
     k: int = 10
     valid_at: datetime | None = None
     as_of: datetime | None = None
@@ -93,6 +93,14 @@ class SearchRequest(Scope):
     policy: str | tuple[float, float] = "all"  # "all", "episodic", "consolidated", "semantic" or a κ range
     recency_half_life_days: float | None = None
     expand: bool = True
+
+
+class SearchRequest(SearchOptions):
+    query: str
+
+
+class SearchBatchRequest(SearchOptions):
+    queries: list[str]
 
 
 class ConsolidateRequest(BaseModel):
@@ -256,26 +264,33 @@ def create_app(
         versions = memory.history(id)
         return [_plain(v) for v in versions] if versions and owned(http, versions[0]) else not_found(id)
 
-    @app.post("/search")
-    def search(request: SearchRequest, http: Request) -> dict[str, Any]:
+    def search_options(request: SearchOptions, http: Request) -> dict[str, Any]:
         check_user(http, request.user_id)
         days = request.recency_half_life_days
         if days is not None and not days > 0:
             raise InvalidInput("recency_half_life_days", days, "must be > 0")
-        hits = memory.search(
-            request.query,
-            user_id=request.user_id,
-            agent_id=request.agent_id,
-            run_id=request.run_id,
-            k=request.k,
-            valid_at=request.valid_at,
-            as_of=request.as_of,
-            kind=request.kind,
-            policy=request.policy,
-            recency_half_life=None if days is None else timedelta(days=days),
-            expand=request.expand,
-        )
+        return {
+            "user_id": request.user_id,
+            "agent_id": request.agent_id,
+            "run_id": request.run_id,
+            "k": request.k,
+            "valid_at": request.valid_at,
+            "as_of": request.as_of,
+            "kind": request.kind,
+            "policy": request.policy,
+            "recency_half_life": None if days is None else timedelta(days=days),
+            "expand": request.expand,
+        }
+
+    @app.post("/search")
+    def search(request: SearchRequest, http: Request) -> dict[str, Any]:
+        hits = memory.search(request.query, **search_options(request, http))
         return {"hits": [_plain(h) for h in hits]}
+
+    @app.post("/search/batch")
+    def search_batch(request: SearchBatchRequest, http: Request) -> dict[str, Any]:
+        found = memory.search_many(request.queries, **search_options(request, http))
+        return {"results": [{"hits": [_plain(h) for h in hits]} for hits in found]}
 
     @app.post("/consolidate")
     def consolidate(http: Request, request: ConsolidateRequest | None = None) -> Any:

@@ -73,6 +73,10 @@ class AsyncMemory:
         """:meth:`Memory.search <t4dm.memory.Memory.search>`."""
         return await self._run(self.memory.search, *args, **kwargs)
 
+    async def search_many(self, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`Memory.search_many <t4dm.memory.Memory.search_many>`."""
+        return await self._run(self.memory.search_many, *args, **kwargs)
+
     async def get(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`Memory.get <t4dm.memory.Memory.get>`."""
         return await self._run(self.memory.get, *args, **kwargs)

@@ -26,6 +26,8 @@ def test_concurrent_calls_lose_nothing_and_keep_their_results(tmp_path):
             hits = await asyncio.gather(*(m.search("cat", user_id=user, k=3) for user in users))
             for i, (user, found) in enumerate(zip(users, hits, strict=True)):
                 assert [h.text for h in found] == [f"{user} adopted a cat named Cat{i}"]
+            [cats, dogs] = await m.search_many(["cat", "Cat2"], user_id="user2", k=3)
+            assert [h.text for h in cats] == [h.text for h in dogs] == ["user2 adopted a cat named Cat2"]
             id = added[0][0].id
             await m.update(id, text="user0 adopted a dog named Rex")
             assert (await m.get(id)).text == "user0 adopted a dog named Rex"

@@ -347,3 +347,38 @@ def test_after_an_erasure_and_a_consolidation_no_file_of_the_memory_holds_it(tmp
         assert _files_holding(tmp_path / "m", needles) == []
         assert _files_holding(tmp_path / "m", [b"noted"])  # the rest stays
     assert _files_holding(tmp_path / "m", needles) == []
+
+
+def test_search_many_is_search_for_each_query(memory):
+    """One batch embedding for every query, then each query's search as search would run it."""
+    memory.add(["Alice moved to Paris", "Bob plays the cello", "Alice adopted a cat named Miso"], user_id="u")
+    memory.add("Carol moved to Lima", user_id="v")
+    queries = ["where does Alice live", "cello", "cat", "nothing matches this at all zzz"]
+    calls = []
+    embed = memory.embedder.embed
+
+    def counted(texts):
+        calls.append(len(texts))
+        return embed(texts)
+
+    memory.embedder.embed = counted
+    together = memory.search_many(queries, user_id="u", k=2)
+    assert calls == [4]  # one batch
+    alone = [memory.search(q, user_id="u", k=2) for q in queries]
+    assert [[(h.id, h.score) for h in hits] for hits in together] == [
+        [(h.id, h.score) for h in hits] for hits in alone
+    ]
+    assert together[0][0].text == "Alice moved to Paris"
+    assert memory.search_many([], user_id="u") == []
+    for queries, field in (
+        (["fine", 3], "queries[1]"),
+        (["fine", ""], "queries[1]"),
+        ("one string", "queries"),
+    ):
+        with pytest.raises(errors.InvalidInput) as info:
+            memory.search_many(queries, user_id="u")
+        assert info.value.field == field
+    with pytest.raises(errors.InvalidInput) as info:
+        memory.search_many(["fine"], user_id="u", k=0)
+    assert info.value.field == "k"
+    assert calls == [4, 1, 1, 1, 1]  # the refused calls embedded nothing

@@ -44,6 +44,14 @@ def test_add_search_get_update_history_delete(client):
     ]
     assert [h["id"] for h in hits] == [paris["id"]]  # bob's memory is not in alice's scope
     assert hits[0]["scores"]["dense"] > 0 and hits[0]["memory"]["valid_from"].startswith("2023-05-08")
+    batch = client.post(
+        "/search/batch", json={"queries": ["where does Alice live? Paris", "sailing"], "user_id": "alice"}
+    ).json()["results"]
+    assert [[h["id"] for h in r["hits"]] for r in batch] == [
+        [paris["id"]]
+    ] * 2  # bob's sailing is not alice's
+    refused = client.post("/search/batch", json={"queries": ["fine", ""], "user_id": "alice"})
+    assert refused.status_code == 400 and refused.json()["field"] == "queries[1]"
 
     got = client.get(f"/memories/{paris['id']}").json()
     assert got["text"] == "Alice moved to Paris in May" and got["user_id"] == "alice"
