@@ -834,8 +834,9 @@ class Memory:
             )
             if runs:
                 lo, hi = min(runs.values()), max(runs.values())
+                run_of = self.lexical.run_of  # once: the property takes the lock
                 for id in fused:
-                    value = runs.get(self.lexical.run_of(id))  # type: ignore[arg-type]  (None: no run)
+                    value = runs.get(run_of(id))  # type: ignore[arg-type]  (None: no run)
                     if value is not None:
                         lift = RUN_SHARE * ((value - lo) / (hi - lo) if hi > lo else 1.0)
                         signals[id]["run"] = lift
