@@ -178,6 +178,32 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _erase(args: argparse.Namespace) -> int:
+    from t4dm.errors import InvalidInput, UnknownId
+    from t4dm.memory import Memory
+
+    scope = {"user_id": args.user_id, "agent_id": args.agent_id, "run_id": args.run_id}
+    if bool(args.ids) == any(v is not None for v in scope.values()):
+        print(
+            "t4dm erase: name the memories (--id ...) or a scope (--user-id / --agent-id / --run-id)",
+            file=sys.stderr,
+        )
+        return 2
+    if not os.path.isdir(args.path):
+        print(f"t4dm erase: no memory at {args.path!r}", file=sys.stderr)
+        return 2
+    try:
+        with Memory(args.path, embedder=args.embedder) as memory:
+            erased = memory.erase(args.ids) if args.ids else memory.erase_all(**scope)
+            if args.compact:  # every version gone from the files now, not at the next compaction
+                memory.db.compact()
+    except (InvalidInput, UnknownId) as exc:
+        print(f"t4dm erase: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"erased": erased, "compacted": args.compact}))
+    return 0
+
+
 def _import(args: argparse.Namespace) -> int:
     from t4dm.errors import InvalidInput
     from t4dm.memory import Memory
@@ -347,6 +373,28 @@ def build_parser() -> argparse.ArgumentParser:
         "at their own times into a new memory)",
     )
     export.set_defaults(func=_export)
+    erase = sub.add_parser(
+        "erase",
+        help="erase memories for good (the right to be forgotten): every version, their edges, what derives "
+        "from them; then compact, so no file of the store holds them",
+    )
+    erase.add_argument("--path", required=True, help="the memory's folder")
+    erase.add_argument(
+        "--id", dest="ids", action="append", default=[], help="a memory id (repeat for several)"
+    )
+    erase.add_argument("--user-id", default=None, help="every memory this user ever had")
+    erase.add_argument("--agent-id", default=None, help="every memory of this agent (with --user-id: both)")
+    erase.add_argument(
+        "--run-id", default=None, help="every memory of this run (with the others: all of them)"
+    )
+    erase.add_argument("--embedder", default=None, help="the memory's sentence-transformers model directory")
+    erase.add_argument(
+        "--no-compact",
+        dest="compact",
+        action="store_false",
+        help="leave the past to the store's next full compaction (until then as_of reads still find it)",
+    )
+    erase.set_defaults(func=_erase)
     imp = sub.add_parser("import", help="add an export to a memory, re-embedded with its embedder")
     imp.add_argument("--path", required=True, help="the memory's folder (created when missing)")
     imp.add_argument("--file", required=True, help="a file written by t4dm export")

@@ -565,17 +565,27 @@ class Memory:
             self.db.delete(id)
             self.lexical.remove(id)
 
-    def erase(self, id: str) -> None:
-        """Erase memory ``id`` (the right to be forgotten; :meth:`delete` keeps the past): gone from now on,
+    def erase(self, id: str | Sequence[str]) -> int:
+        """Erase memory ``id`` (the right to be forgotten; :meth:`delete` keeps the past), or every memory of a
+        list of ids (one transaction for all: an unknown one, ``ids[i]``, erases none): gone from now on,
         its past versions too from every ``as_of`` read after the store's next full compaction
         (``consolidate`` runs one, or ``memory.db.compact()``). A deleted memory may be erased too.
 
         What holds or names it goes with it: its edges (``next``, ``co_retrieved``, provenance), its
         retrieval counts, and what was derived from it: a REM prototype (whose text and vector are made of
         its members) is rebuilt from the members that remain, under the same id, its old versions erased
-        (erased outright when none remains); any other memory with a provenance edge to it is erased too."""
+        (erased outright when none remains); any other memory with a provenance edge to it is erased too.
+        Returns how many memories were erased, those derived from them included."""
+        if isinstance(id, str):
+            ids, one = [check_id(id, "id")], True
+        elif isinstance(id, Sequence):
+            ids, one = list(dict.fromkeys(check_id(x, f"ids[{i}]") for i, x in enumerate(id))), False
+        else:
+            raise InvalidInput("id", id, "expected a memory id or a list of them")
+        if not ids:
+            return 0
         with self._lock:
-            self._erase([check_id(id, "id")], one=True)
+            return self._erase(ids, one=one)
 
     def erase_all(
         self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None

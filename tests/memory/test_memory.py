@@ -382,3 +382,18 @@ def test_search_many_is_search_for_each_query(memory):
         memory.search_many(["fine"], user_id="u", k=0)
     assert info.value.field == "k"
     assert calls == [4, 1, 1, 1, 1]  # the refused calls embedded nothing
+
+
+def test_erase_takes_a_list_of_ids_in_one_transaction(memory):
+    ids = [r.id for r in memory.add(["one fact", "another fact", "a third"], user_id="u")]
+    with pytest.raises(errors.UnknownId) as info:
+        memory.erase([ids[0], "nope"])
+    assert info.value.field == "ids[1]" and memory.get(ids[0]) is not None  # nothing erased
+    with pytest.raises(errors.InvalidInput) as info:
+        memory.erase([ids[0], 3])
+    assert info.value.field == "ids[1]"
+    with pytest.raises(errors.InvalidInput):
+        memory.erase(7)
+    assert memory.erase(ids[:2]) == 2 and memory.erase([]) == 0
+    assert [m.id for m in memory.db.scan()] == [ids[2]]
+    assert len({c.recorded_at for c in memory.db.changes() if c.op == "erase"}) == 1

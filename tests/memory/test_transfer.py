@@ -388,3 +388,33 @@ def test_an_erased_memory_travels_as_an_erase_line(tmp_path):
         target.db.compact()
         assert target.history(paris.id) == [] and target.db.edges([reply.id, first], known_at=before) == []
         assert not target.search("Paris", user_id="alice")
+
+
+def test_the_erase_command(tmp_path, monkeypatch, capsys):
+    """``t4dm erase``: named memories or a user's, then a full compaction, so their past is gone too; bad
+    requests exit 2 and erase nothing."""
+    import t4dm.memory.embedder as embedder_module
+    from t4dm.cli import main
+    from t4dm.memory.embedder import CallableEmbedder
+
+    monkeypatch.setattr(
+        embedder_module, "default_embedder", lambda: CallableEmbedder(bag_of_words, name="bow")
+    )
+    with _filled(tmp_path / "a") as memory:
+        [paris] = memory.search("Lisbon", user_id="alice", k=1)
+        maya = [item.id for item in memory.db.scan(where={"user_id": "maya"})]
+    path = str(tmp_path / "a")
+    for bad in (["--id", "nope"], ["--id", maya[0], "--user-id", "maya"], []):
+        assert main(["erase", "--path", path, *bad]) == 2
+        assert capsys.readouterr().err.startswith("t4dm erase:")
+    assert main(["erase", "--path", str(tmp_path / "nowhere"), "--user-id", "x"]) == 2
+    assert not (tmp_path / "nowhere").exists()
+    assert main(["erase", "--path", path, "--id", paris.id]) == 0
+    assert json.loads(capsys.readouterr().out) == {"erased": 1, "compacted": True}
+    assert main(["erase", "--path", path, "--user-id", "maya", "--no-compact"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"erased": 3, "compacted": False}
+    with Memory(path, embedder=bag_of_words) as memory:
+        assert memory.history(paris.id) == [] and len(memory) == 0
+        assert len(memory.history(maya[0])) == 1  # not compacted: the past stays until the next compaction
+        memory.db.compact()
+        assert memory.history(maya[0]) == [] and memory.db.edges(maya) == []
