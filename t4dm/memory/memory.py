@@ -620,6 +620,10 @@ class Memory:
                 else:
                     gone[id] = None
                     frontier.append(id)
+        if rebuild:  # the store checks the ids when it erases them; a rebuild comes first, so check them here
+            for i, id in enumerate(ids):
+                if not self.db.history(id):
+                    raise UnknownId(id, "id" if one else f"ids[{i}]")
         for id in rebuild:
             self._rebuild_prototype(id, gone)
         erased = list(gone)

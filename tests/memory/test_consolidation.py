@@ -269,3 +269,15 @@ def test_an_erase_cut_short_while_rebuilding_leaks_nothing_and_finishes_when_cal
     memory.erase(victim)
     assert [item.id for item in memory.db.scan() if secret in item.fields.get("text", "")] == []
     assert memory.get(victim) is None
+
+
+def test_an_erase_naming_an_unknown_id_changes_no_prototype(memory):
+    memory.add(_topic("garden", 8), user_id="u")
+    report = memory.consolidate(phases=("rem",), progress=False, now=NOW,
+                                config=ConsolidationConfig(rem_cluster_size=8, rem_min_similarity=0.5))  # fmt: skip
+    [prototype] = [memory.get(id) for id in report.prototype_ids]
+    member = memory.db.derived_from(prototype.id)[0]
+    with pytest.raises(errors.UnknownId) as info:
+        memory.erase([member, "nope"])
+    assert info.value.field == "ids[1]"
+    assert memory.get(prototype.id) == prototype and memory.get(member) is not None
