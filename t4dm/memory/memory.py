@@ -728,20 +728,8 @@ class Memory:
         the store knew then.
         """
         query = _check_text(query, "query")
-        options = _search_options(
-            user_id,
-            agent_id,
-            run_id,
-            k,
-            valid_at,
-            as_of,
-            kind,
-            policy,
-            recency_half_life,
-            now,
-            expand,
-            candidates,
-        )
+        options = _search_options(user_id, agent_id, run_id, k, valid_at, as_of, kind, policy,
+                                  recency_half_life, now, expand, candidates)  # fmt: skip
         return self._search_vector(query, self.embedder.embed([query])[0], options)
 
     def search_many(
@@ -768,20 +756,8 @@ class Memory:
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise InvalidInput("queries", queries, "expected a list of query strings")
         texts = [_check_text(q, f"queries[{i}]") for i, q in enumerate(queries)]
-        options = _search_options(
-            user_id,
-            agent_id,
-            run_id,
-            k,
-            valid_at,
-            as_of,
-            kind,
-            policy,
-            recency_half_life,
-            now,
-            expand,
-            candidates,
-        )
+        options = _search_options(user_id, agent_id, run_id, k, valid_at, as_of, kind, policy,
+                                  recency_half_life, now, expand, candidates)  # fmt: skip
         if not texts:
             return []
         vectors = self.embedder.embed(texts)
