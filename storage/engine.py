@@ -1325,15 +1325,12 @@ class T4DX:
                 src, rel, dst = id[len(EDGE_PREFIX) : -1 if overlay else None].split(EDGE_SEPARATOR)
                 # the weight as of this change: the stored weight times the scales written before it
                 weight = float(source.weight[row]) * weights.before(seqs[i], rel)
-                op = (
-                    "weight"
-                    if overlay
-                    else "put"
-                    if not tombstone
-                    else "erase"
-                    if flags[i] & FLAG_ERASE
-                    else "delete"
-                )
+                if overlay:
+                    op = "weight"
+                elif tombstone:
+                    op = "erase" if flags[i] & FLAG_ERASE else "delete"
+                else:
+                    op = "put"
                 out[i] = Change(seqs[i], op, Edge(src, dst, rel, weight, *times))
             else:  # an item's tombstone, erasing or not
                 item = Item(None, source.id_at(row), float(source.kappa[row]), "tombstone", {}, *times)
@@ -1346,14 +1343,14 @@ class T4DX:
 
         The changes that share one ``recorded_at`` (they must be adjacent) become one transaction at that
         time, and must all be of one sort: item versions, item deletions, erasures (of items and their
-        edges together), κ updates, edge versions, edge removals or edge weights (as one transaction of a store is; stores written before 2026-12-07
-        recorded a compaction policy's items and their provenance edges at one time, and those edges are
-        written as the next transaction, 1 µs later); a batch scale is a transaction of its own. Times
-        must rise from each transaction to the next, the first must be later than every write this store has
-        made, and the last must not be ahead of its clock: so the store keeps one timeline, and what it knew
-        at any time before the replay does not change. A put's ``superseded_at`` is ignored (the next version
-        sets it); a deletion, a weight or a κ update must name an item or edge that is live at that point
-        (an erasure need not). An edge's
+        edges together), κ updates, edge versions, edge removals or edge weights (as one transaction of a
+        store is; stores written before 2026-12-07 recorded a compaction policy's items and their
+        provenance edges at one time, and those edges are written as the next transaction, 1 µs later); a
+        batch scale is a transaction of its own. Times must rise from each transaction to the next, the
+        first must be later than every write this store has made, and the last must not be ahead of its
+        clock: so the store keeps one timeline, and what it knew at any time before the replay does not
+        change. A put's ``superseded_at`` is ignored (the next version sets it); a deletion, a weight or a κ
+        update must name an item or edge that is live at that point (an erasure need not). An edge's
         endpoints are not checked (they were when it was first written). Everything is checked before the
         first write: a bad change raises a typed error naming ``changes[i]`` and nothing is written.
         """
