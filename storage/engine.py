@@ -2562,9 +2562,14 @@ class T4DX:
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: live items, version rows, segments, memtable, bytes on disk; the batch scales in
         force (by relation, "*" for all) and how many are not yet folded into the edges; ``folded_through``
-        (ISO time or None: see :meth:`changes`)."""
+        (ISO time or None: see :meth:`changes`); ``pending_erasures``: erasing tombstones (items and edges)
+        whose ids' past is still in the files, until the next full compaction."""
         self._check_open()
         snap = self._snap
+        erasing = np.uint8(FLAG_TOMBSTONE | FLAG_ERASE)
+        pending = sum(
+            int(np.count_nonzero((source.flags[:n] & erasing) == erasing)) for source, n in _sources(snap)
+        )
         return {
             "dim": self.dim,
             "live_items": len(self),
@@ -2577,6 +2582,7 @@ class T4DX:
             "edge_scales": dict(snap.scales),
             "unfolded_scales": len(snap.scale_log),
             "folded_through": from_us(snap.folded_through).isoformat() if snap.folded_through else None,
+            "pending_erasures": pending,
         }
 
 
