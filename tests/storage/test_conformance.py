@@ -233,6 +233,13 @@ def test_scan_of_every_version(store, clock):
     assert db.count(where={"user_id": "u"}, history=True) == 4 and db.count(history=True) == 6
     assert sorted(i.id for i in db.scan(where={"user_id": "u"})) == ["b"]
     assert sorted(i.id for i in db.scan(kappa=(0.5, 1.0), history=True)) == ["b"]
+    # the κ index answers for superseded versions and deleted ids too
+    assert sorted(i.id for i in db.scan(kappa=(0.05, 0.2), history=True)) == ["a", "a", "b", "c"]
+    assert sorted(i.id for i in db.scan(kappa=(0.05, 0.2), where={"user_id": "u"}, history=True)) == [
+        "a",
+        "b",
+        "c",
+    ]
     assert [i.id for i in db.scan(history=True, limit=2)] and len(list(db.scan(history=True, limit=2))) == 2
 
 
