@@ -57,7 +57,15 @@ from .compaction import (
     version_chains,
 )
 from .fsutil import fsync_dir, io_errors
-from .graph import Reached, breadth_first, graph_plan, neighbour_edges, neighbour_pairs, touching_rows
+from .graph import (
+    Reached,
+    breadth_first,
+    edge_rows_touching,
+    graph_plan,
+    neighbour_edges,
+    neighbour_pairs,
+    touching_rows,
+)
 from .item import OPEN, UTC, Change, Edge, Hit, Item, KappaUpdate, WeightScale, from_us, to_us
 from .keys import EDGE_PREFIX, EDGE_SEPARATOR, check_id, edge_id, key_u64, keys_of, new_ids
 from .manifest import Manifest, SegmentEntry
@@ -727,16 +735,16 @@ class T4DX:
 
     def _edges_touching(self, ids: list[str], snap: _Snapshot) -> list[tuple[str, Any, int]]:
         """``(edge id, source, row of its newest version)`` of every edge leaving or reaching one of ``ids``
-        that has a row in ``snap`` and is not erased already."""
-        found: dict[str, None] = {}
+        that has a row in ``snap`` and is not erased already. Every version of such an edge has the same
+        ends, so the rows found hold them all: the newest is the one of highest seq."""
+        newest: dict[str, tuple[int, Any, int]] = {}  # edge id -> (seq, source, row)
         for source, rows in touching_rows(_sources(snap), *keys_of(ids)):
-            found.update(dict.fromkeys(source.ids_at(rows)))
-        out = []
-        for id in found:
-            source, row = next(self._versions(id, snap))
-            if not source.flags[row] & FLAG_ERASE:
-                out.append((id, source, row))
-        return out
+            for id, row, seq in zip(
+                source.ids_at(rows), rows.tolist(), source.seq[rows].tolist(), strict=True
+            ):
+                if id not in newest or seq > newest[id][0]:
+                    newest[id] = (seq, source, row)
+        return [(id, s, r) for id, (_, s, r) in newest.items() if not s.flags[r] & FLAG_ERASE]
 
     def _edge_tombstones(self, found: list[tuple[str, Any, int]], erase: bool = False) -> VersionBatch | None:
         """Tombstones (erasing ones with ``erase``) for edges ``(edge id, source, row)``, each a copy of that
@@ -1138,20 +1146,25 @@ class T4DX:
             return [self.get(key, as_of=as_of) for key in keys]
         snap = self._snap
         out: list[Item | None] = [None] * len(keys)
-        groups: dict[int, tuple[Any, list[int], list[int]]] = {}  # per source: rows and their positions
-        for position, found in enumerate(self._locate_many(keys, snap)):
-            if found is not None:
-                source, row = found
-                group = groups.setdefault(id(source), (source, [], []))
-                group[1].append(row)
-                group[2].append(position)
-        for source, rows, positions in groups.values():
-            items = self._items(
-                source, np.asarray(rows, dtype=np.int64), snap.seq, ids=[keys[p] for p in positions]
-            )
+        for source, rows, positions in self._located_by_source(keys, snap):
+            items = self._items(source, rows, snap.seq, ids=[keys[p] for p in positions])
             for position, item in zip(positions, items, strict=True):
                 out[position] = item
         return out
+
+    def _located_by_source(self, keys: list[str], snap: _Snapshot) -> list[tuple[Any, np.ndarray, list[int]]]:
+        """The live versions of ``keys`` grouped by source: ``(source, rows, positions in keys)`` (absent and
+        deleted keys in none), located together (:meth:`_locate_many`)."""
+        groups: dict[int, tuple[Any, list[int], list[int]]] = {}
+        for position, found in enumerate(self._locate_many(keys, snap)):
+            if found is not None:
+                group = groups.setdefault(id(found[0]), (found[0], [], []))
+                group[1].append(found[1])
+                group[2].append(position)
+        return [
+            (source, np.asarray(rows, dtype=np.int64), positions)
+            for source, rows, positions in groups.values()
+        ]
 
     def matching(
         self,
@@ -1178,18 +1191,11 @@ class T4DX:
             ]
         snap = self._snap
         sizes = {id(source): n for source, n in _sources(snap)}
-        groups: dict[int, tuple[Any, list[int], list[int]]] = {}  # per source: rows and their positions
-        for position, found in enumerate(self._locate_many(keys, snap)):
-            if found is not None:
-                group = groups.setdefault(id(found[0]), (found[0], [], []))
-                group[1].append(found[1])
-                group[2].append(position)
         passed = [False] * len(keys)
-        for source, rows, positions in groups.values():
-            within = np.asarray(rows, dtype=np.int64)
-            selected, checks = match_rows(source, sizes[id(source)], snap.seq, f, within=within)
+        for source, rows, positions in self._located_by_source(keys, snap):
+            selected, checks = match_rows(source, sizes[id(source)], snap.seq, f, within=rows)
             good = set(check_payloads(source, selected, checks).tolist())
-            for row, position in zip(rows, positions, strict=True):
+            for row, position in zip(rows.tolist(), positions, strict=True):
                 passed[position] = row in good
         return [key for key, ok in zip(keys, passed, strict=True) if ok]
 
@@ -2044,7 +2050,8 @@ class T4DX:
         c["kappa"] = np.clip(kappa, 0.0, 1.0)
         moved = c["kappa"] != before
         feed = moved & keep & view.is_current & view.is_item  # live items' κ: overlays the feed gives
-        forgotten, partial = _forgotten(c, keep)  # ids every row of which the policy dropped (PRUNE)
+        groups = _key_groups(c) if not keep.all() else None  # shared by the two passes below
+        forgotten, partial = _forgotten(keep, groups, c["flags"])  # ids the policy dropped whole (PRUNE)
         edited = bool(partial.any()) or bool((moved & keep & ~feed).any())
         overlays = np.flatnonzero(feed)
         overlay_ids = [view.ids[i] for i in overlays.tolist()]
@@ -2053,7 +2060,7 @@ class T4DX:
             [view.ids[i] for i in forgotten.tolist()], c["valid_from"][forgotten], c["valid_to"][forgotten],
             c["kappa"][forgotten], erase=True,
         )  # fmt: skip
-        unlinked = self._policy_edge_erasures(rows, view, keep, forgotten)  # drops their rows from ``keep``
+        unlinked = self._policy_edge_erasures(rows, view, keep, forgotten, groups)  # their rows off ``keep``
         if unlinked is not None:  # the ids' edges go in the same transaction, as with erase()
             erase = VersionBatch.concat([unlinked, erase], self.dim)
         rows = apply_keep(rows, keep)
@@ -2071,27 +2078,26 @@ class T4DX:
         return self._merge_rows(rows, extra), len(view.added), edited
 
     def _policy_edge_erasures(
-        self, rows: SegmentRows, view: MergedRows, keep: np.ndarray, forgotten: np.ndarray
+        self,
+        rows: SegmentRows,
+        view: MergedRows,
+        keep: np.ndarray,
+        forgotten: np.ndarray,
+        groups: tuple[np.ndarray, np.ndarray] | None,
     ) -> VersionBatch | None:
         """As :meth:`erase` does for its ids' edges, for the ids a policy dropped whole (rows ``forgotten``):
         every row of each edge leaving or reaching one is dropped (``keep`` edited), and an erasing
         tombstone per edge, a copy of its newest row, is returned for the change feed (None: no edge). Rows
-        sorted by (key, seq)."""
+        sorted by (key, seq), grouped by key (``groups``, from :func:`_key_groups`)."""
+        if not forgotten.size or groups is None:
+            return None
         c = rows.columns
-        edge = (c["flags"] & (FLAG_EDGE | FLAG_OVERLAY)) == FLAG_EDGE
-        if not forgotten.size or not edge.any():
+        touching = edge_rows_touching(c, rows.n, c["key_hi"][forgotten], c["key_lo"][forgotten])
+        if not touching.size:
             return None
-        gone = set(zip(c["key_hi"][forgotten].tolist(), c["key_lo"][forgotten].tolist(), strict=True))
-        touching = []
-        for end in ("src", "dst"):  # candidates by the key's high word, then checked whole
-            hi, lo = c[f"{end}_hi"], c[f"{end}_lo"]
-            candidates = np.flatnonzero(edge & np.isin(hi, c["key_hi"][forgotten])).tolist()
-            touching += [r for r in candidates if (int(hi[r]), int(lo[r])) in gone]
-        if not touching:
-            return None
-        starts, group = _key_groups(c)
+        starts, group = groups
         last = np.append(starts[1:], rows.n) - 1
-        newest = sorted({int(last[group[r]]) for r in touching})
+        newest = np.unique(last[group[touching]]).tolist()
         for r in newest:
             keep[starts[group[r]] : r + 1] = False
         return self._edge_tombstones([(view.ids[r], _ColumnsView(rows), r) for r in newest], erase=True)
@@ -2549,14 +2555,14 @@ class T4DX:
         """Provenance backwards: the ids ``id`` was derived from (its ``derived_from`` edges)."""
         return [e.dst for e in self.edges(id, direction="out", rel=PROVENANCE, known_at=known_at)]
 
-    def derivatives(self, id: str, *, known_at: datetime | None = None) -> list[str]:
-        """Provenance forwards: the ids derived from ``id``."""
+    def derivatives(self, id: str | Iterable[str], *, known_at: datetime | None = None) -> list[str]:
+        """Provenance forwards: the ids derived from ``id`` (or from any of several ids)."""
         return [e.src for e in self.edges(id, direction="in", rel=PROVENANCE, known_at=known_at)]
 
-    def add_provenance(self, id: str, sources: Iterable[str]) -> None:
-        """Record that item ``id`` was derived from ``sources`` (``derived_from`` edges, id -> source)."""
-        sources = list(sources)
-        self.add_edges([Edge(id, source, PROVENANCE) for source in sources])
+    def add_provenance(self, id: str, sources: Iterable[str], *, check_endpoints: bool = True) -> None:
+        """Record that item ``id`` was derived from ``sources`` (``derived_from`` edges, id -> source);
+        ``check_endpoints`` as in :meth:`add_edges` (False: ``id`` may be written after its provenance)."""
+        self.add_edges([Edge(id, source, PROVENANCE) for source in sources], check_endpoints=check_endpoints)
 
     # ================================================================== introspection
     def stats(self) -> dict[str, Any]:
@@ -2666,16 +2672,19 @@ def _key_groups(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     return np.flatnonzero(first), np.cumsum(first) - 1
 
 
-def _forgotten(columns: dict[str, np.ndarray], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For a policy's ``keep`` over rows sorted by (key, seq): the newest row of each item id whose every row
-    it dropped (forgotten: an erasing tombstone gives that to the change feed), and a mask of the other
-    dropped rows (some versions of an id, or edges: changes the feed cannot give)."""
+def _forgotten(
+    keep: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None, flags: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For a policy's ``keep`` over rows sorted by (key, seq), grouped by key (``groups``, None when nothing
+    was dropped): the newest row of each item id whose every row it dropped (forgotten: an erasing tombstone
+    gives that to the change feed), and a mask of the other dropped rows (some versions of an id, or edges:
+    changes the feed cannot give)."""
     n = keep.shape[0]
     dropped = ~keep
-    if not dropped.any():
+    if groups is None:
         return np.empty(0, dtype=np.int64), dropped
-    starts, group = _key_groups(columns)
-    items = (columns["flags"] & (FLAG_EDGE | FLAG_OVERLAY)) == 0
+    starts, group = groups
+    items = (flags & (FLAG_EDGE | FLAG_OVERLAY)) == 0
     whole = np.logical_and.reduceat(dropped, starts) & np.logical_or.reduceat(items, starts)
     last = np.append(starts[1:], n) - 1
     return last[whole], dropped & ~whole[group]

@@ -34,6 +34,7 @@ __all__ = [
     "VisitedSet",
     "breadth_first",
     "build_adjacency",
+    "edge_rows_touching",
     "expand",
     "graph_plan",
     "mark_dirty",
@@ -300,34 +301,21 @@ def touching_rows(
     """Every edge row of each source (its first ``n`` rows) leaving or reaching one of the keys ``hi, lo``:
     every version at every time, tombstones too, weight overlays not. In a segment a binary search per key
     in each direction's node table; in the memtable, whose CSR would be built anew after every write, one
-    vectorised pass over its rows."""
+    vectorised pass over its rows (:func:`edge_rows_touching`)."""
     out: list[tuple[Any, np.ndarray]] = []
     if hi.size == 0:
         return out
-    wanted = set(zip(hi.tolist(), lo.tolist(), strict=True))
     for source, n in sources:
         if n == 0:
             continue
         if isinstance(source, Memtable):
-            edge = (source.flags[:n] & (FLAG_EDGE | FLAG_OVERLAY)) == FLAG_EDGE
-            keys = np.sort(hi)  # a binary search of each row's ends among the keys: O(n log k), no sort of n
-            near = edge & (_among(source.src_hi[:n], keys) | _among(source.dst_hi[:n], keys))
-            rows = [
-                r
-                for r in np.flatnonzero(near).tolist()
-                if (int(source.src_hi[r]), int(source.src_lo[r])) in wanted
-                or (int(source.dst_hi[r]), int(source.dst_lo[r])) in wanted
-            ]
-            if rows:
-                out.append((source, np.array(rows, dtype=np.int64)))
+            rows = edge_rows_touching(source, n, hi, lo)
+            if rows.size:
+                out.append((source, rows))
             continue
         found = []
         for near in ("src", "dst"):
-            adjacency = (
-                _memtable_adjacency(source, n, near)
-                if isinstance(source, Memtable)
-                else source.adjacency[near]
-            )
+            adjacency = source.adjacency[near]
             if adjacency["rows"].size == 0:
                 continue
             index = np.empty(len(hi), dtype=np.int64)
@@ -337,6 +325,34 @@ def touching_rows(
         if found:
             out.append((source, np.unique(np.concatenate(found))))
     return out
+
+
+def edge_rows_touching(columns: Any, n: int, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """The edge rows (not weight overlays) among ``columns[:n]`` (a dict of columns or a source with them as
+    attributes) whose source or target is one of the non-empty keys ``hi, lo``: one pass over the rows, a
+    binary search of each end's high word among the keys (O(n log k), no sort of the rows), then the
+    candidates checked on the whole key."""
+    col = (
+        (lambda name: columns[name][:n])
+        if isinstance(columns, dict)
+        else (lambda name: getattr(columns, name)[:n])
+    )
+    keys = np.sort(hi)
+    src_hi, src_lo, dst_hi, dst_lo = col("src_hi"), col("src_lo"), col("dst_hi"), col("dst_lo")
+    edge = (col("flags") & (FLAG_EDGE | FLAG_OVERLAY)) == FLAG_EDGE
+    candidates = np.flatnonzero(edge & (_among(src_hi, keys) | _among(dst_hi, keys)))
+    wanted = set(zip(hi.tolist(), lo.tolist(), strict=True))
+    return np.array(
+        [
+            r
+            for r, sh, sl, dh, dl in zip(
+                candidates.tolist(), src_hi[candidates].tolist(), src_lo[candidates].tolist(),
+                dst_hi[candidates].tolist(), dst_lo[candidates].tolist(), strict=True,
+            )
+            if (sh, sl) in wanted or (dh, dl) in wanted
+        ],
+        dtype=np.int64,
+    )  # fmt: skip
 
 
 def _among(values: np.ndarray, keys: np.ndarray) -> np.ndarray:

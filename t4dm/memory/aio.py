@@ -93,9 +93,9 @@ class AsyncMemory:
         """:meth:`Memory.delete <t4dm.memory.Memory.delete>`."""
         await self._run(self.memory.delete, *args, **kwargs)
 
-    async def erase(self, *args: Any, **kwargs: Any) -> None:
+    async def erase(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`Memory.erase <t4dm.memory.Memory.erase>`."""
-        await self._run(self.memory.erase, *args, **kwargs)
+        return await self._run(self.memory.erase, *args, **kwargs)
 
     async def erase_all(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`Memory.erase_all <t4dm.memory.Memory.erase_all>`."""

@@ -31,6 +31,7 @@ import numpy as np
 
 from t4dm.errors import InvalidInput
 from t4dm.storage import Item, MergedRows
+from t4dm.storage.rows import TAG_FIELDS
 
 from .lexical import add_to_lexical
 
@@ -231,7 +232,6 @@ class _Policy:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-SCOPE_FIELDS = ("user_id", "agent_id", "run_id")
 
 
 def prototype_of(
@@ -253,7 +253,7 @@ def prototype_of(
     ranked = [fields[int(j)] for j in order]
     scope = {
         name: ranked[0][name]
-        for name in SCOPE_FIELDS
+        for name in TAG_FIELDS  # the scope: the store's indexed tenancy columns
         if name in ranked[0] and all(f.get(name) == ranked[0][name] for f in ranked)
     }
     prototype = Item(

@@ -38,7 +38,6 @@ __all__ = ["SCOPES", "AddResult", "Memory", "MemoryHit", "MemoryItem", "default_
 UTC = timezone.utc
 SCOPES = ("user_id", "agent_id", "run_id")
 NEXT = "next"  # temporal contiguity: one turn of a conversation -> the next
-PROVENANCE = "derived_from"  # the store's provenance relation (T4DX.add_provenance): derived -> source
 # κ bands a search may keep to (inclusive ranges): raw and replayed episodes, anything consolidated
 # (transitional and semantic), semantic prototypes and stable knowledge
 POLICIES = {"all": None, "episodic": (0.0, 0.4 - 1e-9), "consolidated": (0.4, 1.0), "semantic": (0.85, 1.0)}
@@ -606,17 +605,17 @@ class Memory:
         an erased memory's text with its provenance edge gone (at worst a prototype erased and not yet
         written again, or the memories not yet erased: calling ``erase`` again finishes)."""
         gone = dict.fromkeys(ids)
-        rebuild: dict[str, None] = {}
+        rebuild: dict[str, Item] = {}  # live prototypes derived from them: id -> the prototype now
         frontier = list(gone)
         while frontier:  # the derivation closure: prototypes to rebuild, other derived memories to erase
-            derived = dict.fromkeys(e.src for e in self.db.edges(frontier, direction="in", rel=PROVENANCE))
+            derived = dict.fromkeys(self.db.derivatives(frontier))
             frontier = []
             for id in derived:
                 if id in gone or id in rebuild:
                     continue
                 item = self.db.get(id)
                 if item is not None and item.kind == "prototype":
-                    rebuild[id] = None
+                    rebuild[id] = item
                 else:
                     gone[id] = None
                     frontier.append(id)
@@ -624,8 +623,8 @@ class Memory:
             for i, id in enumerate(ids):
                 if not self.db.history(id):
                     raise UnknownId(id, "id" if one else f"ids[{i}]")
-        for id in rebuild:
-            self._rebuild_prototype(id, gone)
+        for prototype in rebuild.values():
+            self._rebuild_prototype(prototype, gone)
         erased = list(gone)
         self.db.erase(erased[0] if one and len(erased) == 1 else erased)
         lexical = self.lexical
@@ -645,19 +644,19 @@ class Memory:
             self.save_state()
         return len(erased)
 
-    def _rebuild_prototype(self, id: str, gone: Mapping[str, None]) -> None:
-        """Prototype ``id`` again from its members that remain (not in ``gone``): its versions erased (its
+    def _rebuild_prototype(self, old: Item, gone: Mapping[str, None]) -> None:
+        """Prototype ``old`` again from its members that remain (not in ``gone``): its versions erased (its
         provenance edges too), then its provenance to those members written, then the prototype of what is
         left under the same id with its κ and consolidation time (in that order, so that no crash leaves it
         without provenance); erased only when no member remains."""
         from .consolidation import prototype_of
 
-        old = self.db.get(id)
+        id = old.id or ""
         members = [m for m in self.db.derived_from(id) if m not in gone]
         items = [item for item in self.db.get_many(members) if item is not None]
         self.db.erase(id)
         self.lexical.remove(id)
-        if old is None or not items:
+        if not items:
             return
         vectors = np.stack([item.vector for item in items]).astype(np.float32)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -669,7 +668,7 @@ class Memory:
             consolidated_at=str(old.fields.get("consolidated_at", "")),
             id=id,
         )
-        self.db.add_edges([Edge(id, items[int(j)].id, PROVENANCE) for j in order], check_endpoints=False)
+        self.db.add_provenance(id, [items[int(j)].id or "" for j in order], check_endpoints=False)
         self.db.insert(prototype)
         add_to_lexical(self.lexical, id, prototype.fields)
 
