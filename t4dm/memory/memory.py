@@ -17,7 +17,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -559,10 +559,12 @@ class Memory:
             return MemoryItem.of(new)
 
     def delete(self, id: str) -> None:
-        """Forget memory ``id`` (a tombstone: still visible to ``as_of`` queries before now)."""
+        """Forget memory ``id`` (a tombstone: still visible to ``as_of`` queries before now). The turns
+        before and after it in its conversation are linked by a ``"next"`` edge, so the chain skips it."""
         with self._lock:
-            self.db.delete(id)
-            self.lexical.remove(id)
+            if self.db.get(check_id(id, "id")) is None:
+                raise UnknownId(id, "id")
+            self._remove([id], self.db.delete)
 
     def erase(self, id: str | Sequence[str]) -> int:
         """Erase memory ``id`` (the right to be forgotten; :meth:`delete` keeps the past), or every memory of a
@@ -619,17 +621,15 @@ class Memory:
                 else:
                     gone[id] = None
                     frontier.append(id)
-        if rebuild:  # the store checks the ids when it erases them; a rebuild comes first, so check them here
+        bridges, last = self._bridging(gone)
+        if rebuild or bridges:  # the store checks the ids when it erases them; these writes come first
             for i, id in enumerate(ids):
                 if not self.db.history(id):
                     raise UnknownId(id, "id" if one else f"ids[{i}]")
         for prototype in rebuild.values():
             self._rebuild_prototype(prototype, gone)
         erased = list(gone)
-        self.db.erase(erased[0] if one and len(erased) == 1 else erased)
-        lexical = self.lexical
-        for id in erased:
-            lexical.remove(id)
+        self._remove(erased, lambda e: self.db.erase(e[0] if one and len(e) == 1 else e), (bridges, last))
         # nothing kept beside the store names them any more (the saved state included)
         named = any(id in self.retrievals for id in gone) or any(
             id in gone for hits in self.co_retrievals for id in hits
@@ -639,10 +639,75 @@ class Memory:
         self.co_retrievals = [
             t for t in (tuple(i for i in h if i not in gone) for h in self.co_retrievals) if t
         ]
-        self._last_in_run = {run: id for run, id in self._last_in_run.items() if id not in gone}
         if named:
             self.save_state()
         return len(erased)
+
+    def _remove(
+        self,
+        ids: list[str],
+        remove: Callable[[list[str]], None],
+        bridging: tuple[list[Edge], dict[tuple, str]] | None = None,
+    ) -> None:
+        """Delete or erase (``remove``) ``ids``, checked: the chain's bridging edges first, then the store's
+        one transaction, then the lexical index and the runs' last turns."""
+        bridges, last = bridging or self._bridging(ids)
+        if bridges:
+            self.db.add_edges(bridges)
+        remove(ids)
+        lexical = self.lexical
+        for id in ids:
+            lexical.remove(id)
+        self._last_in_run = last
+
+    def _bridging(self, removed: Iterable[str]) -> tuple[list[Edge], dict[tuple, str]]:
+        """What removing (deleting or erasing) ``removed`` asks beside: the ``"next"`` edges that link each
+        turn that led into them to each turn that follows them, over runs of consecutive removed turns, so
+        that a conversation's chain stays whole (graph expansion reaches across the gap; the edge reveals
+        nothing of what went); and the runs' last turns, where a removed one gives way to the turn before
+        it. The edges are written before the removal: a crash between leaves an extra edge beside the old
+        path, never a broken chain."""
+        gone = dict.fromkeys(removed)  # then also the deleted turns next to them: walked through
+        after: dict[str, list[str]] = {}
+        before: dict[str, list[str]] = {}
+        frontier = list(gone)
+        while frontier:
+            for step, direction in ((after, "out"), (before, "in")):
+                for id, other in self.db.neighbours(frontier, direction=direction, rel=NEXT):
+                    step.setdefault(id, []).append(other)
+            near = list(dict.fromkeys(o for f in frontier for s in (after, before) for o in s.get(f, ())))
+            near = [o for o in near if o not in gone]
+            frontier = [o for o, item in zip(near, self.db.get_many(near), strict=True) if item is None]
+            gone.update(dict.fromkeys(frontier))
+
+        def reach(start: str, step: dict[str, list[str]]) -> list[str]:
+            """The kept turns one step from removed ``start`` or from the removed turns it reaches."""
+            found: dict[str, None] = {}
+            seen, stack = {start}, [start]
+            while stack:
+                for other in step.get(stack.pop(), ()):
+                    if other not in gone:
+                        found[other] = None
+                    elif other not in seen:
+                        seen.add(other)
+                        stack.append(other)
+            return list(found)
+
+        links: dict[tuple[str, str], None] = {}
+        for id in gone:
+            if any(other not in gone for other in before.get(id, ())):  # a gap's first removed turn
+                links.update(((a, b), None) for a in reach(id, before) for b in reach(id, after) if a != b)
+        edges = []
+        if links:
+            linked = set(self.db.neighbours(list(dict.fromkeys(a for a, _ in links)), rel=NEXT))
+            edges = [Edge(a, b, rel=NEXT) for a, b in links if (a, b) not in linked]
+        last = {}
+        for run, id in self._last_in_run.items():
+            if id not in gone:
+                last[run] = id
+            elif kept := reach(id, before):
+                last[run] = kept[-1]
+        return edges, last
 
     def _rebuild_prototype(self, old: Item, gone: Mapping[str, None]) -> None:
         """Prototype ``old`` again from its members that remain (not in ``gone``): its versions erased (its
@@ -680,9 +745,7 @@ class Memory:
         with self._lock:
             ids = [item.id for item in self.db.scan(where=scope)]
             if ids:
-                self.db.delete(ids)
-                for id in ids:
-                    self.lexical.remove(id)
+                self._remove(ids, self.db.delete)
             return len(ids)
 
     # ------------------------------------------------------------------ reads

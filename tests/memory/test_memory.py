@@ -127,6 +127,57 @@ def test_conversation_turns_are_linked_and_expanded(memory):
     assert all("graph" not in h.scores for h in unexpanded)
 
 
+def _chain(memory, ids):
+    """The ``next`` pairs among the live memories of ``ids`` now, as index pairs (a deleted memory's edges
+    stay, as its past does, but no search reads through them)."""
+    at = {id: i for i, id in enumerate(ids) if memory.get(id) is not None}
+    return sorted((at[a], at[b]) for a, b in memory.db.neighbours(list(at), rel="next") if b in at)
+
+
+@pytest.mark.parametrize("how", ["delete", "erase"])
+def test_removing_turns_keeps_the_conversation_chain_whole(memory, how):
+    """Deleting or erasing turns links the turn before them to the turn after (over several consecutive
+    removed turns too), so graph expansion still reaches across; a removed last turn gives way to the one
+    before it for the run's next message; the ends of a chain leave no edge behind."""
+    turns = [f"turn number {i} of the talk" for i in range(8)]
+    ids = [r.id for r in memory.add(turns, user_id="u", run_id="s", link=True)]
+    assert _chain(memory, ids) == [(i, i + 1) for i in range(7)]
+    remove = memory.delete if how == "delete" else memory.erase
+    remove(ids[2])  # one in the middle
+    assert _chain(memory, ids) == [(0, 1), (1, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
+    if how == "erase":
+        memory.erase([ids[4], ids[5]])  # a gap of two
+    else:
+        for id in (ids[4], ids[5]):
+            memory.delete(id)
+    assert _chain(memory, ids) == [(0, 1), (1, 3), (3, 6), (6, 7)]
+    remove(ids[0])  # the first: nothing leads into it, nothing to link
+    remove(ids[7])  # the last: the run's next message follows the turn before it
+    assert _chain(memory, ids) == [(1, 3), (3, 6)]
+    [later] = memory.add(["and one more turn"], user_id="u", run_id="s", link=True)
+    assert _chain(memory, [*ids, later.id]) == [(1, 3), (3, 6), (6, 8)]
+    hits = {h.id: h for h in memory.search("turn number 3 of the talk", user_id="u", k=4)}
+    assert "graph" in hits[ids[6]].scores  # reached across the removed turns
+
+
+def test_a_failed_removal_writes_no_bridge(memory):
+    """A deleted id deleted again, or an unknown id in an erase list that would have bridged a gap, raises and
+    links nothing."""
+    texts = ["first turn here", "second turn here", "third turn here", "fourth turn here"]
+    ids = [r.id for r in memory.add(texts, user_id="u", run_id="s", link=True)]
+    memory.delete(ids[1])
+    links = sorted(memory.db.neighbours(ids, rel="next"))
+    assert (ids[0], ids[2]) in links and len(links) == 4
+    with pytest.raises(errors.UnknownId):
+        memory.delete(ids[1])
+    with pytest.raises(errors.UnknownId) as raised:
+        memory.erase([ids[2], "no-such-id"])  # would link the first turn to the fourth
+    assert raised.value.field == "ids[1]"
+    assert sorted(memory.db.neighbours(ids, rel="next")) == links and memory.get(ids[2]) is not None
+    memory.erase(ids[2])
+    assert _chain(memory, ids) == [(0, 3)]
+
+
 def test_time_update_history_and_as_of(memory, monkeypatch):
     [r] = memory.add("Alice lives in Paris", user_id="alice", valid_at=datetime(2023, 5, 1, tzinfo=UTC))
     time.sleep(0.002)
