@@ -2710,20 +2710,39 @@ PROVENANCE = "derived_from"
 
 
 class _LazyItems:
-    """The items of some rows of one source as a search saw them, built together on the first request (the
-    source's arrays stay alive while a hit holds this; segments are never unmapped, only unlinked)."""
+    """The items of some rows of one source as a search saw them, built together on the first request, or
+    only some of them (:meth:`some`, for :meth:`Hit.load`). The source's arrays stay alive while a hit holds
+    this; segments are never unmapped, only unlinked."""
 
-    __slots__ = ("_ids", "_items", "_rows", "_seq", "_source")
+    __slots__ = ("_ids", "_items", "_rows", "_seq", "_some", "_source")
 
     def __init__(self, source: Any, rows: np.ndarray, snap_seq: int, ids: list[str]) -> None:
         self._source, self._rows, self._seq, self._ids = source, rows, snap_seq, ids  # ids: decoded already
         self._items: list[Item] | None = None
+        self._some: dict[int, Item] = {}  # built one by one before all were
 
     def __call__(self, index: int) -> Item:
         items = self._items
         if items is None:  # two threads may both build: the same items, and either list will do
-            items = self._items = T4DX._items(self._source, self._rows, self._seq, ids=self._ids)
+            items = T4DX._items(self._source, self._rows, self._seq, ids=self._ids)
+            for i, item in self._some.items():  # an item handed out already stays the one handed out
+                items[i] = item
+            self._items = items
         return items[index]
+
+    def some(self, indices: list[int]) -> list[Item]:
+        """The items at ``indices``, building those not built yet together."""
+        if self._items is not None:
+            return [self._items[i] for i in indices]
+        some = self._some
+        missing = [i for i in dict.fromkeys(indices) if i not in some]
+        if missing:
+            built = T4DX._items(
+                self._source, self._rows[missing], self._seq, ids=[self._ids[i] for i in missing]
+            )
+            for i, item in zip(missing, built, strict=True):
+                some.setdefault(i, item)
+        return [some[i] for i in indices]
 
 
 def _sources(snap: _Snapshot) -> list[tuple[Any, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -142,6 +143,21 @@ class Hit:
         if item is None:  # safe from several threads: the loader keeps its source and returns the same item
             item = self._item = self._load(self._index)
         return item
+
+    @staticmethod
+    def load(hits: Iterable[Hit]) -> list[Item]:
+        """The items of ``hits``, in order, building only those not built yet: the hits of one search and
+        place together, and none of that search's other hits (``hit.item`` builds them all at once), for a
+        caller that keeps a few of many hits."""
+        hits = list(hits)
+        wanted: dict[int, tuple[Any, list[Hit]]] = {}
+        for hit in hits:
+            if hit._item is None:
+                wanted.setdefault(id(hit._load), (hit._load, []))[1].append(hit)
+        for load, group in wanted.values():
+            for hit, item in zip(group, load.some([h._index for h in group]), strict=True):
+                hit._item = item
+        return [hit.item for hit in hits]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Hit):

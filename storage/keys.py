@@ -31,6 +31,10 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _MASK64 = (1 << 64) - 1
 # byte positions of the 32 hex digits inside the 36-character hyphenated form
 _HEX_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)], dtype=np.intp)
+_DASH_POS = np.array([8, 13, 18, 23], dtype=np.intp)
+_DASH = ord("-")
+_HEX_VALUE = np.full(256, 16, dtype=np.uint8)  # a character's value as a lowercase hex digit, else 16
+_HEX_VALUE[_HEX] = np.arange(16, dtype=np.uint8)
 MAX_ID_BYTES = 1024
 EDGE_PREFIX = "\x1e"  # edge and overlay ids start with it; item ids may not
 EDGE_SEPARATOR = "\x1f"  # between an edge id's src, rel and dst; no id or relation holds it
@@ -86,10 +90,31 @@ def _key_bytes(id: str) -> bytes:
 
 def keys_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Keys of many ids: two ``uint64`` arrays ``(key_hi, key_lo)`` of length ``len(ids)`` (the same as
-    :func:`key_of`, made from the keys' bytes without Python integers)."""
-    if not ids:
+    :func:`key_of`, made from the keys' bytes without Python integers). From 32 ids, canonical UUIDs (what
+    the store makes) are parsed together with NumPy, ~0.2 µs an id against ~1 one at a time; any other id
+    is keyed alone."""
+    n = len(ids)
+    if not n:
         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)
-    pairs = np.frombuffer(b"".join([_key_bytes(i) for i in ids]), dtype=">u8").reshape(-1, 2)
+    raw = None
+    if n >= 32 and all(len(i) == 36 for i in ids):
+        try:
+            raw = "".join(ids).encode("ascii")
+        except UnicodeEncodeError:
+            pass
+    if raw is None:
+        pairs = np.frombuffer(b"".join([_key_bytes(i) for i in ids]), dtype=">u8").reshape(-1, 2)
+    else:
+        text = np.frombuffer(raw, dtype=np.uint8).reshape(n, 36)
+        digits = _HEX_VALUE[text[:, _HEX_POS]]  # 16 where a character is not a lowercase hex digit
+        key = np.ascontiguousarray((digits[:, 0::2] << 4) | digits[:, 1::2])  # uint8: each key's 16 bytes
+        pairs = key.view(">u8")
+        odd = np.flatnonzero((digits > 15).any(axis=1) | (text[:, _DASH_POS] != _DASH).any(axis=1))
+        if odd.size:  # not canonical UUIDs: hashed
+            pairs = pairs.copy()
+            pairs[odd] = np.frombuffer(b"".join([_key_bytes(ids[i]) for i in odd.tolist()]), ">u8").reshape(
+                -1, 2
+            )
     return pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from t4dm.errors import InvalidInput, InvalidTime, UnknownId
 from t4dm.gate import WriteGate
-from t4dm.storage import T4DX, Edge, Item
+from t4dm.storage import T4DX, Edge, Hit, Item
 from t4dm.storage.keys import check_id
 
 from .consolidation import ConsolidationConfig, ConsolidationReport, consolidate
@@ -834,10 +834,11 @@ class Memory:
             lexical = self.lexical.search(
                 query, n, any_user="user_id" not in scope, **{s: scope.get(s) for s in SCOPES}
             )
-        items: dict[str, Item] = {h.id: h.item for h in dense}
+        found = {h.id: h for h in dense}  # their items are built only for the hits kept (_fetch)
+        items: dict[str, Item] = {}
         # candidates the filtered dense search did not return are checked on the store's columns in one
         # call (no item is built for them: only the hits are fetched, at the end)
-        seen = set(items).union(self.db.matching([id for id, _ in lexical if id not in items], **filters))
+        seen = set(found).union(self.db.matching([id for id, _ in lexical if id not in found], **filters))
         signals: dict[str, dict[str, float]] = {}
         fused: dict[str, float] = {}
         # convex combination of min-max normalised scores (Bruch et al. 2023: better than rank fusion
@@ -894,7 +895,7 @@ class Memory:
                         signals[id]["run"] = lift
                         fused[id] += lift
         if recency_half_life is not None:
-            for id in set(fused).difference(self._fetch(items, list(fused), as_of)):
+            for id in set(fused).difference(self._fetch(items, found, list(fused), as_of)):
                 del fused[id]  # deleted since it was checked
             reference = now or valid_at or datetime.now(UTC)
             for id in fused:
@@ -906,7 +907,7 @@ class Memory:
         ranked = sorted(fused, key=lambda i: (-fused[i], i))
         if RUN_SPREAD and "run_id" not in scope:
             ranked = self._spread(ranked, fused, signals, int(k))
-        best = self._fetch(items, ranked[: int(k)], as_of)
+        best = self._fetch(items, found, ranked[: int(k)], as_of)
         if best:
             self.co_retrievals.append(tuple(best))
             del self.co_retrievals[:-MAX_CO_RETRIEVALS]
@@ -946,9 +947,15 @@ class Memory:
             picked.append(id)
         return picked
 
-    def _fetch(self, items: dict[str, Item], ids: list[str], as_of: datetime | None) -> list[str]:
-        """GET into ``items`` the ones among ``ids`` (checked visible already) it lacks; returns ``ids`` less
-        any deleted since the check (by another thread)."""
+    def _fetch(
+        self, items: dict[str, Item], found: Mapping[str, Hit], ids: list[str], as_of: datetime | None
+    ) -> list[str]:
+        """Put into ``items`` the ones among ``ids`` (checked visible already) it lacks: from the search's
+        hits ``found`` (as the search saw them), else by GET; returns ``ids`` less any deleted since the
+        check (by another thread)."""
+        hits = [found[id] for id in ids if id not in items and id in found]
+        for hit, item in zip(hits, Hit.load(hits), strict=True):
+            items[hit.id] = item
         for id in ids:  # a few (at most k): one GET each is as fast as get_many here
             if id not in items:
                 item = self.db.get(id, as_of=as_of)

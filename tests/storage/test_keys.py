@@ -27,6 +27,23 @@ def test_bulk_keys_equal_single_keys():
     assert _pairs([str(u)]) == [(u.int >> 64, u.int & ((1 << 64) - 1))]
 
 
+_HEXISH = "0123456789abcdefABCDEFg-é"
+
+
+@given(
+    st.lists(st.uuids().map(str), min_size=32, max_size=80),
+    st.lists(st.text(_HEXISH, min_size=36, max_size=36), max_size=10),
+    st.randoms(use_true_random=False),
+)
+def test_bulk_keys_of_36_character_ids_equal_single_keys(uuids, near, random):
+    """From 32 ids of 36 characters the UUIDs are parsed together: near-UUIDs among them (upper case, a
+    non-hex letter, a misplaced or missing hyphen, non-ASCII) are hashed as one at a time would."""
+    ids = uuids + near
+    ids += [u[:i] + c + u[i + 1 :] for u, i, c in zip(uuids, (0, 8, 13, 35, 23), "A-g_é", strict=False)]
+    random.shuffle(ids)
+    assert _pairs(ids) == [key_of(i) for i in ids]
+
+
 @given(st.lists(st.text(min_size=1, max_size=40), max_size=20))
 def test_bulk_keys_equal_single_keys_on_any_text(ids):
     assert _pairs(ids) == [key_of(i) for i in ids]

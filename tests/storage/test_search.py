@@ -324,6 +324,38 @@ def test_hits_build_their_items_when_first_read_as_the_search_saw_them(tmp_path,
         Hit("x", 1.0)
 
 
+def test_hit_load_builds_only_the_hits_asked_for(tmp_path, clock, monkeypatch):
+    """Hit.load(some hits): their items, in order, one batch per place, the other hits' not built (a later
+    hit.item builds those, keeping the ones handed out); items are the versions the search saw."""
+    from t4dm.storage import Hit
+
+    db = T4DX.open(str(tmp_path / "s"), dim=DIM, clock=clock)
+    ids = db.insert_batch(np.stack([vec(i) for i in range(8)]), [{"text": f"t{i}"} for i in range(8)])
+    db.flush()
+    db.insert(Item(vec(8), id="fresh", fields={"text": "in the memtable"}))
+    hits = db.search(vec(2), k=9)
+    kept = [h for h in hits if h.id in (ids[5], "fresh", ids[1])]
+    clock.advance()
+    db.update_fields(ids[5], {"text": "t5, revised"})
+    built = []
+    original = T4DX._items
+    monkeypatch.setattr(
+        T4DX,
+        "_items",
+        staticmethod(lambda s, rows, *a, **k: (built.append(len(rows)), original(s, rows, *a, **k))[1]),
+    )
+    items = Hit.load(kept)
+    assert [i.id for i in items] == [h.id for h in kept] and sorted(built) == [1, 2]
+    assert {i.id: i.fields["text"] for i in items}[ids[5]] == "t5"  # as the search saw it
+    assert Hit.load(kept) == items and sorted(built) == [1, 2]  # built once
+    other = next(h for h in hits if h.id == ids[2])
+    assert other.item.fields == {"text": "t2"} and sorted(built) == [1, 2, 8]  # the segment's hits, all
+    assert all(h.item is i for h, i in zip(kept, items, strict=True))  # handed out already: the same objects
+    assert all(h.item.id == h.id for h in hits) and len(built) == 3
+    assert Hit.load([]) == [] and Hit.load([Hit("x", 0.5, items[0])]) == [items[0]]
+    db.close()
+
+
 def test_threads_reading_the_same_hits_get_the_same_items(tmp_path, clock):
     from concurrent.futures import ThreadPoolExecutor
 
