@@ -98,10 +98,8 @@ def keys_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)
     raw = None
     if n >= 32 and all(len(i) == 36 for i in ids):
-        try:
+        with contextlib.suppress(UnicodeEncodeError):
             raw = "".join(ids).encode("ascii")
-        except UnicodeEncodeError:
-            pass
     if raw is None:
         pairs = np.frombuffer(b"".join([_key_bytes(i) for i in ids]), dtype=">u8").reshape(-1, 2)
     else:
