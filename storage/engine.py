@@ -17,6 +17,7 @@ import bisect
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import heapq
 import math
 import numbers
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import faiss
 import msgpack
@@ -41,6 +42,8 @@ from t4dm.errors import (
     InvalidVector,
     NotAStore,
     PayloadNotSerializable,
+    ReadOnlyStore,
+    StorageIOError,
     StoreClosed,
     StoreLocked,
     UnknownId,
@@ -204,11 +207,30 @@ class _BatchSource:
         self.payload_bytes = np.frombuffer(batch.payload, dtype=np.uint8)
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _writes(method: _Method) -> _Method:
+    """Mark a public method that writes: on a store opened ``read_only=True`` it raises
+    :class:`~t4dm.errors.ReadOnlyStore` before doing anything."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def guarded(self: T4DX, *args: Any, **kwargs: Any) -> Any:
+        if self._read_only:
+            self._check_open()
+            raise ReadOnlyStore(self.path, name)
+        return method(self, *args, **kwargs)
+
+    return guarded  # type: ignore[return-value]
+
+
 class T4DX:
     """An embedded, durable, bitemporal store of memories (vectors + κ + kind + fields + times).
 
     Open with :meth:`T4DX.open`; use as a context manager or call :meth:`close`. One process writes
-    (it holds ``LOCK``); any number of threads read while it does.
+    (it holds ``LOCK``); any number of threads read while it does, and other processes can read beside it
+    with ``open(path, read_only=True)`` (catching up with :meth:`refresh`).
     """
 
     # ================================================================== opening and closing
@@ -232,6 +254,7 @@ class T4DX:
         clock: Callable[[], datetime] | None = None,
         hnsw: HNSWParams | Mapping[str, int] | None = None,
         index_build: str = "background",
+        read_only: bool = False,
     ) -> T4DX:
         """Open the store at ``path``, creating it (``dim`` required) when the folder is new or empty.
 
@@ -255,6 +278,11 @@ class T4DX:
             index_build: ``"background"`` (a thread builds each new segment's HNSW index; until it is
                 ready the segment is searched exactly; :meth:`wait_indexed` waits) or ``"sync"`` (flush,
                 ingest and compaction return with the index built).
+            read_only: read the store beside the process that writes it (which holds its lock), or
+                without taking the lock: the store as it was when opened, until :meth:`refresh`. Nothing
+                under ``path`` is written, created or removed, not even to repair a torn log tail (read up
+                to it); every write raises :class:`~t4dm.errors.ReadOnlyStore`. The store must exist.
+                Segments whose HNSW index the writer has not built yet are searched exactly.
         """
         options = dict(locals())
         options.pop("cls")
@@ -262,6 +290,9 @@ class T4DX:
         self = object.__new__(cls)
         self._init(**options)
         return self
+
+    # the open options a read-only store opens with again when it refreshes
+    _REFRESH_KEEP = ("_options", "_verified", "_refresh_lock")
 
     def _init(
         self,
@@ -279,8 +310,10 @@ class T4DX:
         clock: Callable[[], datetime] | None,
         hnsw: HNSWParams | Mapping[str, int] | None,
         index_build: str,
+        read_only: bool,
     ) -> None:
         self._closed = True
+        self._options = {name: value for name, value in locals().items() if name != "self"}
         if durability not in DURABILITY_MODES:
             raise InvalidInput("durability", durability, f"expected one of {DURABILITY_MODES}")
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1):
@@ -305,6 +338,9 @@ class T4DX:
             raise InvalidInput("compaction_policy", compaction_policy, "expected a callable")
         if index_build not in ("background", "sync"):
             raise InvalidInput("index_build", index_build, "expected 'background' or 'sync'")
+        if not isinstance(read_only, bool):
+            raise InvalidInput("read_only", read_only, "expected True or False")
+        self._read_only = read_only
         if isinstance(hnsw, Mapping):
             unknown = set(hnsw) - {"m", "ef_construction", "ef_search", "min_rows"}
             if unknown:
@@ -331,6 +367,18 @@ class T4DX:
         self._index_jobs: list[Future[None]] = []
         self._stopping = False
 
+        if read_only:
+            self._lock_fd = -1
+            self._verified: set[int] = getattr(self, "_verified", set())  # segment ids checksummed once
+            self._refresh_lock = getattr(self, "_refresh_lock", threading.Lock())
+            try:
+                self._open_read_only(dim, verify_checksums)
+            except BaseException:
+                self._indexer.shutdown(wait=True)
+                self._janitor.shutdown(wait=True)
+                raise
+            self._closed = False
+            return
         created = self._prepare_directory(path, dim)
         self._lock_fd = self._acquire_lock(path)
         try:
@@ -357,6 +405,31 @@ class T4DX:
             self._janitor.shutdown(wait=True)
             raise
         self._closed = False
+
+    def _open_read_only(self, dim: int | None, verify: bool) -> None:
+        """Load the store as the manifest and the logs hold it, writing nothing. The writer may publish a
+        new manifest meanwhile and then remove the segments and logs the old one named: the load is
+        tried again until the manifest read after it is the one read before."""
+        path = self.path
+        if not os.path.isdir(path) or not Manifest.exists(path):
+            raise NotAStore(path, "holds no T4DX store to open read-only")
+        for attempt in range(50):
+            self._loaded_stamp = self._stamp()  # before: a change while loading is caught up at refresh
+            manifest = Manifest.load(path)
+            if dim is not None and dim != manifest.dim:
+                raise DimensionMismatch("dim", dim, manifest.dim)
+            self._manifest, self.dim = manifest, manifest.dim
+            self._memtable_rows = min(1 << 22, self._memtable_bytes // (self.dim * 4 + 96) + 1)
+            try:
+                self._recover(verify, 0.0)
+            except StorageIOError as exc:
+                if not isinstance(exc.__cause__, FileNotFoundError) or attempt == 49:
+                    raise
+                time.sleep(0.001 * attempt)  # a file of that manifest is gone: a newer one is out
+                continue
+            if Manifest.load(path) == manifest:
+                return
+        raise StorageIOError(path, OSError("the store's manifest kept changing while it was read"))
 
     @staticmethod
     def _prepare_directory(path: str, dim: int | None) -> bool:
@@ -396,27 +469,36 @@ class T4DX:
         manifest = self._manifest
         seg_dir, wal_dir = os.path.join(self.path, _SEGMENTS), os.path.join(self.path, _WAL)
         live = {entry.id for entry in manifest.segments}
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.path, "MANIFEST.tmp"))
-        # Remove what a crash left behind: temporary files, unpublished segments, replayed logs.
-        with io_errors(seg_dir):
-            for name in os.listdir(seg_dir):
-                stem = name.split(".", 1)[0]
-                if name.endswith(".tmp") or not stem.isdigit() or int(stem) not in live:
-                    os.unlink(os.path.join(seg_dir, name))
-        for number in wal_files(wal_dir):
-            if number < manifest.wal_start:
-                with io_errors(wal_dir):
-                    os.unlink(os.path.join(wal_dir, f"{number:08d}.wal"))
+        writer = not self._read_only
+        if writer:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.path, "MANIFEST.tmp"))
+            # Remove what a crash left behind: temporary files, unpublished segments, replayed logs.
+            with io_errors(seg_dir):
+                for name in os.listdir(seg_dir):
+                    stem = name.split(".", 1)[0]
+                    if name.endswith(".tmp") or not stem.isdigit() or int(stem) not in live:
+                        os.unlink(os.path.join(seg_dir, name))
+            for number in wal_files(wal_dir):
+                if number < manifest.wal_start:
+                    with io_errors(wal_dir):
+                        os.unlink(os.path.join(wal_dir, f"{number:08d}.wal"))
+        verified = set() if writer else self._verified  # a reader checks a segment once (they never change)
         segments = tuple(
-            Segment(segment_path(seg_dir, entry.id), entry.id, manifest.dim, verify=verify)
+            Segment(
+                segment_path(seg_dir, entry.id),
+                entry.id,
+                manifest.dim,
+                verify=verify and entry.id not in verified,
+            )
             for entry in manifest.segments
         )
+        verified.update(live if verify else ())
         _link_across_segments(segments)
         self._segments = segments
         for segment in segments:
             segment.index = load_hnsw(segment.index_path, segment.vectors.shape[0], manifest.dim)
-            if segment.index is None:
+            if segment.index is None and writer:
                 self._schedule_index(segment)
         self._seq = manifest.last_seq
         self._last_recorded = manifest.last_recorded
@@ -432,17 +514,20 @@ class T4DX:
         self._mem = Memtable(manifest.dim, self._memtable_rows)
         self._publish()
         self._apply_segment_overlays()
-        numbers_ = wal_files(wal_dir)
+        numbers_ = [number for number in wal_files(wal_dir) if number >= manifest.wal_start]
         for i, number in enumerate(numbers_):
             path = os.path.join(wal_dir, f"{number:08d}.wal")
-            for offset, body in read_records(wal_dir, number, manifest.dim, last=i == len(numbers_) - 1):
+            last = i == len(numbers_) - 1
+            for offset, body in read_records(wal_dir, number, manifest.dim, last=last, repair=writer):
                 batch = VersionBatch.decode(body, path, offset)
                 if batch.seq_start + batch.n - 1 <= manifest.last_seq:
                     continue  # already in a segment
                 self._apply(batch)
-        tail = numbers_[-1] if numbers_ else manifest.wal_start
-        self._wal = WAL(wal_dir, tail, manifest.dim, self.durability, sync_interval)
+        if writer:
+            tail = numbers_[-1] if numbers_ else manifest.wal_start
+            self._wal = WAL(wal_dir, tail, manifest.dim, self.durability, sync_interval)
 
+    @_writes
     def backup(self, path: str | os.PathLike[str]) -> str:
         """Copy the store as it is now into the new folder ``path`` (a store that opens on its own); returns
         the path.
@@ -497,10 +582,52 @@ class T4DX:
             self._stopping = True  # an index build in flight stops at its next chunk
             try:
                 self._indexer.shutdown(wait=True)
-                self._wal.close()
+                if not self._read_only:
+                    self._wal.close()
                 self._janitor.shutdown(wait=True)
             finally:
-                os.close(self._lock_fd)
+                if self._lock_fd >= 0:
+                    os.close(self._lock_fd)
+
+    @property
+    def read_only(self) -> bool:
+        """True when opened ``read_only=True``: it reads beside the writer and writes nothing."""
+        return self._read_only
+
+    def refresh(self) -> bool:
+        """A read-only store: catch up with what the writer has written since it was opened (or last
+        refreshed): the store is loaded again, its segments' checksums not checked again. Reads running
+        meanwhile finish on what they began with. Returns whether anything had changed (nothing is loaded
+        when the manifest and the logs' sizes are as they were). A store open to write is always current
+        (returns False)."""
+        self._check_open()
+        if not self._read_only:
+            return False
+        with self._refresh_lock:
+            self._check_open()
+            if self._stamp() == self._loaded_stamp:
+                return False
+            fresh = object.__new__(T4DX)
+            for name in self._REFRESH_KEEP:
+                setattr(fresh, name, getattr(self, name))
+            fresh._init(**self._options)
+            old = self.__dict__.copy()
+            self.__dict__.update(fresh.__dict__)  # one step for other threads (no Python code runs inside)
+            old["_indexer"].shutdown(wait=True)
+            old["_janitor"].shutdown(wait=True)
+            return True
+
+    def _stamp(self) -> tuple[Any, ...]:
+        """What a refresh compares: the manifest file and the logs' names and sizes."""
+        wal_dir = os.path.join(self.path, _WAL)
+        sizes = []
+        for number in wal_files(wal_dir):
+            with contextlib.suppress(FileNotFoundError):
+                sizes.append((number, os.stat(os.path.join(wal_dir, f"{number:08d}.wal")).st_size))
+        with contextlib.suppress(FileNotFoundError):
+            manifest = os.stat(os.path.join(self.path, "MANIFEST"))
+            return manifest.st_ino, manifest.st_mtime_ns, manifest.st_size, tuple(sizes)
+        return None, tuple(sizes)
 
     def __enter__(self) -> T4DX:
         return self
@@ -517,6 +644,7 @@ class T4DX:
             raise StoreClosed(f"store {self.path!r} is closed")
 
     # ================================================================== writing
+    @_writes
     def insert(self, items: Item | Iterable[Item]) -> list[str]:
         """INSERT one item or many (one transaction); returns their ids, assigning UUIDs where ``id`` is None.
 
@@ -531,6 +659,7 @@ class T4DX:
         self._commit(batch)
         return batch.ids
 
+    @_writes
     def insert_batch(
         self,
         vectors: np.ndarray,
@@ -590,6 +719,7 @@ class T4DX:
                 writer.abort()
             raise
 
+    @_writes
     def update_fields(
         self,
         id: str,
@@ -633,6 +763,7 @@ class T4DX:
             source, row = self._locate(id, snap)  # type: ignore[misc]
             return self._item(source, row, snap.seq)
 
+    @_writes
     def update_kappa(self, id: str, *, kappa: float | None = None, delta: float | None = None) -> float:
         """UPDATE_KAPPA: set (``kappa``) or move (``delta``; the result clipped to [0, 1]) the consolidation
         level of item ``id``'s live version, in place.
@@ -649,6 +780,7 @@ class T4DX:
             return self.update_kappas([(id, delta)])[0]
         return self.update_kappas([(id, kappa)], absolute=True)[0]  # type: ignore[list-item]
 
+    @_writes
     def update_kappas(self, updates: Iterable[tuple[str, float]], *, absolute: bool = False) -> list[float]:
         """UPDATE_KAPPA for many items in one transaction: ``(id, delta)`` pairs (or ``(id, kappa)`` with
         ``absolute=True``); an id may appear more than once (in order: deltas add up, each result clipped).
@@ -680,11 +812,13 @@ class T4DX:
             self._commit(self._kappa_batch(list(now), np.array(list(now.values()))))
             return out
 
+    @_writes
     def delete(self, ids: str | Iterable[str]) -> None:
         """DELETE: write a tombstone for each id (one transaction). Unknown or deleted ids raise
         :class:`~t4dm.errors.UnknownId` and nothing is deleted."""
         self._end(ids, erase=False)
 
+    @_writes
     def erase(self, ids: str | Iterable[str], *, edges: bool = True) -> None:
         """ERASE: every version of each id goes (one transaction): the right to be forgotten, or consolidation's
         PRUNE. :meth:`delete` keeps the past; this does not.
@@ -1343,6 +1477,7 @@ class T4DX:
                 out[i] = Change(seqs[i], "erase" if flags[i] & FLAG_ERASE else "delete", item)
         return out  # type: ignore[return-value]
 
+    @_writes
     def replay(self, changes: Iterable[Change]) -> int:
         """Write ``changes`` (e.g. another store's :meth:`changes`, its vectors perhaps re-embedded) at their
         own transaction times; returns the number of transactions written.
@@ -1807,6 +1942,7 @@ class T4DX:
         return hits  # type: ignore[return-value]
 
     # ================================================================== flush and compaction
+    @_writes
     def flush(self) -> None:
         """Write the memtable to a new segment (and compact if there are now too many)."""
         self._check_open()
@@ -1895,6 +2031,7 @@ class T4DX:
             self._janitor.submit(_unlink_quietly, segment.path)
             self._janitor.submit(_unlink_quietly, segment.index_path)
 
+    @_writes
     def compact(self, policy: CompactionPolicy | None = None) -> CompactionStats:
         """Full compaction: flush, merge every segment into one, drop expired history and tombstones,
         and run the compaction policy (``policy`` or the store's). Readers are not blocked."""
@@ -2155,6 +2292,7 @@ class T4DX:
         return sources
 
     # ================================================================== graph
+    @_writes
     def add_edges(self, edges: Edge | Iterable[Edge], *, check_endpoints: bool = True) -> None:
         """Add edges (one transaction). An edge ``(src, rel, dst)`` that exists gets a new version.
 
@@ -2175,6 +2313,7 @@ class T4DX:
             check_endpoints=check_endpoints, _records=edges,
         )  # fmt: skip
 
+    @_writes
     def add_edges_batch(
         self,
         src: Sequence[str],
@@ -2280,6 +2419,7 @@ class T4DX:
         batch.weight = np.ascontiguousarray(stored)
         return batch
 
+    @_writes
     def remove_edges(self, src: str, dst: str, rel: str = "related") -> None:
         """End edge ``src -rel-> dst`` (a tombstone version); it stays visible to ``known_at`` before now."""
         self._check_open()
@@ -2290,6 +2430,7 @@ class T4DX:
                 raise UnknownId(id, "edge")
             self._commit(self._edge_tombstones([(id, *found)]))  # type: ignore[arg-type]
 
+    @_writes
     def update_edge_weight(
         self,
         src: str,
@@ -2310,6 +2451,7 @@ class T4DX:
             return self.update_edge_weights([(src, dst, rel, delta)])[0]
         return self.update_edge_weights([(src, dst, rel, weight)], absolute=True)[0]
 
+    @_writes
     def update_edge_weights(
         self, updates: Iterable[tuple[str, str, str, float]], *, absolute: bool = False
     ) -> list[float]:
@@ -2356,6 +2498,7 @@ class T4DX:
             self._commit(self._overlay_batch(batch))
             return effective
 
+    @_writes
     def batch_scale_weights(
         self, factor: float, rel: str | None = None, where: Mapping[str, Any] | None = None
     ) -> None:
@@ -2559,6 +2702,7 @@ class T4DX:
         """Provenance forwards: the ids derived from ``id`` (or from any of several ids)."""
         return [e.src for e in self.edges(id, direction="in", rel=PROVENANCE, known_at=known_at)]
 
+    @_writes
     def add_provenance(self, id: str, sources: Iterable[str], *, check_endpoints: bool = True) -> None:
         """Record that item ``id`` was derived from ``sources`` (``derived_from`` edges, id -> source);
         ``check_endpoints`` as in :meth:`add_edges` (False: ``id`` may be written after its provenance)."""
@@ -2569,7 +2713,7 @@ class T4DX:
         """Counts and sizes: live items, version rows, segments, memtable, bytes on disk; the batch scales in
         force (by relation, "*" for all) and how many are not yet folded into the edges; ``folded_through``
         (ISO time or None: see :meth:`changes`); ``pending_erasures``: erasing tombstones (items and edges)
-        whose ids' past is still in the files, until the next full compaction."""
+        whose ids' past is still in the files, until the next full compaction; ``read_only``."""
         self._check_open()
         snap = self._snap
         erasing = np.uint8(FLAG_TOMBSTONE | FLAG_ERASE)
@@ -2589,6 +2733,7 @@ class T4DX:
             "unfolded_scales": len(snap.scale_log),
             "folded_through": from_us(snap.folded_through).isoformat() if snap.folded_through else None,
             "pending_erasures": pending,
+            "read_only": self._read_only,
         }
 
 

@@ -249,17 +249,22 @@ def file_format(directory: str, number: int) -> int | None:
     return _HEADER.unpack_from(head)[1] if len(head) == _HEADER.size else None
 
 
-def read_records(directory: str, number: int, dim: int, last: bool) -> Iterator[tuple[int, bytes]]:
+def read_records(
+    directory: str, number: int, dim: int, last: bool, repair: bool = True
+) -> Iterator[tuple[int, bytes]]:
     """Yield ``(offset, body)`` of each record of WAL file ``number``.
 
     In the last file a bad record with no valid record after it is a torn tail: the file is truncated
     there (and fsynced) with a :class:`TornWALWarning`. Anywhere else a bad record raises
-    :class:`CorruptWAL`.
+    :class:`CorruptWAL`. Without ``repair`` (a reader beside a live writer, whose tail may be a record
+    being written) the last file is read up to such a tail and nothing is changed or warned.
     """
     path = wal_path(directory, number)
     with io_errors(path), open(path, "rb") as f:
         data = f.read()
     if len(data) < _HEADER_SIZE:
+        if last and not repair:
+            return
         if last:  # the crash came while the header was being written
             warnings.warn(f"{path}: incomplete WAL header, file reset", TornWALWarning, stacklevel=2)
             with io_errors(path):
@@ -281,6 +286,8 @@ def read_records(directory: str, number: int, dim: int, last: bool) -> Iterator[
             following = _valid_record_after(data, pos)
             if following is not None or not last:
                 raise CorruptWAL(path, "bad record (checksum or framing) followed by valid records", pos)
+            if not repair:
+                return
             warnings.warn(
                 f"{path}: torn record at byte {pos} ({len(data) - pos} bytes) cut off during recovery",
                 TornWALWarning,

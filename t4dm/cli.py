@@ -95,10 +95,15 @@ def _eval_locomo(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from t4dm.errors import T4DXError
     from t4dm.storage import T4DX
 
-    with T4DX.open(args.path) as db:
-        print(json.dumps(db.stats(), indent=2))
+    try:
+        with T4DX.open(args.path, read_only=True) as db:  # beside a writer (a server) too
+            print(json.dumps(db.stats(), indent=2))
+    except T4DXError as exc:
+        print(f"t4dm info: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -169,7 +174,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f"t4dm export: no memory at {args.path!r}", file=sys.stderr)
         return 2
     try:
-        with Memory(args.path, embedder=args.embedder) as memory:
+        with Memory(args.path, embedder=args.embedder, read_only=True) as memory:  # beside a writer too
             counts = memory.export_jsonl(args.out, history=args.history)
     except InvalidInput as exc:
         print(f"t4dm export: {exc}", file=sys.stderr)

@@ -37,6 +37,7 @@ __all__ = [
     "InvalidVector",
     "NotAStore",
     "PayloadNotSerializable",
+    "ReadOnlyStore",
     "StorageIOError",
     "StoreClosed",
     "StoreLocked",
@@ -107,6 +108,15 @@ class StoreLocked(T4DXError):
     def __init__(self, path: str) -> None:
         self.path = path
         super().__init__(f"store {path!r} is locked by another writer")
+
+
+class ReadOnlyStore(T4DXError):
+    """A write to a store opened ``read_only=True`` (it reads beside the process that writes)."""
+
+    def __init__(self, path: str, operation: str) -> None:
+        self.path = path
+        self.operation = operation
+        super().__init__(f"{operation}: store {path!r} is open read-only (read_only=True); open it to write")
 
 
 class StoreClosed(T4DXError):

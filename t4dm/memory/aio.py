@@ -122,6 +122,10 @@ class AsyncMemory:
         """:meth:`Memory.import_jsonl <t4dm.memory.Memory.import_jsonl>`."""
         return await self._run(self.memory.import_jsonl, *args, **kwargs)
 
+    async def refresh(self) -> bool:
+        """:meth:`Memory.refresh <t4dm.memory.Memory.refresh>` (a memory opened ``read_only=True``)."""
+        return await self._run(self.memory.refresh)
+
     async def aclose(self) -> None:
         """Refuse new calls, let the calls under way finish, then close the memory (idempotent)."""
         if self._closed:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from t4dm.errors import InvalidInput, InvalidTime, UnknownId
+from t4dm.errors import InvalidInput, InvalidTime, ReadOnlyStore, UnknownId
 from t4dm.gate import WriteGate
 from t4dm.storage import T4DX, Edge, Hit, Item
 from t4dm.storage.keys import check_id
@@ -223,6 +223,10 @@ class Memory:
             of a stored memory and is merged into it; ``None`` turns merging off.
         durability: the store's (``"sync"``, ``"batch"``, ``"none"``).
         store_options: more :meth:`T4DX.open` options.
+        read_only: read a memory that another process writes (a server, an agent), beside it: searches and
+            reads see the memory as it was when opened until :meth:`refresh`; every write raises
+            :class:`~t4dm.errors.ReadOnlyStore`, and nothing is written under ``path`` (this reader's
+            retrieval counts stay in memory: they do not steer the writer's consolidation).
     """
 
     def __init__(
@@ -234,6 +238,7 @@ class Memory:
         dedup_threshold: float | None = 0.95,
         durability: str = "batch",
         store_options: Mapping[str, Any] | None = None,
+        read_only: bool = False,
     ) -> None:
         if dedup_threshold is not None and (
             isinstance(dedup_threshold, bool)
@@ -248,7 +253,10 @@ class Memory:
         self.dedup_threshold = dedup_threshold
         self.path = os.fspath(path) if path is not None else default_path()
         self.db = T4DX.open(
-            self.path, dim=self.embedder.dim, durability=durability, **dict(store_options or {})
+            self.path,
+            dim=self.embedder.dim,
+            durability=durability,
+            **{**dict(store_options or {}), "read_only": read_only},
         )
         self._lock = threading.RLock()
         self._lexical: LexicalIndex | None = None
@@ -263,9 +271,28 @@ class Memory:
         if self.db.closed:
             return
         try:
-            self.save_state()
+            if not self.db.read_only:
+                self.save_state()
         finally:
             self.db.close()
+
+    @property
+    def read_only(self) -> bool:
+        """True when opened ``read_only=True``."""
+        return self.db.read_only
+
+    def refresh(self) -> bool:
+        """Read-only: catch up with what the writer has written since (:meth:`T4DX.refresh`); the lexical
+        index is built again on the next search. Returns whether anything had changed."""
+        with self._lock:
+            changed = self.db.refresh()
+            if changed:
+                self._lexical = None
+            return changed
+
+    def _check_writable(self, operation: str) -> None:
+        if self.db.read_only:
+            raise ReadOnlyStore(self.path, operation)
 
     @property
     def _state_path(self) -> str:
@@ -280,6 +307,7 @@ class Memory:
 
         from t4dm.storage.fsutil import write_framed
 
+        self._check_writable("save_state")
         with self._lock:
             body = msgpack.packb(
                 {"retrievals": self.retrievals, "co_retrievals": [list(c) for c in self.co_retrievals]}
@@ -362,6 +390,7 @@ class Memory:
         (by default: on for messages, off for plain texts). All checks run first; the new memories are
         written in one transaction.
         """
+        self._check_writable("add")
         scope = _scope(user_id, agent_id, run_id, required=True)
         valid_at = _check_time(valid_at, "valid_at")
         if metadata is not None and not isinstance(metadata, Mapping):
@@ -524,6 +553,7 @@ class Memory:
     ) -> MemoryItem:
         """Write a new version of memory ``id`` (re-embedded when the text changes); the old version is
         kept in the history with its transaction time closed."""
+        self._check_writable("update")
         if text is None and metadata is None and valid_at is None:
             raise InvalidInput("text", None, "give text, metadata or valid_at to change")
         if text is not None:
@@ -561,6 +591,7 @@ class Memory:
     def delete(self, id: str) -> None:
         """Forget memory ``id`` (a tombstone: still visible to ``as_of`` queries before now). The turns
         before and after it in its conversation are linked by a ``"next"`` edge, so the chain skips it."""
+        self._check_writable("delete")
         with self._lock:
             if self.db.get(check_id(id, "id")) is None:
                 raise UnknownId(id, "id")
@@ -577,6 +608,7 @@ class Memory:
         its members) is rebuilt from the members that remain, under the same id, its old versions erased
         (erased outright when none remains); any other memory with a provenance edge to it is erased too.
         Returns how many memories were erased, those derived from them included."""
+        self._check_writable("erase")
         if isinstance(id, str):
             ids, one = [check_id(id, "id")], True
         elif isinstance(id, Sequence):
@@ -595,6 +627,7 @@ class Memory:
         past versions too, found by one SCAN of every version the store holds (``history=True``: the scope's
         indexed tag columns). Returns how many memories were erased, those derived from them included
         (prototypes rebuilt are not counted)."""
+        self._check_writable("erase_all")
         scope = _scope(user_id, agent_id, run_id, required=True)
         with self._lock:
             ids = list(dict.fromkeys(item.id for item in self.db.scan(where=scope, history=True)))
@@ -741,6 +774,7 @@ class Memory:
         self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
     ) -> int:
         """Forget every memory of the scope (at least one of the three ids); returns how many."""
+        self._check_writable("delete_all")
         scope = _scope(user_id, agent_id, run_id, required=True)
         with self._lock:
             ids = [item.id for item in self.db.scan(where=scope)]
@@ -917,7 +951,7 @@ class Memory:
             hits.append(MemoryHit(id, memory.text, fused[id], signals[id], memory))
             self.retrievals[id] = self.retrievals.get(id, 0) + 1
         self._unsaved += 1
-        if self._unsaved >= SAVE_EVERY:
+        if self._unsaved >= SAVE_EVERY and not self.db.read_only:
             self.save_state()
         return hits
 
@@ -998,6 +1032,7 @@ class Memory:
         refuses the import (:mod:`t4dm.memory.transfer`). Returns the counts."""
         from .transfer import import_jsonl
 
+        self._check_writable("import_jsonl")
         return import_jsonl(self, path)
 
     def consolidate(
@@ -1010,6 +1045,7 @@ class Memory:
     ) -> ConsolidationReport:
         """Sleep: NREM replay, REM prototypes, PRUNE, as one compaction of the store (see
         :mod:`t4dm.memory.consolidation`). Returns what moved between κ bands."""
+        self._check_writable("consolidate")
         report = consolidate(self, phases, config=config, now=now, progress=progress)
         self.save_state()  # the replayed searches are spent: a restart must not replay them again
         return report

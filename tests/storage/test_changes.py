@@ -605,13 +605,16 @@ def test_the_info_command_shows_the_scales_and_the_fold_mark(tmp_path, clock, ca
         a, b = db.insert([Item(vec(1)), Item(vec(2))])
         db.add_edges(Edge(a, b))
         db.batch_scale_weights(0.5, rel="related")
-    assert main(["info", str(tmp_path / "s")]) == 0
+        assert main(["info", str(tmp_path / "s")]) == 0  # read-only, beside the open writer
     info = json.loads(capsys.readouterr().out)
     assert (info["edge_scales"], info["unfolded_scales"], info["folded_through"]) == (
         {"related": 0.5},
         1,
         None,
     )
+    assert info["live_items"] == 2 and info["read_only"] is True
+    assert main(["info", str(tmp_path / "nowhere")]) == 2
+    assert "holds no T4DX store" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
     with T4DX.open(str(tmp_path / "s"), clock=clock) as db:
         db.compact()
         folded = db.folded_through

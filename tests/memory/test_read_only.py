@@ -1,0 +1,95 @@
+"""A memory opened read-only beside the process that writes it: reads as of its open until it refreshes,
+refuses every write, writes nothing under the folder; ``t4dm export`` and ``t4dm info`` read beside a
+writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from t4dm import Memory, errors
+
+from .conftest import bag_of_words
+
+
+def _files(path) -> dict[str, str]:
+    out = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                out[os.path.relpath(os.path.join(root, name), path)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def test_a_read_only_memory_reads_beside_the_writer_until_it_refreshes(tmp_path):
+    path = tmp_path / "m"
+    with Memory(path, embedder=bag_of_words) as writer:
+        writer.add(["Maya moved to Porto", "Maya likes green tea"], user_id="maya")
+        with pytest.raises(errors.StoreLocked):
+            Memory(path, embedder=bag_of_words)
+        with Memory(path, embedder=bag_of_words, read_only=True) as reader:
+            assert reader.read_only and not writer.read_only and len(reader) == 2
+            assert reader.search("Porto", user_id="maya")[0].text == "Maya moved to Porto"
+            [cat] = writer.add(["Maya adopted a cat named Miso"], user_id="maya")
+            assert all(
+                "Miso" not in h.text for h in reader.search("cat Miso", user_id="maya")
+            )  # as of its open
+            assert reader.get(cat.id) is None
+            assert reader.refresh() is True and reader.refresh() is False
+            assert reader.search("cat named Miso", user_id="maya")[0].id == cat.id  # BM25 and dense both
+            assert reader.search("cat named Miso", user_id="maya")[0].scores["bm25_rank"] == 1
+            writer.delete(cat.id)
+            assert reader.refresh() and reader.get(cat.id) is None and reader.history(cat.id)
+
+
+def test_a_read_only_memory_refuses_every_write_and_writes_nothing(tmp_path):
+    path = tmp_path / "m"
+    with Memory(path, embedder=bag_of_words) as writer:
+        [porto] = writer.add(["Maya moved to Porto"], user_id="maya")
+        writer.export_jsonl(tmp_path / "export.jsonl")
+    before = _files(path)
+    with Memory(path, embedder=bag_of_words, read_only=True) as reader:
+        writes = {
+            "add": lambda: reader.add("Maya likes tea", user_id="maya"),
+            "update": lambda: reader.update(porto.id, text="Maya moved to Braga"),
+            "delete": lambda: reader.delete(porto.id),
+            "erase": lambda: reader.erase(porto.id),
+            "erase_all": lambda: reader.erase_all(user_id="maya"),
+            "delete_all": lambda: reader.delete_all(user_id="maya"),
+            "consolidate": lambda: reader.consolidate(progress=False),
+            "import_jsonl": lambda: reader.import_jsonl(tmp_path / "export.jsonl"),
+            "save_state": reader.save_state,
+        }
+        for operation, write in writes.items():
+            with pytest.raises(errors.ReadOnlyStore) as raised:
+                write()
+            assert raised.value.operation == operation
+        for _ in range(300):  # more searches than a writer saves its retrieval counts after
+            assert reader.search("Porto", user_id="maya")[0].id == porto.id
+        assert reader.retrievals[porto.id] == 300
+    assert _files(path) == before
+    with Memory(path, embedder=bag_of_words) as writer:
+        assert porto.id not in writer.retrievals and len(writer) == 1
+
+
+def test_export_and_info_read_beside_a_running_writer(tmp_path, monkeypatch, capsys):
+    import t4dm.memory.embedder as embedder_module
+    from t4dm.cli import main
+    from t4dm.memory.embedder import CallableEmbedder
+
+    monkeypatch.setattr(
+        embedder_module, "default_embedder", lambda: CallableEmbedder(bag_of_words, name="bow")
+    )
+    path = str(tmp_path / "m")
+    with Memory(path, embedder=bag_of_words) as writer:
+        writer.add(["Maya moved to Porto", "Maya likes green tea"], user_id="maya")
+        assert main(["export", "--path", path, "--out", str(tmp_path / "out.jsonl")]) == 0
+        assert json.loads(capsys.readouterr().out)["memories"] == 2
+        assert main(["info", path]) == 0
+        assert json.loads(capsys.readouterr().out)["live_items"] == 2
+        writer.add(["Maya adopted a cat"], user_id="maya")  # the writer goes on
+    with Memory(path, embedder=bag_of_words, read_only=True) as reader:
+        assert len(reader) == 3
