@@ -291,7 +291,8 @@ class T4DX:
         self._init(**options)
         return self
 
-    # the open options a read-only store opens with again when it refreshes
+    # what a read-only store keeps across a refresh: its open options, the segments it has checksummed,
+    # and the lock that orders refreshes and close
     _REFRESH_KEEP = ("_options", "_verified", "_refresh_lock")
 
     def _init(
@@ -575,6 +576,13 @@ class T4DX:
 
     def close(self) -> None:
         """fsync the log and release the store. Unflushed rows are replayed from the log at next open."""
+        if self._read_only:
+            with self._refresh_lock:  # not while a refresh swaps in a newly loaded store
+                self._close()
+        else:
+            self._close()
+
+    def _close(self) -> None:
         with self._write_lock:
             if self._closed:
                 return

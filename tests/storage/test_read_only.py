@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 
@@ -182,8 +183,21 @@ def test_a_reader_stays_consistent_while_another_process_writes_flushes_and_comp
     path, stop = str(tmp_path / "db"), str(tmp_path / "stop")
     T4DX.open(path, dim=DIM).close()
     writer = subprocess.Popen([sys.executable, "-c", _WRITER, path, stop], stdout=subprocess.PIPE, text=True)
+    failures: list[BaseException] = []
+    stopping = threading.Event()
+
+    def search_meanwhile() -> None:  # reads in another thread run across the refreshes' swaps
+        try:
+            while not stopping.is_set():
+                for hit in reader.search(np.full(DIM, 1.0, np.float32), k=3):
+                    assert hit.item.fields["n"] >= 0
+        except BaseException as exc:  # reported by the test's thread
+            failures.append(exc)
+
     try:
         reader = T4DX.open(path, read_only=True)
+        searcher = threading.Thread(target=search_meanwhile)
+        searcher.start()
         seen, refreshes, deadline = 0, 0, time.monotonic() + 6.0
         while time.monotonic() < deadline and writer.poll() is None:
             refreshes += reader.refresh()
@@ -197,12 +211,16 @@ def test_a_reader_stays_consistent_while_another_process_writes_flushes_and_comp
             assert {n - 1 for n in range(3, seen - 1, 7)} <= revised <= {n - 1 for n in range(3, seen, 7)}
             if seen:
                 assert reader.search(np.full(DIM, 1.0, np.float32), k=1)[0].id in items
+        stopping.set()
+        searcher.join()
+        assert not failures, failures
         open(stop, "w").close()
         written = int(writer.communicate(timeout=60)[0])
         reader.refresh()
         assert reader.count() == written and refreshes >= 3
         reader.close()
     finally:
+        stopping.set()
         open(stop, "w").close()
         if writer.poll() is None:
             writer.kill()
