@@ -66,6 +66,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.follower: T4DX | None = None  # a store kept up by changes(since=): sync_follower
         self.follower_at = T0
         self.follower_clock = FakeClock(T0)
+        self.reader: T4DX | None = None  # a read-only open beside the writer: reader_matches
 
     @initialize(memtable_bytes=st.sampled_from([200, 1024, 4096, 1 << 20]), max_segments=st.integers(1, 4))
     def open_store(self, memtable_bytes: int, max_segments: int) -> None:
@@ -80,6 +81,8 @@ class StoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if self.follower is not None:
             self.follower.close()
+        if self.reader is not None:
+            self.reader.close()
         self.db.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -428,6 +431,24 @@ class StoreMachine(RuleBasedStateMachine):
                     self.db = original
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    @rule()
+    def reader_matches(self) -> None:
+        """A read-only open beside the writer (the first time), or that reader refreshed: it answers every
+        check as the model says."""
+        if self.reader is None:
+            self.reader = T4DX.open(self.dir + "/s", clock=self.clock, read_only=True)
+        else:
+            self.reader.refresh()
+        original, self.db = self.db, self.reader
+        try:
+            self.gets_and_histories_match()
+            self.scans_match()
+            self.edges_match()
+            if self.checkpoints:
+                self.time_travel_matches()
+        finally:
+            self.db = original
 
     # ------------------------------------------------------------ checks
     def _check_item(self, item: Item, id: str, v: Version, open_at: datetime | None = None) -> None:
