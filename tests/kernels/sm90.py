@@ -47,7 +47,40 @@ def compile_cases(cases: list[Case]) -> None:
             options=dict(num_warps=4, num_stages=2, **(extra[0] if extra else {})),
         )
         assert compiled.asm["cubin"], fn.__name__
-        print("compiled", fn.__name__, f"{time.perf_counter() - start:.1f} s", flush=True)
+        usage = resource_usage(compiled.asm["cubin"])
+        shared = int(compiled.metadata.shared)
+        # an H100 block gets at most 227 KiB of shared memory (opt-in); more fails at launch, not here
+        assert shared <= H100_SHARED_BYTES, f"{fn.__name__}: {shared} bytes of shared memory > {H100_SHARED_BYTES}"
+        print(
+            "compiled", fn.__name__, f"{time.perf_counter() - start:.1f} s:", f"shared {shared} B,",
+            f"{usage.get('REG', '?')} registers, local (spills) {usage.get('LOCAL', '?')} B",
+            flush=True,
+        )  # fmt: skip
+
+
+H100_SHARED_BYTES = 227 * 1024
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """Registers, shared, local (register spills) and stack bytes of a cubin's kernel, as ``cuobjdump
+    --dump-resource-usage`` (shipped with triton) reads them; empty when it cannot run."""
+    import re
+    import shutil
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists() and shutil.which("cuobjdump") is None:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        run = subprocess.run(
+            [str(tool) if tool.exists() else "cuobjdump", "--dump-resource-usage", f.name],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", run.stdout)}
 
 
 def run_compile_check(module: str) -> subprocess.CompletedProcess[str]:
