@@ -50,7 +50,9 @@ def compile_cases(cases: list[Case]) -> None:
         usage = resource_usage(compiled.asm["cubin"])
         shared = int(compiled.metadata.shared)
         # an H100 block gets at most 227 KiB of shared memory (opt-in); more fails at launch, not here
-        assert shared <= H100_SHARED_BYTES, f"{fn.__name__}: {shared} bytes of shared memory > {H100_SHARED_BYTES}"
+        assert shared <= H100_SHARED_BYTES, (
+            f"{fn.__name__}: {shared} bytes of shared memory > {H100_SHARED_BYTES}"
+        )
         print(
             "compiled", fn.__name__, f"{time.perf_counter() - start:.1f} s:", f"shared {shared} B,",
             f"{usage.get('REG', '?')} registers, local (spills) {usage.get('LOCAL', '?')} B",
