@@ -124,7 +124,8 @@ def _serve(args: argparse.Namespace) -> int:
     tokens = _load_tokens("serve", args.tokens)
     if tokens is False:
         return 2
-    serve(args.path, host=args.host, port=args.port, embedder=args.embedder, token=token, tokens=tokens)
+    serve(args.path, host=args.host, port=args.port, embedder=args.embedder, token=token, tokens=tokens,
+          read_only=args.read_only, refresh_every=args.refresh_every)  # fmt: skip
     return 0
 
 
@@ -344,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help='a JSON file of per-user tokens, {"TOKEN": "USER_ID", ...} (\'*\' for every user): each '
         "token reaches its user's memories only",
+    )
+    serve.add_argument(
+        "--read-only",
+        action="store_true",
+        help="serve the memory beside the process that writes it (a read replica): writes answer 403",
+    )
+    serve.add_argument(
+        "--refresh-every",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --read-only: catch up with the writer before a request when the last catch-up is this old "
+        "(default 1; 0: every request)",
     )
     serve.set_defaults(func=_serve)
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -47,7 +48,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from t4dm.auth import UNAUTHORIZED_BODY, UNAUTHORIZED_HEADERS, Tokens, allows, warn_if_open
-from t4dm.errors import InvalidInput, UnknownId
+from t4dm.errors import InvalidInput, ReadOnlyStore, UnknownId
 from t4dm.memory import Memory
 
 __all__ = ["create_app", "serve"]
@@ -130,13 +131,31 @@ def create_app(
     token: str | None = None,
     tokens: dict[str, str] | str | os.PathLike[str] | None = None,
     close_on_shutdown: bool = False,
+    refresh_every: float = 1.0,
 ) -> FastAPI:
     """The API over ``memory``. With ``token`` (every user) and/or ``tokens`` (``{token: user_id}``, ``"*"`` for every
     user; or a tokens file's path, read again when it changes: :class:`~t4dm.auth.Tokens`) every route wants
     ``Authorization: Bearer <token>`` (401 otherwise), and a user's token reaches that user's memories only: another
     ``user_id`` is 403, another user's memory by id 404 (as if absent), ``/consolidate`` and ``/stats`` 403 (they
-    touch every user). With ``close_on_shutdown`` the app closes the memory when it stops (``t4dm serve``)."""
+    touch every user). With ``close_on_shutdown`` the app closes the memory when it stops (``t4dm serve``).
+
+    Over a memory opened ``read_only=True`` (a read replica beside the process that writes it) a request first
+    catches up with the writer (:meth:`~t4dm.memory.Memory.refresh`) when the last catch-up is ``refresh_every``
+    seconds old or more (0: every request; a catch-up with nothing new costs ~0.1 ms), and writes answer 403
+    ``ReadOnlyStore``."""
+    if (
+        isinstance(refresh_every, bool)
+        or not isinstance(refresh_every, (int, float))
+        or not refresh_every >= 0
+    ):
+        raise InvalidInput("refresh_every", refresh_every, "expected seconds >= 0")
     table = Tokens(token, tokens)
+    refreshed = [time.monotonic()]
+
+    def current() -> None:
+        if memory.read_only and time.monotonic() - refreshed[0] >= refresh_every:
+            refreshed[0] = time.monotonic()
+            memory.refresh()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -153,7 +172,12 @@ def create_app(
             raise _Unauthorized
         request.state.principal = principal
 
-    app = FastAPI(title="T4DM memory", version="1", lifespan=lifespan, dependencies=[Depends(authorised)])
+    app = FastAPI(
+        title="T4DM memory",
+        version="1",
+        lifespan=lifespan,
+        dependencies=[Depends(authorised), Depends(current)],
+    )
 
     def check_user(http: Request, user_id: str | None) -> None:
         principal = http.state.principal
@@ -187,6 +211,11 @@ def create_app(
             "reason": exc.reason,
         }
         return JSONResponse(status_code=400, content=body)
+
+    @app.exception_handler(ReadOnlyStore)
+    async def read_only(request: Request, exc: ReadOnlyStore) -> JSONResponse:
+        body = {"error": "ReadOnlyStore", "field": "read_only", "value": True, "reason": str(exc)}
+        return JSONResponse(status_code=403, content=body)
 
     @app.exception_handler(UnknownId)
     async def unknown_id(request: Request, exc: UnknownId) -> JSONResponse:
@@ -314,13 +343,16 @@ def serve(
     embedder: Any = None,
     token: str | None = None,
     tokens: dict[str, str] | str | os.PathLike[str] | None = None,
+    read_only: bool = False,
+    refresh_every: float = 1.0,
 ) -> None:
     """Open the memory at ``path`` and serve it until interrupted (uvicorn); the memory is closed after.
-    ``token``, ``tokens``: see :func:`create_app`."""
+    ``token``, ``tokens``, ``refresh_every``: see :func:`create_app`; ``read_only``: serve it beside the
+    process that writes it (a read replica)."""
     import uvicorn
 
     table = Tokens(token, tokens)
     warn_if_open("serve", host, port, table)
-    memory = Memory(path, embedder=embedder)
-    app = create_app(memory, token=token, tokens=tokens, close_on_shutdown=True)
+    memory = Memory(path, embedder=embedder, read_only=read_only)
+    app = create_app(memory, token=token, tokens=tokens, close_on_shutdown=True, refresh_every=refresh_every)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -13,7 +13,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient
 
-from t4dm import Memory
+from t4dm import Memory, errors
 from t4dm.server import create_app
 
 from .conftest import bag_of_words
@@ -359,3 +359,42 @@ def test_a_tokens_file_is_read_again_when_it_changes(tmp_path, capsys):
         assert capsys.readouterr().err.count("cannot be used") == 1
         write(json.dumps({"tok-alice": "alice"}))  # back, and read again
         assert (status("tok-alice"), status("tok-ops")) == (200, 401)
+
+
+def test_a_read_replica_serves_reads_beside_the_writer_and_refuses_writes(tmp_path, monkeypatch):
+    """``t4dm serve --read-only``: the app over a read-only memory catches up with the writer before a request
+    (refresh_every=0: every request; 3600: not yet), and writes answer 403 ReadOnlyStore naming the field."""
+    from t4dm import cli, server
+
+    path = tmp_path / "memories"
+    writer = Memory(path, embedder=bag_of_words)
+    writer.add("Alice moved to Paris", user_id="alice")
+    replica = Memory(path, embedder=bag_of_words, read_only=True)
+    lagging = Memory(path, embedder=bag_of_words, read_only=True)
+    with (
+        TestClient(create_app(replica, refresh_every=0, close_on_shutdown=True)) as client,
+        TestClient(create_app(lagging, refresh_every=3600, close_on_shutdown=True)) as slow,
+    ):
+        [lisbon] = writer.add("Alice visited Lisbon in June", user_id="alice")
+        hits = client.post("/search", json={"query": "Lisbon", "user_id": "alice"}).json()["hits"]
+        assert hits[0]["id"] == lisbon.id  # caught up before the request
+        assert client.get(f"/memories/{lisbon.id}").json()["text"] == "Alice visited Lisbon in June"
+        assert slow.get(f"/memories/{lisbon.id}").status_code == 404  # its last catch-up is too recent
+        for response in (
+            client.post("/memories", json={"content": "Alice likes tea", "user_id": "alice"}),
+            client.patch(f"/memories/{lisbon.id}", json={"text": "Alice visited Porto"}),
+            client.delete(f"/memories/{lisbon.id}"),
+        ):
+            assert response.status_code == 403
+            assert response.json()["error"] == "ReadOnlyStore" and response.json()["field"] == "read_only"
+        assert writer.get(lisbon.id).text == "Alice visited Lisbon in June"
+    writer.close()
+    with pytest.raises(errors.InvalidInput, match="refresh_every"):
+        create_app(writer, refresh_every=-1)
+    calls = []
+    monkeypatch.setattr(
+        server, "serve", lambda path, **kw: calls.append((kw["read_only"], kw["refresh_every"]))
+    )
+    assert cli.main(["serve", "--path", str(path), "--read-only", "--refresh-every", "0.5"]) == 0
+    assert cli.main(["serve", "--path", str(path)]) == 0
+    assert calls == [(True, 0.5), (False, 1.0)]
