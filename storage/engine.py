@@ -598,6 +598,12 @@ class T4DX:
                     os.close(self._lock_fd)
 
     @property
+    def last_recorded(self) -> datetime | None:
+        """The transaction time of the last write this store holds (None before the first): what a reader
+        passes to ``changes(since=)`` before a :meth:`refresh` to learn what the refresh brought."""
+        return from_us(self._last_recorded) if self._last_recorded else None
+
+    @property
     def read_only(self) -> bool:
         """True when opened ``read_only=True``: it reads beside the writer and writes nothing."""
         return self._read_only

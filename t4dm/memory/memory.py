@@ -282,12 +282,27 @@ class Memory:
         return self.db.read_only
 
     def refresh(self) -> bool:
-        """Read-only: catch up with what the writer has written since (:meth:`T4DX.refresh`); the lexical
-        index is built again on the next search. Returns whether anything had changed."""
+        """Read-only: catch up with what the writer has written since (:meth:`T4DX.refresh`). The lexical
+        index follows the store's changes since the last catch-up (new versions, deletions, erasures), or
+        is built again on the next search when a full compaction has folded some of them away. Returns
+        whether anything had changed."""
         with self._lock:
+            since = self.db.last_recorded
             changed = self.db.refresh()
-            if changed:
-                self._lexical = None
+            if changed and self._lexical is not None:
+                try:
+                    changes = self.db.changes(since=since)
+                    lexical = self._lexical
+                    for change in changes:
+                        record = change.record
+                        if not isinstance(record, Item):
+                            continue  # edges, weights, scales, κ: no text
+                        if change.op == "put" and "text" in record.fields:
+                            add_to_lexical(lexical, record.id or "", record.fields)
+                        else:  # deleted or erased (or a version without text)
+                            lexical.remove(record.id or "")
+                except InvalidTime:  # folded by a full compaction: build it anew
+                    self._lexical = None
             return changed
 
     def _check_writable(self, operation: str) -> None:

@@ -93,3 +93,45 @@ def test_export_and_info_read_beside_a_running_writer(tmp_path, monkeypatch, cap
         writer.add(["Maya adopted a cat"], user_id="maya")  # the writer goes on
     with Memory(path, embedder=bag_of_words, read_only=True) as reader:
         assert len(reader) == 3
+
+
+def _lexical_state(memory: Memory) -> tuple:
+    index = memory.lexical
+    queries = ("Porto", "tea", "cat Miso", "Maya moved", "garden roses", "Lisbon")
+    return dict(index._where), {q: index.search(q, 10, user_id="maya") for q in queries}
+
+
+def test_a_refresh_brings_the_lexical_index_up_to_date_from_the_changes(tmp_path):
+    """The reader's BM25 index follows the writer's adds, updates, deletions and erasures through the change
+    feed (not rebuilt), and is built anew after a consolidation's full compaction folded changes away: either
+    way it equals an index built from the store."""
+    path = tmp_path / "m"
+    with Memory(path, embedder=bag_of_words) as writer:
+        [porto, tea] = writer.add(["Maya moved to Porto", "Maya likes green tea"], user_id="maya")
+        with Memory(path, embedder=bag_of_words, read_only=True) as reader:
+            assert reader.search("tea", user_id="maya")[0].id == tea.id  # its index is built
+            writer.add(
+                [{"role": "user", "speaker": "Maya", "content": "I adopted a cat named Miso"},
+                 {"role": "user", "speaker": "Maya", "content": "My garden has roses"}],
+                user_id="maya", run_id="s1",
+            )  # fmt: skip
+            writer.update(porto.id, text="Maya moved to Lisbon")
+            writer.delete(tea.id)
+            [gone] = writer.add(["Maya hates Mondays"], user_id="maya")
+            writer.erase(gone.id)
+            index = reader._lexical
+            assert reader.refresh() and reader._lexical is index  # followed, not dropped
+            with Memory(path, embedder=bag_of_words, read_only=True) as fresh:
+                assert _lexical_state(reader) == _lexical_state(fresh)
+            assert reader.search("Lisbon", user_id="maya")[0].id == porto.id
+            assert all(h.id not in (tea.id, gone.id) for h in reader.search("tea Mondays", user_id="maya"))
+            writer.consolidate(progress=False)  # folds only what the reader had seen: followed again
+            [book] = writer.add(["Maya reads about Porto"], user_id="maya")
+            assert reader.refresh() and reader._lexical is index
+            with Memory(path, embedder=bag_of_words, read_only=True) as fresh:
+                assert _lexical_state(reader) == _lexical_state(fresh)
+            writer.erase(book.id)
+            writer.db.compact()  # drops a change the reader has not seen: built anew
+            assert reader.refresh() and reader._lexical is None
+            with Memory(path, embedder=bag_of_words, read_only=True) as fresh:
+                assert _lexical_state(reader) == _lexical_state(fresh)
