@@ -91,7 +91,7 @@ from .rows import (
 )
 from .segment import Segment, SegmentWriter, segment_path, write_segment
 from .vector_index import HNSWParams, build_hnsw, extend_hnsw, load_hnsw, save_hnsw
-from .wal import DURABILITY_MODES, WAL, read_records, wal_files
+from .wal import DURABILITY_MODES, WAL, read_records, record_end, wal_files
 
 __all__ = ["T4DX", "CompactionStats"]
 
@@ -407,6 +407,42 @@ class T4DX:
             raise
         self._closed = False
 
+    def _replay_logs(self, numbers: list[int], start: int) -> None:
+        """Apply the records of log files ``numbers`` (the first from byte ``start``) that are newer than what
+        this store holds; a reader notes how far it read (``_wal_read``)."""
+        wal_dir = os.path.join(self.path, _WAL)
+        for i, number in enumerate(numbers):
+            path = os.path.join(wal_dir, f"{number:08d}.wal")
+            last = i == len(numbers) - 1
+            begin = start if i == 0 else 0
+            self._wal_read = (number, begin)
+            for offset, body in read_records(
+                wal_dir, number, self.dim, last=last, repair=not self._read_only, start=begin
+            ):
+                batch = VersionBatch.decode(body, path, offset)
+                if batch.seq_start + batch.n - 1 > self._seq:  # else already in a segment, or applied
+                    self._apply(batch)
+                self._wal_read = (number, record_end(offset, body))
+
+    def _catch_up(self) -> bool:
+        """A reader's refresh when the writer has only appended to its logs since (the manifest is the one
+        this store loaded): the new records applied as the writer applied them, the snapshots published
+        in order. False (the caller loads the store again) when the manifest changed or the log file read
+        last is gone."""
+        if Manifest.load(self.path) != self._manifest:
+            return False
+        number, offset = self._wal_read
+        numbers = [n for n in wal_files(os.path.join(self.path, _WAL)) if n >= number]
+        if not numbers or numbers[0] != number:
+            return False
+        try:
+            self._replay_logs(numbers, offset)
+        except StorageIOError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return False  # a flush removed a log meanwhile: what was applied is a prefix, then reloaded
+            raise
+        return True
+
     def _open_read_only(self, dim: int | None, verify: bool) -> None:
         """Load the store as the manifest and the logs hold it, writing nothing. The writer may publish a
         new manifest meanwhile and then remove the segments and logs the old one named: the load is
@@ -516,14 +552,8 @@ class T4DX:
         self._publish()
         self._apply_segment_overlays()
         numbers_ = [number for number in wal_files(wal_dir) if number >= manifest.wal_start]
-        for i, number in enumerate(numbers_):
-            path = os.path.join(wal_dir, f"{number:08d}.wal")
-            last = i == len(numbers_) - 1
-            for offset, body in read_records(wal_dir, number, manifest.dim, last=last, repair=writer):
-                batch = VersionBatch.decode(body, path, offset)
-                if batch.seq_start + batch.n - 1 <= manifest.last_seq:
-                    continue  # already in a segment
-                self._apply(batch)
+        self._wal_read = (manifest.wal_start, 0)  # a reader: the log file and byte it has read up to
+        self._replay_logs(numbers_, 0)
         if writer:
             tail = numbers_[-1] if numbers_ else manifest.wal_start
             self._wal = WAL(wal_dir, tail, manifest.dim, self.durability, sync_interval)
@@ -610,17 +640,23 @@ class T4DX:
 
     def refresh(self) -> bool:
         """A read-only store: catch up with what the writer has written since it was opened (or last
-        refreshed): the store is loaded again, its segments' checksums not checked again. Reads running
-        meanwhile finish on what they began with. Returns whether anything had changed (nothing is loaded
-        when the manifest and the logs' sizes are as they were). A store open to write is always current
-        (returns False)."""
+        refreshed). When the writer has only written to its logs since, their new records are applied (as
+        the writer applied them: reads in other threads see each transaction whole); after a flush or a
+        compaction (a new manifest) the store is loaded again, its segments' checksums not checked again.
+        Reads running meanwhile finish on what they began with. Returns whether anything had changed
+        (nothing is read when the manifest and the logs' sizes are as they were). A store open to write is
+        always current (returns False)."""
         self._check_open()
         if not self._read_only:
             return False
         with self._refresh_lock:
             self._check_open()
-            if self._stamp() == self._loaded_stamp:
+            stamp = self._stamp()
+            if stamp == self._loaded_stamp:
                 return False
+            if self._catch_up():
+                self._loaded_stamp = stamp
+                return True
             fresh = object.__new__(T4DX)
             for name in self._REFRESH_KEEP:
                 setattr(fresh, name, getattr(self, name))

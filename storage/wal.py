@@ -37,6 +37,7 @@ __all__ = [
     "TornWALWarning",
     "file_format",
     "read_records",
+    "record_end",
     "wal_files",
     "wal_path",
 ]
@@ -250,9 +251,10 @@ def file_format(directory: str, number: int) -> int | None:
 
 
 def read_records(
-    directory: str, number: int, dim: int, last: bool, repair: bool = True
+    directory: str, number: int, dim: int, last: bool, repair: bool = True, start: int = 0
 ) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(offset, body)`` of each record of WAL file ``number``.
+    """Yield ``(offset, body)`` of each record of WAL file ``number`` (from byte ``start``, a record's offset
+    or the end of one, when given: what a reader that has read up to there goes on from).
 
     In the last file a bad record with no valid record after it is a torn tail: the file is truncated
     there (and fsynced) with a :class:`TornWALWarning`. Anywhere else a bad record raises
@@ -261,8 +263,12 @@ def read_records(
     """
     path = wal_path(directory, number)
     with io_errors(path), open(path, "rb") as f:
+        head = f.read(_HEADER_SIZE)
+        base = max(start, _HEADER_SIZE)
+        if len(head) == _HEADER_SIZE and base > _HEADER_SIZE:
+            f.seek(base)
         data = f.read()
-    if len(data) < _HEADER_SIZE:
+    if len(head) < _HEADER_SIZE:
         if last and not repair:
             return
         if last:  # the crash came while the header was being written
@@ -271,35 +277,42 @@ def read_records(
                 os.truncate(path, 0)
             return
         raise CorruptWAL(path, "file shorter than its header", 0)
-    magic, fmt, file_dim, file_no = _HEADER.unpack_from(data)
-    (crc,) = struct.unpack_from("<I", data, _HEADER.size)
-    if magic != _MAGIC or crc != checksum(data[: _HEADER.size]):
+    magic, fmt, file_dim, file_no = _HEADER.unpack_from(head)
+    (crc,) = struct.unpack_from("<I", head, _HEADER.size)
+    if magic != _MAGIC or crc != checksum(head[: _HEADER.size]):
         raise CorruptWAL(path, "bad header", 0)
     if fmt > FORMAT:
         raise CorruptWAL(path, f"format {fmt} is newer than this library reads ({FORMAT})", 0)
     if file_dim != dim or file_no != number:
         raise CorruptWAL(path, f"header says dim {file_dim}, file {file_no}; expected {dim}, {number}", 0)
-    pos = _HEADER_SIZE
+    pos = 0  # in data, which begins at byte base of the file
     while pos < len(data):
         length = _frame_at(data, pos)
         if length is None:
             following = _valid_record_after(data, pos)
             if following is not None or not last:
-                raise CorruptWAL(path, "bad record (checksum or framing) followed by valid records", pos)
+                raise CorruptWAL(
+                    path, "bad record (checksum or framing) followed by valid records", base + pos
+                )
             if not repair:
                 return
             warnings.warn(
-                f"{path}: torn record at byte {pos} ({len(data) - pos} bytes) cut off during recovery",
+                f"{path}: torn record at byte {base + pos} ({len(data) - pos} bytes) cut off during recovery",
                 TornWALWarning,
                 stacklevel=2,
             )
             with io_errors(path):
-                os.truncate(path, pos)
+                os.truncate(path, base + pos)
                 fd = os.open(path, os.O_WRONLY)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
             return
-        yield pos, data[pos + _FRAME.size : pos + _FRAME.size + length]
+        yield base + pos, data[pos + _FRAME.size : pos + _FRAME.size + length]
         pos += _FRAME.size + length
+
+
+def record_end(offset: int, body: bytes) -> int:
+    """The byte after the record at ``offset`` whose body :func:`read_records` gave as ``body``."""
+    return offset + _FRAME.size + len(body)

@@ -59,7 +59,12 @@ def _writes(db: T4DX, a: str, b: str, path) -> list:
     ]
 
 
-def test_a_reader_beside_the_writer_reads_as_of_its_open_until_it_refreshes(tmp_path):
+def test_a_reader_beside_the_writer_reads_as_of_its_open_until_it_refreshes(tmp_path, monkeypatch):
+    loads = []
+    original = T4DX._init
+    monkeypatch.setattr(
+        T4DX, "_init", lambda self, **kw: (loads.append(kw["read_only"]), original(self, **kw))[1]
+    )
     path = str(tmp_path / "db")
     writer = T4DX.open(path, dim=DIM, durability="batch")
     a, b = writer.insert(
@@ -71,6 +76,7 @@ def test_a_reader_beside_the_writer_reads_as_of_its_open_until_it_refreshes(tmp_
     with pytest.raises(errors.StoreLocked):
         T4DX.open(path)
     reader = T4DX.open(path, read_only=True)
+    loads.clear()
     assert reader.read_only and not writer.read_only and reader.stats()["read_only"] is True
     assert reader.count() == 3 and reader.get(c).fields == {"text": "c"}
     assert [e.dst for e in reader.edges(a, rel="next")] == [b] and reader.search(vec(1), k=1)[0].id == b
@@ -82,13 +88,19 @@ def test_a_reader_beside_the_writer_reads_as_of_its_open_until_it_refreshes(tmp_
     writer.batch_scale_weights(0.5)
     assert reader.get(a).fields == {"text": "a"} and reader.get(d) is None  # as of its open
     snapshot = reader.search(vec(0), k=4)
+    # only the log grew: its new records are applied, the store is not loaded again
+    assert reader.refresh() is True and loads == []
+    assert reader.get(a).fields == {"text": "a, revised"} and reader.get(d).fields == {"text": "d"}
+    assert reader.get(a, as_of=opened).fields == {"text": "a"} and reader.count() == 4
+    assert [(c.seq, c.op) for c in reader.changes()] == [(c.seq, c.op) for c in writer.changes()]
+    writer.delete(d)
+    assert reader.refresh() and reader.get(d) is None and loads == []
+    writer.insert(Item(vector=vec(3), id=d, fields={"text": "d again"}))
     writer.flush()
     writer.compact()  # the segments the reader maps are unlinked
-    assert reader.get(a).fields == {"text": "a"} and [h.id for h in reader.search(vec(0), k=4)] == [
-        h.id for h in snapshot
-    ]
-    assert reader.refresh() is True
-    assert reader.get(a).fields == {"text": "a, revised"} and reader.get(d).fields == {"text": "d"}
+    assert reader.get(d) is None and [h.id for h in reader.search(vec(0), k=4)] == [h.id for h in snapshot]
+    assert reader.refresh() is True and loads == [True]  # a new manifest: loaded again
+    assert reader.get(a).fields == {"text": "a, revised"} and reader.get(d).fields == {"text": "d again"}
     assert reader.get(a, as_of=opened).fields == {"text": "a"} and len(reader.history(a)) == 2
     assert reader.edges(a, rel="next")[0].weight == pytest.approx(0.5)
     assert [(c.seq, c.op) for c in reader.changes()] == [(c.seq, c.op) for c in writer.changes()]
