@@ -644,13 +644,17 @@ class T4DX:
         the writer applied them: reads in other threads see each transaction whole); after a flush or a
         compaction (a new manifest) the store is loaded again, its segments' checksums not checked again.
         Reads running meanwhile finish on what they began with. Returns whether anything had changed
-        (nothing is read when the manifest and the logs' sizes are as they were). A store open to write is
-        always current (returns False)."""
+        (nothing is read when the manifest and the logs' sizes are as they were). HNSW indexes the writer
+        has built since are loaded too (until then their segments are searched exactly). A store open to
+        write is always current (returns False)."""
         self._check_open()
         if not self._read_only:
             return False
         with self._refresh_lock:
             self._check_open()
+            for segment in self._segments:  # indexes the writer has built since (it builds in the background)
+                if segment.index is None:
+                    segment.index = load_hnsw(segment.index_path, segment.vectors.shape[0], self.dim)
             stamp = self._stamp()
             if stamp == self._loaded_stamp:
                 return False

@@ -236,3 +236,22 @@ def test_a_reader_stays_consistent_while_another_process_writes_flushes_and_comp
         open(stop, "w").close()
         if writer.poll() is None:
             writer.kill()
+
+
+def test_a_refresh_loads_the_hnsw_indexes_the_writer_has_built_since(tmp_path):
+    """A segment whose index the writer had not built when the reader loaded it is searched exactly; the
+    next refresh picks the index up, though nothing else changed."""
+    path = str(tmp_path / "db")
+    with T4DX.open(path, dim=DIM, index_build="sync", hnsw={"min_rows": 16}) as writer:
+        writer.insert_batch(np.stack([vec(i) for i in range(64)]))
+        writer.flush()
+        [segment] = writer._segments
+        assert segment.index is not None
+        os.rename(segment.index_path, segment.index_path + ".later")  # as if not built yet
+        reader = T4DX.open(path, read_only=True)
+        assert reader._segments[0].index is None
+        exact = [h.id for h in reader.search(vec(5), k=5)]
+        os.rename(segment.index_path + ".later", segment.index_path)  # built now
+        assert reader.refresh() is False and reader._segments[0].index is not None
+        assert [h.id for h in reader.search(vec(5), k=5)] == exact
+        reader.close()
