@@ -357,3 +357,39 @@ class Traverse:
 
     def time_neighbours_1000(self, nodes: int) -> None:
         self.db.neighbours(self.seeds)
+
+
+class ReadOnly:
+    """A reader beside the writer (``read_only=True``) of a compacted 50k store: its open, a refresh after one
+    insert (the new log record applied), and the peer, loading the store again (what a refresh does after a
+    flush or a compaction)."""
+
+    params = [50_000]
+    param_names = ["n"]
+    timeout = 300
+    number = 1
+    repeat = (5, 20, 60.0)
+
+    def setup(self, n: int) -> None:
+        self.root, self.db, self.ids = _compacted_store(n)
+        self.db.wait_indexed()
+        self.reader = T4DX.open(self.root + "/s", read_only=True)
+        self.vectors = _data(64, 384, 2)[0]
+        self.next = iter(range(10**9))
+
+    def teardown(self, n: int) -> None:
+        self.reader.close()
+        self.db.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def time_open_read_only(self, n: int) -> None:
+        T4DX.open(self.root + "/s", read_only=True).close()
+
+    def time_refresh_after_one_insert(self, n: int) -> None:
+        self.db.insert(Item(vector=self.vectors[next(self.next) % 64]))
+        self.reader.refresh()
+
+    def time_reload_after_one_insert(self, n: int) -> None:
+        self.db.insert(Item(vector=self.vectors[next(self.next) % 64]))
+        self.reader.close()
+        self.reader = T4DX.open(self.root + "/s", read_only=True)
