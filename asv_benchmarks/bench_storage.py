@@ -196,17 +196,27 @@ class Kappa:
         self.db.compact(policy=nrem)
 
 
-class Erase:
-    """ERASE of 100 items of a compacted 50k store whose items are chained by ``next`` edges: with their
-    edges (the default: each id's edges found in every source's CSR and erased, a second transaction),
-    leaving them, and the peer, DELETE (a tombstone each, one transaction). Each call takes ids no call
-    took before."""
+class _OneShotOnCompacted:
+    """Benchmarks of one call each (``number = 1``) on a compacted 50k store made in ``setup``."""
 
     params = [50_000]
     param_names = ["n"]
     timeout = 300
     number = 1
     repeat = (5, 20, 60.0)
+
+    def teardown(self, n: int) -> None:
+        for name in ("reader", "db"):
+            if hasattr(self, name):
+                getattr(self, name).close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Erase(_OneShotOnCompacted):
+    """ERASE of 100 items of a compacted 50k store whose items are chained by ``next`` edges: with their
+    edges (the default: each id's edges found in every source's CSR and erased, a second transaction),
+    leaving them, and the peer, DELETE (a tombstone each, one transaction). Each call takes ids no call
+    took before."""
 
     def setup(self, n: int) -> None:
         from t4dm.storage import Edge
@@ -219,10 +229,6 @@ class Erase:
         chunks = [self.ids[i : i + 100] for i in range(0, n, 100)]
         self.chunks = {name: iter(chunks[k::3]) for k, name in enumerate(("edges", "items", "delete"))}
         self.db.erase(next(self.chunks["edges"]))  # warm-up (Numba)
-
-    def teardown(self, n: int) -> None:
-        self.db.close()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def time_erase_100_with_edges(self, n: int) -> None:
         self.db.erase(next(self.chunks["edges"]))
@@ -359,16 +365,10 @@ class Traverse:
         self.db.neighbours(self.seeds)
 
 
-class ReadOnly:
+class ReadOnly(_OneShotOnCompacted):
     """A reader beside the writer (``read_only=True``) of a compacted 50k store: its open, a refresh after one
     insert (the new log record applied), and the peer, loading the store again (what a refresh does after a
     flush or a compaction)."""
-
-    params = [50_000]
-    param_names = ["n"]
-    timeout = 300
-    number = 1
-    repeat = (5, 20, 60.0)
 
     def setup(self, n: int) -> None:
         self.root, self.db, self.ids = _compacted_store(n)
@@ -376,11 +376,6 @@ class ReadOnly:
         self.reader = T4DX.open(self.root + "/s", read_only=True)
         self.vectors = _data(64, 384, 2)[0]
         self.next = iter(range(10**9))
-
-    def teardown(self, n: int) -> None:
-        self.reader.close()
-        self.db.close()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def time_open_read_only(self, n: int) -> None:
         T4DX.open(self.root + "/s", read_only=True).close()

@@ -420,15 +420,7 @@ class StoreMachine(RuleBasedStateMachine):
             copy_clock = FakeClock(max(self.clock.now, self.last))  # bursts run the store ahead of the clock
             with T4DX.open(folder + "/c", dim=DIM, clock=copy_clock, durability="none") as copy:
                 copy.replay(self.db.changes())
-                original, self.db = self.db, copy
-                try:
-                    self.gets_and_histories_match()
-                    self.scans_match()
-                    self.edges_match()
-                    if self.checkpoints:
-                        self.time_travel_matches()
-                finally:
-                    self.db = original
+                self._matches(copy)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -440,7 +432,11 @@ class StoreMachine(RuleBasedStateMachine):
             self.reader = T4DX.open(self.dir + "/s", clock=self.clock, read_only=True)
         else:
             self.reader.refresh()
-        original, self.db = self.db, self.reader
+        self._matches(self.reader)
+
+    def _matches(self, other: T4DX) -> None:
+        """Every check, run on ``other`` instead of the store."""
+        original, self.db = self.db, other
         try:
             self.gets_and_histories_match()
             self.scans_match()
