@@ -69,6 +69,24 @@ def _run_and_kill(path: str, seed: int, rng: random.Random) -> list[str]:
     return out.split("\n")[:-1]  # complete lines only: the kill may cut the last one
 
 
+def _state(db: T4DX, edges: dict[str, float]) -> tuple[dict, dict]:
+    """The store's items (id -> (fields["v"], the vector's fill, κ)) and the weights of the edges from them
+    or from the model's edges' sources."""
+    state = {item.id: (item.fields["v"], int(item.vector[0]), item.kappa) for item in db.scan()}
+    sources = sorted({e.split(">")[0] for e in edges} | set(state))  # edges outlive their items
+    weights = {f"{e.src}>{e.dst}": round(e.weight, 9) for e in db.edges(sources)} if sources else {}
+    return state, weights
+
+
+def _files(path: str) -> dict[str, bytes]:
+    out = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            if name != "LOCK":
+                out[os.path.join(root, name)] = Path(root, name).read_bytes()
+    return out
+
+
 def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
     """Run ``trials`` kill-and-reopen rounds on one store; the model carries over between rounds."""
     rng = random.Random(seed)
@@ -98,10 +116,15 @@ def crash_trials(tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
                 counts["kappa_ops"] += pending[0] in ("kappa", "consolidate")
                 counts["erasures"] += pending[0] == "erase"
                 pending = None
+        # a reader first, on the store as the kill left it (a torn log tail, unpublished files): it must
+        # read what the recovering writer will, and change no file
+        files = _files(path)
+        with T4DX.open(path, read_only=True) as reader:
+            seen = _state(reader, edges)
+        assert _files(path) == files, trial
         with T4DX.open(path) as db:
-            state = {item.id: (item.fields["v"], int(item.vector[0]), item.kappa) for item in db.scan()}
-            sources = sorted({e.split(">")[0] for e in edges} | set(state))  # edges outlive their items
-            weights = {f"{e.src}>{e.dst}": round(e.weight, 9) for e in db.edges(sources)} if sources else {}
+            state, weights = _state(db, edges)
+            assert seen == (state, weights), (trial, pending)
             agrees = state == model and weights == {e: round(w, 9) for e, w in edges.items()}
             if pending is not None and pending[0] != "compact" and not agrees:
                 # the write in flight at the kill may have landed (written, not yet acknowledged)
