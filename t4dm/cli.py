@@ -160,10 +160,10 @@ def _mcp(args: argparse.Namespace) -> int:
     if tokens is False:
         return 2
     if args.transport == "stdio":  # T4DM_TOKEN, if set, is for the HTTP transport
-        run_mcp(args.path, transport="stdio", embedder=args.embedder)
+        run_mcp(args.path, transport="stdio", embedder=args.embedder, read_only=args.read_only)
     else:
         run_mcp(args.path, transport=args.transport, embedder=args.embedder, token=token, tokens=tokens,
-                host=args.host, port=args.port)  # fmt: skip
+                host=args.host, port=args.port, read_only=args.read_only)  # fmt: skip
     return 0
 
 
@@ -378,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help='streamable-http: a JSON file of per-user tokens, {"TOKEN": "USER_ID", ...} (\'*\' for every user): each '
         "token reaches its user's memories only",
+    )
+    mcp.add_argument(
+        "--read-only",
+        action="store_true",
+        help="serve the memory beside the process that writes it: recall and history only, each catching up first",
     )
     mcp.set_defaults(func=_mcp)
 

@@ -12,6 +12,9 @@ Tools, each one SDK call scoped by ``user_id`` (and optionally ``run_id``):
 - ``history(id)``: every version, oldest first ("what did we know when");
 - ``consolidate(phases=["nrem", "rem", "prune"])``: sleep.
 
+``t4dm mcp --read-only`` serves a memory that another process writes: ``recall`` and ``history`` only, each
+catching up with the writer first.
+
 Times are ISO 8601 strings with a time zone. Bad input comes back as a tool error whose text names the
 field and the value (the SDK's :class:`~t4dm.errors.InvalidInput`); nothing is written by a refused call.
 
@@ -84,10 +87,20 @@ def create_mcp_server(
     memory: Memory, *, name: str = "t4dm-memory", tokens: Tokens | None = None
 ) -> MCPServer:
     """An MCP server whose tools read and write ``memory``. With ``tokens`` each call acts for the principal of
-    the token its HTTP request carried (checked already by :class:`~t4dm.auth.BearerAuth` in front)."""
+    the token its HTTP request carried (checked already by :class:`~t4dm.auth.BearerAuth` in front). Over a
+    memory opened ``read_only=True`` (beside the process that writes it) only ``recall`` and ``history`` are
+    offered, and each first catches up with the writer (:meth:`~t4dm.memory.Memory.refresh`)."""
+    writable = not memory.read_only
     server = MCPServer(
-        name, instructions="Long-term memory with time: remember facts, recall them by meaning."
+        name,
+        instructions="Long-term memory with time: remember facts, recall them by meaning."
+        if writable
+        else "Long-term memory with time, read-only here: recall facts by meaning, read their history.",
     )
+
+    def current() -> None:
+        if not writable:
+            memory.refresh()
 
     def principal(ctx: Context | None) -> str | None:
         if not tokens:
@@ -109,7 +122,6 @@ def create_mcp_server(
         if not versions or not allows(principal(ctx), versions[0].user_id):
             raise UnknownId(id)
 
-    @server.tool()
     @_client_errors
     def remember(
         content: str,
@@ -131,7 +143,6 @@ def create_mcp_server(
         )
         return [{"id": r.id, "event": r.event, "tau": r.tau, "duplicate": r.duplicate} for r in results]
 
-    @server.tool()
     @_client_errors
     def recall(
         query: str,
@@ -144,6 +155,7 @@ def create_mcp_server(
         """The user's memories most relevant to a query, best first. valid_at: what was true then; as_of:
         what the store knew then (ISO 8601 with a time zone)."""
         check_user(ctx, user_id)
+        current()
         hits = memory.search(
             query,
             user_id=user_id,
@@ -153,14 +165,12 @@ def create_mcp_server(
         )
         return [{**_item(h.memory), "score": h.score, "scores": h.scores} for h in hits]
 
-    @server.tool()
     @_client_errors
     def revise(id: str, text: str, ctx: Context | None = None) -> dict[str, Any]:
         """Replace a memory's text; the old version stays in its history."""
         owned(ctx, id)
         return _item(memory.update(id, text=text))
 
-    @server.tool()
     @_client_errors
     def forget(id: str, erase: bool = False, ctx: Context | None = None) -> dict[str, Any]:
         """Forget a memory: it stays visible to questions about the past, unless ``erase`` (the right to be
@@ -172,17 +182,16 @@ def create_mcp_server(
         memory.delete(id)  # an unknown or deleted id: UnknownId
         return {"forgotten": id}
 
-    @server.tool()
     @_client_errors
     def history(id: str, ctx: Context | None = None) -> list[dict[str, Any]]:
         """Every version of a memory, oldest first."""
+        current()
         owned(ctx, id)
         versions = memory.history(id)
         if not versions:
             raise UnknownId(id)
         return [_item(v) for v in versions]
 
-    @server.tool()
     @_client_errors
     def consolidate(phases: list[str] | None = None, ctx: Context | None = None) -> dict[str, Any]:
         """Sleep: replay (nrem), form prototypes of episodes (rem), prune stale memories (prune)."""
@@ -197,6 +206,9 @@ def create_mcp_server(
             "prototypes": report.prototypes,
         }
 
+    for tool in (remember, recall, revise, forget, history, consolidate):
+        if writable or tool in (recall, history):
+            server.tool()(tool)
     return server
 
 
@@ -225,16 +237,18 @@ def run_mcp(
     tokens: dict[str, str] | str | os.PathLike[str] | None = None,
     host: str = "127.0.0.1",
     port: int = 8001,
+    read_only: bool = False,
     **options: Any,
 ) -> None:
     """Open the memory at ``path`` and serve it over MCP until the client goes away (stdio) or until interrupted
-    (streamable HTTP, on ``host``:``port``, behind ``token`` when given); the memory is closed after."""
+    (streamable HTTP, on ``host``:``port``, behind ``token`` when given); the memory is closed after. With
+    ``read_only`` it is served beside the process that writes it: ``recall`` and ``history`` only."""
     if transport not in ("stdio", "streamable-http"):
         raise InvalidInput("transport", transport, "expected 'stdio' or 'streamable-http'")
     table = Tokens(token, tokens)
     if transport == "stdio" and table:
         raise InvalidInput("token", "<given>", "a token guards the HTTP transport; stdio has no network side")
-    memory = Memory(path, embedder=embedder)
+    memory = Memory(path, embedder=embedder, read_only=read_only)
     try:
         if transport == "stdio":
             create_mcp_server(memory).run("stdio")

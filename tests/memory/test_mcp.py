@@ -18,12 +18,12 @@ from t4dm.adapters.mcp import create_mcp_server
 from .conftest import bag_of_words
 
 
-def _run(memory: Memory, calls):
+def _run(memory: Memory, calls, server=None):
     """Call the tools in order; returns each result (its structured content, or the error text)."""
 
     async def main():
         out = []
-        async with Client(create_mcp_server(memory)) as client:
+        async with Client(server or create_mcp_server(memory)) as client:
             tools = await client.list_tools()
             out.append(sorted(t.name for t in tools.tools))
             for name, arguments in calls:
@@ -175,6 +175,26 @@ def test_mcp_command_passes_its_token_to_http_only(tmp_path, monkeypatch):
     assert cli.main(["mcp", "--path", path, "--transport", "streamable-http", "--token", "from-flag"]) == 0
     assert [kw.get("token") for kw in calls] == [None, "from-env", "from-flag"]
     assert calls[1]["host"] == "127.0.0.1" and calls[1]["port"] == 8001
+    assert cli.main(["mcp", "--path", path, "--read-only"]) == 0
+    assert [kw["read_only"] for kw in calls] == [False, False, False, True]
+
+
+def test_a_read_only_memory_offers_recall_and_history_and_catches_up(tmp_path):
+    """Over a memory opened read-only beside its writer the server offers recall and history only, and each
+    call first catches up with what the writer wrote."""
+    with Memory(tmp_path / "m", embedder=bag_of_words) as writer:
+        [paris] = writer.add("Alice moved to Paris", user_id="alice")
+        with Memory(tmp_path / "m", embedder=bag_of_words, read_only=True) as reader:
+            server = create_mcp_server(reader)
+            writer.update(paris.id, text="Alice moved to Lisbon")  # after the reader opened
+            names, hits, versions = _run(
+                reader,
+                [("recall", {"query": "Lisbon", "user_id": "alice"}), ("history", {"id": paris.id})],
+                server,
+            )
+    assert names == ["history", "recall"]
+    assert [h["text"] for h in hits] == ["Alice moved to Lisbon"]
+    assert [v["text"] for v in versions] == ["Alice moved to Paris", "Alice moved to Lisbon"]
 
 
 def test_http_warns_beyond_loopback_without_a_token(tmp_path, monkeypatch, capsys):
