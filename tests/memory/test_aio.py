@@ -91,3 +91,22 @@ def test_bad_construction_is_refused(tmp_path):
             with pytest.raises(InvalidInput) as info:
                 AsyncMemory(memory, workers=workers)  # type: ignore[arg-type]
             assert info.value.field == "workers"
+
+
+def test_a_read_only_async_memory_refreshes_and_refuses_writes(tmp_path):
+    from t4dm.errors import ReadOnlyStore
+
+    async def main() -> None:
+        with Memory(tmp_path / "m", embedder=bag_of_words) as writer:
+            writer.add("Alice moved to Paris", user_id="alice")
+            async with await AsyncMemory.open(tmp_path / "m", embedder=bag_of_words, read_only=True) as m:
+                assert not await m.refresh()
+                writer.add("Alice visited Lisbon", user_id="alice")
+                assert await m.refresh()
+                assert [h.text for h in await m.search("Lisbon", user_id="alice", k=1)] == [
+                    "Alice visited Lisbon"
+                ]
+                with pytest.raises(ReadOnlyStore):
+                    await m.add("Alice likes tea", user_id="alice")
+
+    asyncio.run(main())
