@@ -85,3 +85,36 @@ def read_framed(path: str, magic: bytes, supported: int) -> tuple[int, bytes] | 
     if checksum(body) != crc:
         return "checksum mismatch"
     return version, body
+
+
+def append_framed(path: str, magic: bytes, format_version: int, body: bytes) -> None:
+    """Append ``body`` to ``path`` (made when missing) as one frame of :func:`write_framed`'s layout, and
+    fsync it (and the folder, when the file is new): a journal of small records."""
+    new = not os.path.exists(path)
+    with io_errors(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, _FRAME.pack(magic, format_version, len(body), checksum(body)) + body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if new:
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+def read_appended(path: str, magic: bytes, supported: int) -> tuple[list[bytes], str | None]:
+    """The bodies :func:`append_framed` wrote to ``path``, in order, up to the first frame that is cut short
+    or damaged (a torn last append), and what was wrong with that frame (None when all were whole)."""
+    with io_errors(path), open(path, "rb") as f:
+        raw = f.read()
+    bodies, pos = [], 0
+    while pos < len(raw):
+        if len(raw) - pos < _FRAME.size:
+            return bodies, f"a frame cut short at byte {pos}"
+        got_magic, version, length, crc = _FRAME.unpack_from(raw, pos)
+        body = raw[pos + _FRAME.size : pos + _FRAME.size + length]
+        if got_magic != magic or version > supported or len(body) != length or checksum(body) != crc:
+            return bodies, f"a damaged frame at byte {pos}"
+        bodies.append(body)
+        pos += _FRAME.size + length
+    return bodies, None

@@ -9,6 +9,7 @@ the write gate's τ and how often it was seen. Valid time is when the memory was
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import itertools
@@ -264,6 +265,12 @@ class Memory:
         self.retrievals: dict[str, int] = {}  # id -> times returned by search, not yet replayed (NREM)
         self.co_retrievals: list[tuple[str, ...]] = []  # the hits of each search, not yet replayed
         self._unsaved = 0  # searches since the retrieval state was last saved
+        # the retrieval state since it was last saved or journaled (a few hundred searches: what the next
+        # journal record holds), the saved state's generation, and the journal's records of that generation
+        self._new_hits: Counter[str] = Counter()
+        self._new_co: list[tuple[str, ...]] = []
+        self._state_gen = 0
+        self._journaled = 0
         self._load_state()
 
     # ------------------------------------------------------------------ life cycle
@@ -272,7 +279,7 @@ class Memory:
             return
         try:
             if not self.db.read_only:
-                self.save_state()
+                self._journal_state()
         finally:
             self.db.close()
 
@@ -313,11 +320,22 @@ class Memory:
     def _state_path(self) -> str:
         return os.path.join(self.path, STATE_FILE)
 
+    @property
+    def _journal_path(self) -> str:
+        return self._state_path + JOURNAL_SUFFIX
+
     def save_state(self) -> None:
         """Write what NREM and PRUNE will read — the retrieval counts and the co-retrieved hit lists not yet
-        replayed — to ``STATE_FILE`` in the store's folder (checksummed, replaced atomically). Called by
-        :meth:`close`, after :meth:`consolidate`, and every ``SAVE_EVERY`` searches; a crash loses at most
-        the searches since."""
+        replayed — to ``STATE_FILE`` in the store's folder (checksummed, replaced atomically), as a new
+        generation, and drop the journal of the last one. Called after :meth:`consolidate` and
+        :meth:`erase` (which take from the state), and when the journal has grown long.
+
+        Between saves, every ``SAVE_EVERY`` searches and at :meth:`close`, only what those searches added
+        is appended to a journal beside it (``STATE_FILE + JOURNAL_SUFFIX``: one checksummed record of
+        the generation it adds to, fsynced): a few hundred lists instead of the whole state (up to
+        ``MAX_CO_RETRIEVALS`` of them, megabytes). A crash loses at most the searches since the last
+        record; a torn record is ignored, and a journal of an older generation (a crash between a save and
+        the journal's removal) too."""
         import msgpack
 
         from t4dm.storage.fsutil import write_framed
@@ -325,37 +343,96 @@ class Memory:
         self._check_writable("save_state")
         with self._lock:
             body = msgpack.packb(
-                {"retrievals": self.retrievals, "co_retrievals": [list(c) for c in self.co_retrievals]}
+                {
+                    "gen": self._state_gen + 1,
+                    "retrievals": self.retrievals,
+                    "co_retrievals": [list(c) for c in self.co_retrievals],
+                }
             )
             write_framed(self._state_path, _STATE_MAGIC, _STATE_FORMAT, body)
+            self._state_gen += 1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._journal_path)
+            self._new_hits, self._new_co = Counter(), []
+            self._journaled = self._unsaved = 0
+
+    def _journal_state(self) -> None:
+        """Append the searches' state since the last save or record to the journal (a full save instead
+        once the journal holds ``JOURNAL_RECORDS`` records)."""
+        import msgpack
+
+        from t4dm.storage.fsutil import append_framed
+
+        with self._lock:
+            if self._journaled >= JOURNAL_RECORDS:
+                self.save_state()
+                return
+            if self._new_hits or self._new_co:
+                body = msgpack.packb(
+                    {
+                        "gen": self._state_gen,
+                        "hits": dict(self._new_hits),
+                        "co": [list(c) for c in self._new_co],
+                    }
+                )
+                append_framed(self._journal_path, _JOURNAL_MAGIC, _STATE_FORMAT, body)
+                self._journaled += 1
+                self._new_hits, self._new_co = Counter(), []
             self._unsaved = 0
 
     def _load_state(self) -> None:
-        """Read the state :meth:`save_state` wrote; a damaged file is reported (a warning) and ignored: the
-        counts only steer consolidation, and the memories themselves are in the store."""
+        """Read the state :meth:`save_state` wrote and the journal of its generation; a damaged file is
+        reported (a warning) and ignored (a damaged saved state with its journal; a damaged journal record
+        with the records after it): the counts only steer consolidation, and the memories themselves are in
+        the store."""
         import warnings
 
         import msgpack
 
-        from t4dm.storage.fsutil import read_framed
+        from t4dm.storage.fsutil import read_appended, read_framed
 
-        if not os.path.exists(self._state_path):
-            return
-        got = read_framed(self._state_path, _STATE_MAGIC, _STATE_FORMAT)
-        problem = got if isinstance(got, str) else None
-        if problem is None:
+        def damaged(path: str, problem: str) -> None:
+            warnings.warn(f"{path}: {problem}; retrieval counts start empty", RuntimeWarning, stacklevel=4)
+
+        retrievals: dict[str, int] = {}
+        co: list[tuple[str, ...]] = []
+        gen = 0
+        if os.path.exists(self._state_path):
+            got = read_framed(self._state_path, _STATE_MAGIC, _STATE_FORMAT)
+            if isinstance(got, str):
+                return damaged(self._state_path, got)
             try:
-                state = msgpack.unpackb(got[1], strict_map_key=False)  # type: ignore[index]
+                state = msgpack.unpackb(got[1], strict_map_key=False)
                 retrievals = {str(k): int(v) for k, v in state["retrievals"].items()}
                 co = [tuple(str(i) for i in hits) for hits in state["co_retrievals"]]
+                gen = int(state.get("gen", 0))  # a state saved before the journal: generation 0
             except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
-                problem = f"unreadable body: {exc}"
-        if problem is not None:
-            warnings.warn(
-                f"{self._state_path}: {problem}; retrieval counts start empty", RuntimeWarning, stacklevel=3
-            )
-            return
+                return damaged(self._state_path, f"unreadable body: {exc}")
+        journaled = 0
+        if os.path.exists(self._journal_path):
+            bodies, problem = read_appended(self._journal_path, _JOURNAL_MAGIC, _STATE_FORMAT)
+            for body in bodies:
+                try:
+                    record = msgpack.unpackb(body, strict_map_key=False)
+                    if int(record["gen"]) != gen:
+                        continue  # of an older generation: the saved state holds it already
+                    hits = {str(k): int(v) for k, v in record["hits"].items()}
+                    more = [tuple(str(i) for i in c) for c in record["co"]]
+                except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
+                    problem = f"unreadable record: {exc}"
+                    break
+                for id, n in hits.items():
+                    retrievals[id] = retrievals.get(id, 0) + n
+                co.extend(more)
+                journaled += 1
+            if problem is not None:
+                warnings.warn(
+                    f"{self._journal_path}: {problem}; the searches it held after that are not counted",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         self.retrievals, self.co_retrievals = retrievals, co[-MAX_CO_RETRIEVALS:]
+        self._state_gen, self._journaled = gen, journaled
 
     def __enter__(self) -> Memory:
         return self
@@ -687,7 +764,7 @@ class Memory:
         self.co_retrievals = [
             t for t in (tuple(i for i in h if i not in gone) for h in self.co_retrievals) if t
         ]
-        if named:
+        if named or os.path.exists(self._journal_path):  # the journal may name them beyond what is kept here
             self.save_state()
         return len(erased)
 
@@ -957,17 +1034,21 @@ class Memory:
         if RUN_SPREAD and "run_id" not in scope:
             ranked = self._spread(ranked, fused, signals, int(k))
         best = self._fetch(items, found, ranked[: int(k)], as_of)
-        if best:
-            self.co_retrievals.append(tuple(best))
-            del self.co_retrievals[:-MAX_CO_RETRIEVALS]
         hits = []
         for id in best:
             memory = MemoryItem.of(items[id])
             hits.append(MemoryHit(id, memory.text, fused[id], signals[id], memory))
-            self.retrievals[id] = self.retrievals.get(id, 0) + 1
-        self._unsaved += 1
-        if self._unsaved >= SAVE_EVERY and not self.db.read_only:
-            self.save_state()
+        with self._lock:  # what consolidation will replay, kept with what the journal's next record holds
+            if best:
+                self.co_retrievals.append(tuple(best))
+                del self.co_retrievals[:-MAX_CO_RETRIEVALS]
+                self._new_co.append(tuple(best))
+            for id in best:
+                self.retrievals[id] = self.retrievals.get(id, 0) + 1
+                self._new_hits[id] += 1
+            self._unsaved += 1
+            if self._unsaved >= SAVE_EVERY and not self.db.read_only:
+                self._journal_state()
         return hits
 
     def _spread(
@@ -1072,6 +1153,9 @@ RUN_SHARE = 0.3  # most a memory gains from its run's (session's) BM25 against t
 RUN_SPREAD = 0.05  # a memory's loss for each better memory of its run already among the results
 MAX_CO_RETRIEVALS = 10_000  # searches remembered for NREM's co-retrieval edges
 STATE_FILE = "memory-state"  # in the store's folder: retrieval counts and co-retrievals (Memory.save_state)
-SAVE_EVERY = 256  # searches between saves of that state
+SAVE_EVERY = 256  # searches between records of that state's journal
+JOURNAL_SUFFIX = ".journal"  # beside STATE_FILE: what searches added since it was saved
+JOURNAL_RECORDS = 16  # journal records (4,096 searches) before the state is saved whole again
 _STATE_MAGIC = b"T4DMSDK\x00"
+_JOURNAL_MAGIC = b"T4DMSDKJ"
 _STATE_FORMAT = 1

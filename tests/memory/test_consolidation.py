@@ -142,29 +142,75 @@ def test_retrieval_counts_survive_a_restart(tmp_path):
         assert m.consolidate(phases=("nrem",), progress=False, now=NOW, config=config).replayed == 0
 
 
-def test_state_is_saved_every_so_many_searches_and_a_damaged_file_is_ignored(tmp_path, monkeypatch):
+def test_state_is_journaled_every_so_many_searches_and_a_damaged_file_is_ignored(tmp_path, monkeypatch):
+    """Every SAVE_EVERY searches what they added is appended to the journal (not the whole state written
+    again); a crash loses only the searches since; a save starts a new generation and drops the journal; a
+    torn journal record loses the searches it held, a damaged saved state its journal too."""
     import t4dm.memory.memory as module
 
     monkeypatch.setattr(module, "SAVE_EVERY", 3)
     m = Memory(tmp_path / "m", embedder=bag_of_words)
     [a] = m.add("apples are red", user_id="u")
     state = tmp_path / "m" / module.STATE_FILE
+    journal = tmp_path / "m" / (module.STATE_FILE + module.JOURNAL_SUFFIX)
     for _ in range(2):
         m.search("apples", user_id="u", k=1)
-    assert not state.exists()
+    assert not state.exists() and not journal.exists()
     m.search("apples", user_id="u", k=1)
-    saved = state.read_bytes()
-    m.search("apples", user_id="u", k=1)  # the fourth is not saved yet: a crash would lose it alone
-    assert state.read_bytes() == saved
+    first = journal.read_bytes()
+    m.search("apples", user_id="u", k=1)  # the fourth is not journaled yet: a crash would lose it alone
+    assert journal.read_bytes() == first and not state.exists()
+    for _ in range(2):
+        m.search("apples", user_id="u", k=1)
+    second = journal.read_bytes()
+    assert second.startswith(first) and len(second) - len(first) == len(first)  # one more record
     m.db.close()  # a crash: the SDK's close() never ran
     with Memory(tmp_path / "m", embedder=bag_of_words) as again:
-        assert again.retrievals == {a.id: 3}
+        assert again.retrievals == {a.id: 6} and again.co_retrievals == [(a.id,)] * 6
+        again.search("apples", user_id="u", k=1)
+    with Memory(tmp_path / "m", embedder=bag_of_words) as again:  # close() journaled the seventh
+        assert again.retrievals == {a.id: 7}
+        again.save_state()  # a new generation, whole; the journal goes
+        assert not journal.exists() and state.exists()
+        saved = state.read_bytes()
+        again.search("apples", user_id="u", k=1)
+    journal.write_bytes(second + journal.read_bytes())  # records of the old generation: already in the state
+    with Memory(tmp_path / "m", embedder=bag_of_words) as again:
+        assert again.retrievals == {a.id: 8}
+    journal.write_bytes(journal.read_bytes()[:-3])  # the last record torn
+    with (
+        pytest.warns(RuntimeWarning, match="damaged frame|cut short"),
+        Memory(tmp_path / "m", embedder=bag_of_words) as again,
+    ):
+        assert again.retrievals == {a.id: 7}
+        again.db.close()  # (no close(): the torn journal stays as it is)
     state.write_bytes(saved[:-3] + b"xyz")  # damaged: checksum mismatch
     with (
         pytest.warns(RuntimeWarning, match="checksum"),
         Memory(tmp_path / "m", embedder=bag_of_words) as again,
     ):
         assert again.retrievals == {} and again.get(a.id) is not None
+
+
+def test_journaling_costs_the_new_searches_not_the_whole_state(tmp_path, monkeypatch):
+    """With the state full (MAX_CO_RETRIEVALS lists), a journal record holds only the searches since the last
+    one: its size does not grow with the state."""
+    import t4dm.memory.memory as module
+
+    monkeypatch.setattr(module, "SAVE_EVERY", 4)
+    with Memory(tmp_path / "m", embedder=bag_of_words) as m:
+        [a] = m.add("apples are red", user_id="u")
+        m.co_retrievals = [(a.id,)] * module.MAX_CO_RETRIEVALS
+        m.retrievals = {a.id: module.MAX_CO_RETRIEVALS}
+        m.save_state()
+        whole = (tmp_path / "m" / module.STATE_FILE).stat().st_size
+        for _ in range(4):
+            m.search("apples", user_id="u", k=1)
+        record = (tmp_path / "m" / (module.STATE_FILE + module.JOURNAL_SUFFIX)).stat().st_size
+        assert record < 400 < whole // 100
+    with Memory(tmp_path / "m", embedder=bag_of_words) as again:
+        assert again.retrievals == {a.id: module.MAX_CO_RETRIEVALS + 4}
+        assert len(again.co_retrievals) == module.MAX_CO_RETRIEVALS
 
 
 def test_rem_clusters_are_pure_whatever_the_members_order(tmp_path):

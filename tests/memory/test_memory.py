@@ -389,9 +389,11 @@ def test_after_an_erasure_and_a_consolidation_no_file_of_the_memory_holds_it(tmp
         memory.update(secret, text="my locker code is 5531")
         memory.search("locker code", user_id="ann")  # retrieval counts name it, saved below
         memory.save_state()
+        memory.search("locker code", user_id="ann")  # and journaled at close
         memory.db.flush()
     needles = [b"9182", b"5531", secret.encode()]
     assert _files_holding(tmp_path / "m", needles)  # there before
+    assert {"memory-state", "memory-state.journal"} <= set(_files_holding(tmp_path / "m", [secret.encode()]))
     with Memory(tmp_path / "m", embedder=bag_of_words) as memory:
         memory.erase(secret)
         memory.consolidate(progress=False)
