@@ -75,6 +75,15 @@ def test_a_read_only_memory_refuses_every_write_and_writes_nothing(tmp_path):
         assert porto.id not in writer.retrievals and len(writer) == 1
 
 
+def test_a_read_only_memory_needs_one_there(tmp_path):
+    with pytest.raises(errors.NotAStore, match="read-only"):
+        Memory(tmp_path / "nothing", embedder=bag_of_words, read_only=True)
+    assert not (tmp_path / "nothing").exists()
+    with pytest.raises(errors.InvalidInput, match="read_only"):
+        Memory(tmp_path / "m", embedder=bag_of_words, read_only="yes")  # type: ignore[arg-type]
+    assert not (tmp_path / "m").exists()
+
+
 def test_export_and_info_read_beside_a_running_writer(tmp_path, monkeypatch, capsys):
     import t4dm.memory.embedder as embedder_module
     from t4dm.cli import main
