@@ -227,7 +227,8 @@ class Memory:
         read_only: read a memory that another process writes (a server, an agent), beside it: searches and
             reads see the memory as it was when opened until :meth:`refresh`; every write raises
             :class:`~t4dm.errors.ReadOnlyStore`, and nothing is written under ``path`` (this reader's
-            retrieval counts stay in memory: they do not steer the writer's consolidation).
+            retrieval counts are its own searches', kept in memory: they do not steer the writer's
+            consolidation).
     """
 
     def __init__(
@@ -271,7 +272,8 @@ class Memory:
         self._new_co: list[tuple[str, ...]] = []
         self._state_gen = 0
         self._journaled = 0
-        self._load_state()
+        if not read_only:  # a reader's counts are its own searches' (the writer may be appending to them)
+            self._load_state()
 
     # ------------------------------------------------------------------ life cycle
     def close(self) -> None:
