@@ -2767,7 +2767,8 @@ class T4DX:
         """Counts and sizes: live items, version rows, segments, memtable, bytes on disk; the batch scales in
         force (by relation, "*" for all) and how many are not yet folded into the edges; ``folded_through``
         (ISO time or None: see :meth:`changes`); ``pending_erasures``: erasing tombstones (items and edges)
-        whose ids' past is still in the files, until the next full compaction; ``read_only``."""
+        whose ids' past is still in the files, until the next full compaction; ``read_only``;
+        ``last_recorded``: the time of the last write it holds (a reader's against the writer's: its lag)."""
         self._check_open()
         snap = self._snap
         erasing = np.uint8(FLAG_TOMBSTONE | FLAG_ERASE)
@@ -2788,6 +2789,7 @@ class T4DX:
             "folded_through": from_us(snap.folded_through).isoformat() if snap.folded_through else None,
             "pending_erasures": pending,
             "read_only": self._read_only,
+            "last_recorded": None if self.last_recorded is None else self.last_recorded.isoformat(),
         }
 
 

@@ -81,12 +81,16 @@ def test_a_reader_beside_the_writer_reads_as_of_its_open_until_it_refreshes(tmp_
     assert reader.count() == 3 and reader.get(c).fields == {"text": "c"}
     assert [e.dst for e in reader.edges(a, rel="next")] == [b] and reader.search(vec(1), k=1)[0].id == b
     assert reader.refresh() is False  # nothing new: nothing loaded
+    assert (
+        reader.stats()["last_recorded"] == writer.stats()["last_recorded"] == writer.last_recorded.isoformat()
+    )
 
     opened = writer.get(a).recorded_at
     writer.update_fields(a, {"text": "a, revised"})
     d = writer.insert(Item(vector=vec(3), fields={"text": "d"}))[0]
     writer.batch_scale_weights(0.5)
     assert reader.get(a).fields == {"text": "a"} and reader.get(d) is None  # as of its open
+    assert reader.last_recorded < writer.last_recorded  # its lag
     snapshot = reader.search(vec(0), k=4)
     # only the log grew: its new records are applied, the store is not loaded again
     assert reader.refresh() is True and loads == []
