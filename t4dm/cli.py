@@ -167,6 +167,42 @@ def _mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from t4dm.errors import InvalidInput, T4DXError
+    from t4dm.memory import Memory
+
+    times = {}
+    for name in ("valid_at", "as_of"):
+        value = getattr(args, name)
+        try:
+            times[name] = None if value is None else datetime.fromisoformat(value)
+        except ValueError:
+            print(
+                f"t4dm search: --{name.replace('_', '-')} {value!r} is not an ISO 8601 time", file=sys.stderr
+            )
+            return 2
+    try:
+        with Memory(args.path, embedder=args.embedder, read_only=True) as memory:  # beside a writer too
+            hits = memory.search(
+                args.query,
+                user_id=args.user_id,
+                agent_id=args.agent_id,
+                run_id=args.run_id,
+                k=args.k,
+                **times,
+            )
+    except (InvalidInput, T4DXError) as exc:
+        print(f"t4dm search: {exc}", file=sys.stderr)
+        return 2
+    for hit in hits:
+        valid = hit.memory.valid_from
+        print(json.dumps({"id": hit.id, "score": round(hit.score, 4), "text": hit.text,
+                          "valid_from": None if valid is None else valid.isoformat()}))  # fmt: skip
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from t4dm.errors import InvalidInput
     from t4dm.memory import Memory
@@ -385,6 +421,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the memory beside the process that writes it: recall and history only, each catching up first",
     )
     mcp.set_defaults(func=_mcp)
+
+    search = sub.add_parser(
+        "search", help="search a memory (read-only: beside a server or agent that writes it too); JSON lines"
+    )
+    search.add_argument("query")
+    search.add_argument("--path", required=True, help="the memory's folder")
+    search.add_argument("--user-id", default=None)
+    search.add_argument("--agent-id", default=None)
+    search.add_argument("--run-id", default=None)
+    search.add_argument("-k", type=int, default=5, help="how many memories (default 5)")
+    search.add_argument("--valid-at", default=None, help="what was true then (ISO 8601 with a time zone)")
+    search.add_argument("--as-of", default=None, help="what the memory knew then (ISO 8601 with a time zone)")
+    search.add_argument("--embedder", default=None, help="the memory's sentence-transformers model directory")
+    search.set_defaults(func=_search)
 
     export = sub.add_parser("export", help="write a memory's memories and edges to a JSON Lines file")
     export.add_argument("--path", required=True, help="the memory's folder")

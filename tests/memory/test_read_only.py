@@ -145,3 +145,40 @@ def test_a_refresh_brings_the_lexical_index_up_to_date_from_the_changes(tmp_path
             assert reader.refresh() and reader._lexical is None
             with Memory(path, embedder=bag_of_words, read_only=True) as fresh:
                 assert _lexical_state(reader) == _lexical_state(fresh)
+
+
+def test_the_search_command_reads_beside_a_writer(tmp_path, monkeypatch, capsys):
+    """``t4dm search``: the hits as JSON lines, read-only (a writer holds the memory meanwhile), scoped and
+    in time; bad requests exit 2 and name what is wrong."""
+    import t4dm.memory.embedder as embedder_module
+    from t4dm.cli import main
+    from t4dm.memory.embedder import CallableEmbedder
+
+    monkeypatch.setattr(
+        embedder_module, "default_embedder", lambda: CallableEmbedder(bag_of_words, name="bow")
+    )
+    path = str(tmp_path / "m")
+    with Memory(path, embedder=bag_of_words) as writer:
+        [paris] = writer.add("Alice moved to Paris", user_id="alice")
+        writer.add("Bob moved to Paris too", user_id="bob")
+        before = writer.get(paris.id).recorded_at
+        writer.update(paris.id, text="Alice moved to Lisbon")
+        assert main(["search", "Alice moved", "--path", path, "--user-id", "alice"]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [(h["id"], h["text"]) for h in lines] == [(paris.id, "Alice moved to Lisbon")]
+        assert (
+            main(["search", "Paris", "--path", path, "--user-id", "alice", "--as-of", before.isoformat()])
+            == 0
+        )
+        assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == [
+            "Alice moved to Paris"
+        ]
+        for bad, says in (
+            (["--user-id", "alice", "--as-of", "yesterday"], "ISO 8601"),
+            ([], "user_id"),
+            (["--user-id", "alice", "-k", "0"], "k"),
+        ):
+            assert main(["search", "Paris", "--path", path, *bad]) == 2
+            assert says in capsys.readouterr().err
+    assert main(["search", "Paris", "--path", str(tmp_path / "nowhere"), "--user-id", "alice"]) == 2
+    assert "holds no T4DX store" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
