@@ -71,6 +71,7 @@ from .graph import (
 )
 from .item import OPEN, UTC, Change, Edge, Hit, Item, KappaUpdate, WeightScale, from_us, to_us
 from .keys import EDGE_PREFIX, EDGE_SEPARATOR, check_id, edge_id, key_u64, keys_of, new_ids
+from .manifest import NAME as MANIFEST_NAME
 from .manifest import Manifest, SegmentEntry
 from .memtable import Memtable
 from .query import Filter, check_payloads, live_rows, match_rows, parse_filter, same, search_source, unpack
@@ -91,7 +92,7 @@ from .rows import (
 )
 from .segment import Segment, SegmentWriter, segment_path, write_segment
 from .vector_index import HNSWParams, build_hnsw, extend_hnsw, load_hnsw, save_hnsw
-from .wal import DURABILITY_MODES, WAL, read_records, record_end, wal_files
+from .wal import DURABILITY_MODES, WAL, read_records, record_end, wal_files, wal_path
 
 __all__ = ["T4DX", "CompactionStats"]
 
@@ -391,13 +392,7 @@ class T4DX:
                         os.makedirs(os.path.join(path, sub), exist_ok=True)
                 fsync_dir(path)
                 Manifest(dim=int(dim)).publish(path)
-            self._manifest = Manifest.load(path)
-            if dim is not None and dim != self._manifest.dim:
-                raise DimensionMismatch("dim", dim, self._manifest.dim)
-            self.dim = self._manifest.dim
-            # Reserve the memtable's rows up front (untouched pages cost no memory), so that filling
-            # it never copies; a batch larger than the memtable still grows it.
-            self._memtable_rows = min(1 << 22, self._memtable_bytes // (self.dim * 4 + 96) + 1)
+            self._use_manifest(Manifest.load(path), dim)
             self._recover(verify_checksums, sync_interval)
         except BaseException:
             os.close(self._lock_fd)
@@ -407,12 +402,23 @@ class T4DX:
             raise
         self._closed = False
 
+    def _use_manifest(self, manifest: Manifest, dim: int | None) -> Manifest:
+        """Take the store's dimension from ``manifest`` (``dim``, when given, must be it) and size the
+        memtable for it; returns the manifest."""
+        if dim is not None and dim != manifest.dim:
+            raise DimensionMismatch("dim", dim, manifest.dim)
+        self._manifest, self.dim = manifest, manifest.dim
+        # Reserve the memtable's rows up front (untouched pages cost no memory), so that filling it never
+        # copies; a batch larger than the memtable still grows it.
+        self._memtable_rows = min(1 << 22, self._memtable_bytes // (self.dim * 4 + 96) + 1)
+        return manifest
+
     def _replay_logs(self, numbers: list[int], start: int) -> None:
         """Apply the records of log files ``numbers`` (the first from byte ``start``) that are newer than what
         this store holds; a reader notes how far it read (``_wal_read``)."""
         wal_dir = os.path.join(self.path, _WAL)
         for i, number in enumerate(numbers):
-            path = os.path.join(wal_dir, f"{number:08d}.wal")
+            path = wal_path(wal_dir, number)
             last = i == len(numbers) - 1
             begin = start if i == 0 else 0
             self._wal_read = (number, begin)
@@ -452,11 +458,7 @@ class T4DX:
             raise NotAStore(path, "holds no T4DX store to open read-only")
         for attempt in range(50):
             self._loaded_stamp = self._stamp()  # before: a change while loading is caught up at refresh
-            manifest = Manifest.load(path)
-            if dim is not None and dim != manifest.dim:
-                raise DimensionMismatch("dim", dim, manifest.dim)
-            self._manifest, self.dim = manifest, manifest.dim
-            self._memtable_rows = min(1 << 22, self._memtable_bytes // (self.dim * 4 + 96) + 1)
+            manifest = self._use_manifest(Manifest.load(path), dim)
             try:
                 self._recover(verify, 0.0)
             except StorageIOError as exc:
@@ -677,9 +679,9 @@ class T4DX:
         sizes = []
         for number in wal_files(wal_dir):
             with contextlib.suppress(FileNotFoundError):
-                sizes.append((number, os.stat(os.path.join(wal_dir, f"{number:08d}.wal")).st_size))
+                sizes.append((number, os.stat(wal_path(wal_dir, number)).st_size))
         with contextlib.suppress(FileNotFoundError):
-            manifest = os.stat(os.path.join(self.path, "MANIFEST"))
+            manifest = os.stat(os.path.join(self.path, MANIFEST_NAME))
             return manifest.st_ino, manifest.st_mtime_ns, manifest.st_size, tuple(sizes)
         return None, tuple(sizes)
 

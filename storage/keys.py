@@ -29,9 +29,9 @@ __all__ = ["check_id", "edge_id", "key_of", "key_u64", "keys_of", "new_ids", "se
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _MASK64 = (1 << 64) - 1
-# byte positions of the 32 hex digits inside the 36-character hyphenated form
-_HEX_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)], dtype=np.intp)
+# byte positions of the hyphens and of the 32 hex digits inside the 36-character hyphenated form
 _DASH_POS = np.array([8, 13, 18, 23], dtype=np.intp)
+_HEX_POS = np.setdiff1d(np.arange(36), _DASH_POS).astype(np.intp)
 _DASH = ord("-")
 _HEX_VALUE = np.full(256, 16, dtype=np.uint8)  # a character's value as a lowercase hex digit, else 16
 _HEX_VALUE[_HEX] = np.arange(16, dtype=np.uint8)
@@ -109,7 +109,6 @@ def keys_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         pairs = key.view(">u8")
         odd = np.flatnonzero((digits > 15).any(axis=1) | (text[:, _DASH_POS] != _DASH).any(axis=1))
         if odd.size:  # not canonical UUIDs: hashed
-            pairs = pairs.copy()
             pairs[odd] = np.frombuffer(b"".join([_key_bytes(ids[i]) for i in odd.tolist()]), ">u8").reshape(
                 -1, 2
             )

@@ -168,22 +168,15 @@ def _mcp(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from t4dm.errors import InvalidInput, T4DXError
     from t4dm.memory import Memory
+    from t4dm.memory.memory import parse_time
 
-    times = {}
-    for name in ("valid_at", "as_of"):
-        value = getattr(args, name)
-        try:
-            times[name] = None if value is None else datetime.fromisoformat(value)
-        except ValueError:
-            print(
-                f"t4dm search: --{name.replace('_', '-')} {value!r} is not an ISO 8601 time", file=sys.stderr
-            )
-            return 2
     try:
+        times = {
+            "valid_at": parse_time(args.valid_at, "--valid-at"),
+            "as_of": parse_time(args.as_of, "--as-of"),
+        }
         with Memory(args.path, embedder=args.embedder, read_only=True) as memory:  # beside a writer too
             hits = memory.search(
                 args.query,

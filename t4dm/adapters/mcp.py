@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 from mcp.server import MCPServer
@@ -41,6 +40,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from t4dm.auth import BearerAuth, Tokens, allows, warn_if_open
 from t4dm.errors import InvalidInput, UnknownId
 from t4dm.memory import Memory
+from t4dm.memory.memory import parse_time
 
 __all__ = ["create_mcp_server", "mcp_http_app", "run_mcp"]
 
@@ -58,15 +58,6 @@ def _client_errors(fn: _F) -> _F:
             raise ToolError(f"{type(exc).__name__}: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]
-
-
-def _time(value: str | None, field: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(field, value, "expected an ISO 8601 time with a time zone") from exc
 
 
 def _item(item: Any) -> dict[str, Any]:
@@ -138,7 +129,7 @@ def create_mcp_server(
             content,
             user_id=user_id,
             run_id=run_id,
-            valid_at=_time(valid_at, "valid_at"),
+            valid_at=parse_time(valid_at, "valid_at"),
             metadata=metadata,
         )
         return [{"id": r.id, "event": r.event, "tau": r.tau, "duplicate": r.duplicate} for r in results]
@@ -160,8 +151,8 @@ def create_mcp_server(
             query,
             user_id=user_id,
             k=k,
-            valid_at=_time(valid_at, "valid_at"),
-            as_of=_time(as_of, "as_of"),
+            valid_at=parse_time(valid_at, "valid_at"),
+            as_of=parse_time(as_of, "as_of"),
         )
         return [{**_item(h.memory), "score": h.score, "scores": h.scores} for h in hits]
 

@@ -145,6 +145,17 @@ def _check_text(value: Any, name: str) -> str:
     return value
 
 
+def parse_time(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 string from outside (a command line, a tool call) as a datetime (None stays None); the
+    time zone is checked where the time is used (:func:`_check_time`)."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(name, value, "expected an ISO 8601 time with a time zone") from exc
+
+
 def _check_time(value: Any, name: str) -> datetime | None:
     if value is None:
         return None
@@ -266,10 +277,10 @@ class Memory:
         self.retrievals: dict[str, int] = {}  # id -> times returned by search, not yet replayed (NREM)
         self.co_retrievals: list[tuple[str, ...]] = []  # the hits of each search, not yet replayed
         self._unsaved = 0  # searches since the retrieval state was last saved
-        # the retrieval state since it was last saved or journaled (a few hundred searches: what the next
-        # journal record holds), the saved state's generation, and the journal's records of that generation
-        self._new_hits: Counter[str] = Counter()
-        self._new_co: list[tuple[str, ...]] = []
+        # how many of co_retrievals' last hit lists came since the state was last saved or journaled (what the
+        # next journal record holds; the retrieval counts they added are theirs), the saved state's
+        # generation, and the journal's records of that generation
+        self._unjournaled = 0
         self._state_gen = 0
         self._journaled = 0
         if not read_only:  # a reader's counts are its own searches' (the writer may be appending to them)
@@ -355,8 +366,7 @@ class Memory:
             self._state_gen += 1
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._journal_path)
-            self._new_hits, self._new_co = Counter(), []
-            self._journaled = self._unsaved = 0
+            self._journaled = self._unsaved = self._unjournaled = 0
 
     def _journal_state(self) -> None:
         """Append the searches' state since the last save or record to the journal (a full save instead
@@ -369,18 +379,15 @@ class Memory:
             if self._journaled >= JOURNAL_RECORDS:
                 self.save_state()
                 return
-            if self._new_hits or self._new_co:
-                body = msgpack.packb(
-                    {
-                        "gen": self._state_gen,
-                        "hits": dict(self._new_hits),
-                        "co": [list(c) for c in self._new_co],
-                    }
-                )
+            new = (
+                self.co_retrievals[len(self.co_retrievals) - self._unjournaled :] if self._unjournaled else []
+            )
+            if new:
+                hits = Counter(id for hit_list in new for id in hit_list)
+                body = msgpack.packb({"gen": self._state_gen, "hits": hits, "co": [list(c) for c in new]})
                 append_framed(self._journal_path, _JOURNAL_MAGIC, _STATE_FORMAT, body)
                 self._journaled += 1
-                self._new_hits, self._new_co = Counter(), []
-            self._unsaved = 0
+            self._unjournaled = self._unsaved = 0
 
     def _load_state(self) -> None:
         """Read the state :meth:`save_state` wrote and the journal of its generation; a damaged file is
@@ -1044,10 +1051,9 @@ class Memory:
             if best:
                 self.co_retrievals.append(tuple(best))
                 del self.co_retrievals[:-MAX_CO_RETRIEVALS]
-                self._new_co.append(tuple(best))
+                self._unjournaled = min(self._unjournaled + 1, len(self.co_retrievals))
             for id in best:
                 self.retrievals[id] = self.retrievals.get(id, 0) + 1
-                self._new_hits[id] += 1
             self._unsaved += 1
             if self._unsaved >= SAVE_EVERY and not self.db.read_only:
                 self._journal_state()

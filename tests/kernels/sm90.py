@@ -72,16 +72,16 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
     import triton
 
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists() and shutil.which("cuobjdump") is None:
+    shipped = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    tool = str(shipped) if shipped.exists() else shutil.which("cuobjdump")
+    if tool is None:
         return {}
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         run = subprocess.run(
-            [str(tool) if tool.exists() else "cuobjdump", "--dump-resource-usage", f.name],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, timeout=60
+        )
     return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", run.stdout)}
 
 
